@@ -1,0 +1,3 @@
+//! wsgate: a multi-threaded WebSocket (RFC 6455) fan-out gateway.
+
+pub mod proto;

@@ -1,0 +1,1 @@
+//! In-place unmasking of client payloads (RFC 6455 §5.3).
