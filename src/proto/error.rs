@@ -1,0 +1,48 @@
+//! Protocol violations and the close code each one maps to.
+
+use super::close::CloseCode;
+
+/// A violation of RFC 6455 by the peer. Each variant is one rule; `close_code` maps it to
+/// the status sent in the closing frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    #[error("unmasked client frame")]
+    UnmaskedFrame,
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    #[error("control frame payload over 125 bytes")]
+    ControlTooLong,
+    #[error("64-bit payload length with the most significant bit set")]
+    InvalidLength,
+    #[error("frame of {0} bytes over the limit")]
+    FrameTooLarge(u64),
+    #[error("message over the limit")]
+    MessageTooLarge,
+    #[error("continuation frame without a message in progress")]
+    UnexpectedContinuation,
+    #[error("data frame while a fragmented message is in progress")]
+    ExpectedContinuation,
+    #[error("invalid utf-8 in text message")]
+    InvalidUtf8,
+    #[error("close frame with a one-byte payload")]
+    CloseTooShort,
+    #[error("invalid close code {0}")]
+    InvalidCloseCode(u16),
+    #[error("invalid utf-8 in close reason")]
+    InvalidCloseReason,
+}
+
+impl ProtocolError {
+    /// The status code to close with (RFC 6455 §7.4.1).
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_DATA,
+            Self::FrameTooLarge(_) | Self::MessageTooLarge => CloseCode::TOO_BIG,
+            _ => CloseCode::PROTOCOL,
+        }
+    }
+}
