@@ -1,0 +1,134 @@
+//! Starting the reactors: one SO_REUSEPORT listener and one pinned thread per reactor,
+//! and the handle that drains and joins them.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::driver::epoll::EpollDriver;
+use crate::reactor::Reactor;
+use crate::sys::EventFd;
+
+/// State every reactor sees.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    /// Set once on SIGTERM/SIGINT (or `Server::drain`); reactors then stop accepting,
+    /// close with 1001 and exit when their connections are gone or the grace ends.
+    pub draining: AtomicBool,
+    /// Open connections across all reactors (for `max_connections`).
+    pub open: AtomicUsize,
+    wakers: Vec<Arc<EventFd>>,
+}
+
+impl Shared {
+    pub fn waker(&self, reactor: usize) -> &EventFd {
+        &self.wakers[reactor]
+    }
+
+    pub fn reactors(&self) -> usize {
+        self.wakers.len()
+    }
+}
+
+/// A running gateway.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    backend: &'static str,
+}
+
+impl Server {
+    /// Binds the listeners and starts the reactors. With port 0 the first listener picks
+    /// a port and the others share it.
+    pub fn start(config: Config) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(config.threads);
+        let mut addr = config.listen;
+        for _ in 0..config.threads {
+            let listener = bind_reuseport(addr)?;
+            addr = listener.local_addr()?;
+            listeners.push(listener);
+        }
+        let wakers = (0..config.threads).map(|_| EventFd::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
+        let cores = if config.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let shared = Arc::new(Shared { config, draining: AtomicBool::new(false), open: AtomicUsize::new(0), wakers });
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let driver = EpollDriver::new(listener, shared.wakers[index].clone())?;
+            let reactor = Reactor::new(index, driver, shared.clone());
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let thread = std::thread::Builder::new().name(format!("wsgate-reactor-{index}")).spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(reactor = index, "could not pin to core {}", core.id);
+                    }
+                }
+                reactor.run()
+            })?;
+            threads.push(thread);
+        }
+        Ok(Self { addr, shared, threads, backend: "epoll" })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The I/O backend the reactors run.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts the graceful drain (returns at once; `join` waits for it).
+    pub fn drain(&self) {
+        drain(&self.shared);
+    }
+
+    /// Waits for every reactor to finish.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for thread in self.threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a reactor panicked")),
+            }
+        }
+        result
+    }
+
+    /// Drains and waits.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.drain();
+        self.join()
+    }
+}
+
+/// Asks every reactor to drain.
+pub fn drain(shared: &Shared) {
+    shared.draining.store(true, Ordering::Release);
+    for waker in &shared.wakers {
+        waker.wake();
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // SO_REUSEPORT: each reactor has its own accept queue; the kernel spreads connections.
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,99 @@
+//! Thin wrappers over the few libc calls std and socket2 do not cover: eventfd wakers and
+//! the open-files limit. Every call goes through `syscall!`, so the unsafe surface is here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Calls a libc function and turns `-1` into the thread's `errno`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: each call site passes valid arguments for `$fn`, checked where it is used.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// An eventfd used as a cross-thread wake-up: a reactor polls (or reads, under io_uring)
+/// its fd, and any thread may `wake` it.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<Self> {
+        let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: `eventfd` just returned this descriptor and nothing else owns it.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Adds one to the counter, making the fd readable. Never blocks: a saturated counter
+    /// (EAGAIN) is already readable.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        let ptr = std::ptr::addr_of!(one).cast();
+        let _ = syscall!(write(self.fd.as_raw_fd(), ptr, 8));
+    }
+
+    /// Resets the counter to zero.
+    pub fn drain(&self) {
+        let mut count: u64 = 0;
+        let ptr = std::ptr::addr_of_mut!(count).cast();
+        let _ = syscall!(read(self.fd.as_raw_fd(), ptr, 8));
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// CPU time this process has used, in nanoseconds (user + system).
+pub fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    match syscall!(clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)) {
+        Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventfd_wakes_and_drains() {
+        let efd = EventFd::new().expect("eventfd");
+        efd.wake();
+        efd.wake();
+        let mut count = 0u64;
+        let n = syscall!(read(efd.as_raw_fd(), std::ptr::addr_of_mut!(count).cast(), 8)).expect("readable");
+        assert_eq!((n, count), (8, 2));
+        efd.wake();
+        efd.drain();
+        let err = syscall!(read(efd.as_raw_fd(), std::ptr::addr_of_mut!(count).cast(), 8)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn nofile_limit_is_raised_to_hard_limit() {
+        let soft = raise_nofile_limit().expect("rlimit");
+        assert!(soft >= 1024);
+    }
+}
