@@ -20,6 +20,7 @@ pub mod buf;
 pub mod config;
 pub mod driver;
 pub mod http;
+pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod server;

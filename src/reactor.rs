@@ -15,6 +15,7 @@ use slab::Slab;
 
 use crate::driver::{Completion, ConnId, Driver, SendStatus};
 use crate::http::{self, Route};
+use crate::metrics::ReactorMetrics;
 use crate::proto::handshake::{self, HttpError, Request, UpgradePolicy};
 use crate::proto::{CloseCode, Connection, Event, OutQueue};
 use crate::server::Shared;
@@ -64,10 +65,19 @@ struct Conn<Io> {
 
 enum Phase {
     /// Reading an HTTP request head (and body); `head` holds a split one.
-    Request { head: Vec<u8>, deadline: Instant },
-    WebSocket { ws: Connection, route: Route },
+    Request {
+        head: Vec<u8>,
+        deadline: Instant,
+    },
+    WebSocket {
+        ws: Connection,
+        route: Route,
+    },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
-    Closing { deadline: Instant, fin_sent: bool },
+    Closing {
+        deadline: Instant,
+        fin_sent: bool,
+    },
     /// Closed, with driver operations still in flight.
     Released,
 }
@@ -98,15 +108,23 @@ impl<D: Driver> Reactor<D> {
     /// Runs until drained.
     pub fn run(mut self) -> io::Result<()> {
         let config = &self.core.shared.config;
-        let shortest = [config.handshake_timeout, config.limits.close_timeout, config.limits.pong_timeout]
-            .into_iter()
-            .chain(config.limits.idle_timeout)
-            .min()
-            .expect("non-empty");
+        let shortest = [
+            config.handshake_timeout,
+            config.limits.close_timeout,
+            config.limits.pong_timeout,
+        ]
+        .into_iter()
+        .chain(config.limits.idle_timeout)
+        .min()
+        .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let mut next_sweep = Instant::now() + tick;
         let mut completions = Vec::with_capacity(1024);
-        tracing::debug!(reactor = self.core.index, driver = self.driver.name(), "reactor started");
+        tracing::debug!(
+            reactor = self.core.index,
+            driver = self.driver.name(),
+            "reactor started"
+        );
         // A drain requested before this thread started is seen on the first turn.
         self.core.shared.waker(self.core.index).wake();
         loop {
@@ -125,7 +143,7 @@ impl<D: Driver> Reactor<D> {
                 self.handle(completion);
             }
             for id in mem::take(&mut self.core.read_again) {
-                self.read(id);
+                self.read(id, false);
             }
             if self.core.now >= next_sweep {
                 self.core.sweep();
@@ -139,7 +157,12 @@ impl<D: Driver> Reactor<D> {
             }
         }
         let left = self.core.conns.len();
-        let ids: Vec<ConnId> = self.core.conns.iter().map(|(key, _)| ConnId(key as u32)).collect();
+        let ids: Vec<ConnId> = self
+            .core
+            .conns
+            .iter()
+            .map(|(key, _)| ConnId(key as u32))
+            .collect();
         for id in ids {
             self.close_now(id);
         }
@@ -150,7 +173,7 @@ impl<D: Driver> Reactor<D> {
     fn handle(&mut self, completion: Completion<D::Io>) {
         match completion {
             Completion::Accepted { io, peer } => self.accept(io, peer),
-            Completion::Readable(id) => self.read(id),
+            Completion::Readable { conn, closed } => self.read(conn, closed),
             Completion::Received { conn, result } => match result {
                 Ok(Some((buf, len))) => {
                     let Reactor { driver, core } = self;
@@ -176,7 +199,9 @@ impl<D: Driver> Reactor<D> {
                 }
             }
             Completion::Woken => {
-                if self.core.shared.draining.load(Ordering::Acquire) && self.core.drain_deadline.is_none() {
+                if self.core.shared.draining.load(Ordering::Acquire)
+                    && self.core.drain_deadline.is_none()
+                {
                     self.start_drain();
                 }
             }
@@ -197,10 +222,16 @@ impl<D: Driver> Reactor<D> {
             self.driver.close(id, &mut io);
             return;
         }
+        let metrics = &shared.metrics[self.core.index];
+        ReactorMetrics::add(&metrics.connections, 1);
+        ReactorMetrics::add(&metrics.accepted, 1);
         entry.insert(Conn {
             io,
             out: OutQueue::default(),
-            phase: Phase::Request { head: Vec::new(), deadline: self.core.now + shared.config.handshake_timeout },
+            phase: Phase::Request {
+                head: Vec::new(),
+                deadline: self.core.now + shared.config.handshake_timeout,
+            },
             in_flush: false,
             blocked: false,
             paused: false,
@@ -210,10 +241,13 @@ impl<D: Driver> Reactor<D> {
         });
     }
 
-    /// Reads what a readable socket has (epoll).
-    fn read(&mut self, id: ConnId) {
+    /// Reads what a readable socket has (epoll): until a short read, which means the
+    /// receive queue was empty (new bytes raise a new edge), or to EOF when `closed`.
+    fn read(&mut self, id: ConnId, closed: bool) {
         for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.core.conns.get_mut(id.index()) else { return };
+            let Some(conn) = self.core.conns.get_mut(id.index()) else {
+                return;
+            };
             if conn.paused {
                 conn.read_pending = true;
                 return;
@@ -228,7 +262,7 @@ impl<D: Driver> Reactor<D> {
                     let full = len == bytes.len() && len == crate::driver::epoll::READ_BUF;
                     core.on_bytes(id, bytes);
                     driver.release(buf);
-                    if !full {
+                    if !full && !closed {
                         return;
                     }
                 }
@@ -245,7 +279,9 @@ impl<D: Driver> Reactor<D> {
     fn flush(&mut self) {
         let cap = self.core.shared.config.max_outbound_bytes;
         while let Some(id) = self.core.flush.pop() {
-            let Some(conn) = self.core.conns.get_mut(id.index()) else { continue };
+            let Some(conn) = self.core.conns.get_mut(id.index()) else {
+                continue;
+            };
             conn.in_flush = false;
             while !conn.blocked && !conn.out.is_empty() {
                 match self.driver.send(id, &mut conn.io, &conn.out) {
@@ -255,7 +291,10 @@ impl<D: Driver> Reactor<D> {
                     Err(_) => {
                         conn.out.clear();
                         conn.eof = true;
-                        conn.phase = Phase::Closing { deadline: self.core.now, fin_sent: true };
+                        conn.phase = Phase::Closing {
+                            deadline: self.core.now,
+                            fin_sent: true,
+                        };
                     }
                 }
             }
@@ -291,11 +330,21 @@ impl<D: Driver> Reactor<D> {
         for key in ids {
             let conn = &mut self.core.conns[key];
             match &mut conn.phase {
-                Phase::Request { head, .. } if head.is_empty() => self.close_now(ConnId(key as u32)),
-                Phase::Request { .. } => self.core.begin_closing(ConnId(key as u32)),
+                // Idle keep-alive connections go now; a request under way finishes and is
+                // answered 503 with `Connection: close` (its head timeout still applies).
+                Phase::Request { head, .. } if head.is_empty() => {
+                    self.close_now(ConnId(key as u32))
+                }
+                Phase::Request { .. } => {}
                 Phase::WebSocket { ws, .. } => {
                     let limits = &self.core.shared.config.limits;
-                    ws.close(now, limits, CloseCode::GOING_AWAY, "server shutting down", &mut conn.out);
+                    ws.close(
+                        now,
+                        limits,
+                        CloseCode::GOING_AWAY,
+                        "server shutting down",
+                        &mut conn.out,
+                    );
                     self.core.schedule(ConnId(key as u32));
                 }
                 Phase::Closing { .. } | Phase::Released => {}
@@ -304,7 +353,9 @@ impl<D: Driver> Reactor<D> {
     }
 
     fn close_now(&mut self, id: ConnId) {
-        let Some(conn) = self.core.conns.get_mut(id.index()) else { return };
+        let Some(conn) = self.core.conns.get_mut(id.index()) else {
+            return;
+        };
         if matches!(conn.phase, Phase::Released) {
             return;
         }
@@ -320,6 +371,11 @@ impl<Io> Core<Io> {
     fn remove(&mut self, id: ConnId) {
         self.conns.remove(id.index());
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        ReactorMetrics::sub(&self.metrics().connections, 1);
+    }
+
+    fn metrics(&self) -> &ReactorMetrics {
+        &self.shared.metrics[self.index]
     }
 
     fn schedule(&mut self, id: ConnId) {
@@ -339,12 +395,17 @@ impl<Io> Core<Io> {
 
     fn begin_closing(&mut self, id: ConnId) {
         let deadline = self.now + self.shared.config.limits.close_timeout;
-        self.conns[id.index()].phase = Phase::Closing { deadline, fin_sent: false };
+        self.conns[id.index()].phase = Phase::Closing {
+            deadline,
+            fin_sent: false,
+        };
         self.schedule(id);
     }
 
     fn on_eof(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id.index()) else { return };
+        let Some(conn) = self.conns.get_mut(id.index()) else {
+            return;
+        };
         conn.eof = true;
         match conn.phase {
             // A half-closed client may still be owed its close reply or response.
@@ -352,14 +413,19 @@ impl<Io> Core<Io> {
             // Gone without a close handshake, or before finishing a request: nothing to send.
             _ => {
                 conn.out.clear();
-                conn.phase = Phase::Closing { deadline: self.now, fin_sent: true };
+                conn.phase = Phase::Closing {
+                    deadline: self.now,
+                    fin_sent: true,
+                };
                 self.schedule(id);
             }
         }
     }
 
     fn on_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(id.index()) else { return };
+        let Some(conn) = self.conns.get_mut(id.index()) else {
+            return;
+        };
         match conn.phase {
             Phase::Request { .. } => self.on_request_bytes(id, bytes),
             Phase::WebSocket { .. } => self.on_frame_bytes(id, bytes),
@@ -368,25 +434,32 @@ impl<Io> Core<Io> {
         }
     }
 
-    fn on_frame_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
+    fn on_frame_bytes(&mut self, id: ConnId, mut bytes: &mut [u8]) {
         let conn = &mut self.conns[id.index()];
-        let Phase::WebSocket { ws, route } = &mut conn.phase else { unreachable!("websocket phase") };
+        let Phase::WebSocket { ws, route } = &mut conn.phase else {
+            unreachable!("websocket phase")
+        };
         let limits = &self.shared.config.limits;
-        ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut self.events);
-        for event in self.events.drain(..) {
-            match event {
-                Event::Message { opcode, data } => match route {
-                    Route::Echo => {
-                        ws.send_message(opcode, &data, &mut conn.out);
+        while !bytes.is_empty() {
+            let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut self.events);
+            bytes = &mut mem::take(&mut bytes)[n..];
+            for event in self.events.drain(..) {
+                match event {
+                    Event::Message { opcode, data } => match route {
+                        Route::Echo => {
+                            ws.send_message(opcode, &data, &mut conn.out);
+                        }
+                        Route::Health | Route::NotFound => unreachable!("not a websocket route"),
+                    },
+                    Event::PeerClosed(_) => {}
+                    Event::Failed(err) => {
+                        tracing::debug!(reactor = self.index, "closing: {err}");
+                        ReactorMetrics::add(&self.shared.metrics[self.index].protocol_errors, 1);
                     }
-                    Route::Health | Route::NotFound => unreachable!("not a websocket route"),
-                },
-                Event::PeerClosed(_) => {}
-                Event::Failed(err) => tracing::debug!(reactor = self.index, "closing: {err}"),
+                }
             }
         }
-        let closed = ws.is_closed();
-        if closed {
+        if ws.is_closed() {
             self.begin_closing(id);
         } else if !conn.out.is_empty() {
             self.schedule(id);
@@ -394,7 +467,9 @@ impl<Io> Core<Io> {
     }
 
     fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
-        let Phase::Request { head, .. } = &mut self.conns[id.index()].phase else { unreachable!("request phase") };
+        let Phase::Request { head, .. } = &mut self.conns[id.index()].phase else {
+            unreachable!("request phase")
+        };
         // The common case parses straight from the read buffer; a split head is copied.
         let mut split = mem::take(head);
         let mut input: &mut [u8] = if split.is_empty() {
@@ -412,7 +487,11 @@ impl<Io> Core<Io> {
             };
             let body_len = req.content_length.unwrap_or(0);
             if body_len > MAX_BODY {
-                let err = HttpError { status: 413, reason: "request body over the limit", extra_header: None };
+                let err = HttpError {
+                    status: 413,
+                    reason: "request body over the limit",
+                    extra_header: None,
+                };
                 return self.reject(id, &err);
             }
             let total = req.head_len + body_len;
@@ -422,11 +501,20 @@ impl<Io> Core<Io> {
             let (this, rest) = mem::take(&mut input).split_at_mut(total);
             match self.dispatch(id, &req, &this[req.head_len..]) {
                 // Bytes right behind the upgrade request are the client's first frames.
-                Next::Upgraded => return if rest.is_empty() { () } else { self.on_frame_bytes(id, rest) },
+                Next::Upgraded => {
+                    return if rest.is_empty() {
+                        ()
+                    } else {
+                        self.on_frame_bytes(id, rest)
+                    }
+                }
                 Next::Close => return self.begin_closing(id),
                 Next::KeepAlive => {
                     let deadline = self.now + self.shared.config.handshake_timeout;
-                    self.conns[id.index()].phase = Phase::Request { head: Vec::new(), deadline };
+                    self.conns[id.index()].phase = Phase::Request {
+                        head: Vec::new(),
+                        deadline,
+                    };
                     if rest.is_empty() {
                         return;
                     }
@@ -444,6 +532,7 @@ impl<Io> Core<Io> {
     }
 
     fn reject(&mut self, id: ConnId, err: &HttpError) {
+        ReactorMetrics::add(&self.metrics().handshakes_failed, 1);
         self.conns[id.index()].out.push(err.response().into());
         self.begin_closing(id);
     }
@@ -454,22 +543,37 @@ impl<Io> Core<Io> {
         let draining = self.drain_deadline.is_some();
         let conn = &mut self.conns[id.index()];
         if conn.over_limit || (draining && route.is_websocket()) {
-            let reason = if draining { "server shutting down" } else { "server at its connection limit" };
-            let err = HttpError { status: 503, reason, extra_header: Some(("Retry-After", "1")) };
+            let reason = if draining {
+                "server shutting down"
+            } else {
+                "server at its connection limit"
+            };
+            let err = HttpError {
+                status: 503,
+                reason,
+                extra_header: Some(("Retry-After", "1")),
+            };
             conn.out.push(err.response().into());
             return Next::Close;
         }
         if route.is_websocket() {
-            let policy =
-                UpgradePolicy { subprotocols: &config.subprotocols, allowed_origins: config.allowed_origins.as_deref() };
+            let policy = UpgradePolicy {
+                subprotocols: &config.subprotocols,
+                allowed_origins: config.allowed_origins.as_deref(),
+            };
             return match handshake::validate_upgrade(req, &policy) {
                 Ok(upgrade) => {
+                    ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_ok, 1);
                     conn.out.push(upgrade.response().into());
-                    conn.phase = Phase::WebSocket { ws: Connection::new(self.now), route };
+                    conn.phase = Phase::WebSocket {
+                        ws: Connection::new(self.now),
+                        route,
+                    };
                     self.schedule(id);
                     Next::Upgraded
                 }
                 Err(err) => {
+                    ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_failed, 1);
                     conn.out.push(err.response().into());
                     Next::Close
                 }
@@ -492,18 +596,26 @@ impl<Io> Core<Io> {
         for (key, conn) in &mut self.conns {
             let id = ConnId(key as u32);
             match &mut conn.phase {
-                Phase::Request { deadline, .. } | Phase::Closing { deadline, .. } if now >= *deadline => {
+                Phase::Request { deadline, .. } | Phase::Closing { deadline, .. }
+                    if now >= *deadline =>
+                {
                     // Too slow to send a request, or to finish closing: drop it.
                     conn.out.clear();
                     conn.eof = true;
-                    conn.phase = Phase::Closing { deadline: now, fin_sent: true };
+                    conn.phase = Phase::Closing {
+                        deadline: now,
+                        fin_sent: true,
+                    };
                     due.push(id);
                 }
                 Phase::WebSocket { ws, .. } => {
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);
                         if ws.is_closed() {
-                            conn.phase = Phase::Closing { deadline: now + limits.close_timeout, fin_sent: false };
+                            conn.phase = Phase::Closing {
+                                deadline: now + limits.close_timeout,
+                                fin_sent: false,
+                            };
                         }
                         due.push(id);
                     }

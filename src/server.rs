@@ -11,6 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::driver::epoll::EpollDriver;
+use crate::metrics::ReactorMetrics;
 use crate::reactor::Reactor;
 use crate::sys::EventFd;
 
@@ -23,6 +24,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Open connections across all reactors (for `max_connections`).
     pub open: AtomicUsize,
+    /// One set of counters per reactor, indexed like the reactors.
+    pub metrics: Vec<ReactorMetrics>,
     wakers: Vec<Arc<EventFd>>,
 }
 
@@ -55,25 +58,47 @@ impl Server {
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
-        let wakers = (0..config.threads).map(|_| EventFd::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
-        let cores = if config.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
-        let shared = Arc::new(Shared { config, draining: AtomicBool::new(false), open: AtomicUsize::new(0), wakers });
+        let wakers = (0..config.threads)
+            .map(|_| EventFd::new().map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let metrics = (0..config.threads)
+            .map(|_| ReactorMetrics::default())
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            draining: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            metrics,
+            wakers,
+        });
         let mut threads = Vec::with_capacity(listeners.len());
         for (index, listener) in listeners.into_iter().enumerate() {
             let driver = EpollDriver::new(listener, shared.wakers[index].clone())?;
             let reactor = Reactor::new(index, driver, shared.clone());
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let thread = std::thread::Builder::new().name(format!("wsgate-reactor-{index}")).spawn(move || {
-                if let Some(core) = core {
-                    if !core_affinity::set_for_current(core) {
-                        tracing::warn!(reactor = index, "could not pin to core {}", core.id);
+            let thread = std::thread::Builder::new()
+                .name(format!("wsgate-reactor-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(reactor = index, "could not pin to core {}", core.id);
+                        }
                     }
-                }
-                reactor.run()
-            })?;
+                    reactor.run()
+                })?;
             threads.push(thread);
         }
-        Ok(Self { addr, shared, threads, backend: "epoll" })
+        Ok(Self {
+            addr,
+            shared,
+            threads,
+            backend: "epoll",
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -42,20 +42,32 @@ impl EpollDriver {
         let poll = Poll::new()?;
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        poll.registry().register(&mut SourceFd(&waker.as_raw_fd()), WAKER, Interest::READABLE)?;
-        Ok(Self { poll, events: Events::with_capacity(1024), listener: Some(listener), waker, pool: BufPool::new(READ_BUF) })
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&waker.as_raw_fd()), WAKER, Interest::READABLE)?;
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(1024),
+            listener: Some(listener),
+            waker,
+            pool: BufPool::new(READ_BUF),
+        })
     }
 
     fn accept_all(&mut self, out: &mut Vec<Completion<TcpStream>>) {
-        let Some(listener) = &self.listener else { return };
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
             match listener.accept() {
                 Ok((io, peer)) => out.push(Completion::Accepted { io, peer }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // Per-connection failures (ECONNABORTED) and fd exhaustion (EMFILE) must
                 // not stop the loop; EMFILE would spin, so stop for this turn.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionAborted
+                        || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     return;
@@ -72,7 +84,11 @@ impl Driver for EpollDriver {
         "epoll"
     }
 
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion<TcpStream>>) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion<TcpStream>>,
+    ) -> io::Result<()> {
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -88,8 +104,9 @@ impl Driver for EpollDriver {
                 }
                 Token(key) => {
                     let conn = ConnId(key as u32);
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        out.push(Completion::Readable(conn));
+                    let closed = event.is_read_closed() || event.is_error();
+                    if event.is_readable() || closed {
+                        out.push(Completion::Readable { conn, closed });
                     }
                     if event.is_writable() {
                         out.push(Completion::Writable(conn));
@@ -105,7 +122,11 @@ impl Driver for EpollDriver {
 
     fn attach(&mut self, conn: ConnId, io: &mut TcpStream) -> io::Result<()> {
         io.set_nodelay(true)?;
-        self.poll.registry().register(io, Token(conn.index()), Interest::READABLE | Interest::WRITABLE)
+        self.poll.registry().register(
+            io,
+            Token(conn.index()),
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
 
     fn recv(&mut self, io: &mut TcpStream) -> io::Result<Option<(BufId, usize)>> {
@@ -134,7 +155,12 @@ impl Driver for EpollDriver {
         self.pool.give_back(buf);
     }
 
-    fn send(&mut self, _conn: ConnId, io: &mut TcpStream, out: &OutQueue) -> io::Result<SendStatus> {
+    fn send(
+        &mut self,
+        _conn: ConnId,
+        io: &mut TcpStream,
+        out: &OutQueue,
+    ) -> io::Result<SendStatus> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = out.fill_iovecs(&mut iov);
         loop {

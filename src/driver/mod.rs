@@ -30,14 +30,21 @@ impl ConnId {
 pub enum Completion<Io> {
     /// A new connection was accepted.
     Accepted { io: Io, peer: SocketAddr },
-    /// (epoll) The socket has bytes or an EOF: call `Driver::recv` until it says so.
-    Readable(ConnId),
+    /// (epoll) The socket has bytes or an EOF: call `Driver::recv` until a short read, or
+    /// until EOF when `closed` (the peer's FIN came with the data: no further edge follows).
+    Readable { conn: ConnId, closed: bool },
     /// (io_uring) Bytes were received into a lent buffer; `Ok(None)` is EOF.
-    Received { conn: ConnId, result: io::Result<Option<(BufId, usize)>> },
+    Received {
+        conn: ConnId,
+        result: io::Result<Option<(BufId, usize)>>,
+    },
     /// (epoll) The socket can take more bytes after a short write.
     Writable(ConnId),
     /// (io_uring) A send submitted by `Driver::send` finished.
-    Sent { conn: ConnId, result: io::Result<usize> },
+    Sent {
+        conn: ConnId,
+        result: io::Result<usize>,
+    },
     /// (io_uring) The last operation of a closed connection finished: its id may be reused.
     Released(ConnId),
     /// Another thread called `wake` on this reactor's waker.
@@ -62,7 +69,11 @@ pub trait Driver {
     fn name(&self) -> &'static str;
 
     /// Waits up to `timeout` for at least one completion and appends what happened.
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion<Self::Io>>) -> io::Result<()>;
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion<Self::Io>>,
+    ) -> io::Result<()>;
 
     /// Starts receiving on a newly accepted connection.
     fn attach(&mut self, conn: ConnId, io: &mut Self::Io) -> io::Result<()>;

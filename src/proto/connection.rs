@@ -2,7 +2,9 @@
 //!
 //! Feed it every byte read with [`Connection::handle_bytes`] and call
 //! [`Connection::handle_timeout`] at or after [`Connection::poll_timeout`]. After each call:
-//! take the events it pushed, write out whatever it queued on the [`OutQueue`], and once
+//! take the events it pushed (answering a message before feeding the bytes after it, so
+//! replies keep their order with the pongs and close frames the core queues itself),
+//! write out whatever it queued on the [`OutQueue`], and once
 //! [`Connection::is_closed`] is true, flush the queue and close the TCP connection (the
 //! server closes first, RFC 6455 §7.1.1). It owns no buffers of its own between calls
 //! except a partial frame header, the message being assembled and a control payload.
@@ -126,8 +128,10 @@ impl Connection {
         self.state == State::Closed
     }
 
-    /// Handles bytes read from the socket. Unmasks `buf` in place and consumes all of it
-    /// (a partial header is kept). Pushes events to `events` and frames to `out`.
+    /// Handles bytes read from the socket, unmasking them in place. Pushes events to
+    /// `events` and frames to `out`, and returns how many bytes it consumed: all of them
+    /// (a partial header is kept inside), except that it returns right after a complete
+    /// message, so that the caller can answer it before the rest is parsed.
     pub fn handle_bytes(
         &mut self,
         now: Instant,
@@ -135,9 +139,10 @@ impl Connection {
         buf: &mut [u8],
         out: &mut OutQueue,
         events: &mut Vec<Event>,
-    ) {
+    ) -> usize {
         self.last_rx = now;
         self.ping_deadline = None;
+        let first_event = events.len();
         let mut pos = 0;
         while pos < buf.len() && self.state != State::Closed {
             let result = match self.rx {
@@ -177,10 +182,18 @@ impl Connection {
                     })
                 }
             };
-            if let Err(err) = result {
-                self.fail(err, out, events);
+            match result {
+                Err(err) => self.fail(err, out, events),
+                Ok(())
+                    if events.len() > first_event
+                        && matches!(events.last(), Some(Event::Message { .. })) =>
+                {
+                    return pos;
+                }
+                Ok(()) => {}
             }
         }
+        buf.len()
     }
 
     /// Parses a header at `buf[*pos..]`, continuing a saved partial header if there is one.

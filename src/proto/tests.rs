@@ -46,8 +46,20 @@ impl Peer {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
         let mut events = Vec::new();
         let mut buf = bytes.to_vec();
-        self.conn
-            .handle_bytes(self.now, &self.limits, &mut buf, &mut self.out, &mut events);
+        let mut rest = &mut buf[..];
+        while !rest.is_empty() {
+            let before = events.len();
+            let n =
+                self.conn
+                    .handle_bytes(self.now, &self.limits, rest, &mut self.out, &mut events);
+            let message =
+                events.len() > before && matches!(events.last(), Some(Event::Message { .. }));
+            assert!(
+                n == rest.len() || (n > 0 && message),
+                "consumes all, or stops after a message"
+            );
+            rest = &mut std::mem::take(&mut rest)[n..];
+        }
         events
     }
 
@@ -202,6 +214,36 @@ fn new_message_inside_fragmented_message_fails() {
     let mut p = Peer::new();
     p.feed(&client_frame(false, 0, 0x2, b"a"));
     p.assert_fails(&client_frame(true, 0, 0x1, b"b"), CloseCode::PROTOCOL);
+}
+
+#[test]
+fn returns_after_each_message_so_replies_keep_their_order() {
+    let mut p = Peer::new();
+    let mut wire = client_frame(true, 0, 0x1, b"first");
+    wire.extend(client_frame(true, 0, 0x5, b""));
+    let mut buf = wire.clone();
+    let mut events = Vec::new();
+    let n = p
+        .conn
+        .handle_bytes(p.now, &p.limits, &mut buf, &mut p.out, &mut events);
+    assert_eq!(n, 11, "stops after the message");
+    assert_eq!(events, vec![message(OpCode::Text, b"first")]);
+    assert!(p.out.is_empty(), "the failure is not seen yet");
+    assert!(p.conn.send_message(OpCode::Text, b"first", &mut p.out));
+    events.clear();
+    p.conn
+        .handle_bytes(p.now, &p.limits, &mut buf[n..], &mut p.out, &mut events);
+    assert!(matches!(
+        events[..],
+        [Event::Failed(ProtocolError::ReservedOpcode(5))]
+    ));
+    let sent = p.sent();
+    assert_eq!(
+        &sent[..7],
+        &[0x81, 5, b'f', b'i', b'r', b's', b't'],
+        "echo before the close"
+    );
+    assert_eq!(sent[7], 0x88);
 }
 
 // RFC 6455 §5.5: control frames.

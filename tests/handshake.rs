@@ -1,0 +1,165 @@
+//! The HTTP side of connecting: every handshake error status, subprotocols, origins,
+//! routing, limits on the request head, and the timeout for silent clients.
+
+mod util;
+
+use std::io::Write;
+
+use util::*;
+
+for_each_driver! {
+    fn upgrade_answers_101_with_accept_key(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let mut stream = tcp(&server);
+        stream.write_all(upgrade_request("/echo", "").as_bytes()).unwrap();
+        let r = read_response(&mut stream);
+        assert_eq!(r.status, 101);
+        assert_eq!(r.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(r.header("sec-websocket-protocol"), None, "no subprotocol configured");
+    }
+
+    fn request_split_into_single_bytes_still_upgrades(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let mut stream = tcp(&server);
+        for b in upgrade_request("/echo", "").bytes() {
+            stream.write_all(&[b]).unwrap();
+        }
+        assert_eq!(read_response(&mut stream).status, 101);
+    }
+
+    fn first_frame_sent_with_the_request_is_not_lost(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let mut stream = tcp(&server);
+        let mut bytes = upgrade_request("/echo", "").into_bytes();
+        bytes.extend(client_frame(true, 0x1, b"eager"));
+        stream.write_all(&bytes).unwrap();
+        assert_eq!(read_response(&mut stream).status, 101);
+        assert_eq!(read_frame(&mut stream), (true, 0x1, b"eager".to_vec()));
+    }
+
+    fn malformed_requests_get_400_with_a_reason(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let cases = [
+            ("missing key", "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            ("short key", "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            ("no host", "GET /echo HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            ("no connection upgrade", "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            ("http/1.0", "GET /echo HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            ("garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03 not http at all\r\n\r\n"),
+        ];
+        for (what, request) in cases {
+            let mut stream = tcp(&server);
+            stream.write_all(request.as_bytes()).unwrap();
+            let r = read_response(&mut stream);
+            assert_eq!(r.status, 400, "{what}: {}", r.body_text());
+            assert!(!r.body_text().trim().is_empty(), "{what}: a reason in the body");
+            assert_eq!(r.header("connection"), Some("close"), "{what}");
+            assert_closed(&mut stream);
+        }
+    }
+
+    fn wrong_version_gets_426_with_supported_version(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let request = upgrade_request("/echo", "").replace("Version: 13", "Version: 8");
+        let r = http(&server, &request);
+        assert_eq!(r.status, 426);
+        assert_eq!(r.header("sec-websocket-version"), Some("13"));
+    }
+
+    fn plain_get_on_websocket_path_gets_426(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let r = http(&server, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 426);
+        assert_eq!(r.header("upgrade"), Some("websocket"));
+    }
+
+    fn post_upgrade_gets_405(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let r = http(&server, &upgrade_request("/echo", "").replacen("GET", "POST", 1));
+        assert_eq!(r.status, 405);
+    }
+
+    fn unknown_path_gets_404(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        assert_eq!(http(&server, &upgrade_request("/nope", "")).status, 404);
+        assert_eq!(http(&server, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").status, 404);
+    }
+
+    fn disabled_echo_is_404(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.echo = Some(false));
+        assert_eq!(http(&server, &upgrade_request("/echo", "")).status, 404);
+    }
+
+    fn oversized_head_gets_431(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.max_header_bytes = Some(1024));
+        let big = format!("X-Filler: {}\r\n", "a".repeat(2000));
+        let r = http(&server, &upgrade_request("/echo", &big));
+        assert_eq!(r.status, 431);
+        // An endless head that never completes is cut off at the limit too.
+        let mut stream = tcp(&server);
+        stream.write_all(b"GET /echo HTTP/1.1\r\nX-Long: ").unwrap();
+        stream.write_all(&[b'a'; 2048]).unwrap();
+        assert_eq!(read_response(&mut stream).status, 431);
+    }
+
+    fn origin_allowlist_gives_403(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.allowed_origins = Some(vec!["https://app.example".into()]));
+        let ok = http(&server, &upgrade_request("/echo", "Origin: https://app.example\r\n"));
+        assert_eq!(ok.status, 101);
+        let denied = http(&server, &upgrade_request("/echo", "Origin: https://evil.example\r\n"));
+        assert_eq!(denied.status, 403);
+        assert_eq!(http(&server, &upgrade_request("/echo", "")).status, 403, "missing origin");
+    }
+
+    fn subprotocol_is_chosen_from_the_configured_list(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.subprotocols = Some(vec!["v2.wsgate".into(), "v1.wsgate".into()]));
+        let r = http(&server, &upgrade_request("/echo", "Sec-WebSocket-Protocol: v1.wsgate, v2.wsgate\r\n"));
+        assert_eq!(r.header("sec-websocket-protocol"), Some("v2.wsgate"), "server preference order");
+        let r = http(&server, &upgrade_request("/echo", "Sec-WebSocket-Protocol: v1.wsgate\r\n"));
+        assert_eq!(r.header("sec-websocket-protocol"), Some("v1.wsgate"));
+        let r = http(&server, &upgrade_request("/echo", "Sec-WebSocket-Protocol: chat\r\n"));
+        assert_eq!((r.status, r.header("sec-websocket-protocol")), (101, None));
+        // And an independent client agrees.
+        let ws = try_connect(&server, "/echo", |req| {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", "v1.wsgate".parse().unwrap());
+        });
+        assert!(ws.is_ok());
+    }
+
+    fn connections_over_the_limit_get_503(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.max_connections = Some(2));
+        let _a = connect(&server, "/echo");
+        let _b = connect(&server, "/echo");
+        let r = http(&server, &upgrade_request("/echo", ""));
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+
+    fn silent_client_is_dropped_after_the_handshake_timeout(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.handshake_timeout = Some("200ms".into()));
+        let mut silent = tcp(&server);
+        let mut stalled = tcp(&server);
+        stalled.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = std::time::Instant::now();
+        assert_closed(&mut silent);
+        assert_closed(&mut stalled);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(150), "not before the timeout");
+    }
+
+    fn healthz_and_keep_alive(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let mut stream = tcp(&server);
+        for _ in 0..3 {
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let r = read_response(&mut stream);
+            assert_eq!((r.status, r.body_text().as_str()), (200, "ok\n"));
+        }
+        // Pipelined requests are answered in order.
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut stream).status, 200);
+        assert_eq!(read_response(&mut stream).status, 404);
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut stream).status, 200);
+        assert_closed(&mut stream);
+    }
+}

@@ -1,0 +1,269 @@
+//! Shared test helpers: a gateway on 127.0.0.1:0, clients, and HTTP over raw TCP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+use wsgate::config::{IoBackend, RawConfig};
+use wsgate::server::Server;
+
+/// Every blocking read in the tests gives up after this: a hang is a failure, not a stall.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Generates one test per driver: `epoll::NAME` and (where io_uring runs) `uring::NAME`.
+#[macro_export]
+macro_rules! for_each_driver {
+    ($(fn $name:ident($io:ident: IoBackend) $body:block)*) => {
+        mod epoll {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[test] fn $name() { let $io = wsgate::config::IoBackend::Epoll; $body })*
+        }
+    };
+}
+
+/// A gateway for one test, drained on drop.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn start(io: IoBackend, tweak: impl FnOnce(&mut RawConfig)) -> Self {
+        let mut raw = RawConfig {
+            listen: Some("127.0.0.1:0".into()),
+            threads: Some(2),
+            pin: Some(false),
+            io: Some(io),
+            ..Default::default()
+        };
+        tweak(&mut raw);
+        let server =
+            Server::start(raw.validate().expect("valid test config")).expect("server starts");
+        let addr = server.local_addr();
+        Self {
+            server: Some(server),
+            addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Drains and waits for every reactor to exit.
+    pub fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().expect("reactors exit cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown();
+        }
+    }
+}
+
+pub type Client = WebSocket<TcpStream>;
+
+/// A tungstenite client with read/write timeouts.
+pub fn connect(server: &TestServer, path: &str) -> Client {
+    try_connect(server, path, |_| {}).expect("handshake succeeds")
+}
+
+pub fn try_connect(
+    server: &TestServer,
+    path: &str,
+    tweak: impl FnOnce(&mut tungstenite::handshake::client::Request),
+) -> Result<Client, tungstenite::Error> {
+    let stream = tcp(server);
+    let mut request = server.url(path).into_client_request().expect("request");
+    tweak(&mut request);
+    match tungstenite::client(request, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            panic!("blocking handshake interrupted")
+        }
+    }
+}
+
+/// A raw TCP connection with timeouts.
+pub fn tcp(server: &TestServer) -> TcpStream {
+    let stream = TcpStream::connect(server.addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads the next message, skipping nothing: pings and pongs are returned too.
+pub fn recv(ws: &mut Client) -> Message {
+    ws.read().expect("a message before the timeout")
+}
+
+/// An HTTP response read from a raw stream.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response (head, then Content-Length bytes of body).
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = stream
+            .read(&mut byte)
+            .expect("response head before the timeout");
+        assert!(
+            n == 1,
+            "connection closed before a full response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Response::new(&mut headers);
+    parsed.parse(&buf).expect("valid response head");
+    let status = parsed.code.expect("status");
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().expect("numeric content-length"));
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).expect("body");
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends `request` on a new connection and reads the response.
+pub fn http(server: &TestServer, request: &str) -> Response {
+    let mut stream = tcp(server);
+    stream.write_all(request.as_bytes()).unwrap();
+    read_response(&mut stream)
+}
+
+/// Asserts the peer closes the TCP connection (EOF or reset) before the timeout.
+pub fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected the server to close the connection, got {e}"),
+        }
+    }
+}
+
+/// A valid upgrade request for `path` with extra header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A masked client frame.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Reads one server frame from a raw stream: (fin, opcode, payload).
+pub fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("frame header");
+    assert_eq!(head[1] & 0x80, 0, "server frames are unmasked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).unwrap();
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0; len as usize];
+    stream.read_exact(&mut payload).expect("frame payload");
+    (head[0] & 0x80 != 0, head[0] & 0x0f, payload)
+}
+
+/// Upgrades a raw stream on `path` and checks the 101.
+pub fn raw_upgrade(server: &TestServer, path: &str) -> TcpStream {
+    let mut stream = tcp(server);
+    stream
+        .write_all(upgrade_request(path, "").as_bytes())
+        .unwrap();
+    let response = read_response(&mut stream);
+    assert_eq!(response.status, 101);
+    stream
+}
+
+/// Reads a close frame from a raw stream and returns its code.
+pub fn read_close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let (_, opcode, payload) = read_frame(stream);
+        if opcode == 0x8 {
+            assert!(payload.len() >= 2, "close frame with a code");
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
