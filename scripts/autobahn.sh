@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the Autobahn TestSuite (cases 1.* to 10.*) against wsgate's /echo and compares
+# every case with autobahn/expected-results.json: fails on any case that does worse.
+#
+# usage: scripts/autobahn.sh [--update]     (--update rewrites the expected results)
+# env:   WSGATE_IO=epoll|uring  the driver under test (default: the server's auto)
+#        AUTOBAHN_CASES         case patterns (default 1.* to 10.*)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+tools="$(cd ../shared/tools/autobahn && pwd)"
+cases="${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*}"
+io="${WSGATE_IO:-auto}"
+out="target/autobahn/$io"
+expected="autobahn/expected-results.json"
+update=0
+[[ "${1:-}" == "--update" ]] && update=1
+
+cargo build --release --quiet --bin wsgate
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log="$(mktemp)"
+./target/release/wsgate serve --listen "127.0.0.1:$port" --io "$io" >"$log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+  if curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; then break; fi
+  kill -0 "$server" 2>/dev/null || { cat "$log"; echo "autobahn.sh: wsgate exited" >&2; exit 1; }
+  sleep 0.1
+done
+grep -m1 "listening" "$log" || true
+
+rm -rf "$out"
+status=0
+"$tools/run.sh" "ws://127.0.0.1:$port/echo" "$cases" "$out" || status=$?
+kill -0 "$server" 2>/dev/null || { cat "$log"; echo "autobahn.sh: wsgate died during the run" >&2; exit 1; }
+
+if ((update)); then
+  python3 scripts/autobahn_compare.py "$out/index.json" "$expected" --update
+else
+  python3 scripts/autobahn_compare.py "$out/index.json" "$expected"
+fi
+exit "$status"

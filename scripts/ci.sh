@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, unit and integration
+# tests, a loadgen smoke run, and the Autobahn conformance run against /echo.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "cargo doc"
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --quiet
+step "cargo test"
+cargo test --workspace
+step "scalar unmasking (--cfg wsgate_scalar)"
+RUSTFLAGS="--cfg wsgate_scalar" CARGO_TARGET_DIR=target/scalar cargo test --lib --quiet proto::
+step "benches build"
+cargo bench --workspace --no-run --quiet
+if [[ -x scripts/loadgen-smoke.sh ]]; then
+  step "loadgen smoke run"
+  scripts/loadgen-smoke.sh
+fi
+step "autobahn (epoll)"
+WSGATE_IO=epoll scripts/autobahn.sh
