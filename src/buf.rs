@@ -20,12 +20,19 @@ pub struct BufPool {
 
 impl BufPool {
     pub fn new(size: usize) -> Self {
-        Self { size, lent: Slab::new(), free: Vec::new() }
+        Self {
+            size,
+            lent: Slab::new(),
+            free: Vec::new(),
+        }
     }
 
     /// Lends a buffer (reusing a returned one when there is one).
     pub fn lend(&mut self) -> BufId {
-        let buf = self.free.pop().unwrap_or_else(|| vec![0; self.size].into_boxed_slice());
+        let buf = self
+            .free
+            .pop()
+            .unwrap_or_else(|| vec![0; self.size].into_boxed_slice());
         BufId(self.lent.insert(buf) as u32)
     }
 

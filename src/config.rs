@@ -120,7 +120,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        RawConfig::default().validate().expect("the defaults are valid")
+        RawConfig::default()
+            .validate()
+            .expect("the defaults are valid")
     }
 }
 
@@ -130,22 +132,38 @@ pub enum ConfigError {
     #[error("invalid value for `{name}`: {reason}")]
     Invalid { name: &'static str, reason: String },
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name, reason: reason.into() }
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
 }
 
 impl RawConfig {
     /// Reads the TOML file named by `config`, if any, and lays these settings over it.
     pub fn load(self) -> Result<Config, ConfigError> {
-        let Some(path) = self.config.clone() else { return self.validate() };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-        let file: RawConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source: Box::new(source) })?;
+        let Some(path) = self.config.clone() else {
+            return self.validate();
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path,
+            source: Box::new(source),
+        })?;
         self.over(file).validate()
     }
 
@@ -155,15 +173,33 @@ impl RawConfig {
             ($($field:ident),*) => { RawConfig { $($field: self.$field.or(base.$field)),* } };
         }
         pick!(
-            config, listen, threads, pin, io, max_connections, handshake_timeout, idle_timeout,
-            pong_timeout, close_timeout, drain_grace, max_frame_size, max_message_size,
-            max_header_bytes, max_outbound_bytes, slow_consumer, echo, subprotocols, allowed_origins
+            config,
+            listen,
+            threads,
+            pin,
+            io,
+            max_connections,
+            handshake_timeout,
+            idle_timeout,
+            pong_timeout,
+            close_timeout,
+            drain_grace,
+            max_frame_size,
+            max_message_size,
+            max_header_bytes,
+            max_outbound_bytes,
+            slow_consumer,
+            echo,
+            subprotocols,
+            allowed_origins
         )
     }
 
     pub fn validate(self) -> Result<Config, ConfigError> {
         let listen = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen = listen.parse().map_err(|_| invalid("listen", format!("{listen:?} is not an ADDR:PORT")))?;
+        let listen = listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("{listen:?} is not an ADDR:PORT")))?;
         let threads = match self.threads.unwrap_or(0) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n if n > 1024 => return Err(invalid("threads", "at most 1024")),
@@ -176,22 +212,45 @@ impl RawConfig {
                 Ok(value)
             }
         };
-        let handshake_timeout = nonzero("handshake_timeout", self.handshake_timeout.as_deref(), "10s")?;
-        let idle_timeout = duration("idle_timeout", self.idle_timeout.as_deref().unwrap_or("60s"))?;
+        let handshake_timeout = nonzero(
+            "handshake_timeout",
+            self.handshake_timeout.as_deref(),
+            "10s",
+        )?;
+        let idle_timeout = duration(
+            "idle_timeout",
+            self.idle_timeout.as_deref().unwrap_or("60s"),
+        )?;
         let limits = Limits {
-            max_frame_size: positive("max_frame_size", self.max_frame_size.unwrap_or(16 << 20) as usize)? as u64,
-            max_message_size: positive("max_message_size", self.max_message_size.unwrap_or(16 << 20))?,
+            max_frame_size: positive(
+                "max_frame_size",
+                self.max_frame_size.unwrap_or(16 << 20) as usize,
+            )? as u64,
+            max_message_size: positive(
+                "max_message_size",
+                self.max_message_size.unwrap_or(16 << 20),
+            )?,
             close_timeout: nonzero("close_timeout", self.close_timeout.as_deref(), "5s")?,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
             pong_timeout: nonzero("pong_timeout", self.pong_timeout.as_deref(), "20s")?,
         };
         let max_header_bytes = self.max_header_bytes.unwrap_or(8192);
         if !(256..=1 << 20).contains(&max_header_bytes) {
-            return Err(invalid("max_header_bytes", "must be between 256 and 1048576"));
+            return Err(invalid(
+                "max_header_bytes",
+                "must be between 256 and 1048576",
+            ));
         }
         for p in self.subprotocols.iter().flatten() {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
-                return Err(invalid("subprotocols", format!("{p:?} is not an HTTP token")));
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err(invalid(
+                    "subprotocols",
+                    format!("{p:?} is not an HTTP token"),
+                ));
             }
         }
         let allowed_origins = self.allowed_origins.filter(|o| !o.is_empty());
@@ -201,13 +260,19 @@ impl RawConfig {
             pin: self.pin.unwrap_or(true),
             io: self.io.unwrap_or(IoBackend::Auto),
             max_connections: match self.max_connections.unwrap_or(0) {
-                0 => crate::sys::raise_nofile_limit().map_or(1024, |n| n as usize).saturating_sub(64).max(1),
+                0 => crate::sys::raise_nofile_limit()
+                    .map_or(1024, |n| n as usize)
+                    .saturating_sub(64)
+                    .max(1),
                 n => n,
             },
             handshake_timeout,
             drain_grace: duration("drain_grace", self.drain_grace.as_deref().unwrap_or("10s"))?,
             max_header_bytes,
-            max_outbound_bytes: positive("max_outbound_bytes", self.max_outbound_bytes.unwrap_or(1 << 20))?,
+            max_outbound_bytes: positive(
+                "max_outbound_bytes",
+                self.max_outbound_bytes.unwrap_or(1 << 20),
+            )?,
             slow_consumer: self.slow_consumer.unwrap_or(SlowConsumerPolicy::Close),
             echo: self.echo.unwrap_or(true),
             subprotocols: self.subprotocols.unwrap_or_default(),
@@ -217,7 +282,11 @@ impl RawConfig {
     }
 }
 
-fn nonzero(name: &'static str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+fn nonzero(
+    name: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let d = duration(name, value.unwrap_or(default))?;
     if d.is_zero() {
         return Err(invalid(name, "must be greater than 0"));
@@ -242,7 +311,12 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 fn duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    parse_duration(text).ok_or_else(|| invalid(name, format!("{text:?} is not a duration like 500ms, 10s or 5m")))
+    parse_duration(text).ok_or_else(|| {
+        invalid(
+            name,
+            format!("{text:?} is not a duration like 500ms, 10s or 5m"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -271,20 +345,45 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let bad = |raw: RawConfig| raw.validate().unwrap_err().to_string();
-        assert!(bad(RawConfig { listen: Some("nowhere".into()), ..Default::default() }).contains("`listen`"));
-        assert!(bad(RawConfig { handshake_timeout: Some("0s".into()), ..Default::default() })
-            .contains("`handshake_timeout`"));
-        assert!(bad(RawConfig { max_frame_size: Some(0), ..Default::default() }).contains("`max_frame_size`"));
-        assert!(bad(RawConfig { subprotocols: Some(vec!["a b".into()]), ..Default::default() })
-            .contains("`subprotocols`"));
+        assert!(bad(RawConfig {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        })
+        .contains("`listen`"));
+        assert!(bad(RawConfig {
+            handshake_timeout: Some("0s".into()),
+            ..Default::default()
+        })
+        .contains("`handshake_timeout`"));
+        assert!(bad(RawConfig {
+            max_frame_size: Some(0),
+            ..Default::default()
+        })
+        .contains("`max_frame_size`"));
+        assert!(bad(RawConfig {
+            subprotocols: Some(vec!["a b".into()]),
+            ..Default::default()
+        })
+        .contains("`subprotocols`"));
     }
 
     #[test]
     fn flags_override_the_file() {
-        let file: RawConfig = toml::from_str("listen = \"127.0.0.1:9000\"\nthreads = 3\nidle_timeout = \"0s\"").unwrap();
-        let cli = RawConfig { threads: Some(1), ..Default::default() };
+        let file: RawConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nthreads = 3\nidle_timeout = \"0s\"")
+                .unwrap();
+        let cli = RawConfig {
+            threads: Some(1),
+            ..Default::default()
+        };
         let c = cli.over(file).validate().unwrap();
-        assert_eq!((c.listen.port(), c.threads, c.limits.idle_timeout), (9000, 1, None));
-        assert!(toml::from_str::<RawConfig>("nonsense = 1").is_err(), "unknown keys are rejected");
+        assert_eq!(
+            (c.listen.port(), c.threads, c.limits.idle_timeout),
+            (9000, 1, None)
+        );
+        assert!(
+            toml::from_str::<RawConfig>("nonsense = 1").is_err(),
+            "unknown keys are rejected"
+        );
     }
 }

@@ -33,8 +33,12 @@ impl Route {
 pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
     let keep_alive = req.keep_alive && !draining;
     match route {
-        Route::Health if !matches!(req.method, Method::Get | Method::Head) => method_not_allowed(keep_alive),
-        Route::Health if draining => handshake::response(503, "text/plain", &[], b"draining\n", false),
+        Route::Health if !matches!(req.method, Method::Get | Method::Head) => {
+            method_not_allowed(keep_alive)
+        }
+        Route::Health if draining => {
+            handshake::response(503, "text/plain", &[], b"draining\n", false)
+        }
         Route::Health => handshake::response(200, "text/plain", &[], b"ok\n", keep_alive),
         Route::Echo => unreachable!("websocket routes are upgraded, not answered"),
         Route::NotFound => handshake::response(404, "text/plain", &[], b"not found\n", keep_alive),
@@ -42,5 +46,11 @@ pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
 }
 
 fn method_not_allowed(keep_alive: bool) -> Vec<u8> {
-    handshake::response(405, "text/plain", &[("Allow", "GET, HEAD")], b"method not allowed\n", keep_alive)
+    handshake::response(
+        405,
+        "text/plain",
+        &[("Allow", "GET, HEAD")],
+        b"method not allowed\n",
+        keep_alive,
+    )
 }

@@ -26,9 +26,13 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
-    let Command::Serve(raw) = Cli::parse().command.unwrap_or(Command::Serve(RawConfig::default()));
+    let Command::Serve(raw) = Cli::parse()
+        .command
+        .unwrap_or(Command::Serve(RawConfig::default()));
     let config = match raw.load() {
         Ok(config) => config,
         Err(e) => {
@@ -48,14 +52,19 @@ fn main() -> ExitCode {
 fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
     match wsgate::sys::raise_nofile_limit() {
         Ok(limit) if (limit as usize) < config.max_connections + 64 => {
-            tracing::warn!(limit, max_connections = config.max_connections, "open-files limit below max_connections")
+            tracing::warn!(
+                limit,
+                max_connections = config.max_connections,
+                "open-files limit below max_connections"
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let (threads, pin) = (config.threads, config.pin);
-    let server = Server::start(config.clone()).with_context(|| format!("starting on {}", config.listen))?;
+    let server =
+        Server::start(config.clone()).with_context(|| format!("starting on {}", config.listen))?;
     tracing::info!(
         "wsgate listening on {}, {threads} reactors, pinning {}, io {}",
         server.local_addr(),
@@ -63,19 +72,21 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         server.backend()
     );
     let shared = server.shared().clone();
-    std::thread::Builder::new().name("wsgate-signals".into()).spawn(move || {
-        let mut seen = 0;
-        for signal in signals.forever() {
-            seen += 1;
-            if seen == 1 {
-                tracing::info!(signal, "draining: closing connections with 1001");
-                server::drain(&shared);
-            } else {
-                tracing::warn!(signal, "second signal: exiting now");
-                std::process::exit(130);
+    std::thread::Builder::new()
+        .name("wsgate-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal, "draining: closing connections with 1001");
+                    server::drain(&shared);
+                } else {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(130);
+                }
             }
-        }
-    })?;
+        })?;
     server.join().context("reactor failed")?;
     tracing::info!("drained, exiting");
     Ok(())

@@ -28,7 +28,9 @@ impl EventFd {
     pub fn new() -> io::Result<Self> {
         let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
         // SAFETY: `eventfd` just returned this descriptor and nothing else owns it.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Adds one to the counter, making the fd readable. Never blocks: a saturated counter
@@ -55,7 +57,10 @@ impl AsRawFd for EventFd {
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
@@ -66,7 +71,10 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 
 /// CPU time this process has used, in nanoseconds (user + system).
 pub fn process_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     match syscall!(clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)) {
         Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
         Err(_) => 0,
@@ -83,11 +91,21 @@ mod tests {
         efd.wake();
         efd.wake();
         let mut count = 0u64;
-        let n = syscall!(read(efd.as_raw_fd(), std::ptr::addr_of_mut!(count).cast(), 8)).expect("readable");
+        let n = syscall!(read(
+            efd.as_raw_fd(),
+            std::ptr::addr_of_mut!(count).cast(),
+            8
+        ))
+        .expect("readable");
         assert_eq!((n, count), (8, 2));
         efd.wake();
         efd.drain();
-        let err = syscall!(read(efd.as_raw_fd(), std::ptr::addr_of_mut!(count).cast(), 8)).unwrap_err();
+        let err = syscall!(read(
+            efd.as_raw_fd(),
+            std::ptr::addr_of_mut!(count).cast(),
+            8
+        ))
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
