@@ -80,7 +80,14 @@ fn build(a: &BlastArgs) -> Batch {
         stamps.push(buf.len());
         let at = buf.len();
         buf.resize(at + a.size, 0);
-        stamp::write(&mut buf[at..], Stamp { ts: 0, publisher: 0, seq: 0 });
+        stamp::write(
+            &mut buf[at..],
+            Stamp {
+                ts: 0,
+                publisher: 0,
+                seq: 0,
+            },
+        );
         buf.extend_from_slice(&suf);
     }
     Batch { buf, stamps }
@@ -150,7 +157,14 @@ pub fn run(a: BlastArgs) -> Result<()> {
         }
         // Stamp once per batch: the time is shared, the sequence numbers count up.
         let ts = sys::mono_ns();
-        stamp::write(&mut ts_hex, Stamp { ts, publisher: 0, seq: 0 });
+        stamp::write(
+            &mut ts_hex,
+            Stamp {
+                ts,
+                publisher: 0,
+                seq: 0,
+            },
+        );
         for &at in &batch.stamps {
             batch.buf[at..at + 25].copy_from_slice(&ts_hex[..25]);
             stamp::put_seq(&mut batch.buf[at..at + STAMP_LEN], seq);

@@ -371,7 +371,10 @@ impl Worker {
             } else {
                 0
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_nanos(wait))) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait)))
+            {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.shared.error(format!("poll: {e}"));
                     break;
@@ -634,10 +637,7 @@ impl Worker {
     fn on_readable(&mut self, key: usize) {
         let mut buf = std::mem::take(&mut self.buf);
         let mut reads = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(key) {
             let carry = conn.carry.len();
             if carry >= buf.len() {
                 buf.resize(carry * 2, 0);
@@ -1112,7 +1112,11 @@ impl Worker {
                 break;
             }
             self.holds.pop_front();
-            if self.conns.get(key).is_some_and(|c| c.gen == gen && c.st == St::Open) {
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.gen == gen && c.st == St::Open)
+            {
                 self.start_close(key, now);
             }
         }

@@ -86,11 +86,13 @@ fn real_main() -> Result<()> {
     out.summary.write_table(&mut stdout)?;
     stdout.flush()?;
     if let Some(path) = &common.json {
-        let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let f =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(f), &out.summary)?;
     }
     if let Some(path) = &common.hgrm {
-        let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let f =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
         let mut w = std::io::BufWriter::new(f);
         stats::write_hgrm(&out.hist, 1000.0, &mut w)?;
         w.flush()?;

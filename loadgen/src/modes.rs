@@ -178,15 +178,24 @@ pub fn parse_sources(s: &str) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
-            let a: Ipv4Addr = a.trim().parse().with_context(|| format!("bad address {a:?}"))?;
-            let b: Ipv4Addr = b.trim().parse().with_context(|| format!("bad address {b:?}"))?;
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad address {a:?}"))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad address {b:?}"))?;
             let (a, b) = (u32::from(a), u32::from(b));
             if a > b || b - a > 65_536 {
                 bail!("bad source range {part}");
             }
             out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
         } else {
-            out.push(part.parse().with_context(|| format!("bad address {part:?}"))?);
+            out.push(
+                part.parse()
+                    .with_context(|| format!("bad address {part:?}"))?,
+            );
         }
     }
     if out.is_empty() {
@@ -213,7 +222,9 @@ pub fn parse_url(url: &str) -> Result<Target> {
     if authority.is_empty() {
         bail!("--url {url:?}: no host");
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()
@@ -251,7 +262,9 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         None => Vec::new(),
     };
     let avail = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut threads = c.threads.unwrap_or(if cpus.is_empty() { avail } else { cpus.len() });
+    let mut threads = c
+        .threads
+        .unwrap_or(if cpus.is_empty() { avail } else { cpus.len() });
     if mode != Mode::Connect {
         threads = threads.min(conns.max(1));
     }
@@ -301,7 +314,11 @@ pub fn echo_plan(a: &EchoArgs, progress: bool) -> Result<Plan> {
     }
     let mut p = base(&a.common, Mode::Echo, "/echo", a.connections, !progress)?;
     p.size = a.size;
-    p.opcode = if a.binary { OpCode::Binary } else { OpCode::Text };
+    p.opcode = if a.binary {
+        OpCode::Binary
+    } else {
+        OpCode::Text
+    };
     p.rate = a.rate.unwrap_or(0.0).max(0.0);
     p.pipeline = a.pipeline.max(1);
     for i in 0..a.connections {

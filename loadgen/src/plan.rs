@@ -86,12 +86,7 @@ impl Plan {
     pub fn senders_in(&self, t: usize) -> usize {
         self.conns[t]
             .iter()
-            .filter(|c| {
-                matches!(
-                    c.role,
-                    Role::Echo | Role::Publisher | Role::HttpPublisher
-                )
-            })
+            .filter(|c| matches!(c.role, Role::Echo | Role::Publisher | Role::HttpPublisher))
             .count()
     }
 

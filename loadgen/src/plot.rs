@@ -34,7 +34,11 @@ pub fn points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 
 fn pct_label(x: f64) -> String {
     let p = 100.0 * (1.0 - 10f64.powf(-x));
-    let digits = if x <= 2.0 { 0 } else { (x - 2.0).ceil() as usize };
+    let digits = if x <= 2.0 {
+        0
+    } else {
+        (x - 2.0).ceil() as usize
+    };
     format!("{p:.digits$}%")
 }
 

@@ -37,7 +37,10 @@ impl Progress {
     fn new(enabled: bool) -> Self {
         let bar = enabled.then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            b.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .expect("valid template"),
+            );
             b
         });
         Progress {
@@ -103,7 +106,11 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     let shared = Arc::new(Shared::new(plan.threads));
     let sigint = Arc::new(AtomicBool::new(false));
     // A second Ctrl-C exits at once.
-    signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, Arc::clone(&sigint))?;
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        Arc::clone(&sigint),
+    )?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&sigint))?;
 
     let mut workers = Vec::new();
@@ -130,8 +137,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     } else {
         0.0
     };
-    let connect_deadline =
-        sys::mono_ns() + ((ramp_s + 1.0) * 1e9) as u64 + plan.connect_timeout_ns;
+    let connect_deadline = sys::mono_ns() + ((ramp_s + 1.0) * 1e9) as u64 + plan.connect_timeout_ns;
     loop {
         let (ready, failed) = (
             shared.ready.load(Ordering::Acquire),
@@ -143,7 +149,9 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         if sys::mono_ns() > connect_deadline {
             break;
         }
-        prog.say(format!("connecting: {ready}/{total} ready, {failed} failed"));
+        prog.say(format!(
+            "connecting: {ready}/{total} ready, {failed} failed"
+        ));
         std::thread::sleep(TICK);
     }
     let (ready, failed) = (
@@ -198,7 +206,11 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
             prog.update(&shared, if now < mstart { "warm-up" } else { "run" });
             next_report += 1_000_000_000;
         }
-        let wake = next_report.min(mend).min(if cpu_start.is_none() { mstart } else { u64::MAX });
+        let wake = next_report.min(mend).min(if cpu_start.is_none() {
+            mstart
+        } else {
+            u64::MAX
+        });
         std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now)).min(TICK * 10));
     }
     if cpu_start.is_some() {
@@ -226,7 +238,15 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         (Some(a), Some(b)) => b - a,
         _ => 0,
     };
-    Ok(summarize(&plan, &shared, results, window_ns, cpu_ns, &timing, interrupted))
+    Ok(summarize(
+        &plan,
+        &shared,
+        results,
+        window_ns,
+        cpu_ns,
+        &timing,
+        interrupted,
+    ))
 }
 
 /// Everything sent in the window has come back (echo) or been delivered (fanout).
@@ -284,7 +304,10 @@ fn summarize(
     if saturated {
         let mut why = Vec::new();
         if hot_thread {
-            why.push(format!("a worker thread used {:.0}% of a core", thread_cpu.iter().cloned().fold(0.0, f64::max)));
+            why.push(format!(
+                "a worker thread used {:.0}% of a core",
+                thread_cpu.iter().cloned().fold(0.0, f64::max)
+            ));
         }
         if late_frac > 0.01 || send_lag > 10_000_000 {
             why.push(format!(

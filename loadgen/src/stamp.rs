@@ -120,20 +120,42 @@ mod tests {
 
     #[test]
     fn hex8_all_digits_and_rejects() {
-        for v in [0u32, 1, 9, 10, 15, 0x1000_0000, 0xffff_ffff, 0x0a0b_0c0d, 0x9999_9999] {
+        for v in [
+            0u32,
+            1,
+            9,
+            10,
+            15,
+            0x1000_0000,
+            0xffff_ffff,
+            0x0a0b_0c0d,
+            0x9999_9999,
+        ] {
             let s = format!("{v:08x}");
             assert_eq!(hex8(s.as_bytes()), Some(v), "{s}");
         }
-        for bad in ["0000000g", "A0000000", "0000/000", "0000:000", "`0000000", "0000 000"] {
+        for bad in [
+            "0000000g", "A0000000", "0000/000", "0000:000", "`0000000", "0000 000",
+        ] {
             assert_eq!(hex8(bad.as_bytes()), None, "{bad}");
         }
-        assert_eq!(hex8(&[0xB0, b'0', b'0', b'0', b'0', b'0', b'0', b'0']), None);
+        assert_eq!(
+            hex8(&[0xB0, b'0', b'0', b'0', b'0', b'0', b'0', b'0']),
+            None
+        );
     }
 
     #[test]
     fn truncated_or_missing_stamp() {
         let mut p = [0u8; 40];
-        write(&mut p, Stamp { ts: 1, publisher: 2, seq: 3 });
+        write(
+            &mut p,
+            Stamp {
+                ts: 1,
+                publisher: 2,
+                seq: 3,
+            },
+        );
         assert_eq!(decode(&p[..STAMP_LEN - 1]), None);
         assert_eq!(find(b"no marker here"), None);
         assert_eq!(find(b"~nothex"), None);

@@ -270,7 +270,11 @@ pub fn write_hgrm(h: &Histogram<u64>, scale: f64, w: &mut impl Write) -> io::Res
         )
     };
     writeln!(w, "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]")?;
-    writeln!(w, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len())?;
+    writeln!(
+        w,
+        "#[Max     = {max:12.3}, Total count    = {:12}]",
+        h.len()
+    )?;
     writeln!(
         w,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
@@ -347,7 +351,9 @@ mod tests {
     fn hgrm_of_empty_histogram() {
         let mut out = Vec::new();
         write_hgrm(&new_hist(), 1000.0, &mut out).unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("Total count    =            0]"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Total count    =            0]"));
     }
 
     #[test]

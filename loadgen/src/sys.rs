@@ -64,6 +64,8 @@ pub fn raise_nofile() -> io::Result<u64> {
         // SAFETY: `rl` is a valid rlimit with cur <= max, which an unprivileged process may set.
         syscall!(setrlimit(libc::RLIMIT_NOFILE, &rl))?;
     }
+    // rlim_t is u64 on Linux targets.
+    #[allow(clippy::unnecessary_cast)]
     Ok(rl.rlim_cur as u64)
 }
 

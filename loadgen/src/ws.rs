@@ -77,7 +77,9 @@ impl std::fmt::Display for ProtocolError {
             ProtocolError::FragmentedControl => f.write_str("fragmented control frame"),
             ProtocolError::ControlTooLong => f.write_str("control frame longer than 125 bytes"),
             ProtocolError::UnexpectedContinuation => f.write_str("continuation without a message"),
-            ProtocolError::ExpectedContinuation => f.write_str("new message inside a fragmented one"),
+            ProtocolError::ExpectedContinuation => {
+                f.write_str("new message inside a fragmented one")
+            }
             ProtocolError::LengthOverflow => f.write_str("64-bit length with the top bit set"),
         }
     }
@@ -158,7 +160,10 @@ pub enum Event<'a> {
         len: u64,
     },
     /// A continuation frame; `fin` ends the message.
-    Continuation { fin: bool, len: u64 },
+    Continuation {
+        fin: bool,
+        len: u64,
+    },
     Ping(&'a [u8]),
     Pong,
     Close {
@@ -173,7 +178,10 @@ pub enum Step<'a> {
     NeedMore,
     /// Bytes of a long payload were skipped.
     Skipped(usize),
-    Frame { consumed: usize, event: Event<'a> },
+    Frame {
+        consumed: usize,
+        event: Event<'a>,
+    },
 }
 
 /// Incremental decoder of server frames. Feed it the unconsumed bytes; it never copies.
@@ -268,7 +276,9 @@ impl Decoder {
 
 /// XORs `buf` with the masking key (RFC 6455 §5.3), eight bytes at a time.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
-    let k64 = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let k64 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = buf.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes((&*c).try_into().expect("8-byte chunk")) ^ k64;
@@ -320,7 +330,9 @@ pub fn encode_frame_with(
 
 /// Appends a complete masked frame carrying `payload`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
-    encode_frame_with(out, opcode, payload.len(), key, |p| p.copy_from_slice(payload));
+    encode_frame_with(out, opcode, payload.len(), key, |p| {
+        p.copy_from_slice(payload)
+    });
 }
 
 /// Appends a masked close frame with `code`.
@@ -483,10 +495,7 @@ mod tests {
         assert_eq!(out, [0x82, 0xFE, 0x01, 0x00, 0, 0, 0, 0]);
         out.clear();
         encode_header(&mut out, true, OpCode::Binary, 65536, [0; 4]);
-        assert_eq!(
-            out,
-            [0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(out, [0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     }
 
     // RFC 6455 §5.7: unmasked "Hello" from a server.
@@ -515,7 +524,9 @@ mod tests {
         match d.decode(&buf).unwrap() {
             Step::Frame { consumed, event } => {
                 assert_eq!(consumed, 260);
-                assert!(matches!(event, Event::Data { len: 256, fin: true, head, .. } if head.len() == 256));
+                assert!(
+                    matches!(event, Event::Data { len: 256, fin: true, head, .. } if head.len() == 256)
+                );
             }
             s => panic!("{s:?}"),
         }
@@ -530,20 +541,31 @@ mod tests {
         match d.decode(&buf).unwrap() {
             Step::Frame { consumed, event } => {
                 assert_eq!(consumed, 1010);
-                assert!(matches!(event, Event::Data { len: 70_000, head, .. } if head.len() == 1000));
+                assert!(
+                    matches!(event, Event::Data { len: 70_000, head, .. } if head.len() == 1000)
+                );
             }
             s => panic!("{s:?}"),
         }
         // The rest arrives later and is skipped without being handed out.
         let rest = vec![1u8; len - 1000];
         assert_eq!(d.decode(&rest).unwrap(), Step::Skipped(len - 1000));
-        assert_eq!(d.decode(&[0x8A, 0x00]).unwrap(), Step::Frame { consumed: 2, event: Event::Pong });
+        assert_eq!(
+            d.decode(&[0x8A, 0x00]).unwrap(),
+            Step::Frame {
+                consumed: 2,
+                event: Event::Pong
+            }
+        );
     }
 
     #[test]
     fn decode_rejects_64_bit_length_with_top_bit() {
         let buf = [0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 1];
-        assert_eq!(Decoder::default().decode(&buf), Err(ProtocolError::LengthOverflow));
+        assert_eq!(
+            Decoder::default().decode(&buf),
+            Err(ProtocolError::LengthOverflow)
+        );
     }
 
     #[test]
@@ -560,7 +582,9 @@ mod tests {
     // RFC 6455 §5.4: fragmentation.
     #[test]
     fn decode_fragments() {
-        let buf = [0x01, 0x03, b'H', b'e', b'l', 0x89, 0x00, 0x80, 0x02, b'l', b'o'];
+        let buf = [
+            0x01, 0x03, b'H', b'e', b'l', 0x89, 0x00, 0x80, 0x02, b'l', b'o',
+        ];
         let f = frames(&buf);
         assert_eq!(f.len(), 3);
         assert!(f[0].contains("fin: false"));
@@ -571,21 +595,39 @@ mod tests {
     #[test]
     fn decode_rejects_bad_fragment_order() {
         let mut d = Decoder::default();
-        assert_eq!(d.decode(&[0x80, 0x00]), Err(ProtocolError::UnexpectedContinuation));
+        assert_eq!(
+            d.decode(&[0x80, 0x00]),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
         let mut d = Decoder::default();
         assert!(d.decode(&[0x01, 0x00]).is_ok());
-        assert_eq!(d.decode(&[0x81, 0x00]), Err(ProtocolError::ExpectedContinuation));
+        assert_eq!(
+            d.decode(&[0x81, 0x00]),
+            Err(ProtocolError::ExpectedContinuation)
+        );
     }
 
     // RFC 6455 §5.5: control frames.
     #[test]
     fn decode_rejects_bad_control_frames() {
         let mut d = Decoder::default();
-        assert_eq!(d.decode(&[0x09, 0x00]), Err(ProtocolError::FragmentedControl));
-        assert_eq!(d.decode(&[0x89, 0x7E, 0, 126]), Err(ProtocolError::ControlTooLong));
+        assert_eq!(
+            d.decode(&[0x09, 0x00]),
+            Err(ProtocolError::FragmentedControl)
+        );
+        assert_eq!(
+            d.decode(&[0x89, 0x7E, 0, 126]),
+            Err(ProtocolError::ControlTooLong)
+        );
         assert_eq!(d.decode(&[0xC1, 0x00]), Err(ProtocolError::ReservedBits));
-        assert_eq!(d.decode(&[0x83, 0x00]), Err(ProtocolError::ReservedOpCode(3)));
-        assert_eq!(d.decode(&[0x81, 0x80, 1, 2, 3, 4]), Err(ProtocolError::MaskedServerFrame));
+        assert_eq!(
+            d.decode(&[0x83, 0x00]),
+            Err(ProtocolError::ReservedOpCode(3))
+        );
+        assert_eq!(
+            d.decode(&[0x81, 0x80, 1, 2, 3, 4]),
+            Err(ProtocolError::MaskedServerFrame)
+        );
     }
 
     #[test]
@@ -597,7 +639,10 @@ mod tests {
     // RFC 6455 §4: handshake.
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -612,8 +657,14 @@ mod tests {
         assert_eq!(parse_response(ok.as_bytes(), &acc), Ok(Some(n)));
         assert_eq!(parse_response(&ok.as_bytes()[..20], &acc), Ok(None));
         let bad = ok.replace(&acc, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
-        assert_eq!(parse_response(bad.as_bytes(), &acc), Err(HandshakeError::BadAccept));
+        assert_eq!(
+            parse_response(bad.as_bytes(), &acc),
+            Err(HandshakeError::BadAccept)
+        );
         let notfound = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_response(notfound.as_bytes(), &acc), Err(HandshakeError::Status(404)));
+        assert_eq!(
+            parse_response(notfound.as_bytes(), &acc),
+            Err(HandshakeError::Status(404))
+        );
     }
 }
