@@ -328,17 +328,18 @@ impl Worker {
         loop {
             let now = sys::mono_ns();
             let phase = self.shared.phase.load(Ordering::Acquire);
-            if phase >= RUN && self.mstart == u64::MAX {
-                self.mstart = self.shared.mstart.load(Ordering::Acquire);
-                self.mend = self.shared.mend.load(Ordering::Acquire);
-                if self.next_send == 0 {
+            if phase >= RUN {
+                if self.mstart == u64::MAX {
+                    self.mstart = self.shared.mstart.load(Ordering::Acquire);
                     self.next_send = now;
                 }
+                // Ctrl-C moves the end of the window earlier.
+                self.mend = self.shared.mend.load(Ordering::Acquire);
             }
             if self.cpu_start.is_none() && now >= self.mstart {
                 self.cpu_start = Some(sys::thread_cpu_ns());
             }
-            if self.cpu_ns.is_none() && now >= self.mend {
+            if self.cpu_ns.is_none() && (now >= self.mend || phase == STOP) {
                 self.cpu_ns = Some(sys::thread_cpu_ns() - self.cpu_start.unwrap_or(0));
             }
             if deadline != u64::MAX && now > deadline && self.in_window(now) {

@@ -200,6 +200,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         if sigint.load(Ordering::Relaxed) {
             interrupted = true;
             end = now.max(mstart);
+            shared.mend.store(end, Ordering::Release);
             break;
         }
         if now >= next_report {
