@@ -126,6 +126,7 @@ fn upgrade(mut s: TcpStream) -> Result<TcpStream> {
 
 pub fn run(a: BlastArgs) -> Result<()> {
     anyhow::ensure!(a.size >= STAMP_LEN, "--size must be at least {STAMP_LEN}");
+    let _ = sys::raise_nofile();
     let listener = TcpListener::bind(&a.listen).with_context(|| format!("bind {}", a.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
