@@ -1,1 +1,108 @@
-fn main() {}
+//! wsgate-loadgen: a WebSocket load generator with coordinated-omission-free HDR latency
+//! histograms. Modes: `echo`, `fanout`, `connect`; see `--help` and loadgen/README.md.
+//!
+//! ```text
+//! main (CLI) → run (coordinator: phases, progress, Ctrl-C) → engine ×threads (mio loop,
+//!   connections, ws codec, stamps, histograms) → stats (table, JSON, .hgrm) + plot
+//! ```
+
+mod blast;
+mod engine;
+mod modes;
+mod plan;
+mod plot;
+mod run;
+mod stamp;
+mod stats;
+mod sys;
+mod ws;
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use modes::{Common, ConnectArgs, EchoArgs, FanoutArgs};
+
+#[derive(Parser)]
+#[command(name = "wsgate-loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Round-trip latency against an echo endpoint (closed or open loop).
+    Echo(EchoArgs),
+    /// Publish-to-delivery latency with N subscribers and P publishers at a total rate.
+    Fanout(FanoutArgs),
+    /// Handshakes per second and handshake latency, with connect-hold-close churn.
+    Connect(ConnectArgs),
+    /// A trivially cheap frame blaster to measure the loadgen's own ceiling.
+    #[command(hide = true)]
+    BlastServer(blast::BlastArgs),
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let (plan, common) = {
+        let progress = |c: &Common| !c.quiet && std::io::stderr().is_terminal();
+        match &cli.cmd {
+            Cmd::Echo(a) => (modes::echo_plan(a, progress(&a.common))?, &a.common),
+            Cmd::Fanout(a) => (modes::fanout_plan(a, progress(&a.common))?, &a.common),
+            Cmd::Connect(a) => (modes::connect_plan(a, progress(&a.common))?, &a.common),
+            Cmd::BlastServer(_) => {
+                let Cmd::BlastServer(a) = cli.cmd else {
+                    unreachable!("matched above")
+                };
+                return blast::run(a);
+            }
+        }
+    };
+    match sys::raise_nofile() {
+        Ok(n) if (n as usize) < plan.total_conns() + 64 => eprintln!(
+            "warning: open-file limit {n} is below the {} connections asked for (ulimit -n)",
+            plan.total_conns()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
+    let progress = plan.progress;
+    let timing = run::Timing {
+        warmup: common.warmup,
+        duration: common.duration,
+        drain: common.drain,
+    };
+    let out = run::run(plan, timing, progress)?;
+    let mut stdout = std::io::stdout().lock();
+    out.summary.write_table(&mut stdout)?;
+    stdout.flush()?;
+    if let Some(path) = &common.json {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &out.summary)?;
+    }
+    if let Some(path) = &common.hgrm {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        stats::write_hgrm(&out.hist, 1000.0, &mut w)?;
+        w.flush()?;
+    }
+    if let Some(path) = &common.plot {
+        let title = format!(
+            "{} {} ({} connections, {:.0}/s)",
+            out.summary.mode, out.summary.url, out.summary.connections, out.summary.rate_per_s
+        );
+        plot::write(&out.hist, &title, path)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `blast-server` (hidden): a trivially cheap WebSocket sender to measure the loadgen's own
+//! ceiling. It accepts upgrades (answering 101 with the right accept key) and then writes
+//! pre-built, unmasked frames to every connection as fast as it can. Only the stamp (send
+//! time and sequence number) is rewritten, once per batch for all connections.
+//!
+//! Not a server to test anything against: it ignores what clients send.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::stamp::{self, Stamp, STAMP_LEN};
+use crate::sys;
+use crate::ws;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Binary frames carrying the payload (the raw dialect).
+    Binary,
+    /// Text frames `{"topic":"T","data":"<payload>"}` (a wsgate delivery).
+    Delivery,
+}
+
+#[derive(Args, Debug)]
+pub struct BlastArgs {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Payload bytes per frame.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value_t = Format::Binary)]
+    pub format: Format,
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Frames per batch (one write per connection per batch).
+    #[arg(long, default_value_t = 1024)]
+    pub batch: usize,
+    /// Pin the sending thread to this core.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Exit after this long.
+    #[arg(long, default_value = "60s", value_parser = crate::modes::parse_duration)]
+    pub duration: Duration,
+}
+
+struct Batch {
+    buf: Vec<u8>,
+    /// Offset of each frame's stamp.
+    stamps: Vec<usize>,
+}
+
+fn build(a: &BlastArgs) -> Batch {
+    let (opcode, pre, suf) = match a.format {
+        Format::Binary => (0x82u8, Vec::new(), Vec::new()),
+        Format::Delivery => (
+            0x81,
+            format!(r#"{{"topic":"{}","data":""#, a.topic).into_bytes(),
+            br#""}"#.to_vec(),
+        ),
+    };
+    let len = pre.len() + a.size + suf.len();
+    let mut buf = Vec::new();
+    let mut stamps = Vec::new();
+    for _ in 0..a.batch {
+        buf.push(opcode);
+        if len < 126 {
+            buf.push(len as u8);
+        } else if len <= 0xFFFF {
+            buf.push(126);
+            buf.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            buf.push(127);
+            buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        buf.extend_from_slice(&pre);
+        stamps.push(buf.len());
+        let at = buf.len();
+        buf.resize(at + a.size, 0);
+        stamp::write(
+            &mut buf[at..],
+            Stamp {
+                ts: 0,
+                publisher: 0,
+                seq: 0,
+            },
+        );
+        buf.extend_from_slice(&suf);
+    }
+    Batch { buf, stamps }
+}
+
+fn upgrade(mut s: TcpStream) -> Result<TcpStream> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let n = loop {
+        let n = s.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "closed during handshake");
+        req.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(n) = r.parse(&req)? {
+            let key = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+                .context("no sec-websocket-key")?;
+            let accept = ws::accept_key(key.value);
+            write!(
+                s,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )?;
+            break n;
+        }
+        anyhow::ensure!(req.len() < 16 * 1024, "request too large");
+    };
+    let _ = n;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+pub fn run(a: BlastArgs) -> Result<()> {
+    anyhow::ensure!(a.size >= STAMP_LEN, "--size must be at least {STAMP_LEN}");
+    let _ = sys::raise_nofile();
+    let listener = TcpListener::bind(&a.listen).with_context(|| format!("bind {}", a.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let accepted = Arc::clone(&conns);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let accepted = Arc::clone(&accepted);
+            std::thread::spawn(move || {
+                if let Ok(s) = upgrade(s) {
+                    accepted.lock().expect("not poisoned").push(s);
+                }
+            });
+        }
+    });
+    if let Some(cpu) = a.cpu {
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+    }
+    let mut batch = build(&a);
+    let end = sys::mono_ns() + a.duration.as_nanos() as u64;
+    let mut seq: u32 = 0;
+    let mut active: Vec<TcpStream> = Vec::new();
+    let mut ts_hex = [0u8; STAMP_LEN];
+    while sys::mono_ns() < end {
+        active.append(&mut conns.lock().expect("not poisoned"));
+        if active.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        // Stamp once per batch: the time is shared, the sequence numbers count up.
+        let ts = sys::mono_ns();
+        stamp::write(
+            &mut ts_hex,
+            Stamp {
+                ts,
+                publisher: 0,
+                seq: 0,
+            },
+        );
+        for &at in &batch.stamps {
+            batch.buf[at..at + 25].copy_from_slice(&ts_hex[..25]);
+            stamp::put_seq(&mut batch.buf[at..at + STAMP_LEN], seq);
+            seq = seq.wrapping_add(1);
+        }
+        active.retain_mut(|s| s.write_all(&batch.buf).is_ok());
+    }
+    Ok(())
+}

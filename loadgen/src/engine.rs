@@ -1,0 +1,1232 @@
+//! One worker thread: a mio event loop that owns its connections (client state, framing,
+//! timers) and its own counters and histograms. It reads into one large buffer shared by all
+//! its connections, parses frames in place and does not allocate per message.
+//!
+//! The coordinator (`run.rs`) only flips the shared phase and reads published snapshots.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::plan::{ConnSpec, Mode, Plan, Role};
+use crate::stamp::{self, Stamp};
+use crate::stats::{new_hist, Counters};
+use crate::sys;
+use crate::ws::{self, Decoder, Event, OpCode, Step};
+
+pub const CONNECT: u8 = 0;
+pub const RUN: u8 = 1;
+pub const DRAIN: u8 = 2;
+pub const STOP: u8 = 3;
+
+const READ_BUF: usize = 256 * 1024;
+/// Poll at least this often, for timers and snapshots.
+const MAX_WAIT_NS: u64 = 10_000_000;
+const PUBLISH_EVERY_NS: u64 = 100_000_000;
+const CLOSE_TIMEOUT_NS: u64 = 1_000_000_000;
+/// An open-loop send this late is counted as late (the loadgen fell behind its schedule).
+const LATE_NS: u64 = 1_000_000;
+/// Most sends or connects started in one loop turn, so events keep being served.
+const BURST: usize = 4096;
+/// Outbound bytes a connection may queue before sends to it are dropped and counted.
+const MAX_BACKLOG: usize = 32 << 20;
+/// Full reads from one connection per loop turn before it yields to the others.
+const READS_PER_TURN: usize = 4;
+
+/// State shared between the coordinator and the workers.
+pub struct Shared {
+    pub phase: AtomicU8,
+    /// Measured window [mstart, mend) in CLOCK_MONOTONIC ns; set before phase RUN.
+    pub mstart: AtomicU64,
+    pub mend: AtomicU64,
+    /// Connections that became ready (subscribed, open) or failed during the connect phase.
+    pub ready: AtomicU64,
+    pub failed: AtomicU64,
+    /// Subscribers among `ready`.
+    pub ready_subs: AtomicU64,
+    pub first_error: Mutex<Option<String>>,
+    pub live: Vec<Mutex<Live>>,
+}
+
+impl Shared {
+    pub fn new(threads: usize) -> Self {
+        Shared {
+            phase: AtomicU8::new(CONNECT),
+            mstart: AtomicU64::new(u64::MAX),
+            mend: AtomicU64::new(u64::MAX),
+            ready: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            ready_subs: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            live: (0..threads).map(|_| Mutex::new(Live::default())).collect(),
+        }
+    }
+
+    pub fn ready_subs(&self) -> u64 {
+        self.ready_subs.load(Ordering::Acquire)
+    }
+
+    fn error(&self, msg: String) {
+        let mut e = self.first_error.lock().expect("not poisoned");
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    }
+}
+
+/// A worker's snapshot, replaced every 100 ms; the coordinator takes `interval`.
+#[derive(Default)]
+pub struct Live {
+    pub counters: Counters,
+    pub interval: Option<Histogram<u64>>,
+    /// Echo messages sent and not answered yet.
+    pub outstanding: u64,
+    pub open: u64,
+}
+
+/// What a worker hands back when it ends.
+pub struct ThreadResult {
+    pub counters: Counters,
+    pub hist: Histogram<u64>,
+    pub cpu_ns: u64,
+    pub loop_lag_max_ns: u64,
+    pub send_lag_max_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    Connecting,
+    Handshaking,
+    /// Sent the subscribe op, waiting for `{"op":"ok"}`.
+    Subscribing,
+    Open,
+    Closing,
+}
+
+/// Per (subscriber, publisher) sequence state: the next expected number and a 64-bit window
+/// of recently seen ones (bit k: `next - 1 - k` was seen).
+#[derive(Clone, Copy, Default)]
+pub struct SeqTrack {
+    next: u32,
+    window: u64,
+    seen: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SeqOutcome {
+    InOrder,
+    Gap(u64),
+    Duplicate,
+    Reordered,
+}
+
+impl SeqTrack {
+    pub fn on(&mut self, seq: u32) -> SeqOutcome {
+        if !self.seen {
+            *self = SeqTrack {
+                next: seq.wrapping_add(1),
+                window: 1,
+                seen: true,
+            };
+            return SeqOutcome::InOrder;
+        }
+        let d = seq.wrapping_sub(self.next) as i32;
+        if d >= 0 {
+            let shift = d as u64 + 1;
+            self.window = if shift >= 64 { 0 } else { self.window << shift } | 1;
+            self.next = seq.wrapping_add(1);
+            if d == 0 {
+                SeqOutcome::InOrder
+            } else {
+                SeqOutcome::Gap(d as u64)
+            }
+        } else {
+            let back = (-(d as i64) - 1) as u64;
+            if back >= 64 {
+                return SeqOutcome::Reordered;
+            }
+            let bit = 1u64 << back;
+            if self.window & bit != 0 {
+                SeqOutcome::Duplicate
+            } else {
+                self.window |= bit;
+                SeqOutcome::Reordered
+            }
+        }
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    gen: u64,
+    role: Role,
+    id: u32,
+    st: St,
+    accept: String,
+    /// Intended start of the connect, ns.
+    t0: u64,
+    out: Vec<u8>,
+    out_pos: usize,
+    dirty: bool,
+    carry: Vec<u8>,
+    dec: Decoder,
+    /// Stamp of a fragmented message whose first frame has arrived.
+    pending: Option<Stamp>,
+    inflight: u32,
+    seq: u32,
+    tracks: Vec<SeqTrack>,
+    /// Counted in `ready`/`failed` already.
+    reported: bool,
+}
+
+/// A xorshift64* PRNG: masks must be unpredictable per frame, not cryptographic.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's random source.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(sys::mono_ns());
+        Rng(h.finish() | 1)
+    }
+
+    #[inline]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    #[inline]
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.next() as u32).to_ne_bytes()
+    }
+}
+
+pub struct Worker {
+    idx: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    conns: Slab<Conn>,
+    buf: Vec<u8>,
+    rng: Rng,
+    gen: u64,
+    c: Counters,
+    hist: Histogram<u64>,
+    interval: Histogram<u64>,
+    /// Connections still to open, in order, and when the next one is due.
+    todo: VecDeque<ConnSpec>,
+    next_connect: u64,
+    connect_every: u64,
+    /// Senders ready to send (round-robin for open loop).
+    senders: Vec<usize>,
+    rr: usize,
+    next_send: u64,
+    send_every: u64,
+    timeouts: VecDeque<(u64, usize, u64)>,
+    holds: VecDeque<(u64, usize, u64)>,
+    closes: VecDeque<(u64, usize, u64)>,
+    dirty: Vec<usize>,
+    /// Connections left readable at the end of their turn (edge-triggered: no new event).
+    again: Vec<usize>,
+    outstanding: u64,
+    // honesty
+    loop_lag_max: u64,
+    send_lag_max: u64,
+    cpu_start: Option<u64>,
+    cpu_ns: Option<u64>,
+    kicked: bool,
+    stopping: Option<u64>,
+    mstart: u64,
+    mend: u64,
+}
+
+impl Worker {
+    pub fn new(idx: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Self> {
+        let t = plan.threads as f64;
+        let per_thread = |rate: f64| {
+            if rate > 0.0 {
+                (1e9 * t / rate) as u64
+            } else {
+                0
+            }
+        };
+        let senders = plan.senders_in(idx);
+        let total_senders = plan.total_senders().max(1);
+        // Each thread sends its senders' share of the total rate.
+        let send_every = match plan.mode {
+            Mode::Connect => per_thread(plan.rate),
+            _ if plan.rate > 0.0 && senders > 0 => {
+                (1e9 * total_senders as f64 / (plan.rate * senders as f64)) as u64
+            }
+            _ => 0,
+        };
+        Ok(Worker {
+            idx,
+            todo: plan.conns[idx].iter().copied().collect(),
+            next_connect: 0,
+            connect_every: per_thread(plan.connect_rate),
+            send_every: send_every.max(1),
+            plan,
+            shared,
+            poll: Poll::new()?,
+            conns: Slab::new(),
+            buf: vec![0; READ_BUF],
+            rng: Rng::new(),
+            gen: 0,
+            c: Counters::default(),
+            hist: new_hist(),
+            interval: new_hist(),
+            senders: Vec::new(),
+            rr: 0,
+            next_send: 0,
+            timeouts: VecDeque::new(),
+            holds: VecDeque::new(),
+            closes: VecDeque::new(),
+            dirty: Vec::new(),
+            again: Vec::new(),
+            outstanding: 0,
+            loop_lag_max: 0,
+            send_lag_max: 0,
+            cpu_start: None,
+            cpu_ns: None,
+            kicked: false,
+            stopping: None,
+            mstart: u64::MAX,
+            mend: u64::MAX,
+        })
+    }
+
+    #[inline]
+    fn in_window(&self, ts: u64) -> bool {
+        ts >= self.mstart && ts < self.mend
+    }
+
+    pub fn run(mut self) -> ThreadResult {
+        if !self.plan.cpus.is_empty() {
+            let cpu = self.plan.cpus[self.idx % self.plan.cpus.len()];
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                eprintln!("warning: could not pin thread {} to cpu {cpu}", self.idx);
+            }
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut next_publish = 0;
+        let mut deadline = u64::MAX;
+        loop {
+            let now = sys::mono_ns();
+            let phase = self.shared.phase.load(Ordering::Acquire);
+            if phase >= RUN {
+                if self.mstart == u64::MAX {
+                    self.mstart = self.shared.mstart.load(Ordering::Acquire);
+                    self.next_send = now;
+                }
+                // Ctrl-C moves the end of the window earlier.
+                self.mend = self.shared.mend.load(Ordering::Acquire);
+            }
+            if self.cpu_start.is_none() && now >= self.mstart {
+                self.cpu_start = Some(sys::thread_cpu_ns());
+            }
+            if self.cpu_ns.is_none() && (now >= self.mend || phase == STOP) {
+                self.cpu_ns = Some(sys::thread_cpu_ns() - self.cpu_start.unwrap_or(0));
+            }
+            if deadline != u64::MAX && now > deadline && self.in_window(now) {
+                self.loop_lag_max = self.loop_lag_max.max(now - deadline);
+            }
+
+            self.connect_due(now, phase);
+            if phase == RUN {
+                self.send_due(now);
+            }
+            self.expire(now);
+            if phase == STOP && self.stopping.is_none() {
+                self.stopping = Some(now + CLOSE_TIMEOUT_NS);
+                self.close_all(now);
+            }
+            self.flush_dirty();
+            if now >= next_publish || phase >= DRAIN {
+                self.publish();
+                next_publish = now + PUBLISH_EVERY_NS;
+            }
+            if let Some(until) = self.stopping {
+                if self.conns.is_empty() || now >= until {
+                    break;
+                }
+            }
+
+            deadline = self.next_deadline(now, phase).min(next_publish);
+            let wait = if self.again.is_empty() {
+                deadline.saturating_sub(now).min(MAX_WAIT_NS)
+            } else {
+                0
+            };
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait)))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.shared.error(format!("poll: {e}"));
+                    break;
+                }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.on_event(key);
+            }
+            for ev in events.iter() {
+                self.on_event(ev.token().0);
+            }
+        }
+        let now = sys::mono_ns();
+        if self.cpu_ns.is_none() {
+            self.cpu_ns = Some(sys::thread_cpu_ns() - self.cpu_start.unwrap_or(0));
+        }
+        let _ = now;
+        self.publish();
+        ThreadResult {
+            counters: self.c,
+            hist: self.hist,
+            cpu_ns: self.cpu_ns.unwrap_or(0),
+            loop_lag_max_ns: self.loop_lag_max,
+            send_lag_max_ns: self.send_lag_max,
+        }
+    }
+
+    fn next_deadline(&self, now: u64, phase: u8) -> u64 {
+        let mut d = now + MAX_WAIT_NS;
+        if !self.todo.is_empty() && phase < DRAIN {
+            d = d.min(self.next_connect);
+        }
+        if phase == RUN && self.plan.rate > 0.0 && self.next_send < self.mend {
+            d = d.min(self.next_send);
+        }
+        for q in [&self.timeouts, &self.holds, &self.closes] {
+            if let Some(&(t, _, _)) = q.front() {
+                d = d.min(t);
+            }
+        }
+        d
+    }
+
+    fn publish(&mut self) {
+        let mut live = self.shared.live[self.idx].lock().expect("not poisoned");
+        live.counters = self.c;
+        live.outstanding = self.outstanding;
+        live.open = self.conns.len() as u64;
+        if self.plan.progress {
+            match &mut live.interval {
+                Some(h) => {
+                    h.add(&self.interval).expect("same bounds");
+                }
+                None => live.interval = Some(self.interval.clone()),
+            }
+            self.interval.reset();
+        }
+    }
+
+    // ---- connecting -------------------------------------------------------------------
+
+    fn connect_due(&mut self, now: u64, phase: u8) {
+        if phase >= DRAIN {
+            return;
+        }
+        if self.plan.mode == Mode::Connect {
+            // Churn: new connections at the configured rate during the run.
+            if phase != RUN {
+                return;
+            }
+            let mut n = 0;
+            while self.next_send <= now && self.next_send < self.mend && n < BURST {
+                let t0 = self.next_send;
+                self.next_send += self.send_every;
+                self.send_lag_max_update(now, t0);
+                let source = self.source_for(self.gen as usize * self.plan.threads + self.idx);
+                let spec = ConnSpec {
+                    role: Role::Churn,
+                    id: 0,
+                    source,
+                };
+                self.c.sent += 1;
+                if self.in_window(t0) {
+                    self.c.sent_window += 1;
+                }
+                self.open(spec, t0, now);
+                n += 1;
+            }
+            return;
+        }
+        if self.next_connect == 0 {
+            self.next_connect = now;
+        }
+        let mut n = 0;
+        while n < BURST && self.next_connect <= now {
+            let Some(spec) = self.todo.pop_front() else {
+                break;
+            };
+            self.open(spec, now, now);
+            self.next_connect += self.connect_every;
+            n += 1;
+        }
+    }
+
+    fn source_for(&self, i: usize) -> Option<std::net::IpAddr> {
+        let s = &self.plan.sources;
+        (!s.is_empty()).then(|| s[i % s.len()])
+    }
+
+    fn open(&mut self, spec: ConnSpec, t0: u64, now: u64) {
+        self.gen += 1;
+        let gen = self.gen;
+        let sock = match self.socket(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                self.c.err_connect += 1;
+                self.report_failed(format!("connect to {}: {e}", self.plan.addr));
+                return;
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Conn {
+            sock,
+            gen,
+            role: spec.role,
+            id: spec.id,
+            st: St::Connecting,
+            accept: String::new(),
+            t0,
+            out: Vec::new(),
+            out_pos: 0,
+            dirty: false,
+            carry: Vec::new(),
+            dec: Decoder::default(),
+            pending: None,
+            inflight: 0,
+            seq: 0,
+            tracks: Vec::new(),
+            reported: false,
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.c.err_connect += 1;
+            self.report_failed(format!("register: {e}"));
+            return;
+        }
+        entry.insert(conn);
+        self.timeouts
+            .push_back((now + self.plan.connect_timeout_ns, key, gen));
+    }
+
+    fn socket(&self, spec: &ConnSpec) -> io::Result<TcpStream> {
+        let addr = self.plan.addr;
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        s.set_nodelay(true)?;
+        if let Some(src) = spec.source {
+            // Best effort: without it each source address still gives ~28k ports.
+            let _ = sys::set_bind_address_no_port(&s);
+            s.bind(&std::net::SocketAddr::new(src, 0).into())?;
+        }
+        match s.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(s.into()))
+    }
+
+    fn report_ready(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.reported {
+            c.reported = true;
+            if self.plan.mode != Mode::Connect {
+                self.shared.ready.fetch_add(1, Ordering::AcqRel);
+            }
+            if c.role == Role::Subscriber {
+                self.shared.ready_subs.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn report_failed(&mut self, msg: String) {
+        if self.plan.mode != Mode::Connect {
+            self.shared.failed.fetch_add(1, Ordering::AcqRel);
+        }
+        self.shared.error(msg);
+    }
+
+    // ---- events ----------------------------------------------------------------------
+
+    fn on_event(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.st == St::Connecting {
+            match conn.sock.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    self.c.err_connect += 1;
+                    let msg = format!("connect to {}: {e}", self.plan.addr);
+                    self.fail(key, msg);
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match conn.sock.peer_addr() {
+                Ok(_) => self.on_connected(key),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    self.c.err_connect += 1;
+                    let msg = format!("connect to {}: {e}", self.plan.addr);
+                    self.fail(key, msg);
+                    return;
+                }
+            }
+        }
+        if self.conns.contains(key) {
+            self.on_readable(key);
+        }
+        if let Some(c) = self.conns.get(key) {
+            if c.out.len() > c.out_pos {
+                self.flush(key);
+            }
+        }
+    }
+
+    fn on_connected(&mut self, key: usize) {
+        let plan = Arc::clone(&self.plan);
+        let r = [self.rng.next(), self.rng.next()];
+        let conn = &mut self.conns[key];
+        if conn.role == Role::HttpPublisher {
+            conn.st = St::Open;
+            self.timeouts_clear(key);
+            self.on_open(key);
+            return;
+        }
+        let wskey = ws::new_key(r);
+        conn.accept = ws::accept_key(wskey.as_bytes());
+        let path = if conn.role == Role::Subscriber {
+            &plan.sub_path
+        } else {
+            &plan.path
+        };
+        ws::handshake_request(&mut conn.out, &plan.host, path, &wskey);
+        conn.st = St::Handshaking;
+        self.mark_dirty(key);
+    }
+
+    fn timeouts_clear(&mut self, _key: usize) {
+        // Entries are checked against the state when they fire; nothing to do.
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut reads = 0;
+        while let Some(conn) = self.conns.get_mut(key) {
+            let carry = conn.carry.len();
+            if carry >= buf.len() {
+                buf.resize(carry * 2, 0);
+            }
+            buf[..carry].copy_from_slice(&conn.carry);
+            let room = buf.len() - carry;
+            match conn.sock.read(&mut buf[carry..]) {
+                Ok(0) => {
+                    let st = conn.st;
+                    if st == St::Closing {
+                        self.drop_conn(key);
+                    } else if st == St::Handshaking {
+                        self.c.err_handshake += 1;
+                        self.fail(key, "server closed during handshake".into());
+                    } else {
+                        self.c.err_closed += 1;
+                        self.fail(key, "server closed the connection".into());
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    conn.carry.clear();
+                    self.c.bytes_in += n as u64;
+                    let now = sys::mono_ns();
+                    let used = self.process(key, &buf[..carry + n], now);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.carry.extend_from_slice(&buf[used..carry + n]);
+                    } else {
+                        break;
+                    }
+                    // Edge-triggered: a short read drained the socket; more data makes a
+                    // new edge, so there is no need for a read that ends in WouldBlock.
+                    if n < room {
+                        break;
+                    }
+                    reads += 1;
+                    if reads == READS_PER_TURN {
+                        self.again.push(key);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if conn.st == St::Closing {
+                        self.drop_conn(key);
+                    } else {
+                        self.c.err_reset += 1;
+                        self.fail(key, format!("read: {e}"));
+                    }
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Handles the bytes; returns how many were consumed (the rest is carried).
+    fn process(&mut self, key: usize, data: &[u8], now: u64) -> usize {
+        let mut off = 0;
+        let conn = &mut self.conns[key];
+        if conn.st == St::Handshaking {
+            match ws::parse_response(data, &conn.accept) {
+                Ok(None) => return 0,
+                Ok(Some(n)) => {
+                    off = n;
+                    self.on_handshake(key, now);
+                }
+                Err(e) => {
+                    self.c.err_handshake += 1;
+                    self.fail(key, format!("handshake: {e}"));
+                    return data.len();
+                }
+            }
+        }
+        let Some(conn) = self.conns.get(key) else {
+            return data.len();
+        };
+        if conn.role == Role::HttpPublisher {
+            return off + self.process_http(key, &data[off..]);
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return data.len();
+            };
+            match conn.dec.decode(&data[off..]) {
+                Ok(Step::NeedMore) => return off,
+                Ok(Step::Skipped(n)) => off += n,
+                Ok(Step::Frame { consumed, event }) => {
+                    off += consumed;
+                    self.on_frame(key, event, now);
+                }
+                Err(e) => {
+                    self.c.err_protocol += 1;
+                    let mask = self.rng.mask();
+                    let conn = &mut self.conns[key];
+                    // RFC 6455 §7.4.1: 1002 protocol error.
+                    ws::encode_close(&mut conn.out, 1002, mask);
+                    self.flush(key);
+                    self.fail(key, format!("protocol: {e}"));
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    fn process_http(&mut self, key: usize, data: &[u8]) -> usize {
+        let mut off = 0;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&data[off..]) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let len = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                        .unwrap_or(0usize);
+                    if data.len() - off < n + len {
+                        return off;
+                    }
+                    off += n + len;
+                    if (200..300).contains(&resp.code.unwrap_or(0)) {
+                        self.c.received += 1;
+                    } else {
+                        self.c.err_http += 1;
+                    }
+                }
+                Ok(httparse::Status::Partial) => {
+                    if data.len() - off > ws::MAX_RESPONSE {
+                        self.c.err_protocol += 1;
+                        self.fail(key, "http response too large".into());
+                        return data.len();
+                    }
+                    return off;
+                }
+                Err(e) => {
+                    self.c.err_protocol += 1;
+                    self.fail(key, format!("http response: {e}"));
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    fn on_handshake(&mut self, key: usize, now: u64) {
+        let plan = Arc::clone(&self.plan);
+        let (t0, role) = (self.conns[key].t0, self.conns[key].role);
+        let in_window = self.in_window(t0);
+        let conn = &mut self.conns[key];
+        if role == Role::Churn {
+            self.c.handshakes += 1;
+            self.c.received += 1;
+            if in_window {
+                self.c.received_window += 1;
+                let lat = now.saturating_sub(t0).max(1);
+                self.hist.saturating_record(lat);
+                if plan.progress {
+                    self.interval.saturating_record(lat);
+                }
+            }
+            conn.st = St::Open;
+            let gen = conn.gen;
+            self.holds.push_back((now + plan.hold_ns, key, gen));
+            return;
+        }
+        self.c.handshakes += 1;
+        if conn.role == Role::Subscriber {
+            if let Some(msg) = &plan.subscribe_msg {
+                let mask = self.rng.mask();
+                ws::encode_frame(&mut conn.out, OpCode::Text, msg, mask);
+                conn.st = St::Subscribing;
+                self.mark_dirty(key);
+                return;
+            }
+        }
+        conn.st = St::Open;
+        self.on_open(key);
+    }
+
+    fn on_open(&mut self, key: usize) {
+        self.report_ready(key);
+        let role = self.conns[key].role;
+        if matches!(role, Role::Echo | Role::Publisher | Role::HttpPublisher) {
+            self.senders.push(key);
+            if self.plan.rate == 0.0 && self.kicked {
+                self.kick(key);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, key: usize, ev: Event<'_>, now: u64) {
+        match ev {
+            Event::Data {
+                opcode, fin, head, ..
+            } => {
+                let conn = &mut self.conns[key];
+                if conn.st == St::Subscribing {
+                    if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {
+                        conn.st = St::Open;
+                        self.on_open(key);
+                    } else if memchr::memmem::find(head, b"\"error\"").is_some() {
+                        self.c.err_protocol += 1;
+                        let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
+                        self.fail(key, msg);
+                    }
+                    return;
+                }
+                let s = stamp::find(head);
+                if fin {
+                    self.on_message(key, s, now);
+                } else {
+                    self.conns[key].pending = s;
+                }
+            }
+            Event::Continuation { fin, .. } => {
+                if fin {
+                    let s = self.conns[key].pending.take();
+                    self.on_message(key, s, now);
+                }
+            }
+            Event::Ping(payload) => {
+                let mask = self.rng.mask();
+                let conn = &mut self.conns[key];
+                ws::encode_frame(&mut conn.out, OpCode::Pong, payload, mask);
+                self.mark_dirty(key);
+            }
+            Event::Pong => {}
+            Event::Close { code, .. } => {
+                let conn = &mut self.conns[key];
+                if conn.st == St::Closing {
+                    self.drop_conn(key);
+                } else {
+                    // RFC 6455 §5.5.1: reply with a close frame, echoing the code.
+                    self.c.err_closed += 1;
+                    let mask = self.rng.mask();
+                    ws::encode_close(&mut conn.out, code.unwrap_or(1000), mask);
+                    self.flush(key);
+                    let msg = format!("server closed the connection (code {code:?})");
+                    self.fail(key, msg);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn on_message(&mut self, key: usize, s: Option<Stamp>, now: u64) {
+        let conn = &mut self.conns[key];
+        match conn.role {
+            Role::Subscriber => {
+                self.c.received += 1;
+                let Some(s) = s else {
+                    self.c.bad_stamp += 1;
+                    return;
+                };
+                let in_window = s.ts >= self.mstart && s.ts < self.mend;
+                let p = s.publisher as usize;
+                if p >= conn.tracks.len() {
+                    if p >= 1 << 16 {
+                        self.c.bad_stamp += 1;
+                        return;
+                    }
+                    conn.tracks.resize(p + 1, SeqTrack::default());
+                }
+                let outcome = conn.tracks[p].on(s.seq);
+                if !in_window {
+                    return;
+                }
+                self.c.received_window += 1;
+                match outcome {
+                    SeqOutcome::InOrder => {}
+                    SeqOutcome::Gap(n) => self.c.gaps += n,
+                    SeqOutcome::Duplicate => self.c.duplicates += 1,
+                    SeqOutcome::Reordered => self.c.reordered += 1,
+                }
+                let lat = now.saturating_sub(s.ts).max(1);
+                self.hist.saturating_record(lat);
+                if self.plan.progress {
+                    self.interval.saturating_record(lat);
+                }
+            }
+            Role::Echo => {
+                self.c.received += 1;
+                conn.inflight = conn.inflight.saturating_sub(1);
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let Some(s) = s else {
+                    self.c.bad_stamp += 1;
+                    return;
+                };
+                if s.ts >= self.mstart && s.ts < self.mend {
+                    self.c.received_window += 1;
+                    let lat = now.saturating_sub(s.ts).max(1);
+                    self.hist.saturating_record(lat);
+                    if self.plan.progress {
+                        self.interval.saturating_record(lat);
+                    }
+                }
+                // Closed loop: answer each echo with the next message.
+                if self.plan.rate == 0.0
+                    && self.shared.phase.load(Ordering::Relaxed) == RUN
+                    && now < self.mend
+                {
+                    self.send(key, now);
+                }
+            }
+            // Raw-dialect publishers get the broadcast too; it is not theirs to time.
+            _ => self.c.received_other += 1,
+        }
+    }
+
+    // ---- sending ---------------------------------------------------------------------
+
+    /// Closed loop: fill the pipeline of a sender.
+    fn kick(&mut self, key: usize) {
+        let now = sys::mono_ns();
+        for _ in 0..self.plan.pipeline.max(1) {
+            self.send(key, now);
+        }
+    }
+
+    fn send_due(&mut self, now: u64) {
+        if self.plan.mode == Mode::Connect {
+            return;
+        }
+        if self.plan.rate == 0.0 {
+            if !self.kicked {
+                self.kicked = true;
+                if self.plan.mode == Mode::Echo {
+                    for key in self.senders.clone() {
+                        self.kick(key);
+                    }
+                }
+            }
+            return;
+        }
+        let mut n = 0;
+        while self.next_send <= now && self.next_send < self.mend && n < BURST {
+            let t = self.next_send;
+            self.next_send += self.send_every;
+            n += 1;
+            if self.senders.is_empty() {
+                continue;
+            }
+            self.send_lag_max_update(now, t);
+            self.rr = (self.rr + 1) % self.senders.len();
+            let key = self.senders[self.rr];
+            self.send(key, t);
+        }
+    }
+
+    fn send_lag_max_update(&mut self, now: u64, intended: u64) {
+        let lag = now.saturating_sub(intended);
+        if lag > LATE_NS && self.in_window(intended) {
+            self.c.late_sends += 1;
+        }
+        if self.in_window(intended) {
+            self.send_lag_max = self.send_lag_max.max(lag);
+        }
+    }
+
+    /// Sends one stamped message, timed from `ts` (the intended send time in open loop).
+    fn send(&mut self, key: usize, ts: u64) {
+        let mask = self.rng.mask();
+        let in_window = self.in_window(ts);
+        let plan = &*self.plan;
+        let conn = &mut self.conns[key];
+        if conn.out.len() - conn.out_pos > MAX_BACKLOG {
+            self.c.backlog_drops += 1;
+            return;
+        }
+        let s = Stamp {
+            ts,
+            publisher: conn.id,
+            seq: conn.seq,
+        };
+        conn.seq = conn.seq.wrapping_add(1);
+        let size = plan.size;
+        match conn.role {
+            Role::HttpPublisher => {
+                conn.out.extend_from_slice(&plan.http_head);
+                conn.out.push(b'"');
+                let start = conn.out.len();
+                conn.out.resize(start + size, 0);
+                stamp::write(&mut conn.out[start..], s);
+                conn.out.push(b'"');
+            }
+            _ => {
+                let (pre, suf) = (&plan.prefix, &plan.suffix);
+                let len = pre.len() + size + suf.len();
+                ws::encode_frame_with(&mut conn.out, plan.opcode, len, mask, |p| {
+                    p[..pre.len()].copy_from_slice(pre);
+                    stamp::write(&mut p[pre.len()..pre.len() + size], s);
+                    p[pre.len() + size..].copy_from_slice(suf);
+                });
+            }
+        }
+        if conn.role == Role::Echo {
+            conn.inflight += 1;
+            self.outstanding += 1;
+        }
+        self.c.sent += 1;
+        if in_window {
+            self.c.sent_window += 1;
+        }
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.dirty = false;
+                self.flush(key);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.st == St::Connecting {
+            return;
+        }
+        while conn.out_pos < conn.out.len() {
+            match conn.sock.write(&conn.out[conn.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => conn.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if conn.st == St::Closing {
+                        self.drop_conn(key);
+                    } else {
+                        self.c.err_reset += 1;
+                        self.fail(key, format!("write: {e}"));
+                    }
+                    return;
+                }
+            }
+        }
+        conn.out.clear();
+        conn.out_pos = 0;
+    }
+
+    // ---- timers and closing ----------------------------------------------------------
+
+    fn expire(&mut self, now: u64) {
+        while let Some(&(t, key, gen)) = self.timeouts.front() {
+            if t > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            if let Some(c) = self.conns.get(key) {
+                let waiting = matches!(c.st, St::Connecting | St::Handshaking | St::Subscribing)
+                    || (c.role == Role::HttpPublisher && !c.reported);
+                if c.gen == gen && waiting {
+                    self.c.err_timeout += 1;
+                    let msg = format!("timeout connecting to {}", self.plan.url);
+                    self.fail(key, msg);
+                }
+            }
+        }
+        while let Some(&(t, key, gen)) = self.holds.front() {
+            if t > now {
+                break;
+            }
+            self.holds.pop_front();
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.gen == gen && c.st == St::Open)
+            {
+                self.start_close(key, now);
+            }
+        }
+        while let Some(&(t, key, gen)) = self.closes.front() {
+            if t > now {
+                break;
+            }
+            self.closes.pop_front();
+            if self.conns.get(key).is_some_and(|c| c.gen == gen) {
+                if self.plan.mode == Mode::Connect && self.stopping.is_none() {
+                    self.c.err_timeout += 1;
+                }
+                self.drop_conn(key);
+            }
+        }
+    }
+
+    fn start_close(&mut self, key: usize, now: u64) {
+        let mask = self.rng.mask();
+        let conn = &mut self.conns[key];
+        let gen = conn.gen;
+        ws::encode_close(&mut conn.out, 1000, mask);
+        conn.st = St::Closing;
+        self.closes.push_back((now + CLOSE_TIMEOUT_NS, key, gen));
+        self.flush(key);
+    }
+
+    fn close_all(&mut self, now: u64) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(c) = self.conns.get(key) else {
+                continue;
+            };
+            match (c.st, c.role) {
+                (St::Open | St::Subscribing, r) if r != Role::HttpPublisher => {
+                    self.start_close(key, now)
+                }
+                (St::Closing, _) => {}
+                _ => self.drop_conn(key),
+            }
+        }
+        // Echo replies still missing at the end count as timeouts.
+        self.c.err_timeout += self.outstanding;
+        self.outstanding = 0;
+    }
+
+    /// Drops a connection that failed; during the connect phase it also counts as failed.
+    fn fail(&mut self, key: usize, msg: String) {
+        if let Some(c) = self.conns.get(key) {
+            if !c.reported && self.plan.mode != Mode::Connect {
+                self.conns[key].reported = true;
+                self.report_failed(msg);
+            } else if !c.reported {
+                self.shared.error(msg);
+            }
+        }
+        self.drop_conn(key);
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            if c.role == Role::Echo {
+                self.outstanding = self.outstanding.saturating_sub(u64::from(c.inflight));
+                if self.stopping.is_none() {
+                    self.c.err_timeout += u64::from(c.inflight);
+                }
+            }
+            if let Some(i) = self.senders.iter().position(|&k| k == key) {
+                self.senders.swap_remove(i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_tracking() {
+        let mut t = SeqTrack::default();
+        assert_eq!(t.on(0), SeqOutcome::InOrder);
+        assert_eq!(t.on(1), SeqOutcome::InOrder);
+        assert_eq!(t.on(4), SeqOutcome::Gap(2));
+        assert_eq!(t.on(2), SeqOutcome::Reordered);
+        assert_eq!(t.on(2), SeqOutcome::Duplicate);
+        assert_eq!(t.on(4), SeqOutcome::Duplicate);
+        assert_eq!(t.on(5), SeqOutcome::InOrder);
+        assert_eq!(t.on(3), SeqOutcome::Reordered);
+        assert_eq!(t.on(200), SeqOutcome::Gap(194));
+        assert_eq!(t.on(10), SeqOutcome::Reordered, "too old to tell");
+    }
+
+    #[test]
+    fn seq_wraps() {
+        let mut t = SeqTrack::default();
+        assert_eq!(t.on(u32::MAX - 1), SeqOutcome::InOrder);
+        assert_eq!(t.on(u32::MAX), SeqOutcome::InOrder);
+        assert_eq!(t.on(0), SeqOutcome::InOrder);
+        assert_eq!(t.on(u32::MAX), SeqOutcome::Duplicate);
+    }
+
+    #[test]
+    fn rng_masks_differ() {
+        let mut r = Rng::new();
+        let a = r.mask();
+        let b = r.mask();
+        let c = r.mask();
+        assert!(a != b || b != c);
+    }
+}

@@ -1,0 +1,50 @@
+//! Faults are counted and reported, never a panic or a hang.
+
+mod util;
+
+use util::*;
+
+#[test]
+fn unreachable_target_is_a_clear_error() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let (out, _) = loadgen("echo", &url, &SHORT);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not connect"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}
+
+#[test]
+fn server_close_is_counted() {
+    let url = closing_server();
+    let (out, v) = loadgen("echo", &url, &SHORT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.unwrap();
+    assert!(v["errors"]["closed_by_server"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn malformed_frames_are_protocol_errors() {
+    let url = malformed_server();
+    let (out, v) = loadgen("echo", &url, &SHORT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.unwrap();
+    assert!(v["errors"]["protocol"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let (out, _) = loadgen("echo", "http://127.0.0.1:1/", &SHORT);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ws://"));
+    let (out, _) = loadgen("echo", "ws://127.0.0.1:1/", &["--size", "8"]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,154 @@
+//! Each mode at tiny scale against small servers on 127.0.0.1:0, checked through the JSON
+//! summary. `util::loadgen_ok` takes a URL so the same checks can target wsgate.
+
+mod util;
+
+use util::*;
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = SHORT.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn echo_closed_loop() {
+    let url = echo_server();
+    let v = loadgen_ok(
+        "echo",
+        &url,
+        &args(&["--connections", "20", "--pipeline", "2"]),
+    );
+    assert_eq!(v["mode"], "echo");
+    assert_eq!(v["connections"], 20);
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 100, "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), received);
+    assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(v["latency_us"]["p99"].as_f64().unwrap() >= v["latency_us"]["p50"].as_f64().unwrap());
+    assert_eq!(errors_total(&v), 0, "{v}");
+    assert!(v["rate_per_s"].as_f64().unwrap() > 0.0);
+    for k in ["cpu_pct", "loop_lag_us_max", "saturated"] {
+        assert!(!v["client"][k].is_null(), "client.{k}");
+    }
+}
+
+#[test]
+fn echo_open_loop_sends_at_the_rate() {
+    let url = echo_server();
+    let v = loadgen_ok(
+        "echo",
+        &url,
+        &args(&[
+            "--connections",
+            "20",
+            "--rate",
+            "2000",
+            "--binary",
+            "--size",
+            "100",
+        ]),
+    );
+    let sent = v["sent"].as_u64().unwrap();
+    assert!((1800..=2200).contains(&sent), "sent {sent}");
+    assert_eq!(v["received"].as_u64().unwrap(), sent, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
+
+#[test]
+fn fanout_raw_dialect_counts_every_delivery() {
+    let url = broadcast_server();
+    let v = loadgen_ok(
+        "fanout",
+        &url,
+        &args(&[
+            "--dialect",
+            "raw",
+            "--subscribers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+        ]),
+    );
+    let f = &v["fanout"];
+    let expected = f["expected"].as_u64().unwrap();
+    assert!(expected >= 20 * 180, "{v}");
+    assert_eq!(f["deliveries"].as_u64().unwrap(), expected, "{v}");
+    assert_eq!(f["lost"], 0);
+    assert_eq!(f["duplicates"], 0);
+    assert_eq!(f["reordered"], 0);
+    assert_eq!(v["errors"]["bad_stamp"], 0);
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), expected);
+}
+
+#[test]
+fn fanout_wsgate_dialect_query_and_op() {
+    let url = pubsub_server();
+    for extra in [&[][..], &["--subscribe-op"][..]] {
+        let mut a = args(&["--subscribers", "20", "--publishers", "1", "--rate", "100"]);
+        a.extend_from_slice(extra);
+        let v = loadgen_ok("fanout", &url, &a);
+        let f = &v["fanout"];
+        assert!(f["expected"].as_u64().unwrap() >= 20 * 90, "{v}");
+        assert_eq!(f["deliveries"], f["expected"], "{v}");
+        assert_eq!(f["lost"], 0, "{v}");
+        assert_eq!(errors_total(&v), 0, "{v}");
+    }
+}
+
+#[test]
+fn connect_churn() {
+    let url = echo_server();
+    let v = loadgen_ok("connect", &url, &args(&["--rate", "50", "--hold", "100ms"]));
+    assert_eq!(v["mode"], "connect");
+    let hs = v["received"].as_u64().unwrap();
+    assert!((40..=60).contains(&hs), "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), hs);
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
+
+#[test]
+fn passive_fanout_from_blast() {
+    let blast = Blast::start(&["--format", "delivery"]);
+    let v = loadgen_ok(
+        "fanout",
+        &blast.url,
+        &args(&["--publishers", "0", "--subscribers", "2", "--threads", "1"]),
+    );
+    let f = &v["fanout"];
+    assert!(f["deliveries"].as_u64().unwrap() > 1000, "{v}");
+    assert_eq!(f["duplicates"], 0);
+    assert_eq!(f["reordered"], 0);
+    assert_eq!(v["errors"]["bad_stamp"], 0);
+}
+
+#[test]
+fn outputs_hgrm_and_plot() {
+    let url = echo_server();
+    let (hgrm, svg) = (tmp("out.hgrm"), tmp("out.svg"));
+    let v = loadgen_ok(
+        "echo",
+        &url,
+        &args(&[
+            "--connections",
+            "5",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ]),
+    );
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+    let count = v["latency_us"]["count"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("Total count    = {count:12}]")),
+        "{text}"
+    );
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("<svg") && svg_text.contains("99%"));
+    let _ = std::fs::remove_file(hgrm);
+    let _ = std::fs::remove_file(svg);
+}

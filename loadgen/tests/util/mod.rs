@@ -1,0 +1,268 @@
+//! Small servers on 127.0.0.1:0 for the loadgen's integration tests, and a runner that takes
+//! a URL, so the same checks can run against wsgate itself.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::Role;
+use tungstenite::{Message, WebSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsgate-loadgen");
+
+/// Spawns `serve` for every accepted connection; returns the listening port.
+fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let serve = Arc::clone(&serve);
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    port
+}
+
+/// Echoes every data message.
+pub fn echo_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        while let Ok(m) = ws.read() {
+            if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// Accepts the upgrade, then closes with 1001 at once.
+pub fn closing_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let _ = ws.close(None);
+        while ws.read().is_ok() {}
+    });
+    format!("ws://127.0.0.1:{port}/")
+}
+
+/// Answers the upgrade, then sends a frame with a reserved opcode.
+pub fn malformed_server() -> String {
+    let port = listen(|s| {
+        let Ok(ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut s = ws.get_ref().try_clone().unwrap();
+        let _ = s.write_all(&[0x83, 0x00]);
+        let mut sink = [0u8; 1024];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    format!("ws://127.0.0.1:{port}/")
+}
+
+type Peers = Arc<Mutex<Vec<(usize, Option<String>, WebSocket<TcpStream>)>>>;
+
+fn send_to(peers: &Peers, topic: Option<&str>, msg: Message) {
+    let mut p = peers.lock().unwrap();
+    p.retain_mut(|(_, t, w)| {
+        if topic.is_some() && t.as_deref() != topic {
+            return true;
+        }
+        w.send(msg.clone()).is_ok()
+    });
+}
+
+/// Raw dialect: every message received is sent to every connection.
+pub fn broadcast_server() -> String {
+    let peers: Peers = Arc::default();
+    let next = Arc::new(Mutex::new(0usize));
+    let port = listen(move |s| {
+        let Ok(mut reader) = tungstenite::accept(s) else {
+            return;
+        };
+        let id = {
+            let mut n = next.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let writer =
+            WebSocket::from_raw_socket(reader.get_ref().try_clone().unwrap(), Role::Server, None);
+        peers.lock().unwrap().push((id, None, writer));
+        while let Ok(m) = reader.read() {
+            if m.is_binary() || m.is_text() {
+                send_to(&peers, None, m);
+            }
+        }
+        peers.lock().unwrap().retain(|(i, _, _)| *i != id);
+    });
+    format!("ws://127.0.0.1:{port}/")
+}
+
+/// A tiny stand-in for wsgate's /ws protocol: `?subscribe=T`, the `subscribe` op (answered
+/// with `{"op":"ok","id":N}`) and the `publish` op, delivered as `{"topic":T,"data":...}`.
+// tungstenite's handshake callback returns its large error response by value.
+#[allow(clippy::result_large_err)]
+pub fn pubsub_server() -> String {
+    let peers: Peers = Arc::default();
+    let next = Arc::new(Mutex::new(0usize));
+    let port = listen(move |s| {
+        let mut query = String::new();
+        let Ok(mut reader) = tungstenite::accept_hdr(s, |req: &Request, resp: Response| {
+            query = req.uri().query().unwrap_or("").to_string();
+            Ok(resp)
+        }) else {
+            return;
+        };
+        let id = {
+            let mut n = next.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let mut topic = query.strip_prefix("subscribe=").map(str::to_string);
+        let writer =
+            WebSocket::from_raw_socket(reader.get_ref().try_clone().unwrap(), Role::Server, None);
+        peers.lock().unwrap().push((id, topic.clone(), writer));
+        while let Ok(m) = reader.read() {
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            match v["op"].as_str() {
+                Some("subscribe") => {
+                    topic = v["topic"].as_str().map(str::to_string);
+                    let ok = format!(r#"{{"op":"ok","id":{}}}"#, v["id"]);
+                    let mut p = peers.lock().unwrap();
+                    let me = p.iter_mut().find(|(i, _, _)| *i == id).unwrap();
+                    me.1 = topic.clone();
+                    me.2.send(Message::text(ok)).unwrap();
+                }
+                Some("publish") => {
+                    let t = v["topic"].as_str().unwrap();
+                    let d = serde_json::json!({"topic": t, "data": v["data"]});
+                    send_to(&peers, Some(t), Message::text(d.to_string()));
+                }
+                _ => {}
+            }
+        }
+        peers.lock().unwrap().retain(|(i, _, _)| *i != id);
+    });
+    format!("ws://127.0.0.1:{port}/ws")
+}
+
+/// A port where nothing listens.
+pub fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wsgate-loadgen-{}-{name}", std::process::id()))
+}
+
+/// Runs the loadgen (with `--quiet` and a JSON summary) and returns its output and summary.
+pub fn loadgen(mode: &str, url: &str, args: &[&str]) -> (Output, Option<Value>) {
+    let json = tmp(&format!("{mode}-{}.json", rand_suffix()));
+    let out = Command::new(BIN)
+        .arg(mode)
+        .args(["--url", url, "--quiet", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let v = std::fs::read(&json)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).expect("valid JSON summary"));
+    let _ = std::fs::remove_file(&json);
+    (out, v)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// Like [`loadgen`], asserting success.
+pub fn loadgen_ok(mode: &str, url: &str, args: &[&str]) -> Value {
+    let (out, v) = loadgen(mode, url, args);
+    assert!(
+        out.status.success(),
+        "loadgen {mode} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    v.expect("JSON summary written")
+}
+
+pub fn errors_total(v: &Value) -> u64 {
+    let e = &v["errors"];
+    [
+        "connect",
+        "handshake",
+        "reset",
+        "closed_by_server",
+        "protocol",
+        "timeout",
+    ]
+    .iter()
+    .map(|k| e[k].as_u64().unwrap())
+    .sum()
+}
+
+/// The hidden blast server, on an ephemeral port; killed on drop.
+pub struct Blast {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Blast {
+    pub fn start(args: &[&str]) -> Blast {
+        let mut child = Command::new(BIN)
+            .args([
+                "blast-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--duration",
+                "20s",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start blast-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("address line");
+        Blast {
+            child,
+            url: format!("ws://{addr}/"),
+        }
+    }
+}
+
+impl Drop for Blast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const SHORT: [&str; 6] = ["--duration", "1s", "--warmup", "200ms", "--drain", "1s"];
+
+pub fn timeout() -> Duration {
+    Duration::from_secs(30)
+}
