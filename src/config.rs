@@ -95,6 +95,31 @@ pub struct RawConfig {
     /// allows any [default: any].
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Bearer token required by POST /publish; empty means no token [default: none].
+    #[arg(long, env = "WSGATE_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// Topics /ws clients may publish to (comma-separated; `prefix*` matches a prefix,
+    /// `*` everything) [default: none: only backends publish, over HTTP].
+    #[arg(long, value_delimiter = ',')]
+    pub client_publish: Option<Vec<String>>,
+    /// Topics one /ws connection may subscribe to [default: 64].
+    #[arg(long)]
+    pub max_subscriptions: Option<usize>,
+    /// Longest topic name, in bytes [default: 128].
+    #[arg(long, value_name = "BYTES")]
+    pub max_topic_len: Option<usize>,
+    /// Largest published payload (HTTP body or /ws control message), in bytes
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_publish_bytes: Option<usize>,
+    /// Deliveries queued between two reactors before further ones are dropped (counted)
+    /// [default: 65536].
+    #[arg(long)]
+    pub inbox_capacity: Option<usize>,
+    /// SO_SNDBUF for client sockets, in bytes; 0 keeps the kernel's autotuning. Smaller
+    /// bounds kernel memory per connection and finds slow consumers sooner [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// Validated settings.
@@ -114,6 +139,15 @@ pub struct Config {
     pub subprotocols: Vec<String>,
     /// `None`: any origin.
     pub allowed_origins: Option<Vec<String>>,
+    pub publish_token: Option<String>,
+    pub client_publish: Vec<String>,
+    pub max_subscriptions: usize,
+    pub max_topic_len: usize,
+    pub max_publish_bytes: usize,
+    pub inbox_capacity: usize,
+    pub socket_send_buffer: usize,
+    /// Limits for /ws connections: messages no larger than a publish needs.
+    pub pubsub_limits: Limits,
     /// Frame and message limits and WebSocket timers.
     pub limits: Limits,
 }
@@ -191,7 +225,14 @@ impl RawConfig {
             slow_consumer,
             echo,
             subprotocols,
-            allowed_origins
+            allowed_origins,
+            publish_token,
+            client_publish,
+            max_subscriptions,
+            max_topic_len,
+            max_publish_bytes,
+            inbox_capacity,
+            socket_send_buffer
         )
     }
 
@@ -202,7 +243,6 @@ impl RawConfig {
             .map_err(|_| invalid("listen", format!("{listen:?} is not an ADDR:PORT")))?;
         let threads = match self.threads.unwrap_or(0) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n if n > 1024 => return Err(invalid("threads", "at most 1024")),
             n => n,
         };
         let positive = |name: &'static str, value: usize| {
@@ -254,6 +294,28 @@ impl RawConfig {
             }
         }
         let allowed_origins = self.allowed_origins.filter(|o| !o.is_empty());
+        let max_publish_bytes = positive(
+            "max_publish_bytes",
+            self.max_publish_bytes.unwrap_or(64 * 1024),
+        )?;
+        let max_topic_len = self.max_topic_len.unwrap_or(128);
+        if !(1..=1024).contains(&max_topic_len) {
+            return Err(invalid("max_topic_len", "must be between 1 and 1024"));
+        }
+        // A control message carries the payload plus the envelope around it.
+        let control_max = (max_publish_bytes + max_topic_len + 256).min(limits.max_message_size);
+        let pubsub_limits = Limits {
+            max_frame_size: control_max as u64,
+            max_message_size: control_max,
+            ..limits.clone()
+        };
+        let threads_ok = threads <= crate::broadcast::MAX_REACTORS;
+        if !threads_ok {
+            return Err(invalid(
+                "threads",
+                format!("at most {}", crate::broadcast::MAX_REACTORS),
+            ));
+        }
         Ok(Config {
             listen,
             threads,
@@ -277,6 +339,14 @@ impl RawConfig {
             echo: self.echo.unwrap_or(true),
             subprotocols: self.subprotocols.unwrap_or_default(),
             allowed_origins,
+            publish_token: self.publish_token.filter(|t| !t.is_empty()),
+            client_publish: self.client_publish.unwrap_or_default(),
+            max_subscriptions: positive("max_subscriptions", self.max_subscriptions.unwrap_or(64))?,
+            max_topic_len,
+            max_publish_bytes,
+            inbox_capacity: positive("inbox_capacity", self.inbox_capacity.unwrap_or(65536))?,
+            socket_send_buffer: self.socket_send_buffer.unwrap_or(0),
+            pubsub_limits,
             limits,
         })
     }

@@ -1,15 +1,24 @@
-//! Routing of requests, and the plain-HTTP side endpoints.
+//! Routing, and the plain-HTTP side endpoints: `/healthz`, `/metrics`, `POST /publish/{topic}`.
 
+use crate::broadcast;
 use crate::config::Config;
-use crate::proto::handshake::{self, Method, Request};
+use crate::metrics;
+use crate::proto::handshake::{self, HttpError, Method, Request};
+use crate::server::Shared;
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// WebSocket: echo every message.
     Echo,
+    /// WebSocket: pub/sub control messages and deliveries.
+    PubSub,
     /// `GET /healthz`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /publish/{topic}`.
+    Publish,
     /// A path we do not serve.
     NotFound,
 }
@@ -18,39 +27,186 @@ impl Route {
     pub fn of(req: &Request, config: &Config) -> Self {
         match req.path.as_str() {
             "/echo" if config.echo => Self::Echo,
+            "/ws" => Self::PubSub,
             "/healthz" => Self::Health,
+            "/metrics" => Self::Metrics,
+            p if p.starts_with("/publish/") => Self::Publish,
             _ => Self::NotFound,
         }
     }
 
     /// Whether this route speaks WebSocket after an Upgrade.
     pub fn is_websocket(self) -> bool {
-        matches!(self, Self::Echo)
+        matches!(self, Self::Echo | Self::PubSub)
     }
 }
 
-/// Answers a plain HTTP request; `draining` is the server's drain state.
+/// Answers `/healthz`, a wrong method on `/metrics`, and unknown paths.
 pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
     let keep_alive = req.keep_alive && !draining;
+    let text = |status, body: &[u8], keep_alive| {
+        handshake::response(status, "text/plain", &[], body, keep_alive)
+    };
     match route {
-        Route::Health if !matches!(req.method, Method::Get | Method::Head) => {
-            method_not_allowed(keep_alive)
+        Route::Health | Route::Metrics if !matches!(req.method, Method::Get | Method::Head) => {
+            let body = b"method not allowed\n";
+            handshake::response(
+                405,
+                "text/plain",
+                &[("Allow", "GET, HEAD")],
+                body,
+                keep_alive,
+            )
         }
-        Route::Health if draining => {
-            handshake::response(503, "text/plain", &[], b"draining\n", false)
-        }
-        Route::Health => handshake::response(200, "text/plain", &[], b"ok\n", keep_alive),
-        Route::Echo => unreachable!("websocket routes are upgraded, not answered"),
-        Route::NotFound => handshake::response(404, "text/plain", &[], b"not found\n", keep_alive),
+        Route::Health if draining => text(503, b"draining\n", false),
+        Route::Health => text(200, b"ok\n", keep_alive),
+        Route::Metrics => text(200, b"", keep_alive),
+        Route::NotFound => text(404, b"not found\n", keep_alive),
+        Route::Echo | Route::PubSub | Route::Publish => unreachable!("answered elsewhere"),
     }
 }
 
-fn method_not_allowed(keep_alive: bool) -> Vec<u8> {
+/// `GET /metrics`: every reactor's counters in the Prometheus text format.
+pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
+    let fanout = &shared.fanout;
+    let n = shared.metrics.len();
+    let text = metrics::render(&metrics::Snapshot {
+        reactors: &shared.metrics,
+        inbox_depth: (0..n).map(|i| fanout.inbox(i).depth()).collect(),
+        inbox_overflows: (0..n)
+            .map(|i| {
+                fanout
+                    .inbox(i)
+                    .overflows
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .collect(),
+        io: shared.io,
+        draining: shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+    });
     handshake::response(
-        405,
-        "text/plain",
-        &[("Allow", "GET, HEAD")],
-        b"method not allowed\n",
+        200,
+        "text/plain; version=0.0.4",
+        &[],
+        text.as_bytes(),
         keep_alive,
     )
+}
+
+/// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
+/// JSON. Returns the topic, or the error response to send.
+pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
+    let keep_alive = req.keep_alive;
+    let fail = |status, reason: &str, extra: &[(&str, &str)]| {
+        let body = format!("{{\"ok\":false,\"error\":\"{reason}\"}}");
+        handshake::response(
+            status,
+            "application/json",
+            extra,
+            body.as_bytes(),
+            keep_alive,
+        )
+    };
+    if req.method != Method::Post {
+        return Err(fail(405, "use POST", &[("Allow", "POST")]));
+    }
+    if let Some(token) = &config.publish_token {
+        let given = req
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+            return Err(fail(
+                401,
+                "missing or wrong bearer token",
+                &[("WWW-Authenticate", "Bearer")],
+            ));
+        }
+    }
+    let topic = &req.path["/publish/".len()..];
+    if let Err(reason) = broadcast::check_topic(topic, config.max_topic_len) {
+        return Err(fail(400, reason, &[]));
+    }
+    // simd-json parses in place; the body is delivered as sent, so check a copy.
+    let mut copy = body.to_vec();
+    if simd_json::to_borrowed_value(&mut copy).is_err() {
+        return Err(fail(400, "body is not valid json", &[]));
+    }
+    Ok(topic.to_owned())
+}
+
+/// `202 Accepted` for a publish.
+pub fn published(topic: &str, keep_alive: bool) -> Vec<u8> {
+    let body = format!("{{\"ok\":true,\"topic\":\"{topic}\"}}");
+    handshake::response(202, "application/json", &[], body.as_bytes(), keep_alive)
+}
+
+/// Topics from `?subscribe=a,b` on a /ws upgrade, checked; a bad one refuses the upgrade.
+pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, HttpError> {
+    let Some(query) = &req.query else {
+        return Ok(Vec::new());
+    };
+    let mut topics = Vec::new();
+    for pair in query.split('&') {
+        let Some(list) = pair.strip_prefix("subscribe=") else {
+            continue;
+        };
+        let list =
+            percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
+        for topic in list.split(',').filter(|t| !t.is_empty()) {
+            broadcast::check_topic(topic, config.max_topic_len)
+                .map_err(|reason| HttpError::new(400, reason))?;
+            if !topics.iter().any(|t| t == topic) {
+                topics.push(topic.to_owned());
+            }
+        }
+    }
+    if topics.len() > config.max_subscriptions {
+        return Err(HttpError::new(400, "too many topics in subscribe"));
+    }
+    Ok(topics)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Compares secrets without an early exit that would leak how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Cb%3Ac").as_deref(), Some("a,b:c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+    }
 }

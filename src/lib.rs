@@ -16,8 +16,10 @@
 //!   UTF-8, close codes
 //! ```
 
+pub mod broadcast;
 pub mod buf;
 pub mod config;
+pub mod control;
 pub mod driver;
 pub mod http;
 pub mod metrics;

@@ -1,10 +1,17 @@
-//! Per-reactor counters. Each reactor writes only its own (relaxed atomics, no sharing
-//! of cache lines between reactors); `/metrics` and tests read them all.
+//! Per-reactor counters and the Prometheus text rendering of `/metrics`.
+//!
+//! Each reactor writes only its own counters (relaxed atomics, each reactor's on its own
+//! cache lines) and its own latency histogram, which it folds into a shared one at every
+//! timer sweep; a scrape reads them all.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
 
 /// One reactor's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct ReactorMetrics {
     /// Connections open on this reactor (any phase).
@@ -13,10 +20,54 @@ pub struct ReactorMetrics {
     pub accepted: AtomicU64,
     /// Upgrades completed.
     pub handshakes_ok: AtomicU64,
-    /// Requests answered with an error status instead of an upgrade.
-    pub handshakes_failed: AtomicU64,
+    /// Upgrade requests refused with an error status.
+    pub handshakes_rejected: AtomicU64,
+    /// Connections dropped before sending a complete request head.
+    pub handshakes_timed_out: AtomicU64,
     /// WebSocket connections failed for a protocol violation.
     pub protocol_errors: AtomicU64,
+    /// WebSocket messages received.
+    pub messages_in: AtomicU64,
+    /// Bytes read from sockets.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Publishes accepted on this reactor (HTTP and client).
+    pub publishes: AtomicU64,
+    /// Frames queued to subscribers.
+    pub deliveries: AtomicU64,
+    /// Deliveries skipped under the `drop` slow-consumer policy.
+    pub dropped: AtomicU64,
+    /// Subscribers closed under the `close` slow-consumer policy.
+    pub slow_consumer_closes: AtomicU64,
+    /// Publish-to-write latency in microseconds, folded in by the reactor at each sweep.
+    pub latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for ReactorMetrics {
+    fn default() -> Self {
+        Self {
+            connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            handshakes_ok: AtomicU64::new(0),
+            handshakes_rejected: AtomicU64::new(0),
+            handshakes_timed_out: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            slow_consumer_closes: AtomicU64::new(0),
+            latency_us: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// A histogram of 1 µs to 60 s at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 impl ReactorMetrics {
@@ -30,5 +81,206 @@ impl ReactorMetrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What a scrape shows besides the counters.
+pub struct Snapshot<'a> {
+    pub reactors: &'a [ReactorMetrics],
+    /// Deliveries waiting in each reactor's inbox.
+    pub inbox_depth: Vec<usize>,
+    /// Deliveries dropped because an inbox was full.
+    pub inbox_overflows: Vec<u64>,
+    pub io: &'static str,
+    pub draining: bool,
+}
+
+/// Renders the Prometheus text exposition format (version 0.0.4).
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(4096);
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_info Build and runtime information.\n# TYPE wsgate_info gauge"
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_info{{version=\"{}\",io=\"{}\",reactors=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        s.io,
+        s.reactors.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_draining 1 while draining.\n# TYPE wsgate_draining gauge"
+    );
+    let _ = writeln!(out, "wsgate_draining {}", u8::from(s.draining));
+    let per_reactor =
+        |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+            let _ = writeln!(
+                out,
+                "# HELP wsgate_{name} {help}\n# TYPE wsgate_{name} {kind}"
+            );
+            for i in 0..s.reactors.len() {
+                let _ = writeln!(out, "wsgate_{name}{{reactor=\"{i}\"}} {}", value(i));
+            }
+        };
+    let r = s.reactors;
+    let get = |f: fn(&ReactorMetrics) -> &AtomicU64| move |i: usize| ReactorMetrics::get(f(&r[i]));
+    per_reactor(
+        &mut out,
+        "connections",
+        "gauge",
+        "Open connections.",
+        &get(|m| &m.connections),
+    );
+    per_reactor(
+        &mut out,
+        "accepted_total",
+        "counter",
+        "Connections accepted.",
+        &get(|m| &m.accepted),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_handshakes_total WebSocket handshakes by result.\n# TYPE wsgate_handshakes_total counter"
+    );
+    for (i, m) in r.iter().enumerate() {
+        for (result, c) in [
+            ("ok", &m.handshakes_ok),
+            ("rejected", &m.handshakes_rejected),
+            ("timeout", &m.handshakes_timed_out),
+        ] {
+            let _ = writeln!(
+                out,
+                "wsgate_handshakes_total{{reactor=\"{i}\",result=\"{result}\"}} {}",
+                ReactorMetrics::get(c)
+            );
+        }
+    }
+    per_reactor(
+        &mut out,
+        "protocol_errors_total",
+        "counter",
+        "Connections failed for a protocol violation.",
+        &get(|m| &m.protocol_errors),
+    );
+    per_reactor(
+        &mut out,
+        "messages_in_total",
+        "counter",
+        "WebSocket messages received.",
+        &get(|m| &m.messages_in),
+    );
+    per_reactor(
+        &mut out,
+        "bytes_in_total",
+        "counter",
+        "Bytes read from sockets.",
+        &get(|m| &m.bytes_in),
+    );
+    per_reactor(
+        &mut out,
+        "bytes_out_total",
+        "counter",
+        "Bytes written to sockets.",
+        &get(|m| &m.bytes_out),
+    );
+    per_reactor(
+        &mut out,
+        "publishes_total",
+        "counter",
+        "Publishes accepted (HTTP and client).",
+        &get(|m| &m.publishes),
+    );
+    per_reactor(
+        &mut out,
+        "deliveries_total",
+        "counter",
+        "Frames queued to subscribers.",
+        &get(|m| &m.deliveries),
+    );
+    per_reactor(
+        &mut out,
+        "dropped_total",
+        "counter",
+        "Deliveries skipped for slow consumers (policy drop).",
+        &get(|m| &m.dropped),
+    );
+    per_reactor(
+        &mut out,
+        "slow_consumer_closes_total",
+        "counter",
+        "Subscribers closed as slow consumers (policy close).",
+        &get(|m| &m.slow_consumer_closes),
+    );
+    per_reactor(
+        &mut out,
+        "inbox_depth",
+        "gauge",
+        "Deliveries waiting in the reactor's inbox.",
+        &|i| s.inbox_depth[i] as u64,
+    );
+    per_reactor(
+        &mut out,
+        "inbox_overflows_total",
+        "counter",
+        "Deliveries lost to a full inbox.",
+        &|i| s.inbox_overflows[i],
+    );
+    let mut merged = new_histogram();
+    for m in r {
+        let _ = merged.add(&*m.latency_us.lock().expect("histogram lock poisoned"));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_publish_to_write_seconds Time from a publish to the write of its frames.\n\
+         # TYPE wsgate_publish_to_write_seconds summary"
+    );
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = merged.value_at_quantile(q) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "wsgate_publish_to_write_seconds{{quantile=\"{q}\"}} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "wsgate_publish_to_write_seconds_count {}",
+        merged.len()
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_publish_to_write_seconds_sum {}",
+        merged.mean() * merged.len() as f64 / 1e6
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_per_reactor() {
+        let reactors = vec![ReactorMetrics::default(), ReactorMetrics::default()];
+        ReactorMetrics::add(&reactors[1].deliveries, 42);
+        reactors[0].latency_us.lock().unwrap().record(1500).unwrap();
+        let text = render(&Snapshot {
+            reactors: &reactors,
+            inbox_depth: vec![0, 3],
+            inbox_overflows: vec![0, 0],
+            io: "epoll",
+            draining: false,
+        });
+        assert!(text.contains("wsgate_deliveries_total{reactor=\"1\"} 42\n"));
+        assert!(text.contains("wsgate_inbox_depth{reactor=\"1\"} 3\n"));
+        assert!(text.contains("wsgate_handshakes_total{reactor=\"0\",result=\"ok\"} 0\n"));
+        assert!(text.contains("io=\"epoll\""));
+        assert!(text.contains("wsgate_publish_to_write_seconds{quantile=\"0.5\"} 0.0015"));
+        assert!(text.contains("wsgate_publish_to_write_seconds_count 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! The per-core loop: owns this core's connections and drives the protocol core, the I/O
-//! driver and (for pub/sub) the fan-out inbox.
+//! driver and the fan-out inbox.
 //!
 //! One turn: wait for completions; feed received bytes to each connection's state
-//! machine (HTTP request, then WebSocket); queue what it answers; run timers when due;
-//! then flush every connection with queued output in one vectored write (corking).
+//! machine (HTTP request, then WebSocket); answer messages (echo, pub/sub ops); deliver
+//! what other reactors published; run timers when due; then flush every connection with
+//! queued output in one vectored write (corking: a subscriber that got ten deliveries
+//! this turn gets them in one `writev`).
 
 use std::io;
 use std::mem;
@@ -11,19 +13,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use hdrhistogram::Histogram;
 use slab::Slab;
 
+use crate::broadcast::{self, Delivery, TopicId, Topics};
+use crate::config::SlowConsumerPolicy;
+use crate::control::{self, ControlError, Op};
 use crate::driver::{Completion, ConnId, Driver, SendStatus};
 use crate::http::{self, Route};
-use crate::metrics::ReactorMetrics;
+use crate::metrics::{self, ReactorMetrics};
 use crate::proto::handshake::{self, HttpError, Request, UpgradePolicy};
-use crate::proto::{CloseCode, Connection, Event, OutQueue};
+use crate::proto::{CloseCode, Connection, Event, OpCode, OutQueue};
 use crate::server::Shared;
 
 /// Reads per readable socket per turn before others get a go.
 const READS_PER_TURN: usize = 16;
-/// Largest request body accepted (plain HTTP).
-pub const MAX_BODY: usize = 1 << 20;
 
 /// One core's event loop.
 pub struct Reactor<D: Driver> {
@@ -36,11 +42,19 @@ struct Core<Io> {
     index: usize,
     shared: Arc<Shared>,
     conns: Slab<Conn<Io>>,
+    topics: Topics,
+    inbox: Receiver<Delivery>,
     events: Vec<Event>,
     /// Connections with output queued or a state change this turn.
     flush: Vec<ConnId>,
     /// Connections to read again next turn (unread bytes remain, or resumed).
     read_again: Vec<ConnId>,
+    /// Slow consumers that could not even take a close frame: closed after this turn.
+    abort: Vec<ConnId>,
+    /// Publish instants of what was delivered this turn, for the latency histogram.
+    published: Vec<Instant>,
+    latency: Histogram<u64>,
+    json: simd_json::Buffers,
     drain_deadline: Option<Instant>,
     now: Instant,
 }
@@ -65,19 +79,15 @@ struct Conn<Io> {
 
 enum Phase {
     /// Reading an HTTP request head (and body); `head` holds a split one.
-    Request {
-        head: Vec<u8>,
-        deadline: Instant,
-    },
+    Request { head: Vec<u8>, deadline: Instant },
+    /// `subs` is empty except on /ws.
     WebSocket {
         ws: Connection,
         route: Route,
+        subs: Vec<TopicId>,
     },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
-    Closing {
-        deadline: Instant,
-        fin_sent: bool,
-    },
+    Closing { deadline: Instant, fin_sent: bool },
     /// Closed, with driver operations still in flight.
     Released,
 }
@@ -90,17 +100,22 @@ enum Next {
 }
 
 impl<D: Driver> Reactor<D> {
-    pub fn new(index: usize, driver: D, shared: Arc<Shared>) -> Self {
-        let now = Instant::now();
+    pub fn new(index: usize, driver: D, shared: Arc<Shared>, inbox: Receiver<Delivery>) -> Self {
         let core = Core {
             index,
             shared,
             conns: Slab::new(),
+            topics: Topics::default(),
+            inbox,
             events: Vec::new(),
             flush: Vec::new(),
             read_again: Vec::new(),
+            abort: Vec::new(),
+            published: Vec::new(),
+            latency: metrics::new_histogram(),
+            json: simd_json::Buffers::default(),
             drain_deadline: None,
-            now,
+            now: Instant::now(),
         };
         Self { driver, core }
     }
@@ -145,11 +160,16 @@ impl<D: Driver> Reactor<D> {
             for id in mem::take(&mut self.core.read_again) {
                 self.read(id, false);
             }
+            self.core.drain_inbox();
             if self.core.now >= next_sweep {
                 self.core.sweep();
                 next_sweep = self.core.now + tick;
             }
+            for id in mem::take(&mut self.core.abort) {
+                self.close_now(id);
+            }
             self.flush();
+            self.core.record_latency();
             if let Some(deadline) = self.core.drain_deadline {
                 if self.core.conns.is_empty() || self.core.now >= deadline {
                     break;
@@ -166,6 +186,7 @@ impl<D: Driver> Reactor<D> {
         for id in ids {
             self.close_now(id);
         }
+        self.core.fold_latency();
         tracing::debug!(reactor = self.core.index, left, "reactor drained");
         Ok(())
     }
@@ -188,6 +209,10 @@ impl<D: Driver> Reactor<D> {
                 Ok(n) => {
                     if let Some(c) = self.core.conns.get_mut(conn.index()) {
                         c.out.advance(n);
+                        ReactorMetrics::add(
+                            &self.core.shared.metrics[self.core.index].bytes_out,
+                            n as u64,
+                        );
                     }
                     self.core.unblock(conn);
                 }
@@ -244,61 +269,74 @@ impl<D: Driver> Reactor<D> {
     /// Reads what a readable socket has (epoll): until a short read, which means the
     /// receive queue was empty (new bytes raise a new edge), or to EOF when `closed`.
     fn read(&mut self, id: ConnId, closed: bool) {
+        let mut bytes_in = 0;
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.core.conns.get_mut(id.index()) else {
-                return;
+                break;
             };
             if conn.paused {
                 conn.read_pending = true;
-                return;
+                break;
             }
             if matches!(conn.phase, Phase::Released) {
-                return;
+                break;
             }
             match self.driver.recv(&mut conn.io) {
                 Ok(Some((buf, len))) => {
                     let Reactor { driver, core } = self;
                     let bytes = &mut driver.buf(buf)[..len];
                     let full = len == bytes.len() && len == crate::driver::epoll::READ_BUF;
+                    bytes_in += len;
                     core.on_bytes(id, bytes);
                     driver.release(buf);
-                    if !full && !closed {
-                        return;
+                    if full || closed {
+                        continue;
                     }
                 }
-                Ok(None) => return self.core.on_eof(id),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.close_now(id),
+                Ok(None) => self.core.on_eof(id),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.close_now(id),
             }
+            ReactorMetrics::add(&self.core.metrics().bytes_in, bytes_in as u64);
+            return;
         }
+        ReactorMetrics::add(&self.core.metrics().bytes_in, bytes_in as u64);
         // Bytes may remain and no new edge will come for them.
-        self.core.read_again.push(id);
+        if self.core.conns.contains(id.index()) {
+            self.core.read_again.push(id);
+        }
     }
 
     /// Writes each connection's queued frames in one call, and finishes closes.
     fn flush(&mut self) {
         let cap = self.core.shared.config.max_outbound_bytes;
+        let mut bytes_out = 0;
         while let Some(id) = self.core.flush.pop() {
             let Some(conn) = self.core.conns.get_mut(id.index()) else {
                 continue;
             };
             conn.in_flush = false;
+            let mut failed = false;
             while !conn.blocked && !conn.out.is_empty() {
                 match self.driver.send(id, &mut conn.io, &conn.out) {
                     Ok(SendStatus::Wrote(0)) => conn.blocked = true,
-                    Ok(SendStatus::Wrote(n)) => conn.out.advance(n),
+                    Ok(SendStatus::Wrote(n)) => {
+                        conn.out.advance(n);
+                        bytes_out += n;
+                    }
                     Ok(SendStatus::Submitted) => conn.blocked = true,
                     Err(_) => {
-                        conn.out.clear();
-                        conn.eof = true;
-                        conn.phase = Phase::Closing {
-                            deadline: self.core.now,
-                            fin_sent: true,
-                        };
+                        failed = true;
+                        break;
                     }
                 }
             }
-            // Backpressure: stop reading while the queue is over the cap, resume at half.
+            if failed {
+                self.close_now(id);
+                continue;
+            }
+            // Backpressure on echo: stop reading while the queue is over the cap, resume at
+            // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
             if !conn.paused && conn.out.len_bytes() > cap {
                 conn.paused = true;
                 self.driver.set_receiving(id, &mut conn.io, false);
@@ -320,6 +358,7 @@ impl<D: Driver> Reactor<D> {
                 }
             }
         }
+        ReactorMetrics::add(&self.core.metrics().bytes_out, bytes_out as u64);
     }
 
     fn start_drain(&mut self) {
@@ -362,20 +401,22 @@ impl<D: Driver> Reactor<D> {
         if self.driver.close(id, &mut conn.io) {
             self.core.remove(id);
         } else {
-            conn.phase = Phase::Released;
+            self.core.leave_topics(id);
+            self.core.conns[id.index()].phase = Phase::Released;
         }
     }
 }
 
 impl<Io> Core<Io> {
+    fn metrics(&self) -> &ReactorMetrics {
+        &self.shared.metrics[self.index]
+    }
+
     fn remove(&mut self, id: ConnId) {
+        self.leave_topics(id);
         self.conns.remove(id.index());
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         ReactorMetrics::sub(&self.metrics().connections, 1);
-    }
-
-    fn metrics(&self) -> &ReactorMetrics {
-        &self.shared.metrics[self.index]
     }
 
     fn schedule(&mut self, id: ConnId) {
@@ -393,13 +434,39 @@ impl<Io> Core<Io> {
         }
     }
 
-    fn begin_closing(&mut self, id: ConnId) {
-        let deadline = self.now + self.shared.config.limits.close_timeout;
-        self.conns[id.index()].phase = Phase::Closing {
+    /// Unsubscribes a /ws connection from all its topics.
+    fn leave_topics(&mut self, id: ConnId) {
+        if let Some(Conn {
+            phase: Phase::WebSocket { subs, .. },
+            ..
+        }) = self.conns.get_mut(id.index())
+        {
+            for topic in mem::take(subs) {
+                self.topics
+                    .unsubscribe(&self.shared.fanout, self.index, topic, id);
+            }
+        }
+    }
+
+    /// Moves to the closing phase: flush, FIN, wait for the peer's FIN until `deadline`.
+    /// With `abandon`, the queue is dropped and the socket closed at the next flush.
+    fn set_closing(&mut self, id: ConnId, deadline: Instant, abandon: bool) {
+        self.leave_topics(id);
+        let conn = &mut self.conns[id.index()];
+        if abandon {
+            conn.out.clear();
+            conn.eof = true;
+        }
+        conn.phase = Phase::Closing {
             deadline,
-            fin_sent: false,
+            fin_sent: abandon,
         };
         self.schedule(id);
+    }
+
+    fn begin_closing(&mut self, id: ConnId) {
+        let deadline = self.now + self.shared.config.limits.close_timeout;
+        self.set_closing(id, deadline, false);
     }
 
     fn on_eof(&mut self, id: ConnId) {
@@ -411,14 +478,7 @@ impl<Io> Core<Io> {
             // A half-closed client may still be owed its close reply or response.
             Phase::Closing { .. } => self.schedule(id),
             // Gone without a close handshake, or before finishing a request: nothing to send.
-            _ => {
-                conn.out.clear();
-                conn.phase = Phase::Closing {
-                    deadline: self.now,
-                    fin_sent: true,
-                };
-                self.schedule(id);
-            }
+            _ => self.set_closing(id, self.now, true),
         }
     }
 
@@ -435,35 +495,257 @@ impl<Io> Core<Io> {
     }
 
     fn on_frame_bytes(&mut self, id: ConnId, mut bytes: &mut [u8]) {
-        let conn = &mut self.conns[id.index()];
-        let Phase::WebSocket { ws, route } = &mut conn.phase else {
-            unreachable!("websocket phase")
-        };
-        let limits = &self.shared.config.limits;
+        let mut messages = 0;
+        let mut events = mem::take(&mut self.events);
         while !bytes.is_empty() {
-            let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut self.events);
+            let conn = &mut self.conns[id.index()];
+            let Phase::WebSocket { ws, route, .. } = &mut conn.phase else {
+                break;
+            };
+            let route = *route;
+            let limits = if route == Route::PubSub {
+                &self.shared.config.pubsub_limits
+            } else {
+                &self.shared.config.limits
+            };
+            let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut events);
             bytes = &mut mem::take(&mut bytes)[n..];
-            for event in self.events.drain(..) {
+            for event in events.drain(..) {
                 match event {
-                    Event::Message { opcode, data } => match route {
-                        Route::Echo => {
-                            ws.send_message(opcode, &data, &mut conn.out);
+                    Event::Message { opcode, data } => {
+                        messages += 1;
+                        match route {
+                            Route::Echo => self.echo(id, opcode, &data),
+                            _ => self.on_control(id, opcode, data),
                         }
-                        Route::Health | Route::NotFound => unreachable!("not a websocket route"),
-                    },
+                    }
                     Event::PeerClosed(_) => {}
                     Event::Failed(err) => {
                         tracing::debug!(reactor = self.index, "closing: {err}");
-                        ReactorMetrics::add(&self.shared.metrics[self.index].protocol_errors, 1);
+                        ReactorMetrics::add(&self.metrics().protocol_errors, 1);
                     }
                 }
             }
         }
-        if ws.is_closed() {
-            self.begin_closing(id);
-        } else if !conn.out.is_empty() {
-            self.schedule(id);
+        self.events = events;
+        ReactorMetrics::add(&self.metrics().messages_in, messages);
+        let conn = &mut self.conns[id.index()];
+        match &conn.phase {
+            Phase::WebSocket { ws, .. } if ws.is_closed() => self.begin_closing(id),
+            _ if !conn.out.is_empty() => self.schedule(id),
+            _ => {}
         }
+    }
+
+    fn echo(&mut self, id: ConnId, opcode: OpCode, data: &[u8]) {
+        let conn = &mut self.conns[id.index()];
+        if let Phase::WebSocket { ws, .. } = &mut conn.phase {
+            ws.send_message(opcode, data, &mut conn.out);
+        }
+    }
+
+    /// A message on /ws: one control op, answered on the same connection.
+    fn on_control(&mut self, id: ConnId, opcode: OpCode, mut data: Vec<u8>) {
+        let reply = if opcode == OpCode::Binary {
+            Err(ControlError::new(
+                None,
+                "bad_request",
+                "binary messages are not supported on /ws",
+            ))
+        } else {
+            control::parse(&mut data, &mut self.json).and_then(|c| self.apply(id, c))
+        };
+        match reply {
+            Ok(()) => {}
+            Err(err) => self.reply(id, control::error(&err)),
+        }
+    }
+
+    fn reply(&mut self, id: ConnId, frame: Bytes) {
+        let conn = &mut self.conns[id.index()];
+        if let Phase::WebSocket { ws, .. } = &mut conn.phase {
+            ws.send_frame(frame, &mut conn.out);
+        }
+    }
+
+    /// Carries out a control op. Ops with an `id` are acknowledged with `ok`, a publish
+    /// before its deliveries, so a publisher subscribed to the topic sees its `ok` first.
+    fn apply(&mut self, id: ConnId, c: control::Control) -> Result<(), ControlError> {
+        let config = &self.shared.config;
+        let invalid =
+            |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
+        match c.op {
+            Op::Subscribe(topic) => {
+                broadcast::check_topic(&topic, config.max_topic_len)
+                    .map_err(|m| invalid(&c.id, m))?;
+                self.subscribe(id, &topic).map_err(|message| {
+                    ControlError::new(c.id.clone(), "too_many_subscriptions", message)
+                })?;
+            }
+            Op::Unsubscribe(topic) => {
+                broadcast::check_topic(&topic, config.max_topic_len)
+                    .map_err(|m| invalid(&c.id, m))?;
+                self.unsubscribe(id, &topic);
+            }
+            Op::Publish { topic, data } => {
+                broadcast::check_topic(&topic, config.max_topic_len)
+                    .map_err(|m| invalid(&c.id, m))?;
+                if !broadcast::topic_allowed(&topic, &config.client_publish) {
+                    return Err(ControlError::new(
+                        c.id,
+                        "forbidden",
+                        "publishing to this topic is not allowed",
+                    ));
+                }
+                if data.len() > config.max_publish_bytes {
+                    return Err(ControlError::new(
+                        c.id,
+                        "too_large",
+                        "data is over the publish size limit",
+                    ));
+                }
+                if let Some(request) = &c.id {
+                    self.reply(id, control::ok(Some(request)));
+                }
+                self.publish(&topic, data.as_bytes());
+                return Ok(());
+            }
+        }
+        if let Some(request) = &c.id {
+            self.reply(id, control::ok(Some(request)));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), &'static str> {
+        let max = self.shared.config.max_subscriptions;
+        let Phase::WebSocket { subs, .. } = &mut self.conns[id.index()].phase else {
+            return Ok(());
+        };
+        if self.topics.find(topic).is_some_and(|t| subs.contains(&t)) {
+            return Ok(());
+        }
+        if subs.len() >= max {
+            return Err("subscription limit reached");
+        }
+        let (topic, _) = self
+            .topics
+            .subscribe(&self.shared.fanout, self.index, topic, id);
+        subs.push(topic);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, id: ConnId, topic: &str) {
+        let Some(topic) = self.topics.find(topic) else {
+            return;
+        };
+        let Phase::WebSocket { subs, .. } = &mut self.conns[id.index()].phase else {
+            return;
+        };
+        if let Some(at) = subs.iter().position(|&t| t == topic) {
+            subs.swap_remove(at);
+            self.topics
+                .unsubscribe(&self.shared.fanout, self.index, topic, id);
+        }
+    }
+
+    /// Encodes a publish once and hands it to every interested reactor, this one included.
+    fn publish(&mut self, topic: &str, data: &[u8]) {
+        let frame = broadcast::encode_delivery(topic, data);
+        let name: Arc<str> = Arc::from(topic);
+        ReactorMetrics::add(&self.metrics().publishes, 1);
+        if self
+            .shared
+            .fanout
+            .publish(self.index, &name, &frame, self.now)
+        {
+            self.deliver(topic, &frame, self.now);
+        }
+    }
+
+    /// Takes what other reactors published. Each frame is copied once into this core's
+    /// memory, so the many reference counts taken here never bounce between cores.
+    fn drain_inbox(&mut self) {
+        self.shared.fanout.rearm(self.index);
+        while let Ok(d) = self.inbox.try_recv() {
+            let frame = Bytes::copy_from_slice(&d.frame);
+            self.deliver(&d.topic, &frame, d.published);
+        }
+    }
+
+    /// Queues a frame to every local subscriber of `topic`, applying the slow-consumer
+    /// policy to those whose queue is over the cap. No copy and no allocation per
+    /// subscriber: each gets a reference.
+    fn deliver(&mut self, topic: &str, frame: &Bytes, published: Instant) {
+        let config = &self.shared.config;
+        let cap = config.max_outbound_bytes;
+        let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
+        for id in self.topics.subscribers(topic) {
+            let conn = &mut self.conns[id.index()];
+            let Phase::WebSocket { ws, .. } = &mut conn.phase else {
+                continue;
+            };
+            if conn.out.len_bytes() + frame.len() <= cap {
+                if ws.send_frame(frame.clone(), &mut conn.out) {
+                    delivered += 1;
+                }
+            } else {
+                match config.slow_consumer {
+                    SlowConsumerPolicy::Drop => dropped += 1,
+                    SlowConsumerPolicy::Close if ws.is_open() => {
+                        closed += 1;
+                        if conn.out.len_bytes() > 2 * cap {
+                            // Not even room for a close frame: abort.
+                            self.abort.push(id);
+                            continue;
+                        }
+                        ws.close(
+                            self.now,
+                            &config.limits,
+                            CloseCode::POLICY,
+                            "slow consumer",
+                            &mut conn.out,
+                        );
+                    }
+                    SlowConsumerPolicy::Close => {}
+                }
+            }
+            if !conn.in_flush {
+                conn.in_flush = true;
+                self.flush.push(id);
+            }
+        }
+        let m = &self.shared.metrics[self.index];
+        ReactorMetrics::add(&m.deliveries, delivered);
+        ReactorMetrics::add(&m.dropped, dropped);
+        ReactorMetrics::add(&m.slow_consumer_closes, closed);
+        if delivered > 0 {
+            self.published.push(published);
+        }
+    }
+
+    /// Publish-to-write latency of this turn's deliveries (their frames were just written).
+    fn record_latency(&mut self) {
+        if self.published.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for t in self.published.drain(..) {
+            let _ = self
+                .latency
+                .record(now.saturating_duration_since(t).as_micros().max(1) as u64);
+        }
+    }
+
+    /// Folds this reactor's latency samples into the shared histogram for `/metrics`.
+    fn fold_latency(&mut self) {
+        if self.latency.is_empty() {
+            return;
+        }
+        if let Ok(mut shared) = self.metrics().latency_us.lock() {
+            let _ = shared.add(&self.latency);
+        }
+        self.latency.reset();
     }
 
     fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
@@ -486,13 +768,8 @@ impl<Io> Core<Io> {
                 Err(err) => return self.reject(id, &err),
             };
             let body_len = req.content_length.unwrap_or(0);
-            if body_len > MAX_BODY {
-                let err = HttpError {
-                    status: 413,
-                    reason: "request body over the limit",
-                    extra_header: None,
-                };
-                return self.reject(id, &err);
+            if body_len > self.shared.config.max_publish_bytes {
+                return self.reject(id, &HttpError::new(413, "request body over the limit"));
             }
             let total = req.head_len + body_len;
             if input.len() < total {
@@ -501,13 +778,8 @@ impl<Io> Core<Io> {
             let (this, rest) = mem::take(&mut input).split_at_mut(total);
             match self.dispatch(id, &req, &this[req.head_len..]) {
                 // Bytes right behind the upgrade request are the client's first frames.
-                Next::Upgraded => {
-                    return if rest.is_empty() {
-                        ()
-                    } else {
-                        self.on_frame_bytes(id, rest)
-                    }
-                }
+                Next::Upgraded if rest.is_empty() => return,
+                Next::Upgraded => return self.on_frame_bytes(id, rest),
                 Next::Close => return self.begin_closing(id),
                 Next::KeepAlive => {
                     let deadline = self.now + self.shared.config.handshake_timeout;
@@ -532,12 +804,12 @@ impl<Io> Core<Io> {
     }
 
     fn reject(&mut self, id: ConnId, err: &HttpError) {
-        ReactorMetrics::add(&self.metrics().handshakes_failed, 1);
+        ReactorMetrics::add(&self.metrics().handshakes_rejected, 1);
         self.conns[id.index()].out.push(err.response().into());
         self.begin_closing(id);
     }
 
-    fn dispatch(&mut self, id: ConnId, req: &Request, _body: &[u8]) -> Next {
+    fn dispatch(&mut self, id: ConnId, req: &Request, body: &[u8]) -> Next {
         let config = &self.shared.config;
         let route = Route::of(req, config);
         let draining = self.drain_deadline.is_some();
@@ -557,74 +829,107 @@ impl<Io> Core<Io> {
             return Next::Close;
         }
         if route.is_websocket() {
-            let policy = UpgradePolicy {
-                subprotocols: &config.subprotocols,
-                allowed_origins: config.allowed_origins.as_deref(),
-            };
-            return match handshake::validate_upgrade(req, &policy) {
-                Ok(upgrade) => {
-                    ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_ok, 1);
-                    conn.out.push(upgrade.response().into());
-                    conn.phase = Phase::WebSocket {
-                        ws: Connection::new(self.now),
-                        route,
-                    };
-                    self.schedule(id);
-                    Next::Upgraded
-                }
-                Err(err) => {
-                    ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_failed, 1);
-                    conn.out.push(err.response().into());
-                    Next::Close
-                }
-            };
+            return self.upgrade(id, req, route);
         }
-        conn.out.push(http::respond(route, req, draining).into());
+        let keep_alive = req.keep_alive && !draining;
+        let response = match route {
+            Route::Publish => match http::check_publish(req, body, config) {
+                Ok(topic) => {
+                    self.publish(&topic, body);
+                    http::published(&topic, keep_alive)
+                }
+                Err(response) => response,
+            },
+            Route::Metrics if req.method == handshake::Method::Get => {
+                http::metrics(&self.shared, keep_alive)
+            }
+            _ => http::respond(route, req, draining),
+        };
+        self.conns[id.index()].out.push(response.into());
         self.schedule(id);
-        if req.keep_alive && !draining {
+        if keep_alive {
             Next::KeepAlive
         } else {
             Next::Close
         }
     }
 
-    /// Runs every connection's timers.
+    fn upgrade(&mut self, id: ConnId, req: &Request, route: Route) -> Next {
+        let config = &self.shared.config;
+        let policy = UpgradePolicy {
+            subprotocols: &config.subprotocols,
+            allowed_origins: config.allowed_origins.as_deref(),
+        };
+        let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
+            let topics = if route == Route::PubSub {
+                http::subscribe_query(req, config)?
+            } else {
+                Vec::new()
+            };
+            Ok((upgrade, topics))
+        });
+        let conn = &mut self.conns[id.index()];
+        match checked {
+            Ok((upgrade, topics)) => {
+                ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_ok, 1);
+                conn.out.push(upgrade.response().into());
+                conn.phase = Phase::WebSocket {
+                    ws: Connection::new(self.now),
+                    route,
+                    subs: Vec::new(),
+                };
+                for topic in &topics {
+                    // Within the limit: `subscribe_query` checked the count.
+                    let _ = self.subscribe(id, topic);
+                }
+                self.schedule(id);
+                Next::Upgraded
+            }
+            Err(err) => {
+                ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_rejected, 1);
+                conn.out.push(err.response().into());
+                Next::Close
+            }
+        }
+    }
+
+    /// Runs every connection's timers, and publishes this reactor's latency samples.
     fn sweep(&mut self) {
+        self.fold_latency();
         let now = self.now;
-        let limits = &self.shared.config.limits;
         let mut due = Vec::new();
+        let mut timed_out = Vec::new();
         for (key, conn) in &mut self.conns {
             let id = ConnId(key as u32);
             match &mut conn.phase {
-                Phase::Request { deadline, .. } | Phase::Closing { deadline, .. }
-                    if now >= *deadline =>
-                {
-                    // Too slow to send a request, or to finish closing: drop it.
-                    conn.out.clear();
-                    conn.eof = true;
-                    conn.phase = Phase::Closing {
-                        deadline: now,
-                        fin_sent: true,
+                Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
+                // Too slow to finish closing: drop it.
+                Phase::Closing { deadline, .. } if now >= *deadline => due.push((id, true)),
+                Phase::WebSocket { ws, route, .. } => {
+                    let limits = if *route == Route::PubSub {
+                        &self.shared.config.pubsub_limits
+                    } else {
+                        &self.shared.config.limits
                     };
-                    due.push(id);
-                }
-                Phase::WebSocket { ws, .. } => {
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);
-                        if ws.is_closed() {
-                            conn.phase = Phase::Closing {
-                                deadline: now + limits.close_timeout,
-                                fin_sent: false,
-                            };
-                        }
-                        due.push(id);
+                        due.push((id, ws.is_closed()));
                     }
                 }
                 _ => {}
             }
         }
-        for id in due {
-            self.schedule(id);
+        ReactorMetrics::add(&self.metrics().handshakes_timed_out, timed_out.len() as u64);
+        for id in timed_out {
+            // Too slow to send a request: dropped without an answer.
+            self.set_closing(id, now, true);
+        }
+        for (id, closed) in due {
+            match &self.conns[id.index()].phase {
+                Phase::Closing { .. } => self.set_closing(id, now, true),
+                _ if closed => self.begin_closing(id),
+                _ => self.schedule(id),
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::broadcast::Fanout;
 use crate::config::Config;
 use crate::driver::epoll::EpollDriver;
 use crate::metrics::ReactorMetrics;
@@ -26,6 +27,10 @@ pub struct Shared {
     pub open: AtomicUsize,
     /// One set of counters per reactor, indexed like the reactors.
     pub metrics: Vec<ReactorMetrics>,
+    /// Topic interest and the inboxes between reactors.
+    pub fanout: Fanout,
+    /// The I/O backend the reactors run.
+    pub io: &'static str,
     wakers: Vec<Arc<EventFd>>,
 }
 
@@ -54,7 +59,7 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.threads);
         let mut addr = config.listen;
         for _ in 0..config.threads {
-            let listener = bind_reuseport(addr)?;
+            let listener = bind_reuseport(addr, config.socket_send_buffer)?;
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
@@ -69,17 +74,20 @@ impl Server {
         let metrics = (0..config.threads)
             .map(|_| ReactorMetrics::default())
             .collect();
+        let (fanout, inboxes) = Fanout::new(&wakers, config.inbox_capacity);
         let shared = Arc::new(Shared {
             config,
             draining: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             metrics,
+            fanout,
+            io: "epoll",
             wakers,
         });
         let mut threads = Vec::with_capacity(listeners.len());
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let driver = EpollDriver::new(listener, shared.wakers[index].clone())?;
-            let reactor = Reactor::new(index, driver, shared.clone());
+            let reactor = Reactor::new(index, driver, shared.clone(), inbox);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-reactor-{index}"))
@@ -147,8 +155,12 @@ pub fn drain(shared: &Shared) {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_reuseport(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if send_buffer > 0 {
+        // Accepted sockets inherit it.
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.set_reuse_address(true)?;
     // SO_REUSEPORT: each reactor has its own accept queue; the kernel spreads connections.
     socket.set_reuse_port(true)?;

@@ -28,9 +28,8 @@ impl EventFd {
     pub fn new() -> io::Result<Self> {
         let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
         // SAFETY: `eventfd` just returned this descriptor and nothing else owns it.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Adds one to the counter, making the fd readable. Never blocks: a saturated counter
@@ -66,7 +65,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         lim.rlim_cur = lim.rlim_max;
         syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// CPU time this process has used, in nanoseconds (user + system).

@@ -59,8 +59,8 @@ for_each_driver! {
     fn ping_gets_pong_with_payload(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         let mut ws = connect(&server, "/echo");
-        ws.send(Message::Ping(vec![1u8, 2, 3].into())).unwrap();
-        assert_eq!(recv(&mut ws), Message::Pong(vec![1u8, 2, 3].into()));
+        ws.send(Message::Ping(vec![1u8, 2, 3])).unwrap();
+        assert_eq!(recv(&mut ws), Message::Pong(vec![1u8, 2, 3]));
     }
 
     fn idle_connection_is_pinged_and_closed_without_pong(io: IoBackend) {

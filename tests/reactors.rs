@@ -71,8 +71,8 @@ for_each_driver! {
         http.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
         // One reactor handles ready sockets in order: once the pong for a ping sent after
         // the half request is back, that half has been read.
-        ws.send(Message::Ping(vec![1u8].into())).unwrap();
-        assert_eq!(recv(&mut ws), Message::Pong(vec![1u8].into()));
+        ws.send(Message::Ping(vec![1u8])).unwrap();
+        assert_eq!(recv(&mut ws), Message::Pong(vec![1u8]));
         server.server().drain();
         // The close frame proves the (only) reactor is draining.
         assert!(matches!(recv(&mut ws), Message::Close(_)));

@@ -1,5 +1,8 @@
 //! Shared test helpers: a gateway on 127.0.0.1:0, clients, and HTTP over raw TCP.
+// Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+// tungstenite::Error is large; these helpers return it as tungstenite does.
+#![allow(clippy::result_large_err)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
