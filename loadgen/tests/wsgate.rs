@@ -1,0 +1,120 @@
+//! Each mode at tiny scale against a real wsgate, started in-process on 127.0.0.1:0.
+
+mod util;
+
+use util::*;
+use wsgate::config::RawConfig;
+use wsgate::server::Server;
+
+struct Gateway(Option<Server>);
+
+impl Gateway {
+    fn start(tweak: impl FnOnce(&mut RawConfig)) -> Self {
+        let mut raw = RawConfig {
+            listen: Some("127.0.0.1:0".into()),
+            threads: Some(2),
+            pin: Some(false),
+            ..Default::default()
+        };
+        tweak(&mut raw);
+        Self(Some(
+            Server::start(raw.validate().unwrap()).expect("wsgate starts"),
+        ))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.0.as_ref().unwrap().local_addr())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(server) = self.0.take() {
+            let _ = server.shutdown();
+        }
+    }
+}
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = SHORT.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn echo_against_wsgate() {
+    let gw = Gateway::start(|_| {});
+    let v = loadgen_ok(
+        "echo",
+        &gw.url("/echo"),
+        &args(&["--connections", "10", "--pipeline", "4"]),
+    );
+    assert!(v["received"].as_u64().unwrap() > 100, "{v}");
+    assert_eq!(v["latency_us"]["count"], v["received"]);
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
+
+#[test]
+fn fanout_against_wsgate_over_ws_publish() {
+    let gw = Gateway::start(|c| c.client_publish = Some(vec!["*".into()]));
+    let v = loadgen_ok(
+        "fanout",
+        &gw.url("/ws"),
+        &args(&[
+            "--subscribers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--publish-via",
+            "ws",
+        ]),
+    );
+    let f = &v["fanout"];
+    assert!(f["expected"].as_u64().unwrap() >= 20 * 150, "{v}");
+    assert_eq!(f["deliveries"], f["expected"], "{v}");
+    for k in ["lost", "duplicates", "reordered"] {
+        assert_eq!(f[k], 0, "{k}: {v}");
+    }
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
+
+#[test]
+fn fanout_against_wsgate_over_http_publish_with_token() {
+    let gw = Gateway::start(|c| c.publish_token = Some("t0k".into()));
+    let v = loadgen_ok(
+        "fanout",
+        &gw.url("/ws"),
+        &args(&[
+            "--subscribers",
+            "10",
+            "--publishers",
+            "1",
+            "--rate",
+            "100",
+            "--publish-via",
+            "http",
+            "--token",
+            "t0k",
+            "--subscribe-op",
+        ]),
+    );
+    let f = &v["fanout"];
+    assert!(f["expected"].as_u64().unwrap() >= 10 * 70, "{v}");
+    assert_eq!(f["deliveries"], f["expected"], "{v}");
+    assert_eq!(f["lost"], 0, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
+
+#[test]
+fn connect_churn_against_wsgate() {
+    let gw = Gateway::start(|_| {});
+    let v = loadgen_ok(
+        "connect",
+        &gw.url("/echo"),
+        &args(&["--rate", "50", "--hold", "100ms"]),
+    );
+    assert!(v["received"].as_u64().unwrap() >= 40, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+}
