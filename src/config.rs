@@ -116,6 +116,11 @@ pub struct RawConfig {
     /// [default: 65536].
     #[arg(long)]
     pub inbox_capacity: Option<usize>,
+    /// How long fan-out deliveries may wait so that several leave in one write: trades that
+    /// much added latency for far fewer syscalls at high rates; replies and echo are never
+    /// delayed [default: 0ms].
+    #[arg(long, value_name = "DURATION")]
+    pub write_delay: Option<String>,
     /// SO_SNDBUF for client sockets, in bytes; 0 keeps the kernel's autotuning. Smaller
     /// bounds kernel memory per connection and finds slow consumers sooner [default: 0].
     #[arg(long, value_name = "BYTES")]
@@ -146,6 +151,7 @@ pub struct Config {
     pub max_publish_bytes: usize,
     pub inbox_capacity: usize,
     pub socket_send_buffer: usize,
+    pub write_delay: Duration,
     /// Limits for /ws connections: messages no larger than a publish needs.
     pub pubsub_limits: Limits,
     /// Frame and message limits and WebSocket timers.
@@ -232,7 +238,8 @@ impl RawConfig {
             max_topic_len,
             max_publish_bytes,
             inbox_capacity,
-            socket_send_buffer
+            socket_send_buffer,
+            write_delay
         )
     }
 
@@ -346,6 +353,7 @@ impl RawConfig {
             max_publish_bytes,
             inbox_capacity: positive("inbox_capacity", self.inbox_capacity.unwrap_or(65536))?,
             socket_send_buffer: self.socket_send_buffer.unwrap_or(0),
+            write_delay: duration("write_delay", self.write_delay.as_deref().unwrap_or("0ms"))?,
             pubsub_limits,
             limits,
         })

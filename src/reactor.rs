@@ -49,6 +49,9 @@ struct Core<Io> {
     flush: Vec<ConnId>,
     /// Connections to read again next turn (unread bytes remain, or resumed).
     read_again: Vec<ConnId>,
+    /// Subscribers holding deliveries until `corked_until` (`write_delay`).
+    corked: Vec<ConnId>,
+    corked_until: Option<Instant>,
     /// Slow consumers that could not even take a close frame: closed after this turn.
     abort: Vec<ConnId>,
     /// Publish instants of what was delivered this turn, for the latency histogram.
@@ -65,6 +68,8 @@ struct Conn<Io> {
     phase: Phase,
     /// Already in `Core::flush`.
     in_flush: bool,
+    /// Already in `Core::corked`.
+    corked: bool,
     /// A write came up short (epoll) or a send is in flight (io_uring).
     blocked: bool,
     /// Reading stopped: the outbound queue is over the cap (backpressure).
@@ -110,6 +115,8 @@ impl<D: Driver> Reactor<D> {
             events: Vec::new(),
             flush: Vec::new(),
             read_again: Vec::new(),
+            corked: Vec::new(),
+            corked_until: None,
             abort: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
@@ -147,6 +154,9 @@ impl<D: Driver> Reactor<D> {
             if let Some(deadline) = self.core.drain_deadline {
                 wake_at = wake_at.min(deadline);
             }
+            if let Some(until) = self.core.corked_until {
+                wake_at = wake_at.min(until);
+            }
             let timeout = if self.core.read_again.is_empty() {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
@@ -168,6 +178,7 @@ impl<D: Driver> Reactor<D> {
             for id in mem::take(&mut self.core.abort) {
                 self.close_now(id);
             }
+            self.core.uncork();
             self.flush();
             self.core.record_latency();
             if let Some(deadline) = self.core.drain_deadline {
@@ -258,6 +269,7 @@ impl<D: Driver> Reactor<D> {
                 deadline: self.core.now + shared.config.handshake_timeout,
             },
             in_flush: false,
+            corked: false,
             blocked: false,
             paused: false,
             read_pending: false,
@@ -424,6 +436,19 @@ impl<Io> Core<Io> {
         if !conn.in_flush {
             conn.in_flush = true;
             self.flush.push(id);
+        }
+    }
+
+    /// Releases corked deliveries once their delay is up.
+    fn uncork(&mut self) {
+        if self.corked_until.is_some_and(|until| self.now >= until) {
+            self.corked_until = None;
+            for id in mem::take(&mut self.corked) {
+                if let Some(conn) = self.conns.get_mut(id.index()) {
+                    conn.corked = false;
+                    self.schedule(id);
+                }
+            }
         }
     }
 
@@ -710,9 +735,17 @@ impl<Io> Core<Io> {
                     SlowConsumerPolicy::Close => {}
                 }
             }
-            if !conn.in_flush {
+            if conn.in_flush || conn.corked {
+                continue;
+            }
+            if config.write_delay.is_zero() {
                 conn.in_flush = true;
                 self.flush.push(id);
+            } else {
+                conn.corked = true;
+                self.corked.push(id);
+                self.corked_until
+                    .get_or_insert(self.now + config.write_delay);
             }
         }
         let m = &self.shared.metrics[self.index];
@@ -724,9 +757,10 @@ impl<Io> Core<Io> {
         }
     }
 
-    /// Publish-to-write latency of this turn's deliveries (their frames were just written).
+    /// Publish-to-write latency of this turn's deliveries (their frames were just written,
+    /// unless some are still corked: then they are counted when those are).
     fn record_latency(&mut self) {
-        if self.published.is_empty() {
+        if self.published.is_empty() || self.corked_until.is_some() {
             return;
         }
         let now = Instant::now();

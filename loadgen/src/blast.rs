@@ -45,6 +45,10 @@ pub struct BlastArgs {
     /// Exit after this long.
     #[arg(long, default_value = "60s", value_parser = crate::modes::parse_duration)]
     pub duration: Duration,
+    /// Batches per second instead of as fast as possible: with `--batch 1`, a bare loop
+    /// writing one frame to every connection per round, the floor a gateway is compared with.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 struct Batch {
@@ -150,11 +154,20 @@ pub fn run(a: BlastArgs) -> Result<()> {
     let mut seq: u32 = 0;
     let mut active: Vec<TcpStream> = Vec::new();
     let mut ts_hex = [0u8; STAMP_LEN];
+    let period_ns = a.rate.map(|r| (1e9 / r.max(0.001)) as u64);
+    let mut next_round = sys::mono_ns();
     while sys::mono_ns() < end {
         active.append(&mut conns.lock().expect("not poisoned"));
         if active.is_empty() {
             std::thread::sleep(Duration::from_millis(1));
             continue;
+        }
+        if let Some(period) = period_ns {
+            let now = sys::mono_ns();
+            if now < next_round {
+                std::thread::sleep(Duration::from_nanos(next_round - now));
+            }
+            next_round += period;
         }
         // Stamp once per batch: the time is shared, the sequence numbers count up.
         let ts = sys::mono_ns();

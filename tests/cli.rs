@@ -1,0 +1,142 @@
+//! The `wsgate` binary: settings errors, help, a config file, and SIGTERM → drain → exit 0.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+fn fails_with(args: &[&str], setting: &str) {
+    let out = Command::new(BIN).args(args).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(setting), "{args:?}: {stderr}");
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    fails_with(&["serve", "--listen", "nowhere"], "listen");
+    fails_with(
+        &["serve", "--handshake-timeout", "soon"],
+        "handshake_timeout",
+    );
+    fails_with(&["serve", "--max-frame-size", "0"], "max_frame_size");
+    fails_with(&["serve", "--slow-consumer", "explode"], "slow-consumer");
+    fails_with(&["serve", "--no-such-flag"], "no-such-flag");
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "threads = \"many\"\n").unwrap();
+    fails_with(&["serve", "--config", bad.to_str().unwrap()], "bad.toml");
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(&unknown, "tls = true\n").unwrap();
+    fails_with(&["serve", "--config", unknown.to_str().unwrap()], "tls");
+    fails_with(
+        &[
+            "serve",
+            "--config",
+            dir.join("missing.toml").to_str().unwrap(),
+        ],
+        "missing.toml",
+    );
+}
+
+#[test]
+fn help_documents_every_setting_with_its_default() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--threads",
+        "--pin",
+        "--io",
+        "--max-connections",
+        "--handshake-timeout",
+        "--idle-timeout",
+        "--pong-timeout",
+        "--close-timeout",
+        "--drain-grace",
+        "--max-frame-size",
+        "--max-message-size",
+        "--max-header-bytes",
+        "--max-outbound-bytes",
+        "--slow-consumer",
+        "--echo",
+        "--subprotocols",
+        "--allowed-origins",
+        "--publish-token",
+        "--client-publish",
+        "--max-subscriptions",
+        "--max-topic-len",
+        "--max-publish-bytes",
+        "--inbox-capacity",
+        "--write-delay",
+        "--socket-send-buffer",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(
+        help.matches("[default: ").count() >= 25,
+        "each setting states its default"
+    );
+}
+
+#[test]
+fn serves_from_a_config_file_and_drains_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("wsgate.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The start-up line names the address, reactors, pinning and I/O backend.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("listening on"))
+        .expect("start-up line");
+    assert!(
+        line.contains("2 reactors") && line.contains("pinning off") && line.contains("io "),
+        "{line}"
+    );
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/echo")).unwrap();
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before"));
+    // SIGTERM: the client gets 1001, answers, and the process exits 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    drop(ws);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
