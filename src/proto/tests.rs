@@ -471,3 +471,49 @@ fn out_queue_advances_across_frames() {
     q.advance(3);
     assert!(q.is_empty());
 }
+
+// No input panics: arbitrary bytes, split anywhere, end either open or closed with a close
+// frame queued, and a closed connection reads nothing more.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 512 }))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        frames in proptest::collection::vec((proptest::bool::ANY, 0u8..16, proptest::collection::vec(proptest::num::u8::ANY, 0..300)), 0..8),
+        garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        cuts in proptest::collection::vec(1usize..64, 0..16),
+    ) {
+        let mut wire: Vec<u8> = frames.iter().flat_map(|(fin, op, payload)| client_frame(*fin, 0, *op, payload)).collect();
+        wire.extend(&garbage);
+        let mut p = Peer::new();
+        p.limits.max_message_size = 1000;
+        let mut rest = &wire[..];
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+            p.feed(piece);
+            rest = tail;
+        }
+        let sent = p.sent();
+        let opcodes = server_opcodes(&sent);
+        if p.conn.is_closed() {
+            proptest::prop_assert_eq!(opcodes.last(), Some(&OpCode::Close), "closed with a close frame last");
+            proptest::prop_assert!(p.feed(&client_frame(true, 0, 0x1, b"after")).is_empty());
+        } else {
+            proptest::prop_assert!(opcodes.iter().all(|&op| op == OpCode::Pong), "only pongs while open");
+        }
+    }
+}
+
+/// The opcodes of a run of complete server frames.
+fn server_opcodes(mut bytes: &[u8]) -> Vec<OpCode> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (header, n) = FrameHeader::parse(bytes)
+            .expect("valid server frame")
+            .expect("complete");
+        assert!(header.mask.is_none() && header.fin);
+        out.push(header.opcode);
+        bytes = &bytes[n + header.len as usize..];
+    }
+    out
+}
