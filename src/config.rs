@@ -91,7 +91,7 @@ pub struct RawConfig {
     /// Subprotocols the server speaks, in preference order (comma-separated) [default: none].
     #[arg(long, value_delimiter = ',')]
     pub subprotocols: Option<Vec<String>>,
-    /// Origins allowed to connect (comma-separated, e.g. https://app.example); empty
+    /// Origins allowed to connect (comma-separated, e.g. `https://app.example`); empty
     /// allows any [default: any].
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,

@@ -84,6 +84,8 @@ pub fn connect(server: &TestServer, path: &str) -> Client {
     try_connect(server, path, |_| {}).expect("handshake succeeds")
 }
 
+// tungstenite's error is large; tests only match on it.
+#[allow(clippy::result_large_err)]
 pub fn try_connect(
     server: &TestServer,
     path: &str,
