@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::driver::uring::UringOptions;
 use crate::proto::Limits;
 
 /// What a slow consumer (outbound queue over `max_outbound_bytes`) gets.
@@ -49,6 +50,15 @@ pub struct RawConfig {
     /// I/O backend: auto, epoll or uring [default: auto].
     #[arg(long, value_enum, env = "WSGATE_IO")]
     pub io: Option<IoBackend>,
+    /// io_uring submission queue entries per reactor [default: 1024].
+    #[arg(long, hide = true)]
+    pub uring_entries: Option<u32>,
+    /// io_uring receive buffers per reactor, a power of two up to 32768 [default: 512].
+    #[arg(long, hide = true)]
+    pub uring_bufs: Option<u16>,
+    /// Bytes per io_uring receive buffer [default: 16384].
+    #[arg(long, hide = true)]
+    pub uring_buf_size: Option<u32>,
     /// Open connections in total before new ones get 503; 0 means the open-files limit
     /// (raised to its hard limit at start) less 64 for listeners and files [default: 0].
     #[arg(long)]
@@ -134,6 +144,9 @@ pub struct Config {
     pub threads: usize,
     pub pin: bool,
     pub io: IoBackend,
+    /// Ring and receive-buffer sizes of the io_uring driver: `bufs × buf_size` bytes
+    /// per reactor (8 MiB by default), shared by all of its connections.
+    pub uring: UringOptions,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub drain_grace: Duration,
@@ -218,6 +231,9 @@ impl RawConfig {
             threads,
             pin,
             io,
+            uring_entries,
+            uring_bufs,
+            uring_buf_size,
             max_connections,
             handshake_timeout,
             idle_timeout,
@@ -323,11 +339,27 @@ impl RawConfig {
                 format!("at most {}", crate::broadcast::MAX_REACTORS),
             ));
         }
+        let defaults = UringOptions::default();
+        let uring = UringOptions {
+            entries: self.uring_entries.unwrap_or(defaults.entries),
+            bufs: self.uring_bufs.unwrap_or(defaults.bufs),
+            buf_size: self.uring_buf_size.unwrap_or(defaults.buf_size),
+        };
+        if !(8..=32768).contains(&uring.entries) {
+            return Err(invalid("uring_entries", "must be between 8 and 32768"));
+        }
+        if !uring.bufs.is_power_of_two() || uring.bufs > 32768 {
+            return Err(invalid("uring_bufs", "must be a power of two up to 32768"));
+        }
+        if !(64..=1 << 20).contains(&uring.buf_size) {
+            return Err(invalid("uring_buf_size", "must be between 64 and 1048576"));
+        }
         Ok(Config {
             listen,
             threads,
             pin: self.pin.unwrap_or(true),
             io: self.io.unwrap_or(IoBackend::Auto),
+            uring,
             max_connections: match self.max_connections.unwrap_or(0) {
                 0 => crate::sys::raise_nofile_limit()
                     .map_or(1024, |n| n as usize)

@@ -219,7 +219,8 @@ impl<D: Driver> Reactor<D> {
             Completion::Sent { conn, result } => match result {
                 Ok(n) => {
                     if let Some(c) = self.core.conns.get_mut(conn.index()) {
-                        c.out.advance(n);
+                        // The queue may have been cleared meanwhile (EOF, timeout).
+                        c.out.advance(n.min(c.out.len_bytes()));
                         ReactorMetrics::add(
                             &self.core.shared.metrics[self.core.index].bytes_out,
                             n as u64,

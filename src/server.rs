@@ -4,14 +4,17 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::broadcast::Delivery;
 use crate::broadcast::Fanout;
 use crate::config::Config;
 use crate::driver::epoll::EpollDriver;
+use crate::driver::uring::UringDriver;
+use crate::driver::{self, Backend, Driver};
 use crate::metrics::ReactorMetrics;
 use crate::reactor::Reactor;
 use crate::sys::EventFd;
@@ -56,6 +59,7 @@ impl Server {
     /// Binds the listeners and starts the reactors. With port 0 the first listener picks
     /// a port and the others share it.
     pub fn start(config: Config) -> io::Result<Self> {
+        let backend = driver::select(config.io)?;
         let mut listeners = Vec::with_capacity(config.threads);
         let mut addr = config.listen;
         for _ in 0..config.threads {
@@ -81,13 +85,16 @@ impl Server {
             open: AtomicUsize::new(0),
             metrics,
             fanout,
-            io: "epoll",
+            io: backend.name(),
             wakers,
         });
         let mut threads = Vec::with_capacity(listeners.len());
+        // Each driver is built on its reactor's thread (an io_uring ring with SINGLE_ISSUER
+        // accepts submissions only from the thread that created it); `ready` reports it.
+        let (ready_tx, ready) = mpsc::channel();
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-            let driver = EpollDriver::new(listener, shared.wakers[index].clone())?;
-            let reactor = Reactor::new(index, driver, shared.clone(), inbox);
+            let shared = shared.clone();
+            let ready_tx = ready_tx.clone();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-reactor-{index}"))
@@ -97,16 +104,43 @@ impl Server {
                             tracing::warn!(reactor = index, "could not pin to core {}", core.id);
                         }
                     }
-                    reactor.run()
+                    let waker = shared.wakers[index].clone();
+                    match backend {
+                        Backend::Epoll => run_reactor(index, shared, inbox, ready_tx, || {
+                            EpollDriver::new(listener, waker)
+                        }),
+                        Backend::Uring => {
+                            let opts = shared.config.uring;
+                            run_reactor(index, shared, inbox, ready_tx, || {
+                                UringDriver::new(listener, waker, &opts)
+                            })
+                        }
+                    }
                 })?;
             threads.push(thread);
         }
-        Ok(Self {
+        drop(ready_tx);
+        let mut failed = None;
+        for _ in 0..threads.len() {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(_) => break,
+            }
+        }
+        let server = Self {
             addr,
             shared,
             threads,
-            backend: "epoll",
-        })
+            backend: backend.name(),
+        };
+        match failed {
+            None => Ok(server),
+            Some(e) => {
+                let _ = server.shutdown();
+                Err(e)
+            }
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -153,6 +187,25 @@ pub fn drain(shared: &Shared) {
     for waker in &shared.wakers {
         waker.wake();
     }
+}
+
+/// Builds a reactor's driver, reports whether that worked, then runs the reactor.
+fn run_reactor<D: Driver>(
+    index: usize,
+    shared: Arc<Shared>,
+    inbox: crossbeam_channel::Receiver<Delivery>,
+    ready: mpsc::Sender<io::Result<()>>,
+    make: impl FnOnce() -> io::Result<D>,
+) -> io::Result<()> {
+    let driver = match make() {
+        Ok(driver) => driver,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(()));
+    Reactor::new(index, driver, shared, inbox).run()
 }
 
 fn bind_reuseport(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {

@@ -54,6 +54,13 @@ impl AsRawFd for EventFd {
     }
 }
 
+/// Clears `O_NONBLOCK` on a descriptor (io_uring's eventfd read must wait in the kernel).
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    syscall!(fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
+    Ok(())
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {

@@ -11,9 +11,49 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::buf::BufId;
+use crate::config::IoBackend;
 use crate::proto::OutQueue;
 
 pub mod epoll;
+#[allow(unsafe_code)]
+pub mod uring;
+
+/// The driver the reactors run, once chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Epoll,
+    Uring,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::Uring => "uring",
+        }
+    }
+}
+
+/// Chooses the driver: `auto` takes io_uring when [`uring::available`] passes and
+/// otherwise falls back to epoll, logging why once; `uring` fails when unavailable.
+pub fn select(wanted: IoBackend) -> io::Result<Backend> {
+    match wanted {
+        IoBackend::Epoll => Ok(Backend::Epoll),
+        IoBackend::Uring => uring::available().map(|()| Backend::Uring).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io uring requested but io_uring is unavailable: {why}"),
+            )
+        }),
+        IoBackend::Auto => match uring::available() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(why) => {
+                tracing::info!("io_uring unavailable ({why}): using epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
 
 /// A connection's index in its reactor's slab; also its epoll token / io_uring user data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

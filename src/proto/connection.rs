@@ -474,6 +474,11 @@ impl OutQueue {
         self.frames.is_empty()
     }
 
+    /// The queued frames, oldest first (io_uring keeps clones alive while it sends them).
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter()
+    }
+
     /// Fills `iov` with the oldest frames; returns how many slices were filled.
     pub fn fill_iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;

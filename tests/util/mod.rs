@@ -25,6 +25,18 @@ macro_rules! for_each_driver {
             use super::*;
             $(#[test] fn $name() { let $io = wsgate::config::IoBackend::Epoll; $body })*
         }
+        mod uring {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[test] fn $name() {
+                if let Err(why) = wsgate::driver::uring::available() {
+                    eprintln!("skipping {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                let $io = wsgate::config::IoBackend::Uring;
+                $body
+            })*
+        }
     };
 }
 
