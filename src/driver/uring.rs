@@ -393,6 +393,8 @@ pub struct UringDriver {
     inflight: usize,
     cqes: Vec<(u64, i32, u32)>,
     flags: &'static str,
+    /// Receives that ended for want of a buffer (logged at exit: size the ring up if high).
+    starvations: u64,
 }
 
 impl UringDriver {
@@ -424,6 +426,7 @@ impl UringDriver {
             inflight: 0,
             cqes: Vec::with_capacity(256),
             flags,
+            starvations: 0,
         };
         this.arm_accept();
         this.arm_wake();
@@ -643,6 +646,7 @@ impl UringDriver {
             }
         } else if -res == libc::ENOBUFS {
             // Every buffer is lent out; the bytes wait in the socket. Re-arm when some are back.
+            self.starvations += 1;
             if rearm {
                 rearm = false;
                 self.slots[conn.index()].starved = true;
@@ -865,6 +869,10 @@ impl Driver for UringDriver {
 
 impl Drop for UringDriver {
     fn drop(&mut self) {
+        tracing::debug!(
+            starvations = self.starvations,
+            "io_uring driver stopping (receives that ran out of buffers)"
+        );
         // Cancel what is still armed and wait for the kernel to let go of our memory.
         self.accepting = false;
         if self.listener.is_some() {

@@ -40,6 +40,19 @@ macro_rules! for_each_driver {
     };
 }
 
+/// Waits until `cond` holds, checking every millisecond; panics after `TIMEOUT`. For
+/// state only the server sees (a connection gone from its slab), not as a delay.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A gateway for one test, drained on drop.
 pub struct TestServer {
     pub server: Option<Server>,
@@ -71,6 +84,16 @@ impl TestServer {
 
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("running")
+    }
+
+    /// Connections open across the reactors (any phase, including closed ones whose
+    /// driver operations are still in flight).
+    pub fn open_connections(&self) -> u64 {
+        let metrics = &self.server().shared().metrics;
+        metrics
+            .iter()
+            .map(|m| wsgate::metrics::ReactorMetrics::get(&m.connections))
+            .sum()
     }
 
     /// Drains and waits for every reactor to exit.
