@@ -31,8 +31,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 cargo build --release --quiet --workspace --bins
-gw=./target/release/wsgate
-lg=./target/release/wsgate-loadgen
+gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
+lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
 ulimit -n "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
