@@ -789,6 +789,14 @@ impl Driver for UringDriver {
     }
 
     fn send(&mut self, conn: ConnId, io: &mut UringIo, out: &OutQueue) -> io::Result<SendStatus> {
+        let slot = &self.slots[conn.index()];
+        if slot.send.is_some() || slot.closing {
+            // One send in flight per connection (its completion unblocks the reactor), and
+            // nothing new for a closing one (`Released` follows). Replacing the SendBuf of
+            // a send in flight would free memory the kernel reads.
+            debug_assert!(slot.closing, "one send in flight per connection");
+            return Ok(SendStatus::Submitted);
+        }
         let mut sb = self.send_pool.pop().unwrap_or_else(SendBuf::new);
         let mut n = 0;
         for (slot, frame) in sb.iov.iter_mut().zip(out.frames()) {
@@ -806,7 +814,6 @@ impl Driver for UringDriver {
             .build()
             .user_data(user_data(conn, OP_SEND));
         let slot = &mut self.slots[conn.index()];
-        debug_assert!(slot.send.is_none(), "one send in flight per connection");
         // Moving the box moves only the pointer: `hdr` and `iov` stay where they are.
         slot.send = Some(sb);
         self.inflight += 1;
