@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn decode_16_bit_length() {
         let mut buf = vec![0x82, 0x7E, 0x01, 0x00];
-        buf.extend(std::iter::repeat(7u8).take(256));
+        buf.extend(std::iter::repeat_n(7u8, 256));
         let mut d = Decoder::default();
         match d.decode(&buf).unwrap() {
             Step::Frame { consumed, event } => {
@@ -536,7 +536,7 @@ mod tests {
     fn decode_64_bit_length_peeks_and_skips() {
         let len = 70_000usize;
         let mut buf = vec![0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0x11, 0x70];
-        buf.extend(std::iter::repeat(1u8).take(1000));
+        buf.extend(std::iter::repeat_n(1u8, 1000));
         let mut d = Decoder::default();
         match d.decode(&buf).unwrap() {
             Step::Frame { consumed, event } => {

@@ -252,7 +252,7 @@ pub fn validate_upgrade(req: &Request, policy: &UpgradePolicy<'_>) -> Result<Upg
         return Err(HttpError::bad("websocket requires http/1.1"));
     }
     // RFC 6455 §4.2.1 item 2: a Host header field.
-    if req.host.as_deref().map_or(true, str::is_empty) {
+    if req.host.as_deref().is_none_or(str::is_empty) {
         return Err(HttpError::bad("missing host header"));
     }
     // RFC 6455 §4.2.1 item 3. 426 rather than 400 so a plain GET (or an h2c upgrade) to a
