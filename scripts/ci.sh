@@ -16,6 +16,16 @@ step "cargo test"
 cargo test --workspace
 step "scalar unmasking (--cfg wsgate_scalar)"
 RUSTFLAGS="--cfg wsgate_scalar" CARGO_TARGET_DIR=target/scalar cargo test --lib --quiet proto::
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  # AVX2 enabled at compile time so Miri runs the SIMD kernels, not just the scalar path
+  # (run-time detection reports no features under Miri).
+  step "miri: proto::mask (SSE2 and AVX2 kernels)"
+  # proptest reads the working directory (isolation off) and runs few cases under Miri.
+  MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=4 RUSTFLAGS="-C target-feature=+avx2" \
+    cargo +nightly miri test --lib --quiet proto::mask
+else
+  step "miri: skipped (no nightly toolchain with the miri component on this machine)"
+fi
 step "benches build"
 cargo bench --workspace --no-run --quiet
 if [[ -x scripts/loadgen-smoke.sh ]]; then
