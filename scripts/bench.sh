@@ -70,6 +70,8 @@ run_fanout() { # name subscribers rate [extra loadgen args...]
   sleep $((secs - 2))
   c1=$(cpu_ticks "$server"); d1=$(deliveries "$port")
   rss=$(rss_kb "$server")
+  # The server's own publish-to-write latency, to tell it apart from the client's.
+  curl -sf "http://127.0.0.1:$port/metrics" | awk '/^wsgate_publish_to_write_seconds\{/' >"$results/$name.server-latency"
   wait "$load" || true
   stop_server
   report "$name" "$c0" "$c1" "$d0" "$d1" "$rss" "$subs"
@@ -90,11 +92,19 @@ row = {
     "lost": c.get("fanout", {}).get("lost"), "loadgen_cpu_pct": c["client"]["cpu_pct"],
     "loadgen_saturated": c["client"]["saturated"],
 }
+try:
+    for line in open(f"{results}/{name}.server-latency"):
+        q = line.split('quantile="')[1].split('"')[0]
+        row[f"server_p{q}_ms"] = float(line.split()[-1]) * 1e3
+except (OSError, IndexError):
+    pass
 json.dump(row, open(f"{results}/{name}.row.json", "w"))
 print(f"{name:16} {row['deliveries_per_s']:>10,}/s {row['server_ns_per_delivery']:>6} ns/delivery  "
       f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  p99.9 {row['p999_ms']:.2f} ms  "
       f"rss {row['server_rss_mib']} MiB  lost {row['lost']}  loadgen cpu {row['loadgen_cpu_pct']:.0f}%"
-      + ("  (loadgen saturated)" if row["loadgen_saturated"] else ""))
+      + ("  (loadgen saturated)" if row["loadgen_saturated"] else "")
+      + (f"  | server publish-to-write p50 {row['server_p0.5_ms']:.2f} ms p99 {row['server_p0.99_ms']:.2f} ms"
+         if "server_p0.99_ms" in row else ""))
 PY
 }
 

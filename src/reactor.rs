@@ -89,13 +89,16 @@ enum Phase {
     WebSocket {
         ws: Connection,
         route: Route,
-        subs: Vec<TopicId>,
+        subs: Subs,
     },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
     Closing { deadline: Instant, fin_sent: bool },
     /// Closed, with driver operations still in flight.
     Released,
 }
+
+/// A connection's topics: up to four inline, so most subscribers allocate nothing.
+type Subs = smallvec::SmallVec<[TopicId; 4]>;
 
 /// What to do after answering a request.
 enum Next {
@@ -911,7 +914,7 @@ impl<Io> Core<Io> {
                 conn.phase = Phase::WebSocket {
                     ws: Connection::new(self.now),
                     route,
-                    subs: Vec::new(),
+                    subs: Subs::new(),
                 };
                 for topic in &topics {
                     // Within the limit: `subscribe_query` checked the count.
@@ -936,11 +939,14 @@ impl<Io> Core<Io> {
         let mut timed_out = Vec::new();
         for (key, conn) in &mut self.conns {
             let id = ConnId(key as u32);
+            // Idle connections give back their buffers' memory (re-grown on demand).
+            conn.out.release_idle();
             match &mut conn.phase {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => due.push((id, true)),
                 Phase::WebSocket { ws, route, .. } => {
+                    ws.release_idle();
                     let limits = if *route == Route::PubSub {
                         &self.shared.config.pubsub_limits
                     } else {
@@ -977,7 +983,7 @@ mod tests {
     /// the entry small (the idle-memory target is 300 bytes of RSS per connection).
     #[test]
     fn idle_connection_footprint() {
-        assert!(std::mem::size_of::<Conn<mio::net::TcpStream>>() <= 240);
-        assert!(std::mem::size_of::<Connection>() <= 136);
+        assert!(std::mem::size_of::<Conn<mio::net::TcpStream>>() <= 232);
+        assert!(std::mem::size_of::<Connection>() <= 104);
     }
 }

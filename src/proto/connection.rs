@@ -62,11 +62,12 @@ pub enum Event {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// `timer` is when the peer last sent a byte.
     Open,
-    /// We sent a close frame and wait for the peer's.
-    CloseSent {
-        deadline: Instant,
-    },
+    /// Open, and a keepalive ping is out: `timer` is the pong deadline.
+    AwaitingPong,
+    /// We sent a close frame and wait for the peer's until `timer`.
+    CloseSent,
     /// Nothing more is read or sent: flush and close the socket.
     Closed,
 }
@@ -100,8 +101,8 @@ pub struct Connection {
     utf8: Utf8Validator,
     /// Payload of the control frame in progress (at most 125 bytes).
     control: Vec<u8>,
-    last_rx: Instant,
-    ping_deadline: Option<Instant>,
+    /// One instant whose meaning follows `state` (keeps an idle connection small).
+    timer: Instant,
 }
 
 impl Connection {
@@ -113,14 +114,13 @@ impl Connection {
             message_opcode: None,
             utf8: Utf8Validator::new(),
             control: Vec::new(),
-            last_rx: now,
-            ping_deadline: None,
+            timer: now,
         }
     }
 
     /// Whether application messages may still be sent.
     pub fn is_open(&self) -> bool {
-        self.state == State::Open
+        matches!(self.state, State::Open | State::AwaitingPong)
     }
 
     /// Whether the connection is finished: flush `out`, then close the socket.
@@ -140,8 +140,11 @@ impl Connection {
         out: &mut OutQueue,
         events: &mut Vec<Event>,
     ) -> usize {
-        self.last_rx = now;
-        self.ping_deadline = None;
+        if self.is_open() {
+            // Any byte answers a keepalive ping.
+            self.state = State::Open;
+            self.timer = now;
+        }
         let first_event = events.len();
         let mut pos = 0;
         while pos < buf.len() && self.state != State::Closed {
@@ -286,7 +289,7 @@ impl Connection {
             self.control.extend_from_slice(chunk);
             return Ok(());
         }
-        if self.state != State::Open {
+        if !self.is_open() {
             // RFC 6455 §5.5.1: after sending a close frame, data may be discarded.
             return Ok(());
         }
@@ -308,7 +311,7 @@ impl Connection {
     ) -> Result<(), ProtocolError> {
         match header.opcode {
             OpCode::Ping => {
-                if self.state == State::Open {
+                if self.is_open() {
                     // RFC 6455 §5.5.2: answer with a pong carrying the same payload.
                     out.push(frame::encode(OpCode::Pong, &self.control));
                 }
@@ -318,7 +321,7 @@ impl Connection {
                 let frame = parse_close(&self.control);
                 self.control.clear();
                 let frame = frame?;
-                if self.state == State::Open {
+                if self.is_open() {
                     // RFC 6455 §5.5.1: reply with a close frame, echoing the status code.
                     let payload = frame
                         .code
@@ -336,7 +339,7 @@ impl Connection {
                     if opcode == OpCode::Text {
                         self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
-                    if self.state == State::Open {
+                    if self.is_open() {
                         events.push(Event::Message { opcode, data });
                     }
                 }
@@ -348,7 +351,7 @@ impl Connection {
 
     /// RFC 6455 §7.1.7: fail the connection with the violation's close code.
     fn fail(&mut self, err: ProtocolError, out: &mut OutQueue, events: &mut Vec<Event>) {
-        if self.state == State::Open {
+        if self.is_open() {
             let payload = close::encode_payload(err.close_code(), &err.to_string());
             out.push(frame::encode(OpCode::Close, &payload));
         }
@@ -367,14 +370,13 @@ impl Connection {
         reason: &str,
         out: &mut OutQueue,
     ) {
-        if self.state == State::Open {
+        if self.is_open() {
             out.push(frame::encode(
                 OpCode::Close,
                 &close::encode_payload(code, reason),
             ));
-            self.state = State::CloseSent {
-                deadline: now + limits.close_timeout,
-            };
+            self.state = State::CloseSent;
+            self.timer = now + limits.close_timeout;
             self.message = Vec::new();
         }
     }
@@ -386,7 +388,7 @@ impl Connection {
 
     /// Queues a pre-encoded server frame (a broadcast); false when no longer open.
     pub fn send_frame(&mut self, frame: Bytes, out: &mut OutQueue) -> bool {
-        if self.state == State::Open {
+        if self.is_open() {
             out.push(frame);
             true
         } else {
@@ -394,13 +396,19 @@ impl Connection {
         }
     }
 
+    /// Gives back the memory of the last control frame's payload (idle connections keep
+    /// nothing but their state).
+    pub fn release_idle(&mut self) {
+        if self.control.is_empty() && self.control.capacity() > 0 {
+            self.control = Vec::new();
+        }
+    }
+
     /// The next instant at which `handle_timeout` has something to do.
     pub fn poll_timeout(&self, limits: &Limits) -> Option<Instant> {
         match self.state {
-            State::Open => self
-                .ping_deadline
-                .or_else(|| limits.idle_timeout.map(|t| self.last_rx + t)),
-            State::CloseSent { deadline } => Some(deadline),
+            State::Open => limits.idle_timeout.map(|idle| self.timer + idle),
+            State::AwaitingPong | State::CloseSent => Some(self.timer),
             State::Closed => None,
         }
     }
@@ -409,21 +417,22 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant, limits: &Limits, out: &mut OutQueue) {
         match self.state {
             State::Open => {
-                if let Some(deadline) = self.ping_deadline {
-                    if now >= deadline {
-                        let payload = close::encode_payload(CloseCode::POLICY, "ping timeout");
-                        out.push(frame::encode(OpCode::Close, &payload));
-                        self.state = State::Closed;
-                    }
-                } else if let Some(idle) = limits.idle_timeout {
-                    if now >= self.last_rx + idle {
-                        out.push(frame::encode(OpCode::Ping, b""));
-                        self.ping_deadline = Some(now + limits.pong_timeout);
-                    }
+                if limits
+                    .idle_timeout
+                    .is_some_and(|idle| now >= self.timer + idle)
+                {
+                    out.push(frame::encode(OpCode::Ping, b""));
+                    self.state = State::AwaitingPong;
+                    self.timer = now + limits.pong_timeout;
                 }
             }
-            State::CloseSent { deadline } if now >= deadline => self.state = State::Closed,
-            State::CloseSent { .. } | State::Closed => {}
+            State::AwaitingPong if now >= self.timer => {
+                let payload = close::encode_payload(CloseCode::POLICY, "ping timeout");
+                out.push(frame::encode(OpCode::Close, &payload));
+                self.state = State::Closed;
+            }
+            State::CloseSent if now >= self.timer => self.state = State::Closed,
+            State::AwaitingPong | State::CloseSent | State::Closed => {}
         }
     }
 }
@@ -452,17 +461,25 @@ fn parse_close(payload: &[u8]) -> Result<CloseFrame, ProtocolError> {
 }
 
 /// Frames waiting to be written, oldest first. Frames are shared (`Bytes`): a broadcast
-/// sits in many queues at once without a copy.
+/// sits in many queues at once without a copy. The oldest frame is held inline, so a queue
+/// of one frame (a handshake response, a low-rate subscriber's delivery) allocates nothing.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    /// INVARIANT: `None` only when `rest` is empty.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
     bytes: usize,
 }
 
 impl OutQueue {
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        if self.first.is_none() {
+            debug_assert!(self.rest.is_empty());
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -471,18 +488,18 @@ impl OutQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.first.is_none()
     }
 
     /// The queued frames, oldest first (io_uring keeps clones alive while it sends them).
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.frames.iter()
+        self.first.iter().chain(self.rest.iter())
     }
 
     /// Fills `iov` with the oldest frames; returns how many slices were filled.
     pub fn fill_iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, frame) in iov.iter_mut().zip(&self.frames) {
+        for (slot, frame) in iov.iter_mut().zip(self.frames()) {
             *slot = IoSlice::new(frame);
             n += 1;
         }
@@ -494,26 +511,31 @@ impl OutQueue {
         debug_assert!(n <= self.bytes);
         self.bytes -= n;
         while n > 0 {
-            let front = self
-                .frames
-                .front_mut()
-                .expect("advanced past the queued bytes");
+            let front = self.first.as_mut().expect("advanced past the queued bytes");
             if n < front.len() {
                 front.advance(n);
                 return;
             }
             n -= front.len();
-            self.frames.pop_front();
+            self.first = self.rest.pop_front();
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
+        if self.rest.is_empty() && self.rest.capacity() > 16 {
             // A burst grew the queue; give the memory back once it drained.
-            self.frames = VecDeque::new();
+            self.rest = VecDeque::new();
+        }
+    }
+
+    /// Gives the queue's memory back when it is empty (an idle connection keeps none).
+    pub fn release_idle(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
         }
     }
 
     /// Forgets everything queued (the socket is gone).
     pub fn clear(&mut self) {
-        self.frames = VecDeque::new();
+        self.first = None;
+        self.rest = VecDeque::new();
         self.bytes = 0;
     }
 }
