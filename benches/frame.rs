@@ -7,22 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use wsgate::proto::{Connection, FrameHeader, Limits, OutQueue};
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x11, 0x22, 0x33, 0x44];
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
+    wsgate::proto::frame::encode_masked(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
 }
 
 fn header_decode(c: &mut Criterion) {

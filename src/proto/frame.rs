@@ -154,6 +154,29 @@ pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// A complete masked frame as a client sends it, for tests and benches. `opcode` is raw
+/// (reserved values included) so that bad frames can be built too.
+#[doc(hidden)]
+pub fn encode_masked(fin: bool, rsv: u8, opcode: u8, key: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        fin,
+        rsv,
+        opcode: OpCode::Binary,
+        mask: Some(key),
+        len: payload.len() as u64,
+    };
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut head);
+    head[0] = (head[0] & 0xf0) | (opcode & 0x0f);
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&head[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    // Masking and unmasking are the same XOR.
+    super::mask::unmask(&mut out[start..], key, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

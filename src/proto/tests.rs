@@ -8,21 +8,7 @@ const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A masked client frame.
 fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&KEY);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
-    out
+    frame::encode_masked(fin, rsv, opcode, KEY, payload)
 }
 
 struct Peer {

@@ -245,22 +245,7 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0xa1, 0xb2, 0xc3, 0xd4];
-    let mut out = vec![(u8::from(fin) << 7) | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
+    wsgate::proto::frame::encode_masked(fin, 0, opcode, [0xa1, 0xb2, 0xc3, 0xd4], payload)
 }
 
 /// Reads one server frame from a raw stream: (fin, opcode, payload).
