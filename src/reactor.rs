@@ -300,8 +300,10 @@ impl<D: Driver> Reactor<D> {
             match self.driver.recv(&mut conn.io) {
                 Ok(Some((buf, len))) => {
                     let Reactor { driver, core } = self;
-                    let bytes = &mut driver.buf(buf)[..len];
-                    let full = len == bytes.len() && len == crate::driver::epoll::READ_BUF;
+                    let lent = driver.buf(buf);
+                    // A read that filled the lent buffer may have left bytes behind.
+                    let full = len == lent.len();
+                    let bytes = &mut lent[..len];
                     bytes_in += len;
                     core.on_bytes(id, bytes);
                     driver.release(buf);
