@@ -695,13 +695,20 @@ impl UringDriver {
         }
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion<UringIo>>) {
+    /// Moves the completion queue's entries out (reusing `self.cqes`' allocation), so they
+    /// can be handled while the driver is borrowed mutably. Hand the vector back when done.
+    fn take_cqes(&mut self) -> Vec<(u64, i32, u32)> {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(
             self.ring
                 .completion()
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
+        cqes
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion<UringIo>>) {
+        let mut cqes = self.take_cqes();
         for &(ud, res, flags) in &cqes {
             self.on_cqe(ud, res, flags, out);
         }
@@ -904,12 +911,7 @@ impl Drop for UringDriver {
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            let mut cqes = std::mem::take(&mut self.cqes);
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
-            );
+            let mut cqes = self.take_cqes();
             for &(ud, res, flags) in &cqes {
                 match ud {
                     // Not re-armed while dropping.
