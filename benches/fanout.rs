@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use wsgate::broadcast::encode_delivery;
 use wsgate::control;
-use wsgate::proto::OutQueue;
+use wsgate_proto::OutQueue;
 
 fn control_parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("control_parse");

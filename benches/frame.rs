@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wsgate::proto::{Connection, FrameHeader, Limits, OutQueue};
+use wsgate_proto::{Connection, FrameHeader, Limits, OutQueue};
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    wsgate::proto::frame::encode_masked(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
+    wsgate_proto::frame::encode_masked(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
 }
 
 fn header_decode(c: &mut Criterion) {

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wsgate::proto::handshake::{
+use wsgate_proto::handshake::{
     accept_key, parse_request, validate_upgrade, UpgradePolicy, MAX_HEADERS,
 };
 

@@ -18,7 +18,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wsgate::proto::mask::{self, Kernel};
+use wsgate_proto::mask::{self, Kernel};
 
 const SIZES: [usize; 7] = [16, 64, 256, 1024, 4096, 16384, 65536];
 const UNALIGNED_SIZES: [usize; 3] = [64, 4096, 65536];

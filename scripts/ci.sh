@@ -15,15 +15,15 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --quiet
 step "cargo test"
 cargo test --workspace
 step "scalar unmasking (--cfg wsgate_scalar)"
-RUSTFLAGS="--cfg wsgate_scalar" CARGO_TARGET_DIR=target/scalar cargo test --lib --quiet proto::
+RUSTFLAGS="--cfg wsgate_scalar" CARGO_TARGET_DIR=target/scalar cargo test -p wsgate-proto --lib --quiet
 if cargo +nightly miri --version >/dev/null 2>&1; then
   # AVX2 enabled at compile time so Miri runs the SIMD kernels, not just the scalar path
   # (run-time detection reports no features under Miri).
-  step "miri: proto::mask (SSE2 and AVX2 kernels)"
+  step "miri: wsgate-proto mask (SSE2 and AVX2 kernels)"
   # The length sweep (starts 0..=3, lengths 0..=72 under Miri, every kernel and phase)
   # reaches every head, body and tail path; the wider sweeps and proptests run natively.
   RUSTFLAGS="-C target-feature=+avx2" \
-    cargo +nightly miri test --lib --quiet proto::mask::tests::all_lengths_to_4k_match_oracle
+    cargo +nightly miri test -p wsgate-proto --lib --quiet mask::tests::all_lengths_to_4k_match_oracle
 else
   step "miri: skipped (no nightly toolchain with the miri component on this machine)"
 fi

@@ -21,8 +21,8 @@ use indexmap::IndexSet;
 use slab::Slab;
 
 use crate::driver::ConnId;
-use crate::proto::frame::{self, OpCode};
 use crate::sys::EventFd;
+use wsgate_proto::frame::{self, OpCode};
 
 /// At most this many reactors (one bit each in the interest table).
 pub const MAX_REACTORS: usize = 64;

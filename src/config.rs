@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::driver::uring::UringOptions;
-use crate::proto::Limits;
+use wsgate_proto::Limits;
 
 /// What a slow consumer (outbound queue over `max_outbound_bytes`) gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use simd_json::prelude::*;
 use simd_json::{BorrowedValue, Buffers};
 
-use crate::proto::frame::{self, OpCode};
+use wsgate_proto::frame::{self, OpCode};
 
 /// A valid control message.
 #[derive(Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use crate::broadcast;
 use crate::config::Config;
 use crate::metrics;
-use crate::proto::handshake::{self, HttpError, Method, Request};
 use crate::server::Shared;
+use wsgate_proto::handshake::{self, HttpError, Method, Request};
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,6 @@ pub mod control;
 pub mod driver;
 pub mod http;
 pub mod metrics;
-pub mod proto;
 pub mod reactor;
 pub mod server;
 #[allow(unsafe_code)]

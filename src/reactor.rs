@@ -24,9 +24,9 @@ use crate::control::{self, ControlError, Op};
 use crate::driver::{Completion, ConnId, Driver, SendStatus};
 use crate::http::{self, Route};
 use crate::metrics::{self, ReactorMetrics};
-use crate::proto::handshake::{self, HttpError, Request, UpgradePolicy};
-use crate::proto::{CloseCode, Connection, Event, OpCode, OutQueue};
 use crate::server::Shared;
+use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
+use wsgate_proto::{CloseCode, Connection, Event, OpCode, OutQueue};
 
 /// Reads per readable socket per turn before others get a go.
 const READS_PER_TURN: usize = 16;

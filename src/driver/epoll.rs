@@ -17,8 +17,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::{Completion, ConnId, Driver, SendStatus};
 use crate::buf::{BufId, BufPool};
-use crate::proto::OutQueue;
 use crate::sys::EventFd;
+use wsgate_proto::OutQueue;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);

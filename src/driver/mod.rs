@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::buf::BufId;
 use crate::config::IoBackend;
-use crate::proto::OutQueue;
+use wsgate_proto::OutQueue;
 
 pub mod epoll;
 #[allow(unsafe_code)]

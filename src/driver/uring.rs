@@ -49,8 +49,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::{Completion, ConnId, Driver, SendStatus};
 use crate::buf::BufId;
-use crate::proto::OutQueue;
 use crate::sys::EventFd;
+use wsgate_proto::OutQueue;
 
 /// Most slices in one `sendmsg` (more frames wait for the next turn).
 pub const MAX_IOV: usize = 64;

@@ -1,7 +1,7 @@
 //! Sans-I/O RFC 6455, server side: handshake, frames, unmasking, UTF-8, close codes.
 //!
 //! Nothing here touches sockets, threads or clocks: callers pass bytes and `now` in, and
-//! take events and bytes out. The reactor (`crate::reactor`) is the only caller; the
+//! take events and bytes out. The gateway's reactor is the only caller; the
 //! drivers never parse WebSocket. No `unsafe` outside `mask`'s SIMD kernels.
 
 pub mod close;
