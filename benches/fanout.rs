@@ -2,8 +2,8 @@
 //! encoding a delivery once, and queueing it to 1,000 subscribers by reference.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use wsgate::broadcast::encode_delivery;
-use wsgate::control;
+use wsgate::app::control;
+use wsgate::broadcast::prepare_delivery;
 use wsgate_proto::OutQueue;
 
 fn control_parse(c: &mut Criterion) {
@@ -35,16 +35,16 @@ fn delivery(c: &mut Criterion) {
     let mut group = c.benchmark_group("delivery");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode_64b", |b| {
-        b.iter(|| encode_delivery(black_box("prices"), data.as_bytes()))
+        b.iter(|| prepare_delivery(black_box("prices"), data.as_bytes()))
     });
     let subscribers = 1000;
     group.throughput(Throughput::Elements(subscribers as u64));
     let mut queues: Vec<OutQueue> = (0..subscribers).map(|_| OutQueue::default()).collect();
     group.bench_function("queue_to_1000_subscribers", |b| {
         b.iter(|| {
-            let frame = encode_delivery("prices", data.as_bytes());
+            let message = prepare_delivery("prices", data.as_bytes());
             for q in &mut queues {
-                q.push(frame.clone());
+                q.push(message.frame().clone());
             }
             for q in &mut queues {
                 let n = q.len_bytes();

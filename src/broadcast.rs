@@ -1,7 +1,7 @@
 //! Topic fan-out: local subscriber sets per reactor, and the mesh between reactors.
 //!
-//! A publish, from any source, is encoded once into one `Bytes` frame (header and
-//! envelope). The publishing reactor hands it to its own subscribers by reference and
+//! A publish, from any source, is encoded once into one prepared message (its frame:
+//! header and envelope). The publishing reactor hands it to its own subscribers by reference and
 //! sends one `Delivery` to each other reactor that has subscribers for the topic, over
 //! that reactor's bounded crossbeam inbox, with one coalesced wake. Which reactors have
 //! subscribers is kept in a sharded interest table: written when a reactor gains its
@@ -15,14 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use indexmap::IndexSet;
 use slab::Slab;
 
 use crate::driver::ConnId;
 use crate::sys::EventFd;
-use wsgate_proto::frame::{self, OpCode};
+use wsgate_proto::Prepared;
 
 /// At most this many reactors (one bit each in the interest table).
 pub const MAX_REACTORS: usize = 64;
@@ -32,8 +31,8 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct Delivery {
     pub topic: Arc<str>,
-    /// The complete server frame, shared by every subscriber.
-    pub frame: Bytes,
+    /// Encoded once, shared by every subscriber.
+    pub message: Prepared,
     pub published: Instant,
 }
 
@@ -133,7 +132,7 @@ impl Fanout {
         &self,
         from: usize,
         topic: &Arc<str>,
-        frame: &Bytes,
+        message: &Prepared,
         published: Instant,
     ) -> bool {
         let mask = self.interested(topic);
@@ -144,7 +143,7 @@ impl Fanout {
             let inbox = &self.inboxes[reactor];
             let delivery = Delivery {
                 topic: topic.clone(),
-                frame: frame.clone(),
+                message: message.clone(),
                 published,
             };
             match inbox.sender.try_send(delivery) {
@@ -264,29 +263,16 @@ pub fn check_topic(topic: &str, max_len: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Encodes a delivery once: a text frame holding `{"topic":"…","data":…}`, where `data`
-/// is valid JSON and `topic` passed `check_topic`.
-pub fn encode_delivery(topic: &str, data: &[u8]) -> Bytes {
-    const HEAD: &[u8] = b"{\"topic\":\"";
-    const MID: &[u8] = b"\",\"data\":";
-    let len = HEAD.len() + topic.len() + MID.len() + data.len() + 1;
-    let header = frame::FrameHeader {
-        fin: true,
-        rsv: 0,
-        opcode: OpCode::Text,
-        mask: None,
-        len: len as u64,
-    };
-    let mut head = [0u8; frame::MAX_HEADER_LEN];
-    let n = header.encode(&mut head);
-    let mut out = BytesMut::with_capacity(n + len);
-    out.put_slice(&head[..n]);
-    out.put_slice(HEAD);
-    out.put_slice(topic.as_bytes());
-    out.put_slice(MID);
-    out.put_slice(data);
-    out.put_u8(b'}');
-    out.freeze()
+/// Prepares a delivery once: a text message holding `{"topic":"…","data":…}`, where
+/// `data` is valid JSON and `topic` passed `check_topic` (so neither needs escaping).
+pub fn prepare_delivery(topic: &str, data: &[u8]) -> Prepared {
+    Prepared::text(&[
+        b"{\"topic\":\"",
+        topic.as_bytes(),
+        b"\",\"data\":",
+        data,
+        b"}",
+    ])
 }
 
 /// Whether `topic` matches one of `patterns`: exact names, or a prefix ending in `*`.
@@ -308,7 +294,8 @@ mod tests {
 
     #[test]
     fn delivery_frame_is_one_text_frame() {
-        let frame = encode_delivery("prices", br#"{"p":1}"#);
+        let message = prepare_delivery("prices", br#"{"p":1}"#);
+        let frame = message.frame();
         let body = br#"{"topic":"prices","data":{"p":1}}"#;
         assert_eq!(frame[0], 0x81);
         assert_eq!(frame[1] as usize, body.len());
@@ -336,7 +323,7 @@ mod tests {
         let (f, rx) = fanout(3);
         let mut t1 = Topics::default();
         t1.subscribe(&f, 1, "t", ConnId(0));
-        let frame = encode_delivery("t", b"1");
+        let frame = prepare_delivery("t", b"1");
         let topic: Arc<str> = Arc::from("t");
         assert!(
             !f.publish(0, &topic, &frame, Instant::now()),

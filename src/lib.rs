@@ -16,14 +16,15 @@
 //!   UTF-8, close codes
 //! ```
 
+pub mod app;
 pub mod broadcast;
 pub mod buf;
 pub mod config;
-pub mod control;
 pub mod driver;
-pub mod http;
 pub mod metrics;
 pub mod reactor;
 pub mod server;
+pub mod shared;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod transport;

@@ -8,7 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 use wsgate::config::RawConfig;
-use wsgate::server::{self, Server};
+use wsgate::server::Server;
 
 /// A multi-threaded, high-performance WebSocket fan-out gateway.
 #[derive(Parser)]
@@ -80,7 +80,7 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal, "draining: closing connections with 1001");
-                    server::drain(&shared);
+                    shared.drain();
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
                     std::process::exit(130);

@@ -3,49 +3,18 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::broadcast::Delivery;
-use crate::broadcast::Fanout;
 use crate::config::Config;
 use crate::driver::epoll::EpollDriver;
 use crate::driver::uring::UringDriver;
 use crate::driver::{self, Backend, Driver};
-use crate::metrics::ReactorMetrics;
 use crate::reactor::Reactor;
-use crate::sys::EventFd;
-
-/// State every reactor sees.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    /// Set once on SIGTERM/SIGINT (or `Server::drain`); reactors then stop accepting,
-    /// close with 1001 and exit when their connections are gone or the grace ends.
-    pub draining: AtomicBool,
-    /// Open connections across all reactors (for `max_connections`).
-    pub open: AtomicUsize,
-    /// One set of counters per reactor, indexed like the reactors.
-    pub metrics: Vec<ReactorMetrics>,
-    /// Topic interest and the inboxes between reactors.
-    pub fanout: Fanout,
-    /// The I/O backend the reactors run.
-    pub io: &'static str,
-    wakers: Vec<Arc<EventFd>>,
-}
-
-impl Shared {
-    pub fn waker(&self, reactor: usize) -> &EventFd {
-        &self.wakers[reactor]
-    }
-
-    pub fn reactors(&self) -> usize {
-        self.wakers.len()
-    }
-}
+use crate::shared::Shared;
 
 /// A running gateway.
 pub struct Server {
@@ -67,27 +36,13 @@ impl Server {
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
-        let wakers = (0..config.threads)
-            .map(|_| EventFd::new().map(Arc::new))
-            .collect::<io::Result<Vec<_>>>()?;
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let metrics = (0..config.threads)
-            .map(|_| ReactorMetrics::default())
-            .collect();
-        let (fanout, inboxes) = Fanout::new(&wakers, config.inbox_capacity);
-        let shared = Arc::new(Shared {
-            config,
-            draining: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
-            metrics,
-            fanout,
-            io: backend.name(),
-            wakers,
-        });
+        let threads = config.threads;
+        let (shared, inboxes) = Shared::new(config, backend.name(), threads)?;
         let mut threads = Vec::with_capacity(listeners.len());
         // Each driver is built on its reactor's thread (an io_uring ring with SINGLE_ISSUER
         // accepts submissions only from the thread that created it); `ready` reports it.
@@ -104,15 +59,15 @@ impl Server {
                             tracing::warn!(reactor = index, "could not pin to core {}", core.id);
                         }
                     }
-                    let waker = shared.wakers[index].clone();
+                    let waker = shared.waker(index).clone();
                     match backend {
                         Backend::Epoll => run_reactor(index, shared, inbox, ready_tx, || {
-                            EpollDriver::new(listener, waker)
+                            EpollDriver::new(vec![listener], waker)
                         }),
                         Backend::Uring => {
                             let opts = shared.config.uring;
                             run_reactor(index, shared, inbox, ready_tx, || {
-                                UringDriver::new(listener, waker, &opts)
+                                UringDriver::new(vec![listener], waker, &opts)
                             })
                         }
                     }
@@ -158,7 +113,7 @@ impl Server {
 
     /// Starts the graceful drain (returns at once; `join` waits for it).
     pub fn drain(&self) {
-        drain(&self.shared);
+        self.shared.drain();
     }
 
     /// Waits for every reactor to finish.
@@ -178,14 +133,6 @@ impl Server {
     pub fn shutdown(self) -> io::Result<()> {
         self.drain();
         self.join()
-    }
-}
-
-/// Asks every reactor to drain.
-pub fn drain(shared: &Shared) {
-    shared.draining.store(true, Ordering::Release);
-    for waker in &shared.wakers {
-        waker.wake();
     }
 }
 

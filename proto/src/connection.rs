@@ -9,16 +9,13 @@
 //! server closes first, RFC 6455 §7.1.1). It owns no buffers of its own between calls
 //! except a partial frame header, the message being assembled and a control payload.
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-
-use super::close::{self, CloseCode, CloseFrame};
+use super::close::{CloseCode, CloseFrame};
 use super::error::ProtocolError;
-use super::frame::{self, FrameHeader, OpCode, MAX_HEADER_LEN};
+use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use super::mask;
+use super::outgoing::{self, OutQueue, Prepared};
 use super::utf8::Utf8Validator;
 
 /// Limits and timers, shared by all connections of a reactor and passed in by reference.
@@ -313,7 +310,7 @@ impl Connection {
             OpCode::Ping => {
                 if self.is_open() {
                     // RFC 6455 §5.5.2: answer with a pong carrying the same payload.
-                    out.push(frame::encode(OpCode::Pong, &self.control));
+                    out.push(outgoing::frame(OpCode::Pong, &self.control));
                 }
             }
             OpCode::Pong => {}
@@ -323,11 +320,10 @@ impl Connection {
                 let frame = frame?;
                 if self.is_open() {
                     // RFC 6455 §5.5.1: reply with a close frame, echoing the status code.
-                    let payload = frame
-                        .code
-                        .map(|c| close::encode_payload(c, ""))
-                        .unwrap_or_default();
-                    out.push(frame::encode(OpCode::Close, &payload));
+                    out.push(match frame.code {
+                        Some(code) => outgoing::close_frame(code, ""),
+                        None => outgoing::frame(OpCode::Close, b""),
+                    });
                 }
                 self.state = State::Closed;
                 events.push(Event::PeerClosed(frame));
@@ -352,8 +348,7 @@ impl Connection {
     /// RFC 6455 §7.1.7: fail the connection with the violation's close code.
     fn fail(&mut self, err: ProtocolError, out: &mut OutQueue, events: &mut Vec<Event>) {
         if self.is_open() {
-            let payload = close::encode_payload(err.close_code(), &err.to_string());
-            out.push(frame::encode(OpCode::Close, &payload));
+            out.push(outgoing::close_frame(err.close_code(), &err.to_string()));
         }
         self.state = State::Closed;
         self.message = Vec::new();
@@ -371,10 +366,7 @@ impl Connection {
         out: &mut OutQueue,
     ) {
         if self.is_open() {
-            out.push(frame::encode(
-                OpCode::Close,
-                &close::encode_payload(code, reason),
-            ));
+            out.push(outgoing::close_frame(code, reason));
             self.state = State::CloseSent;
             self.timer = now + limits.close_timeout;
             self.message = Vec::new();
@@ -383,13 +375,19 @@ impl Connection {
 
     /// Queues a data message as one frame; false when the connection is no longer open.
     pub fn send_message(&mut self, opcode: OpCode, payload: &[u8], out: &mut OutQueue) -> bool {
-        self.send_frame(frame::encode(opcode, payload), out)
+        if self.is_open() {
+            out.push(outgoing::frame(opcode, payload));
+            true
+        } else {
+            false
+        }
     }
 
-    /// Queues a pre-encoded server frame (a broadcast); false when no longer open.
-    pub fn send_frame(&mut self, frame: Bytes, out: &mut OutQueue) -> bool {
+    /// Queues a prepared message (a broadcast) in the variant this connection takes; false
+    /// when no longer open.
+    pub fn send_prepared(&mut self, message: &Prepared, out: &mut OutQueue) -> bool {
         if self.is_open() {
-            out.push(frame);
+            out.push(message.frame().clone());
             true
         } else {
             false
@@ -421,14 +419,13 @@ impl Connection {
                     .idle_timeout
                     .is_some_and(|idle| now >= self.timer + idle)
                 {
-                    out.push(frame::encode(OpCode::Ping, b""));
+                    out.push(outgoing::frame(OpCode::Ping, b""));
                     self.state = State::AwaitingPong;
                     self.timer = now + limits.pong_timeout;
                 }
             }
             State::AwaitingPong if now >= self.timer => {
-                let payload = close::encode_payload(CloseCode::POLICY, "ping timeout");
-                out.push(frame::encode(OpCode::Close, &payload));
+                out.push(outgoing::close_frame(CloseCode::POLICY, "ping timeout"));
                 self.state = State::Closed;
             }
             State::CloseSent if now >= self.timer => self.state = State::Closed,
@@ -457,85 +454,5 @@ fn parse_close(payload: &[u8]) -> Result<CloseFrame, ProtocolError> {
                 reason: reason.to_owned(),
             })
         }
-    }
-}
-
-/// Frames waiting to be written, oldest first. Frames are shared (`Bytes`): a broadcast
-/// sits in many queues at once without a copy. The oldest frame is held inline, so a queue
-/// of one frame (a handshake response, a low-rate subscriber's delivery) allocates nothing.
-#[derive(Debug, Default)]
-pub struct OutQueue {
-    /// INVARIANT: `None` only when `rest` is empty.
-    first: Option<Bytes>,
-    rest: VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl OutQueue {
-    pub fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        if self.first.is_none() {
-            debug_assert!(self.rest.is_empty());
-            self.first = Some(frame);
-        } else {
-            self.rest.push_back(frame);
-        }
-    }
-
-    /// Bytes queued and not yet written.
-    pub fn len_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    /// The queued frames, oldest first (io_uring keeps clones alive while it sends them).
-    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.first.iter().chain(self.rest.iter())
-    }
-
-    /// Fills `iov` with the oldest frames; returns how many slices were filled.
-    pub fn fill_iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (slot, frame) in iov.iter_mut().zip(self.frames()) {
-            *slot = IoSlice::new(frame);
-            n += 1;
-        }
-        n
-    }
-
-    /// Drops `n` written bytes from the front.
-    pub fn advance(&mut self, mut n: usize) {
-        debug_assert!(n <= self.bytes);
-        self.bytes -= n;
-        while n > 0 {
-            let front = self.first.as_mut().expect("advanced past the queued bytes");
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.first = self.rest.pop_front();
-        }
-        if self.rest.is_empty() && self.rest.capacity() > 16 {
-            // A burst grew the queue; give the memory back once it drained.
-            self.rest = VecDeque::new();
-        }
-    }
-
-    /// Gives the queue's memory back when it is empty (an idle connection keeps none).
-    pub fn release_idle(&mut self) {
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            self.rest = VecDeque::new();
-        }
-    }
-
-    /// Forgets everything queued (the socket is gone).
-    pub fn clear(&mut self) {
-        self.first = None;
-        self.rest = VecDeque::new();
-        self.bytes = 0;
     }
 }

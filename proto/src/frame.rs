@@ -1,7 +1,5 @@
 //! Frame headers: decoding client frames and encoding server frames (RFC 6455 §5.2).
 
-use bytes::{BufMut, Bytes, BytesMut};
-
 use super::error::ProtocolError;
 
 /// Frame opcodes (RFC 6455 §5.2, §11.8). Reserved opcodes are rejected when the header is parsed.
@@ -122,38 +120,6 @@ impl FrameHeader {
     }
 }
 
-/// Length of an unmasked (server) frame header for a payload of `len` bytes.
-pub fn server_header_len(len: usize) -> usize {
-    match len {
-        0..=125 => 2,
-        126..=0xffff => 4,
-        _ => 10,
-    }
-}
-
-/// Encodes a complete, final, unmasked server frame.
-pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(server_header_len(payload.len()) + payload.len());
-    encode_into(&mut out, opcode, payload);
-    out.freeze()
-}
-
-/// Appends a complete, final, unmasked server frame to `out`.
-pub fn encode_into(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
-    let header = FrameHeader {
-        fin: true,
-        rsv: 0,
-        opcode,
-        mask: None,
-        len: payload.len() as u64,
-    };
-    let mut head = [0u8; MAX_HEADER_LEN];
-    let n = header.encode(&mut head);
-    out.reserve(n + payload.len());
-    out.put_slice(&head[..n]);
-    out.put_slice(payload);
-}
-
 /// A complete masked frame as a client sends it, for tests and benches. `opcode` is raw
 /// (reserved values included) so that bad frames can be built too.
 #[doc(hidden)]
@@ -245,7 +211,7 @@ mod tests {
                 let n = h.encode(&mut out);
                 assert_eq!(parse_all(&out[..n]), (h, n));
                 if mask.is_none() && len <= usize::MAX as u64 {
-                    assert_eq!(n, server_header_len(len as usize));
+                    assert_eq!(n, crate::outgoing::server_header_len(len as usize));
                 }
             }
         }
@@ -254,10 +220,10 @@ mod tests {
     #[test]
     fn encode_server_frame() {
         assert_eq!(
-            &encode(OpCode::Text, b"Hello")[..],
+            &crate::outgoing::frame(OpCode::Text, b"Hello")[..],
             &[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']
         );
-        let big = encode(OpCode::Binary, &[7u8; 300]);
+        let big = crate::outgoing::frame(OpCode::Binary, &[7u8; 300]);
         assert_eq!(&big[..4], &[0x82, 0x7e, 0x01, 0x2c]);
         assert_eq!(big.len(), 304);
     }

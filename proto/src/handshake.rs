@@ -15,8 +15,6 @@
 //!              └── HttpError ◄──────────────────┘ ─► HttpError::response() ─► 4xx/5xx
 //! ```
 
-use std::io::Write as _;
-
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
@@ -369,7 +367,7 @@ impl HttpError {
     /// (after a refused head the rest of the stream cannot be trusted), and the extra header.
     pub fn response(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.reason.len());
-        write_head(
+        crate::outgoing::http_head(
             &mut out,
             self.status,
             "text/plain; charset=utf-8",
@@ -381,33 +379,6 @@ impl HttpError {
         out.push(b'\n');
         out
     }
-}
-
-/// A plain HTTP/1.1 response for the side endpoints (`/healthz`, `/metrics`, `/publish`).
-///
-/// Header order: `Content-Type`, `Content-Length`, `Connection`, then `extra_headers`.
-/// `Connection` is `keep-alive` or `close` and always sent, so HTTP/1.0 clients persist too.
-/// 1xx, 204 and 304 get no `Content-Length` and must have an empty body (RFC 9110 §8.6).
-/// The body is always written: for `HEAD`, answer with an empty body.
-/// Header names and values come from our code and must not contain CR or LF.
-pub fn response(
-    status: u16,
-    content_type: &str,
-    extra_headers: &[(&str, &str)],
-    body: &[u8],
-    keep_alive: bool,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + body.len());
-    write_head(
-        &mut out,
-        status,
-        content_type,
-        extra_headers,
-        body.len(),
-        keep_alive,
-    );
-    out.extend_from_slice(body);
-    out
 }
 
 /// The canonical reason phrase for `status` (RFC 9110 §15), or `""` for one we never send
@@ -447,41 +418,6 @@ pub fn status_text(status: u16) -> &'static str {
         505 => "HTTP Version Not Supported",
         _ => "",
     }
-}
-
-fn write_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    extra_headers: &[(&str, &str)],
-    content_length: usize,
-    keep_alive: bool,
-) {
-    const VEC_WRITE: &str = "writing to a Vec cannot fail";
-    debug_assert!(
-        extra_headers
-            .iter()
-            .all(|(n, v)| !(n.contains(['\r', '\n']) || v.contains(['\r', '\n']))),
-        "header injection"
-    );
-    write!(out, "HTTP/1.1 {status} {}\r\n", status_text(status)).expect(VEC_WRITE);
-    write!(out, "Content-Type: {content_type}\r\n").expect(VEC_WRITE);
-    // RFC 9110 §8.6: no Content-Length on 1xx and 204; on 304 it would describe another body.
-    if matches!(status, 100..=199 | 204 | 304) {
-        debug_assert_eq!(content_length, 0, "status {status} has no body");
-    } else {
-        write!(out, "Content-Length: {content_length}\r\n").expect(VEC_WRITE);
-    }
-    let connection: &[u8] = if keep_alive {
-        b"Connection: keep-alive\r\n"
-    } else {
-        b"Connection: close\r\n"
-    };
-    out.extend_from_slice(connection);
-    for (name, value) in extra_headers {
-        write!(out, "{name}: {value}\r\n").expect(VEC_WRITE);
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The header fields we keep, borrowed from the caller's buffer until the head is accepted.
@@ -1360,7 +1296,7 @@ mod tests {
     #[test]
     fn plain_response_bytes() {
         assert_eq!(
-            response(200, "text/plain", &[], b"ok\n", true),
+            crate::outgoing::http_response(200, "text/plain", &[], b"ok\n", true),
             b"HTTP/1.1 200 OK\r\n\
               Content-Type: text/plain\r\n\
               Content-Length: 3\r\n\
@@ -1369,7 +1305,7 @@ mod tests {
               ok\n"
         );
         assert_eq!(
-            response(
+            crate::outgoing::http_response(
                 401,
                 "text/plain",
                 &[("WWW-Authenticate", "Bearer")],
@@ -1384,7 +1320,7 @@ mod tests {
               \r\n"
         );
         assert_eq!(
-            response(204, "text/plain", &[], b"", true),
+            crate::outgoing::http_response(204, "text/plain", &[], b"", true),
             b"HTTP/1.1 204 No Content\r\n\
               Content-Type: text/plain\r\n\
               Connection: keep-alive\r\n\

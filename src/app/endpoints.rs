@@ -1,56 +1,39 @@
-//! Routing, and the plain-HTTP side endpoints: `/healthz`, `/metrics`, `POST /publish/{topic}`.
+//! The plain-HTTP side endpoints: `/healthz`, `/metrics`, `POST /publish/{topic}`, and
+//! the `?subscribe=` query of a `/ws` upgrade.
 
+use wsgate_proto::handshake::{HttpError, Method, Request};
+use wsgate_proto::outgoing::http_response;
+
+use super::{Route, Session};
 use crate::broadcast;
 use crate::config::Config;
 use crate::metrics;
-use crate::server::Shared;
-use wsgate_proto::handshake::{self, HttpError, Method, Request};
+use crate::shared::Shared;
 
-/// What a request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// WebSocket: echo every message.
-    Echo,
-    /// WebSocket: pub/sub control messages and deliveries.
-    PubSub,
-    /// `GET /healthz`.
-    Health,
-    /// `GET /metrics`.
-    Metrics,
-    /// `POST /publish/{topic}`.
-    Publish,
-    /// A path we do not serve.
-    NotFound,
-}
-
-impl Route {
-    pub fn of(req: &Request, config: &Config) -> Self {
-        match req.path.as_str() {
-            "/echo" if config.echo => Self::Echo,
-            "/ws" => Self::PubSub,
-            "/healthz" => Self::Health,
-            "/metrics" => Self::Metrics,
-            p if p.starts_with("/publish/") => Self::Publish,
-            _ => Self::NotFound,
-        }
-    }
-
-    /// Whether this route speaks WebSocket after an Upgrade.
-    pub fn is_websocket(self) -> bool {
-        matches!(self, Self::Echo | Self::PubSub)
-    }
-}
-
-/// Answers `/healthz`, a wrong method on `/metrics`, and unknown paths.
-pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
-    let keep_alive = req.keep_alive && !draining;
+/// Answers a plain HTTP request (not an upgrade) on `route`.
+pub fn respond(
+    session: &mut impl Session,
+    route: Route,
+    req: &Request,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let draining = session.draining();
     let text = |status, body: &[u8], keep_alive| {
-        handshake::response(status, "text/plain", &[], body, keep_alive)
+        http_response(status, "text/plain", &[], body, keep_alive)
     };
     match route {
+        Route::Publish => match check_publish(req, body, &session.shared().config) {
+            Ok(topic) => {
+                session.publish(&topic, body);
+                published(&topic, keep_alive)
+            }
+            Err(response) => response,
+        },
+        Route::Metrics if req.method == Method::Get => metrics(session.shared(), keep_alive),
         Route::Health | Route::Metrics if !matches!(req.method, Method::Get | Method::Head) => {
             let body = b"method not allowed\n";
-            handshake::response(
+            http_response(
                 405,
                 "text/plain",
                 &[("Allow", "GET, HEAD")],
@@ -62,12 +45,12 @@ pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
         Route::Health => text(200, b"ok\n", keep_alive),
         Route::Metrics => text(200, b"", keep_alive),
         Route::NotFound => text(404, b"not found\n", keep_alive),
-        Route::Echo | Route::PubSub | Route::Publish => unreachable!("answered elsewhere"),
+        Route::Echo | Route::PubSub => unreachable!("upgraded elsewhere"),
     }
 }
 
 /// `GET /metrics`: every reactor's counters in the Prometheus text format.
-pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
+fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
     let fanout = &shared.fanout;
     let n = shared.metrics.len();
     let text = metrics::render(&metrics::Snapshot {
@@ -84,7 +67,7 @@ pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
         io: shared.io,
         draining: shared.draining.load(std::sync::atomic::Ordering::Relaxed),
     });
-    handshake::response(
+    http_response(
         200,
         "text/plain; version=0.0.4",
         &[],
@@ -95,11 +78,11 @@ pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
 
 /// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
 /// JSON. Returns the topic, or the error response to send.
-pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
+fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
     let keep_alive = req.keep_alive;
     let fail = |status, reason: &str, extra: &[(&str, &str)]| {
         let body = format!("{{\"ok\":false,\"error\":\"{reason}\"}}");
-        handshake::response(
+        http_response(
             status,
             "application/json",
             extra,
@@ -136,9 +119,9 @@ pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<Stri
 }
 
 /// `202 Accepted` for a publish.
-pub fn published(topic: &str, keep_alive: bool) -> Vec<u8> {
+fn published(topic: &str, keep_alive: bool) -> Vec<u8> {
     let body = format!("{{\"ok\":true,\"topic\":\"{topic}\"}}");
-    handshake::response(202, "application/json", &[], body.as_bytes(), keep_alive)
+    http_response(202, "application/json", &[], body.as_bytes(), keep_alive)
 }
 
 /// Topics from `?subscribe=a,b` on a /ws upgrade, checked; a bad one refuses the upgrade.

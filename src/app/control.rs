@@ -10,11 +10,8 @@
 //! Messages are parsed with simd-json in place, in the buffer the payload was unmasked
 //! into. `id` may be a number or a string and is echoed back as given.
 
-use bytes::Bytes;
 use simd_json::prelude::*;
 use simd_json::{BorrowedValue, Buffers};
-
-use wsgate_proto::frame::{self, OpCode};
 
 /// A valid control message.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,17 +104,17 @@ pub fn parse(text: &mut [u8], buffers: &mut Buffers) -> Result<Control, ControlE
 }
 
 /// `{"op":"ok"}`, with the request's id when it had one.
-pub fn ok(id: Option<&str>) -> Bytes {
+pub fn ok(id: Option<&str>) -> Vec<u8> {
     let text = match id {
         Some(id) => format!("{{\"op\":\"ok\",\"id\":{id}}}"),
         None => "{\"op\":\"ok\"}".to_owned(),
     };
-    frame::encode(OpCode::Text, text.as_bytes())
+    text.into_bytes()
 }
 
 /// `{"op":"error",...}` for a refused message. Codes and messages are our own ASCII
 /// literals, so nothing needs escaping.
-pub fn error(err: &ControlError) -> Bytes {
+pub fn error(err: &ControlError) -> Vec<u8> {
     let id = err
         .id
         .as_deref()
@@ -127,7 +124,7 @@ pub fn error(err: &ControlError) -> Bytes {
         "{{\"op\":\"error\"{id},\"code\":\"{}\",\"message\":\"{}\"}}",
         err.code, err.message
     );
-    frame::encode(OpCode::Text, text.as_bytes())
+    text.into_bytes()
 }
 
 #[cfg(test)]
@@ -187,15 +184,15 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(&ok(Some("1"))[2..], br#"{"op":"ok","id":1}"#);
-        assert_eq!(&ok(None)[2..], br#"{"op":"ok"}"#);
+        assert_eq!(&ok(Some("1"))[..], br#"{"op":"ok","id":1}"#);
+        assert_eq!(&ok(None)[..], br#"{"op":"ok"}"#);
         let err = ControlError::new(
             Some("\"x\"".into()),
             "forbidden",
             "publishing to this topic is not allowed",
         );
         assert_eq!(
-            &error(&err)[2..],
+            &error(&err)[..],
             br#"{"op":"error","id":"x","code":"forbidden","message":"publishing to this topic is not allowed"}"#
         );
     }

@@ -1,0 +1,92 @@
+//! What runs on a connection: `/echo`, the `/ws` pub/sub protocol, and the plain-HTTP side
+//! endpoints (`/healthz`, `/metrics`, `POST /publish/{topic}`).
+//!
+//! Applications never touch the reactor's tables: they get a [`Session`] for the
+//! connection they run on (send, subscribe, unsubscribe, publish) and nothing more.
+
+pub mod control;
+pub mod echo;
+pub mod endpoints;
+pub mod pubsub;
+
+use wsgate_proto::handshake::Request;
+use wsgate_proto::OpCode;
+
+use crate::config::Config;
+use crate::shared::Shared;
+
+/// What an application may do on the connection it runs on: the narrow interface between
+/// the applications and the reactor's loop, which implements it.
+pub trait Session {
+    fn shared(&self) -> &Shared;
+
+    /// Queues a data message to this connection (dropped if it is no longer open).
+    fn send(&mut self, opcode: OpCode, payload: &[u8]);
+
+    /// Subscribes this connection to `topic` (a valid name).
+    fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
+
+    fn unsubscribe(&mut self, topic: &str);
+
+    /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
+    fn publish(&mut self, topic: &str, data: &[u8]);
+
+    /// Scratch buffers for simd-json, reused across messages.
+    fn json_buffers(&mut self) -> &mut simd_json::Buffers;
+
+    /// Whether the server is draining (side endpoints answer differently).
+    fn draining(&self) -> bool;
+}
+
+/// Why a subscribe was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("subscription limit reached")]
+    TooMany,
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// WebSocket: echo every message.
+    Echo,
+    /// WebSocket: pub/sub control messages and deliveries.
+    PubSub,
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /publish/{topic}`.
+    Publish,
+    /// A path we do not serve.
+    NotFound,
+}
+
+impl Route {
+    pub fn of(req: &Request, config: &Config) -> Self {
+        match req.path.as_str() {
+            "/echo" if config.echo => Self::Echo,
+            "/ws" => Self::PubSub,
+            "/healthz" => Self::Health,
+            "/metrics" => Self::Metrics,
+            p if p.starts_with("/publish/") => Self::Publish,
+            _ => Self::NotFound,
+        }
+    }
+
+    /// Whether this route speaks WebSocket after an Upgrade.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Echo | Self::PubSub)
+    }
+}
+
+/// A complete WebSocket message on a connection of `route`.
+pub fn on_message(route: Route, session: &mut impl Session, opcode: OpCode, data: Vec<u8>) {
+    match route {
+        Route::Echo => echo::on_message(session, opcode, &data),
+        Route::PubSub => pubsub::on_message(session, opcode, data),
+        Route::Health | Route::Metrics | Route::Publish | Route::NotFound => {
+            unreachable!("only WebSocket routes carry messages")
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `/ws`: the pub/sub protocol. Each text message is one JSON control op (parsed by
+//! `control`), answered on the same connection; publishes go to the fan-out.
+
+use wsgate_proto::OpCode;
+
+use super::control::{self, Control, ControlError, Op};
+use super::{Session, SubscribeError};
+use crate::broadcast;
+
+/// A message on /ws: one control op, answered on the same connection.
+pub fn on_message(session: &mut impl Session, opcode: OpCode, mut data: Vec<u8>) {
+    let reply = if opcode == OpCode::Binary {
+        Err(ControlError::new(
+            None,
+            "bad_request",
+            "binary messages are not supported on /ws",
+        ))
+    } else {
+        control::parse(&mut data, session.json_buffers()).and_then(|c| apply(session, c))
+    };
+    if let Err(err) = reply {
+        session.send(OpCode::Text, &control::error(&err));
+    }
+}
+
+/// Carries out a control op. Ops with an `id` are acknowledged with `ok`, a publish
+/// before its deliveries, so a publisher subscribed to the topic sees its `ok` first.
+fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
+    let config = &session.shared().config;
+    let max_topic_len = config.max_topic_len;
+    let invalid =
+        |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
+    match c.op {
+        Op::Subscribe(topic) => {
+            broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
+            session
+                .subscribe(&topic)
+                .map_err(|SubscribeError::TooMany| {
+                    ControlError::new(
+                        c.id.clone(),
+                        "too_many_subscriptions",
+                        "subscription limit reached",
+                    )
+                })?;
+        }
+        Op::Unsubscribe(topic) => {
+            broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
+            session.unsubscribe(&topic);
+        }
+        Op::Publish { topic, data } => {
+            broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
+            if !broadcast::topic_allowed(&topic, &config.client_publish) {
+                return Err(ControlError::new(
+                    c.id,
+                    "forbidden",
+                    "publishing to this topic is not allowed",
+                ));
+            }
+            if data.len() > config.max_publish_bytes {
+                return Err(ControlError::new(
+                    c.id,
+                    "too_large",
+                    "data is over the publish size limit",
+                ));
+            }
+            if let Some(request) = &c.id {
+                session.send(OpCode::Text, &control::ok(Some(request)));
+            }
+            session.publish(&topic, data.as_bytes());
+            return Ok(());
+        }
+    }
+    if let Some(request) = &c.id {
+        session.send(OpCode::Text, &control::ok(Some(request)));
+    }
+    Ok(())
+}

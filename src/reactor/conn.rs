@@ -1,0 +1,351 @@
+//! A connection's lifecycle in its reactor: the table of connections, the phases (HTTP
+//! request, WebSocket, closing, gone), the send and receive states, scheduling for the
+//! flush, closing, EOF, drain and the timer sweep.
+//!
+//! ```text
+//!   Accepted ─▶ Request ─(upgrade)─▶ WebSocket ─(close handshake, EOF, timeout)─▶ Closing
+//!                  │ (keep-alive: back to Request)                                  │
+//!                  └──(error, EOF)──────────────────────────────────────────────────┤
+//!   Closing: flush what is queued, FIN, wait for the peer's FIN (or the deadline)    ▼
+//!   Gone: handed to Driver::close, removed at Completion::Released ◀────────────────┘
+//! ```
+
+use std::mem;
+use std::ops::{Index, IndexMut};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wsgate_proto::{CloseCode, Connection, OutQueue};
+
+use super::{limits, Core};
+use crate::app::Route;
+use crate::broadcast::TopicId;
+use crate::driver::ConnId;
+use crate::metrics::ReactorMetrics;
+use crate::transport::Transport;
+
+/// One connection's state in its reactor. Its socket belongs to the driver.
+pub(super) struct Conn {
+    pub out: OutQueue,
+    pub transport: Transport,
+    pub phase: Phase,
+    pub send: Send,
+    pub recv: Recv,
+    /// Already in `Core::flush` or `Core::corked`.
+    pub scheduled: bool,
+    /// Accepted over `max_connections`: the request gets 503.
+    pub admission: Admission,
+}
+
+pub(super) enum Phase {
+    /// Reading an HTTP request head (and body); `head` holds a split one.
+    Request { head: Vec<u8>, deadline: Instant },
+    /// `subs` is empty except on /ws.
+    WebSocket {
+        ws: Connection,
+        route: Route,
+        subs: Subs,
+    },
+    /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
+    Closing { deadline: Instant, fin_sent: bool },
+    /// Handed to `Driver::close`; removed at `Completion::Released`.
+    Gone,
+}
+
+/// Whether a send is in flight (the driver allows one per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Send {
+    Idle,
+    InFlight,
+}
+
+/// The receiving side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Recv {
+    On,
+    /// Stopped: the outbound queue is over the cap (backpressure).
+    Paused,
+    /// The peer sent FIN.
+    Eof,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    Admitted,
+    /// Over `max_connections`: its request is answered 503.
+    OverLimit,
+}
+
+/// A connection's topics: up to four inline, so most subscribers allocate nothing.
+pub(super) type Subs = smallvec::SmallVec<[TopicId; 4]>;
+
+impl Conn {
+    /// Not yet handed to the driver's `close`.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.phase, Phase::Gone)
+    }
+}
+
+/// The reactor's connections, indexed by the id the driver gave each.
+#[derive(Default)]
+pub(super) struct Conns {
+    slots: Vec<Option<Conn>>,
+    len: usize,
+}
+
+impl Conns {
+    pub fn insert(&mut self, id: ConnId, conn: Conn) {
+        if self.slots.len() <= id.index() {
+            self.slots.resize_with(id.index() + 1, || None);
+        }
+        let slot = &mut self.slots[id.index()];
+        debug_assert!(slot.is_none(), "the driver reused {id:?} before Released");
+        if slot.replace(conn).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let conn = self.slots.get_mut(id.index())?.take()?;
+        self.len -= 1;
+        Some(conn)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slots.get_mut(id.index())?.as_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn ids(&self) -> Vec<ConnId> {
+        let present = self.slots.iter().enumerate().filter(|(_, c)| c.is_some());
+        present.map(|(i, _)| ConnId(i as u32)).collect()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_mut().map(|c| (ConnId(i as u32), c)))
+    }
+}
+
+impl Index<ConnId> for Conns {
+    type Output = Conn;
+
+    fn index(&self, id: ConnId) -> &Conn {
+        self.slots[id.index()]
+            .as_ref()
+            .expect("a connection the reactor knows")
+    }
+}
+
+impl IndexMut<ConnId> for Conns {
+    fn index_mut(&mut self, id: ConnId) -> &mut Conn {
+        self.slots[id.index()]
+            .as_mut()
+            .expect("a connection the reactor knows")
+    }
+}
+
+impl Core {
+    pub(super) fn accept(&mut self, id: ConnId) {
+        let shared = &self.shared;
+        let open = shared.open.fetch_add(1, Ordering::Relaxed);
+        let metrics = &shared.metrics[self.index];
+        ReactorMetrics::add(&metrics.connections, 1);
+        ReactorMetrics::add(&metrics.accepted, 1);
+        let admission = if open >= shared.config.max_connections {
+            Admission::OverLimit
+        } else {
+            Admission::Admitted
+        };
+        self.conns.insert(
+            id,
+            Conn {
+                out: OutQueue::default(),
+                transport: Transport::Plain,
+                phase: Phase::Request {
+                    head: Vec::new(),
+                    deadline: self.now + shared.config.handshake_timeout,
+                },
+                send: Send::Idle,
+                recv: Recv::On,
+                scheduled: false,
+                admission,
+            },
+        );
+    }
+
+    /// The driver released the connection: forget it.
+    pub(super) fn remove(&mut self, id: ConnId) {
+        if self.conns.remove(id).is_some() {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            ReactorMetrics::sub(&self.metrics().connections, 1);
+        }
+    }
+
+    /// Gives up on a connection: it leaves its topics, its queue is dropped and the driver
+    /// closes the socket.
+    pub(super) fn close_now(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
+            return;
+        };
+        conn.out.clear();
+        let phase = mem::replace(&mut conn.phase, Phase::Gone);
+        if let Phase::WebSocket { subs, .. } = phase {
+            self.leave_topics(id, subs);
+        }
+        self.to_close.push(id);
+    }
+
+    /// Queues the connection for this turn's flush.
+    pub(super) fn schedule(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id];
+        if !conn.scheduled {
+            conn.scheduled = true;
+            self.flush.push(id);
+        }
+    }
+
+    pub(super) fn on_sent(&mut self, id: ConnId, bytes: usize) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
+            return;
+        };
+        conn.send = Send::Idle;
+        conn.transport.sent(&mut conn.out, bytes);
+        ReactorMetrics::add(&self.shared.metrics[self.index].bytes_out, bytes as u64);
+        self.schedule(id);
+    }
+
+    /// Moves to the closing phase: flush, FIN, wait for the peer's FIN until `deadline`.
+    /// With `abandon`, the queue is dropped and the socket closed at the next flush.
+    pub(super) fn set_closing(&mut self, id: ConnId, deadline: Instant, abandon: bool) {
+        let conn = &mut self.conns[id];
+        if abandon {
+            conn.out.clear();
+            conn.recv = Recv::Eof;
+        }
+        let phase = mem::replace(
+            &mut conn.phase,
+            Phase::Closing {
+                deadline,
+                fin_sent: abandon,
+            },
+        );
+        if let Phase::WebSocket { subs, .. } = phase {
+            self.leave_topics(id, subs);
+        }
+        self.schedule(id);
+    }
+
+    pub(super) fn begin_closing(&mut self, id: ConnId) {
+        let deadline = self.now + self.shared.config.limits.close_timeout;
+        self.set_closing(id, deadline, false);
+    }
+
+    /// The peer sent FIN. Everything already queued for it is still written (a half-closed
+    /// peer may be reading), then the connection closes.
+    pub(super) fn on_eof(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
+            return;
+        };
+        conn.recv = Recv::Eof;
+        match conn.phase {
+            Phase::Closing { .. } => self.schedule(id),
+            _ => self.begin_closing(id),
+        }
+    }
+
+    /// Draining: idle keep-alive connections go now; a request under way finishes and is
+    /// answered 503 with `Connection: close`; WebSockets get close 1001.
+    pub(super) fn start_drain(&mut self) {
+        let now = self.now;
+        self.drain_deadline = Some(now + self.shared.config.drain_grace);
+        let mut idle = Vec::new();
+        let mut closing = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            match &mut conn.phase {
+                Phase::Request { head, .. } if head.is_empty() => idle.push(id),
+                Phase::WebSocket { ws, route, .. } => {
+                    ws.close(
+                        now,
+                        limits(&self.shared, *route),
+                        CloseCode::GOING_AWAY,
+                        "server shutting down",
+                        &mut conn.out,
+                    );
+                    closing.push(id);
+                }
+                Phase::Request { .. } | Phase::Closing { .. } | Phase::Gone => {}
+            }
+        }
+        for id in idle {
+            self.close_now(id);
+        }
+        for id in closing {
+            self.schedule(id);
+        }
+    }
+
+    /// Runs every connection's timers, and publishes this reactor's latency samples.
+    pub(super) fn sweep(&mut self) {
+        self.fold_latency();
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut timed_out = Vec::new();
+        let mut expired = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            // Idle connections give back their buffers' memory (re-grown on demand).
+            conn.out.release_idle();
+            match &mut conn.phase {
+                Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
+                // Too slow to finish closing: drop it.
+                Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
+                Phase::WebSocket { ws, route, .. } => {
+                    ws.release_idle();
+                    let limits = limits(&self.shared, *route);
+                    if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
+                        ws.handle_timeout(now, limits, &mut conn.out);
+                        due.push((id, ws.is_closed()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        ReactorMetrics::add(&self.metrics().handshakes_timed_out, timed_out.len() as u64);
+        for id in timed_out {
+            // Too slow to send a request: dropped without an answer.
+            self.set_closing(id, now, true);
+        }
+        for id in expired {
+            self.close_now(id);
+        }
+        for (id, closed) in due {
+            if closed {
+                self.begin_closing(id);
+            } else {
+                self.schedule(id);
+            }
+        }
+    }
+
+    /// Releases corked deliveries once their delay is up.
+    pub(super) fn uncork(&mut self) {
+        if self.corked_until.is_some_and(|until| self.now >= until) {
+            self.corked_until = None;
+            for id in mem::take(&mut self.corked) {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.scheduled = false;
+                    self.schedule(id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Fan-out into this reactor's queues: subscriptions, publishing, the inbox from other
+//! reactors, and delivery with the slow-consumer policy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wsgate_proto::{CloseCode, Prepared};
+
+use super::conn::{Phase, Subs};
+use super::Core;
+use crate::app::SubscribeError;
+use crate::broadcast;
+use crate::config::SlowConsumerPolicy;
+use crate::driver::ConnId;
+use crate::metrics::ReactorMetrics;
+
+impl Core {
+    pub(super) fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), SubscribeError> {
+        let max = self.shared.config.max_subscriptions;
+        let Phase::WebSocket { subs, .. } = &mut self.conns[id].phase else {
+            return Ok(());
+        };
+        if self.topics.find(topic).is_some_and(|t| subs.contains(&t)) {
+            return Ok(());
+        }
+        if subs.len() >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        let (topic, _) = self
+            .topics
+            .subscribe(&self.shared.fanout, self.index, topic, id);
+        subs.push(topic);
+        Ok(())
+    }
+
+    pub(super) fn unsubscribe(&mut self, id: ConnId, topic: &str) {
+        let Some(topic) = self.topics.find(topic) else {
+            return;
+        };
+        let Phase::WebSocket { subs, .. } = &mut self.conns[id].phase else {
+            return;
+        };
+        if let Some(at) = subs.iter().position(|&t| t == topic) {
+            subs.swap_remove(at);
+            self.topics
+                .unsubscribe(&self.shared.fanout, self.index, topic, id);
+        }
+    }
+
+    /// Unsubscribes a connection that left the WebSocket phase from all its topics.
+    pub(super) fn leave_topics(&mut self, id: ConnId, subs: Subs) {
+        for topic in subs {
+            self.topics
+                .unsubscribe(&self.shared.fanout, self.index, topic, id);
+        }
+    }
+
+    /// Encodes a publish once and hands it to every interested reactor, this one included.
+    pub(super) fn publish(&mut self, topic: &str, data: &[u8]) {
+        let message = broadcast::prepare_delivery(topic, data);
+        let name: Arc<str> = Arc::from(topic);
+        ReactorMetrics::add(&self.metrics().publishes, 1);
+        if self
+            .shared
+            .fanout
+            .publish(self.index, &name, &message, self.now)
+        {
+            self.deliver(topic, &message, self.now);
+        }
+    }
+
+    /// Takes what other reactors published. Each message is copied once into this core's
+    /// memory, so the many reference counts taken here never bounce between cores.
+    pub(super) fn drain_inbox(&mut self) {
+        self.shared.fanout.rearm(self.index);
+        while let Ok(d) = self.inbox.try_recv() {
+            self.deliver(&d.topic, &d.message.localize(), d.published);
+        }
+    }
+
+    /// Queues a message to every local subscriber of `topic`, applying the slow-consumer
+    /// policy to those whose queue is over the cap. No copy and no allocation per
+    /// subscriber: each gets a reference.
+    fn deliver(&mut self, topic: &str, message: &Prepared, published: Instant) {
+        let config = &self.shared.config;
+        let cap = config.max_outbound_bytes;
+        let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
+        let mut abort = Vec::new();
+        for id in self.topics.subscribers(topic) {
+            let conn = &mut self.conns[id];
+            let Phase::WebSocket { ws, .. } = &mut conn.phase else {
+                continue;
+            };
+            let pending = conn.transport.pending(&conn.out);
+            if pending + message.len() <= cap {
+                if ws.send_prepared(message, &mut conn.out) {
+                    delivered += 1;
+                }
+            } else {
+                match config.slow_consumer {
+                    SlowConsumerPolicy::Drop => dropped += 1,
+                    SlowConsumerPolicy::Close if ws.is_open() => {
+                        closed += 1;
+                        if pending > 2 * cap {
+                            // Not even room for a close frame: abort.
+                            abort.push(id);
+                            continue;
+                        }
+                        ws.close(
+                            self.now,
+                            &config.limits,
+                            CloseCode::POLICY,
+                            "slow consumer",
+                            &mut conn.out,
+                        );
+                    }
+                    SlowConsumerPolicy::Close => {}
+                }
+            }
+            if conn.scheduled {
+                continue;
+            }
+            conn.scheduled = true;
+            if config.write_delay.is_zero() {
+                self.flush.push(id);
+            } else {
+                self.corked.push(id);
+                self.corked_until
+                    .get_or_insert(self.now + config.write_delay);
+            }
+        }
+        for id in abort {
+            self.close_now(id);
+        }
+        let m = &self.shared.metrics[self.index];
+        ReactorMetrics::add(&m.deliveries, delivered);
+        ReactorMetrics::add(&m.dropped, dropped);
+        ReactorMetrics::add(&m.slow_consumer_closes, closed);
+        if delivered > 0 {
+            self.published.push(published);
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The per-core loop: owns this core's connections and drives the transport, the protocol
+//! core, the applications and the fan-out inbox from the driver's completions.
+//!
+//! ```text
+//!   driver.wait ─▶ driver.next ─▶ completion
+//!                                   │ Received: transport ─▶ request phase (request.rs)
+//!                                   │                        or WebSocket ─▶ app (crate::app)
+//!                                   │ Sent / Eof / Failed / Released: lifecycle (conn.rs)
+//!   inbox (other reactors' publishes) ─▶ delivery with the slow-consumer policy (delivery.rs)
+//!   timers (sweep) ─▶ pings, timeouts, close deadlines
+//!   flush: one vectored send per connection with output queued this turn (corking)
+//! ```
+//!
+//! The files split the loop by concern: this one is the loop and the driver glue,
+//! `conn.rs` the connection lifecycle (phase, backpressure, closing), `request.rs` the
+//! HTTP request phase (parse, route, upgrade), `delivery.rs` fan-out into the local
+//! queues. Applications see a connection only through `app::Session`, which `Ctx` implements.
+
+mod conn;
+mod delivery;
+mod request;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::mem;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use hdrhistogram::Histogram;
+
+use crate::app::{self, Route, Session, SubscribeError};
+use crate::broadcast::{Delivery, Topics};
+use crate::driver::{Completion, ConnId, Driver};
+use crate::metrics::{self, ReactorMetrics};
+use crate::shared::Shared;
+use conn::{Conns, Phase, Recv, Send};
+use wsgate_proto::{Event, OpCode};
+
+/// One core's event loop.
+pub struct Reactor<D: Driver> {
+    driver: D,
+    core: Core,
+    /// Where the loop reads the time (a fixed clock in tests).
+    clock: fn() -> Instant,
+}
+
+/// Everything but the driver, so that bytes borrowed from a driver buffer can be fed to it.
+struct Core {
+    index: usize,
+    shared: Arc<Shared>,
+    conns: Conns,
+    topics: Topics,
+    inbox: Receiver<Delivery>,
+    events: Vec<Event>,
+    /// Connections with output queued or a state change this turn.
+    flush: Vec<ConnId>,
+    /// Subscribers holding deliveries until `corked_until` (`write_delay`).
+    corked: Vec<ConnId>,
+    corked_until: Option<Instant>,
+    /// Connections to hand to `Driver::close` before the next completion.
+    to_close: Vec<ConnId>,
+    /// Publish instants of what was delivered this turn, for the latency histogram.
+    published: Vec<Instant>,
+    latency: Histogram<u64>,
+    json: simd_json::Buffers,
+    drain_deadline: Option<Instant>,
+    tick: Duration,
+    next_sweep: Instant,
+    now: Instant,
+}
+
+impl<D: Driver> Reactor<D> {
+    pub fn new(index: usize, driver: D, shared: Arc<Shared>, inbox: Receiver<Delivery>) -> Self {
+        Self::with_clock(index, driver, shared, inbox, Instant::now)
+    }
+
+    fn with_clock(
+        index: usize,
+        driver: D,
+        shared: Arc<Shared>,
+        inbox: Receiver<Delivery>,
+        clock: fn() -> Instant,
+    ) -> Self {
+        let config = &shared.config;
+        let shortest = [
+            config.handshake_timeout,
+            config.limits.close_timeout,
+            config.limits.pong_timeout,
+        ]
+        .into_iter()
+        .chain(config.limits.idle_timeout)
+        .min()
+        .expect("non-empty");
+        let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let now = clock();
+        let core = Core {
+            index,
+            shared,
+            conns: Conns::default(),
+            topics: Topics::default(),
+            inbox,
+            events: Vec::new(),
+            flush: Vec::new(),
+            corked: Vec::new(),
+            corked_until: None,
+            to_close: Vec::new(),
+            published: Vec::new(),
+            latency: metrics::new_histogram(),
+            json: simd_json::Buffers::default(),
+            drain_deadline: None,
+            tick,
+            next_sweep: now + tick,
+            now,
+        };
+        Self {
+            driver,
+            core,
+            clock,
+        }
+    }
+
+    /// Runs until drained.
+    pub fn run(mut self) -> io::Result<()> {
+        tracing::debug!(
+            reactor = self.core.index,
+            driver = self.driver.name(),
+            "reactor started"
+        );
+        // A drain requested before this thread started is seen on the first turn.
+        self.core.shared.waker(self.core.index).wake();
+        loop {
+            let timeout = self
+                .core
+                .wake_at()
+                .saturating_duration_since((self.clock)());
+            self.driver.wait(Some(timeout))?;
+            if self.turn() {
+                break;
+            }
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// One turn after `wait`: handles the completions, the inbox, timers, then flushes.
+    /// Returns true once drained.
+    fn turn(&mut self) -> bool {
+        self.core.now = (self.clock)();
+        while let Some(completion) = self.driver.next() {
+            self.handle(completion);
+            self.close_pending();
+        }
+        self.core.drain_inbox();
+        if self.core.now >= self.core.next_sweep {
+            self.core.sweep();
+            self.core.next_sweep = self.core.now + self.core.tick;
+        }
+        self.core.uncork();
+        self.flush();
+        self.close_pending();
+        self.core.record_latency((self.clock)());
+        match self.core.drain_deadline {
+            Some(deadline) => self.core.conns.is_empty() || self.core.now >= deadline,
+            None => false,
+        }
+    }
+
+    fn handle(&mut self, completion: Completion) {
+        let core = &mut self.core;
+        match completion {
+            Completion::Accepted { conn, peer, .. } => {
+                if core.drain_deadline.is_some() {
+                    self.driver.close(conn);
+                } else {
+                    tracing::trace!(%peer, "accepted");
+                    core.accept(conn);
+                }
+            }
+            Completion::Received { conn, buf, len } => {
+                let wire = &mut self.driver.buf(buf)[..len];
+                ReactorMetrics::add(&core.metrics().bytes_in, len as u64);
+                if let Some(c) = core.conns.get_mut(conn).filter(|c| c.is_live()) {
+                    match c.transport.receive(wire) {
+                        Ok(plain) => core.on_bytes(conn, plain),
+                        Err(e) => {
+                            tracing::debug!(reactor = core.index, "transport: {e}");
+                            core.close_now(conn);
+                        }
+                    }
+                }
+                self.driver.release(buf);
+            }
+            Completion::Eof(conn) => core.on_eof(conn),
+            Completion::Sent { conn, bytes } => core.on_sent(conn, bytes),
+            Completion::Failed { conn, error } => {
+                tracing::trace!(reactor = core.index, "connection failed: {error}");
+                core.close_now(conn);
+            }
+            Completion::Released(conn) => core.remove(conn),
+            Completion::Woken => {
+                if core.shared.is_draining() && core.drain_deadline.is_none() {
+                    self.driver.stop_accepting();
+                    core.start_drain();
+                }
+            }
+        }
+    }
+
+    /// Hands the connections the core gave up on to the driver.
+    fn close_pending(&mut self) {
+        for id in self.core.to_close.drain(..) {
+            self.driver.close(id);
+        }
+    }
+
+    /// Sends each scheduled connection's queued output in one call, applies backpressure,
+    /// and finishes closes.
+    fn flush(&mut self) {
+        let cap = self.core.shared.config.max_outbound_bytes;
+        while let Some(id) = self.core.flush.pop() {
+            let Some(conn) = self.core.conns.get_mut(id) else {
+                continue;
+            };
+            conn.scheduled = false;
+            if !conn.is_live() {
+                continue;
+            }
+            if conn.send == Send::Idle && !conn.transport.is_idle(&conn.out) {
+                self.driver.send(id, conn.transport.outgoing(&conn.out));
+                conn.send = Send::InFlight;
+            }
+            // Backpressure on echo: stop reading while the queue is over the cap, resume at
+            // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
+            let pending = conn.transport.pending(&conn.out);
+            match conn.recv {
+                Recv::On if pending > cap => {
+                    conn.recv = Recv::Paused;
+                    self.driver.set_receiving(id, false);
+                }
+                Recv::Paused if pending <= cap / 2 => {
+                    conn.recv = Recv::On;
+                    self.driver.set_receiving(id, true);
+                }
+                _ => {}
+            }
+            if let Phase::Closing { fin_sent, .. } = &mut conn.phase {
+                if conn.send == Send::Idle && conn.transport.is_idle(&conn.out) {
+                    if conn.recv == Recv::Eof {
+                        self.core.close_now(id);
+                    } else if !*fin_sent {
+                        *fin_sent = true;
+                        self.driver.shutdown_write(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the drain: closes what is left and publishes the last latency samples.
+    fn finish(&mut self) {
+        let left = self.core.conns.len();
+        for id in self.core.conns.ids() {
+            self.core.close_now(id);
+        }
+        self.close_pending();
+        self.core.fold_latency();
+        tracing::debug!(reactor = self.core.index, left, "reactor drained");
+    }
+}
+
+impl Core {
+    fn metrics(&self) -> &ReactorMetrics {
+        &self.shared.metrics[self.index]
+    }
+
+    /// When the loop must wake up at the latest: the next sweep, the drain deadline or
+    /// the end of a write delay.
+    fn wake_at(&self) -> Instant {
+        [self.drain_deadline, self.corked_until]
+            .into_iter()
+            .flatten()
+            .fold(self.next_sweep, Instant::min)
+    }
+
+    fn on_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
+        match self.conns[id].phase {
+            Phase::Request { .. } => self.on_request_bytes(id, bytes),
+            Phase::WebSocket { .. } => self.on_frame_bytes(id, bytes),
+            // Lingering for the peer's FIN: whatever it still sends is dropped.
+            Phase::Closing { .. } | Phase::Gone => {}
+        }
+    }
+
+    fn on_frame_bytes(&mut self, id: ConnId, mut bytes: &mut [u8]) {
+        let mut messages = 0;
+        let mut events = mem::take(&mut self.events);
+        while !bytes.is_empty() {
+            let conn = &mut self.conns[id];
+            let Phase::WebSocket { ws, route, .. } = &mut conn.phase else {
+                break;
+            };
+            let route = *route;
+            let limits = limits(&self.shared, route);
+            let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut events);
+            bytes = &mut mem::take(&mut bytes)[n..];
+            for event in events.drain(..) {
+                match event {
+                    Event::Message { opcode, data } => {
+                        messages += 1;
+                        app::on_message(route, &mut Ctx { core: self, id }, opcode, data);
+                    }
+                    Event::PeerClosed(_) => {}
+                    Event::Failed(err) => {
+                        tracing::debug!(reactor = self.index, "closing: {err}");
+                        ReactorMetrics::add(&self.metrics().protocol_errors, 1);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        ReactorMetrics::add(&self.metrics().messages_in, messages);
+        let conn = &self.conns[id];
+        match &conn.phase {
+            Phase::WebSocket { ws, .. } if ws.is_closed() => self.begin_closing(id),
+            _ if !conn.out.is_empty() => self.schedule(id),
+            _ => {}
+        }
+    }
+
+    /// Publish-to-write latency of this turn's deliveries (their frames were just handed
+    /// to the driver, unless some are still corked: then they are counted when those are).
+    fn record_latency(&mut self, now: Instant) {
+        if self.published.is_empty() || self.corked_until.is_some() {
+            return;
+        }
+        for t in self.published.drain(..) {
+            let _ = self
+                .latency
+                .record(now.saturating_duration_since(t).as_micros().max(1) as u64);
+        }
+    }
+
+    /// Folds this reactor's latency samples into the shared histogram for `/metrics`.
+    fn fold_latency(&mut self) {
+        if self.latency.is_empty() {
+            return;
+        }
+        if let Ok(mut shared) = self.metrics().latency_us.lock() {
+            let _ = shared.add(&self.latency);
+        }
+        self.latency.reset();
+    }
+}
+
+/// The protocol limits of a route: /ws messages are bounded by the publish size.
+fn limits(shared: &Shared, route: Route) -> &wsgate_proto::Limits {
+    if route == Route::PubSub {
+        &shared.config.pubsub_limits
+    } else {
+        &shared.config.limits
+    }
+}
+
+/// An application's view of the connection it runs on.
+struct Ctx<'a> {
+    core: &'a mut Core,
+    id: ConnId,
+}
+
+impl Session for Ctx<'_> {
+    fn shared(&self) -> &Shared {
+        &self.core.shared
+    }
+
+    fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        let conn = &mut self.core.conns[self.id];
+        if let Phase::WebSocket { ws, .. } = &mut conn.phase {
+            ws.send_message(opcode, payload, &mut conn.out);
+        }
+    }
+
+    fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        self.core.subscribe(self.id, topic)
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        self.core.unsubscribe(self.id, topic);
+    }
+
+    fn publish(&mut self, topic: &str, data: &[u8]) {
+        self.core.publish(topic, data);
+    }
+
+    fn json_buffers(&mut self) -> &mut simd_json::Buffers {
+        &mut self.core.json
+    }
+
+    fn draining(&self) -> bool {
+        self.core.drain_deadline.is_some()
+    }
+}

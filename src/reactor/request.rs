@@ -1,0 +1,156 @@
+//! The HTTP request phase: parse request heads (and bodies) from the connection's bytes,
+//! route them, answer the side endpoints, and upgrade WebSocket requests. Keep-alive and
+//! pipelining: after an answer the next request is parsed from the bytes that follow.
+
+use std::mem;
+
+use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
+use wsgate_proto::Connection;
+
+use super::conn::{Admission, Phase, Subs};
+use super::{Core, Ctx};
+use crate::app::{self, Route};
+use crate::driver::ConnId;
+use crate::metrics::ReactorMetrics;
+
+/// What to do after answering a request.
+enum Next {
+    Upgraded,
+    KeepAlive,
+    Close,
+}
+
+impl Core {
+    pub(super) fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
+        let Phase::Request { head, .. } = &mut self.conns[id].phase else {
+            unreachable!("request phase")
+        };
+        // The common case parses straight from the read buffer; a split head is copied.
+        let mut split = mem::take(head);
+        let mut input: &mut [u8] = if split.is_empty() {
+            bytes
+        } else {
+            split.extend_from_slice(bytes);
+            &mut split
+        };
+        let max_head = self.shared.config.max_header_bytes;
+        loop {
+            let req = match handshake::parse_request(input, max_head) {
+                Ok(Some(req)) => req,
+                Ok(None) => return self.keep_partial(id, input),
+                Err(err) => return self.reject(id, &err),
+            };
+            let body_len = req.content_length.unwrap_or(0);
+            if body_len > self.shared.config.max_publish_bytes {
+                return self.reject(id, &HttpError::new(413, "request body over the limit"));
+            }
+            let total = req.head_len + body_len;
+            if input.len() < total {
+                return self.keep_partial(id, input);
+            }
+            let (this, rest) = mem::take(&mut input).split_at_mut(total);
+            match self.dispatch(id, &req, &this[req.head_len..]) {
+                // Bytes right behind the upgrade request are the client's first frames.
+                Next::Upgraded if rest.is_empty() => return,
+                Next::Upgraded => return self.on_frame_bytes(id, rest),
+                Next::Close => return self.begin_closing(id),
+                Next::KeepAlive => {
+                    let deadline = self.now + self.shared.config.handshake_timeout;
+                    self.conns[id].phase = Phase::Request {
+                        head: Vec::new(),
+                        deadline,
+                    };
+                    if rest.is_empty() {
+                        return;
+                    }
+                    input = rest;
+                }
+            }
+        }
+    }
+
+    fn keep_partial(&mut self, id: ConnId, input: &[u8]) {
+        if let Phase::Request { head, .. } = &mut self.conns[id].phase {
+            head.clear();
+            head.extend_from_slice(input);
+        }
+    }
+
+    fn reject(&mut self, id: ConnId, err: &HttpError) {
+        ReactorMetrics::add(&self.metrics().handshakes_rejected, 1);
+        self.conns[id].out.push(err.response().into());
+        self.begin_closing(id);
+    }
+
+    fn dispatch(&mut self, id: ConnId, req: &Request, body: &[u8]) -> Next {
+        let route = Route::of(req, &self.shared.config);
+        let draining = self.drain_deadline.is_some();
+        if self.conns[id].admission == Admission::OverLimit || (draining && route.is_websocket()) {
+            let reason = if draining {
+                "server shutting down"
+            } else {
+                "server at its connection limit"
+            };
+            let err = HttpError {
+                status: 503,
+                reason,
+                extra_header: Some(("Retry-After", "1")),
+            };
+            self.conns[id].out.push(err.response().into());
+            return Next::Close;
+        }
+        if route.is_websocket() {
+            return self.upgrade(id, req, route);
+        }
+        let keep_alive = req.keep_alive && !draining;
+        let response =
+            app::endpoints::respond(&mut Ctx { core: self, id }, route, req, body, keep_alive);
+        self.conns[id].out.push(response.into());
+        self.schedule(id);
+        if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    fn upgrade(&mut self, id: ConnId, req: &Request, route: Route) -> Next {
+        let config = &self.shared.config;
+        let policy = UpgradePolicy {
+            subprotocols: &config.subprotocols,
+            allowed_origins: config.allowed_origins.as_deref(),
+        };
+        let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
+            let topics = if route == Route::PubSub {
+                app::endpoints::subscribe_query(req, config)?
+            } else {
+                Vec::new()
+            };
+            Ok((upgrade, topics))
+        });
+        let metrics = &self.shared.metrics[self.index];
+        let conn = &mut self.conns[id];
+        match checked {
+            Ok((upgrade, topics)) => {
+                ReactorMetrics::add(&metrics.handshakes_ok, 1);
+                conn.out.push(upgrade.response().into());
+                conn.phase = Phase::WebSocket {
+                    ws: Connection::new(self.now),
+                    route,
+                    subs: Subs::new(),
+                };
+                for topic in &topics {
+                    // Within the limit: `subscribe_query` checked the count.
+                    let _ = self.subscribe(id, topic);
+                }
+                self.schedule(id);
+                Next::Upgraded
+            }
+            Err(err) => {
+                ReactorMetrics::add(&metrics.handshakes_rejected, 1);
+                conn.out.push(err.response().into());
+                Next::Close
+            }
+        }
+    }
+}

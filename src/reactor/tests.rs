@@ -1,0 +1,429 @@
+//! The reactor on the in-memory driver: backpressure, slow consumers, the close lifecycle,
+//! drain and timers, with no sockets, no sleeps and a clock the test moves.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use wsgate_proto::frame::FrameHeader;
+use wsgate_proto::OpCode;
+
+use super::Reactor;
+use crate::config::{Config, RawConfig, SlowConsumerPolicy};
+use crate::driver::memory::{MemoryDriver, Net};
+use crate::driver::ConnId;
+use crate::metrics::ReactorMetrics;
+use crate::shared::Shared;
+
+thread_local! {
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+fn clock() -> Instant {
+    NOW.with(|now| now.get().expect("the harness set the clock"))
+}
+
+/// One reactor on the in-memory driver, with a clock that moves only when told.
+struct Harness {
+    reactor: Reactor<MemoryDriver>,
+    net: Net,
+    drained: bool,
+}
+
+impl Harness {
+    fn new(tweak: impl FnOnce(&mut Config)) -> Self {
+        NOW.with(|now| now.set(Some(Instant::now())));
+        let mut config = RawConfig::default().validate().expect("defaults are valid");
+        config.threads = 1;
+        tweak(&mut config);
+        let (shared, mut inboxes) = Shared::new(config, "memory", 1).expect("eventfd");
+        let (driver, net) = MemoryDriver::new();
+        let inbox = inboxes.remove(0);
+        let reactor = Reactor::with_clock(0, driver, shared, inbox, clock);
+        Self {
+            reactor,
+            net,
+            drained: false,
+        }
+    }
+
+    /// Runs one turn of the loop at the current time.
+    fn turn(&mut self) {
+        self.drained |= self.reactor.turn();
+    }
+
+    /// Moves the clock forward, then runs a turn.
+    fn advance(&mut self, by: Duration) {
+        NOW.with(|now| now.set(Some(now.get().expect("set") + by)));
+        self.turn();
+    }
+
+    fn metrics(&self) -> &ReactorMetrics {
+        &self.reactor.core.shared.metrics[0]
+    }
+
+    /// A peer that upgraded on `path`; the 101 is read and checked.
+    fn websocket(&mut self, path: &str) -> ConnId {
+        let id = self.net.connect();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        self.net.send(id, request.as_bytes());
+        self.turn();
+        self.turn();
+        let response = String::from_utf8(self.net.read(id)).expect("ascii");
+        assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
+        id
+    }
+
+    fn send_text(&mut self, id: ConnId, text: &str) {
+        self.send_frame(id, OpCode::Text as u8, text.as_bytes());
+    }
+
+    fn send_frame(&mut self, id: ConnId, opcode: u8, payload: &[u8]) {
+        let frame = wsgate_proto::frame::encode_masked(true, 0, opcode, [1, 2, 3, 4], payload);
+        self.net.send(id, &frame);
+    }
+
+    /// Every complete frame the server wrote to `id` so far: (opcode, payload).
+    fn frames(&mut self, id: ConnId) -> Vec<(OpCode, Vec<u8>)> {
+        parse_frames(&self.net.read(id))
+    }
+
+    fn texts(&mut self, id: ConnId) -> Vec<String> {
+        self.frames(id)
+            .into_iter()
+            .map(|(op, payload)| {
+                assert_eq!(op, OpCode::Text);
+                String::from_utf8(payload).expect("utf-8")
+            })
+            .collect()
+    }
+}
+
+fn parse_frames(mut bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while let Some((header, n)) = FrameHeader::parse(bytes).expect("a valid server frame") {
+        assert!(header.mask.is_none(), "server frames are not masked");
+        let end = n + header.len as usize;
+        assert!(bytes.len() >= end, "a whole frame per flush");
+        frames.push((header.opcode, bytes[n..end].to_vec()));
+        bytes = &bytes[end..];
+    }
+    assert!(bytes.is_empty(), "trailing bytes");
+    frames
+}
+
+fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
+#[test]
+fn echo_then_close_handshake_releases_the_connection() {
+    let mut h = Harness::new(|_| {});
+    let id = h.websocket("/echo");
+    h.send_text(id, "hello");
+    h.turn();
+    h.turn();
+    assert_eq!(h.texts(id), ["hello"]);
+    h.send_frame(id, 0x8, &1000u16.to_be_bytes());
+    h.turn();
+    h.turn();
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(close_code(&frames[0].1), 1000);
+    assert!(h.net.fin(id), "FIN after the close reply");
+    assert!(!h.net.closed(id), "waits for the peer's FIN");
+    h.net.shutdown(id);
+    h.turn();
+    h.turn();
+    assert!(h.net.closed(id));
+    assert!(h.reactor.core.conns.is_empty(), "removed at Released");
+    assert_eq!(ReactorMetrics::get(&h.metrics().connections), 0);
+}
+
+#[test]
+fn echo_backpressure_pauses_reading_and_loses_nothing() {
+    let mut h = Harness::new(|c| c.max_outbound_bytes = 4096);
+    let id = h.websocket("/echo");
+    h.net.set_window(id, 0);
+    let payload = "x".repeat(1000);
+    for _ in 0..20 {
+        h.send_text(id, &payload);
+    }
+    for _ in 0..5 {
+        h.turn();
+    }
+    assert!(!h.net.receiving(id), "reading stops over the cap");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        h.net.set_window(id, 2000);
+        let mut bytes = h.net.read(id);
+        h.turn();
+        bytes.extend(h.net.read(id));
+        got.extend(bytes);
+        if parse_frames_partial(&got) == 20 {
+            break;
+        }
+    }
+    let frames = parse_frames(&got);
+    assert_eq!(frames.len(), 20, "every echo arrives, in order");
+    assert!(frames.iter().all(|(_, p)| p == payload.as_bytes()));
+    assert!(h.net.receiving(id), "reading resumed");
+}
+
+/// Counts the complete frames at the start of `bytes`.
+fn parse_frames_partial(mut bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while let Ok(Some((header, len))) = FrameHeader::parse(bytes) {
+        let end = len + header.len as usize;
+        if bytes.len() < end {
+            break;
+        }
+        bytes = &bytes[end..];
+        n += 1;
+    }
+    n
+}
+
+fn subscribe(h: &mut Harness, topic: &str) -> ConnId {
+    let id = h.websocket(&format!("/ws?subscribe={topic}"));
+    assert!(h.reactor.core.topics.find(topic).is_some());
+    id
+}
+
+fn http_publish(h: &mut Harness, topic: &str, body: &str) {
+    let id = h.net.connect();
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    h.net.send(id, request.as_bytes());
+    h.turn();
+    let response = String::from_utf8(h.net.read(id)).expect("ascii");
+    assert!(response.starts_with("HTTP/1.1 202 "), "{response}");
+}
+
+#[test]
+fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
+    let mut h = Harness::new(|c| {
+        c.max_outbound_bytes = 2048;
+        c.slow_consumer = SlowConsumerPolicy::Close;
+    });
+    let fast = subscribe(&mut h, "t");
+    let slow = subscribe(&mut h, "t");
+    h.net.set_window(slow, 0);
+    let body = format!("\"{}\"", "y".repeat(200));
+    let mut fast_got = Vec::new();
+    for _ in 0..30 {
+        http_publish(&mut h, "t", &body);
+        h.turn();
+        fast_got.extend(h.texts(fast));
+    }
+    assert_eq!(fast_got.len(), 30, "the fast subscriber misses nothing");
+    assert_eq!(
+        ReactorMetrics::get(&h.metrics().slow_consumer_closes),
+        1,
+        "closed once"
+    );
+    h.net.set_window(slow, usize::MAX);
+    let mut bytes = h.net.read(slow);
+    h.turn();
+    bytes.extend(h.net.read(slow));
+    let frames = parse_frames(&bytes);
+    let (last_op, last) = frames.last().expect("frames");
+    assert_eq!(*last_op, OpCode::Close);
+    assert_eq!(close_code(last), 1008);
+    let deliveries = frames.len() - 1;
+    assert!(deliveries < 30, "the slow one got {deliveries}");
+    http_publish(&mut h, "t", &body);
+    h.turn();
+    assert!(
+        h.net.read(slow).is_empty(),
+        "nothing follows the close frame"
+    );
+    assert_eq!(h.texts(fast).len(), 1);
+}
+
+#[test]
+fn slow_consumer_drop_policy_skips_and_counts() {
+    let mut h = Harness::new(|c| {
+        c.max_outbound_bytes = 1024;
+        c.slow_consumer = SlowConsumerPolicy::Drop;
+    });
+    let slow = subscribe(&mut h, "t");
+    h.net.set_window(slow, 0);
+    let body = format!("\"{}\"", "z".repeat(300));
+    for _ in 0..10 {
+        http_publish(&mut h, "t", &body);
+        h.turn();
+    }
+    let dropped = ReactorMetrics::get(&h.metrics().dropped);
+    let delivered = ReactorMetrics::get(&h.metrics().deliveries);
+    assert_eq!(dropped + delivered, 10);
+    assert!(dropped >= 6, "{dropped} dropped");
+    h.net.set_window(slow, usize::MAX);
+    let mut bytes = h.net.read(slow);
+    h.turn();
+    bytes.extend(h.net.read(slow));
+    assert_eq!(
+        parse_frames(&bytes).len() as u64,
+        delivered,
+        "no gaps inside a frame"
+    );
+    assert!(!h.net.closed(slow), "drop never closes");
+}
+
+/// Issue 9 item 5: a publisher that half-closes gets the copy of its own publish.
+#[test]
+fn half_closed_publisher_gets_its_own_delivery() {
+    let mut h = Harness::new(|c| c.client_publish = vec!["*".into()]);
+    let id = subscribe(&mut h, "t");
+    h.send_text(id, r#"{"op":"publish","topic":"t","data":1}"#);
+    h.net.shutdown(id);
+    for _ in 0..4 {
+        h.turn();
+    }
+    assert_eq!(h.texts(id), [r#"{"topic":"t","data":1}"#]);
+    assert!(h.net.closed(id), "closed once written");
+}
+
+#[test]
+fn drain_closes_websockets_with_1001_and_idle_http_at_once() {
+    let mut h = Harness::new(|c| c.drain_grace = Duration::from_secs(10));
+    let ws = h.websocket("/echo");
+    let idle = h.net.connect();
+    h.turn();
+    h.reactor.core.shared.drain();
+    h.net.wake();
+    h.turn();
+    assert!(!h.net.accepting(), "stopped accepting");
+    assert!(
+        h.net.closed(idle),
+        "an idle keep-alive connection goes at once"
+    );
+    let frames = h.frames(ws);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(close_code(&frames[0].1), 1001);
+    assert!(!h.drained, "waits for the close handshake");
+    h.send_frame(ws, 0x8, &1001u16.to_be_bytes());
+    h.net.shutdown(ws);
+    for _ in 0..3 {
+        h.turn();
+    }
+    assert!(h.net.closed(ws));
+    assert!(h.drained, "drained once every connection is gone");
+}
+
+#[test]
+fn drain_ends_at_the_grace_period() {
+    let mut h = Harness::new(|c| c.drain_grace = Duration::from_secs(2));
+    let ws = h.websocket("/echo");
+    h.reactor.core.shared.drain();
+    h.net.wake();
+    h.turn();
+    assert!(!h.drained);
+    h.advance(Duration::from_secs(3));
+    assert!(h.drained, "the grace period bounds the drain");
+    h.reactor.finish();
+    assert!(h.net.closed(ws));
+}
+
+#[test]
+fn idle_connection_is_pinged_then_closed_without_a_pong() {
+    let mut h = Harness::new(|c| {
+        c.limits.idle_timeout = Some(Duration::from_secs(5));
+        c.limits.pong_timeout = Duration::from_secs(2);
+    });
+    let id = h.websocket("/echo");
+    h.advance(Duration::from_secs(4));
+    assert!(h.frames(id).is_empty(), "not idle long enough");
+    h.advance(Duration::from_secs(2));
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Ping);
+    h.advance(Duration::from_secs(3));
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(close_code(&frames[0].1), 1008);
+}
+
+#[test]
+fn pong_keeps_an_idle_connection_open() {
+    let mut h = Harness::new(|c| {
+        c.limits.idle_timeout = Some(Duration::from_secs(5));
+        c.limits.pong_timeout = Duration::from_secs(2);
+    });
+    let id = h.websocket("/echo");
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.frames(id)[0].0, OpCode::Ping);
+    h.send_frame(id, 0xa, b"");
+    h.turn();
+    h.advance(Duration::from_secs(3));
+    assert!(h.frames(id).is_empty(), "no close after the pong");
+    assert!(!h.net.fin(id));
+}
+
+#[test]
+fn silent_connection_times_out_without_an_answer() {
+    let mut h = Harness::new(|c| c.handshake_timeout = Duration::from_secs(1));
+    let id = h.net.connect();
+    h.net.send(id, b"GET /echo HTTP/1.1\r\n");
+    h.turn();
+    h.advance(Duration::from_secs(2));
+    h.turn();
+    assert!(h.net.read(id).is_empty(), "no response to half a request");
+    assert!(h.net.closed(id));
+    assert_eq!(ReactorMetrics::get(&h.metrics().handshakes_timed_out), 1);
+}
+
+#[test]
+fn close_reply_that_never_comes_ends_at_close_timeout() {
+    let mut h = Harness::new(|c| c.limits.close_timeout = Duration::from_secs(1));
+    let id = h.websocket("/echo");
+    // A protocol error: an unmasked frame. The server sends 1002 and waits for the peer.
+    h.net.send(id, &[0x81, 0x00]);
+    h.turn();
+    h.turn();
+    let frames = h.frames(id);
+    assert_eq!(close_code(&frames[0].1), 1002);
+    assert!(!h.net.closed(id));
+    h.advance(Duration::from_secs(2));
+    h.turn();
+    assert!(h.net.closed(id), "closed at the deadline");
+}
+
+#[test]
+fn deliveries_of_one_turn_leave_in_one_send() {
+    let mut h = Harness::new(|_| {});
+    let id = subscribe(&mut h, "t");
+    let before = h.net.sends(id);
+    let publisher = h.net.connect();
+    let pipelined: String = (0..5)
+        .map(|i| format!("POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n{i}"))
+        .collect();
+    h.net.send(publisher, pipelined.as_bytes());
+    h.turn();
+    assert_eq!(
+        h.net.sends(id) - before,
+        1,
+        "corked: one send for five deliveries"
+    );
+    let texts = h.texts(id);
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"topic":"t","data":{i}}}"#))
+        .collect();
+    assert_eq!(texts, expected);
+}
+
+/// An idle connection costs its table slot and its subscriptions, nothing else: keep the
+/// slot small (the idle-memory target is under 300 bytes of RSS per connection, with the
+/// driver's own per-connection state).
+#[test]
+fn idle_connection_footprint() {
+    let slot = std::mem::size_of::<Option<super::conn::Conn>>();
+    assert!(slot <= 216, "{slot} bytes");
+    assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 104);
+}
