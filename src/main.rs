@@ -51,10 +51,10 @@ fn main() -> ExitCode {
 
 fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
     match wsgate::sys::raise_nofile_limit() {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => {
+        Ok(limit) if (limit as usize) < config.limits.max_connections + 64 => {
             tracing::warn!(
                 limit,
-                max_connections = config.max_connections,
+                max_connections = config.limits.max_connections,
                 "open-files limit below max_connections"
             )
         }
@@ -62,9 +62,9 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let (threads, pin) = (config.threads, config.pin);
-    let server =
-        Server::start(config.clone()).with_context(|| format!("starting on {}", config.listen))?;
+    let (threads, pin) = (config.net.threads, config.net.pin);
+    let server = Server::start(config.clone())
+        .with_context(|| format!("starting on {}", config.net.listen))?;
     tracing::info!(
         "wsgate listening on {}, {threads} reactors, pinning {}, io {}",
         server.local_addr(),

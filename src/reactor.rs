@@ -134,12 +134,12 @@ impl<D: Driver> Reactor<D> {
     pub fn run(mut self) -> io::Result<()> {
         let config = &self.core.shared.config;
         let shortest = [
-            config.handshake_timeout,
+            config.limits.handshake_timeout,
             config.limits.close_timeout,
             config.limits.pong_timeout,
         ]
         .into_iter()
-        .chain(config.limits.idle_timeout)
+        .chain(config.limits.echo.idle_timeout)
         .min()
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
@@ -270,14 +270,14 @@ impl<D: Driver> Reactor<D> {
             out: OutQueue::default(),
             phase: Phase::Request {
                 head: Vec::new(),
-                deadline: self.core.now + shared.config.handshake_timeout,
+                deadline: self.core.now + shared.config.limits.handshake_timeout,
             },
             in_flush: false,
             corked: false,
             blocked: false,
             paused: false,
             read_pending: false,
-            over_limit: open >= shared.config.max_connections,
+            over_limit: open >= shared.config.limits.max_connections,
             eof: false,
         });
     }
@@ -327,7 +327,7 @@ impl<D: Driver> Reactor<D> {
 
     /// Writes each connection's queued frames in one call, and finishes closes.
     fn flush(&mut self) {
-        let cap = self.core.shared.config.max_outbound_bytes;
+        let cap = self.core.shared.config.limits.max_outbound_bytes;
         let mut bytes_out = 0;
         while let Some(id) = self.core.flush.pop() {
             let Some(conn) = self.core.conns.get_mut(id.index()) else {
@@ -381,7 +381,7 @@ impl<D: Driver> Reactor<D> {
 
     fn start_drain(&mut self) {
         let now = self.core.now;
-        self.core.drain_deadline = Some(now + self.core.shared.config.drain_grace);
+        self.core.drain_deadline = Some(now + self.core.shared.config.net.drain_grace);
         self.driver.stop_accepting();
         let ids: Vec<usize> = self.core.conns.iter().map(|(key, _)| key).collect();
         for key in ids {
@@ -394,7 +394,7 @@ impl<D: Driver> Reactor<D> {
                 }
                 Phase::Request { .. } => {}
                 Phase::WebSocket { ws, .. } => {
-                    let limits = &self.core.shared.config.limits;
+                    let limits = &self.core.shared.config.limits.echo;
                     ws.close(
                         now,
                         limits,
@@ -535,9 +535,9 @@ impl<Io> Core<Io> {
             };
             let route = *route;
             let limits = if route == Route::PubSub {
-                &self.shared.config.pubsub_limits
+                &self.shared.config.limits.pubsub
             } else {
-                &self.shared.config.limits
+                &self.shared.config.limits.echo
             };
             let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut events);
             bytes = &mut mem::take(&mut bytes)[n..];
@@ -607,28 +607,28 @@ impl<Io> Core<Io> {
             |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
         match c.op {
             Op::Subscribe(topic) => {
-                broadcast::check_topic(&topic, config.max_topic_len)
+                broadcast::check_topic(&topic, config.limits.max_topic_len)
                     .map_err(|m| invalid(&c.id, m))?;
                 self.subscribe(id, &topic).map_err(|message| {
                     ControlError::new(c.id.clone(), "too_many_subscriptions", message)
                 })?;
             }
             Op::Unsubscribe(topic) => {
-                broadcast::check_topic(&topic, config.max_topic_len)
+                broadcast::check_topic(&topic, config.limits.max_topic_len)
                     .map_err(|m| invalid(&c.id, m))?;
                 self.unsubscribe(id, &topic);
             }
             Op::Publish { topic, data } => {
-                broadcast::check_topic(&topic, config.max_topic_len)
+                broadcast::check_topic(&topic, config.limits.max_topic_len)
                     .map_err(|m| invalid(&c.id, m))?;
-                if !broadcast::topic_allowed(&topic, &config.client_publish) {
+                if !broadcast::topic_allowed(&topic, &config.pubsub.client_publish) {
                     return Err(ControlError::new(
                         c.id,
                         "forbidden",
                         "publishing to this topic is not allowed",
                     ));
                 }
-                if data.len() > config.max_publish_bytes {
+                if data.len() > config.limits.max_publish_bytes {
                     return Err(ControlError::new(
                         c.id,
                         "too_large",
@@ -649,7 +649,7 @@ impl<Io> Core<Io> {
     }
 
     fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), &'static str> {
-        let max = self.shared.config.max_subscriptions;
+        let max = self.shared.config.limits.max_subscriptions;
         let Phase::WebSocket { subs, .. } = &mut self.conns[id.index()].phase else {
             return Ok(());
         };
@@ -709,7 +709,7 @@ impl<Io> Core<Io> {
     /// subscriber: each gets a reference.
     fn deliver(&mut self, topic: &str, frame: &Bytes, published: Instant) {
         let config = &self.shared.config;
-        let cap = config.max_outbound_bytes;
+        let cap = config.limits.max_outbound_bytes;
         let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
         for id in self.topics.subscribers(topic) {
             let conn = &mut self.conns[id.index()];
@@ -721,7 +721,7 @@ impl<Io> Core<Io> {
                     delivered += 1;
                 }
             } else {
-                match config.slow_consumer {
+                match config.pubsub.slow_consumer {
                     SlowConsumerPolicy::Drop => dropped += 1,
                     SlowConsumerPolicy::Close if ws.is_open() => {
                         closed += 1;
@@ -732,7 +732,7 @@ impl<Io> Core<Io> {
                         }
                         ws.close(
                             self.now,
-                            &config.limits,
+                            &config.limits.echo,
                             CloseCode::POLICY,
                             "slow consumer",
                             &mut conn.out,
@@ -744,14 +744,14 @@ impl<Io> Core<Io> {
             if conn.in_flush || conn.corked {
                 continue;
             }
-            if config.write_delay.is_zero() {
+            if config.pubsub.write_delay.is_zero() {
                 conn.in_flush = true;
                 self.flush.push(id);
             } else {
                 conn.corked = true;
                 self.corked.push(id);
                 self.corked_until
-                    .get_or_insert(self.now + config.write_delay);
+                    .get_or_insert(self.now + config.pubsub.write_delay);
             }
         }
         let m = &self.shared.metrics[self.index];
@@ -800,7 +800,7 @@ impl<Io> Core<Io> {
             split.extend_from_slice(bytes);
             &mut split
         };
-        let max_head = self.shared.config.max_header_bytes;
+        let max_head = self.shared.config.limits.max_header_bytes;
         loop {
             let req = match handshake::parse_request(input, max_head) {
                 Ok(Some(req)) => req,
@@ -808,7 +808,7 @@ impl<Io> Core<Io> {
                 Err(err) => return self.reject(id, &err),
             };
             let body_len = req.content_length.unwrap_or(0);
-            if body_len > self.shared.config.max_publish_bytes {
+            if body_len > self.shared.config.limits.max_publish_bytes {
                 return self.reject(id, &HttpError::new(413, "request body over the limit"));
             }
             let total = req.head_len + body_len;
@@ -822,7 +822,7 @@ impl<Io> Core<Io> {
                 Next::Upgraded => return self.on_frame_bytes(id, rest),
                 Next::Close => return self.begin_closing(id),
                 Next::KeepAlive => {
-                    let deadline = self.now + self.shared.config.handshake_timeout;
+                    let deadline = self.now + self.shared.config.limits.handshake_timeout;
                     self.conns[id.index()].phase = Phase::Request {
                         head: Vec::new(),
                         deadline,
@@ -897,8 +897,8 @@ impl<Io> Core<Io> {
     fn upgrade(&mut self, id: ConnId, req: &Request, route: Route) -> Next {
         let config = &self.shared.config;
         let policy = UpgradePolicy {
-            subprotocols: &config.subprotocols,
-            allowed_origins: config.allowed_origins.as_deref(),
+            subprotocols: &config.http.subprotocols,
+            allowed_origins: config.http.allowed_origins.as_deref(),
         };
         let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
             let topics = if route == Route::PubSub {
@@ -950,9 +950,9 @@ impl<Io> Core<Io> {
                 Phase::WebSocket { ws, route, .. } => {
                     ws.release_idle();
                     let limits = if *route == Route::PubSub {
-                        &self.shared.config.pubsub_limits
+                        &self.shared.config.limits.pubsub
                     } else {
-                        &self.shared.config.limits
+                        &self.shared.config.limits.echo
                     };
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);

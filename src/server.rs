@@ -59,26 +59,26 @@ impl Server {
     /// Binds the listeners and starts the reactors. With port 0 the first listener picks
     /// a port and the others share it.
     pub fn start(config: Config) -> io::Result<Self> {
-        let backend = driver::select(config.io)?;
-        let mut listeners = Vec::with_capacity(config.threads);
-        let mut addr = config.listen;
-        for _ in 0..config.threads {
-            let listener = bind_reuseport(addr, config.socket_send_buffer)?;
+        let backend = driver::select(config.net.io)?;
+        let mut listeners = Vec::with_capacity(config.net.threads);
+        let mut addr = config.net.listen;
+        for _ in 0..config.net.threads {
+            let listener = bind_reuseport(addr, config.net.socket_send_buffer)?;
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
-        let wakers = (0..config.threads)
+        let wakers = (0..config.net.threads)
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let cores = if config.pin {
+        let cores = if config.net.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let metrics = (0..config.threads)
+        let metrics = (0..config.net.threads)
             .map(|_| ReactorMetrics::default())
             .collect();
-        let (fanout, inboxes) = Fanout::new(&wakers, config.inbox_capacity);
+        let (fanout, inboxes) = Fanout::new(&wakers, config.pubsub.inbox_capacity);
         let shared = Arc::new(Shared {
             config,
             draining: AtomicBool::new(false),
@@ -110,7 +110,7 @@ impl Server {
                             EpollDriver::new(listener, waker)
                         }),
                         Backend::Uring => {
-                            let opts = shared.config.uring;
+                            let opts = shared.config.uring.clone();
                             run_reactor(index, shared, inbox, ready_tx, || {
                                 UringDriver::new(listener, waker, &opts)
                             })

@@ -21,8 +21,9 @@ fn bad_settings_exit_2_naming_the_setting() {
     fails_with(&["serve", "--listen", "nowhere"], "listen");
     fails_with(
         &["serve", "--handshake-timeout", "soon"],
-        "handshake_timeout",
+        "--handshake-timeout",
     );
+    fails_with(&["serve", "--threads", "65"], "threads");
     fails_with(&["serve", "--max-frame-size", "0"], "max_frame_size");
     fails_with(&["serve", "--slow-consumer", "explode"], "slow-consumer");
     fails_with(&["serve", "--no-such-flag"], "no-such-flag");
@@ -32,8 +33,17 @@ fn bad_settings_exit_2_naming_the_setting() {
     std::fs::write(&bad, "threads = \"many\"\n").unwrap();
     fails_with(&["serve", "--config", bad.to_str().unwrap()], "bad.toml");
     let unknown = dir.join("unknown.toml");
-    std::fs::write(&unknown, "tls = true\n").unwrap();
-    fails_with(&["serve", "--config", unknown.to_str().unwrap()], "tls");
+    std::fs::write(&unknown, "listen = \"127.0.0.1:0\"\nno_such_key = true\n").unwrap();
+    fails_with(
+        &["serve", "--config", unknown.to_str().unwrap()],
+        "unknown setting `no_such_key`",
+    );
+    let bad_value = dir.join("bad_value.toml");
+    std::fs::write(&bad_value, "max-topic-len = 0\n").unwrap();
+    fails_with(
+        &["serve", "--config", bad_value.to_str().unwrap()],
+        "`max_topic_len`",
+    );
     fails_with(
         &[
             "serve",
@@ -95,7 +105,7 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
     let config = dir.join("wsgate.toml");
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\n",
+        "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\nmax-outbound-bytes = 65536\n",
     )
     .unwrap();
     let mut child = Command::new(BIN)
