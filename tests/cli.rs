@@ -111,12 +111,12 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The start-up line names the address, reactors, pinning and I/O backend.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The start-up line (logs go to stderr) names the address, reactors, pinning and I/O backend.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines
         .by_ref()
         .map(|l| l.unwrap())
