@@ -62,6 +62,9 @@ impl Server {
         let backend = driver::select(config.net.io)?;
         let mut listeners = Vec::with_capacity(config.net.threads);
         let mut addr = config.net.listen;
+        if !config.net.share_port {
+            refuse_shared(addr)?;
+        }
         for _ in 0..config.net.threads {
             let listener = bind_reuseport(addr, config.net.socket_send_buffer)?;
             addr = listener.local_addr()?;
@@ -206,6 +209,30 @@ fn run_reactor<D: Driver>(
     };
     let _ = ready.send(Ok(()));
     Reactor::new(index, driver, shared, inbox).run()
+}
+
+/// Fails if another socket listens on `addr`: the reactors' SO_REUSEPORT listeners would
+/// otherwise join a group that a second wsgate (of the same user) already holds, and the
+/// two would split the traffic silently (issue 9, item 1). A probe bound without
+/// SO_REUSEPORT conflicts with any listener on the address (one that binds between the
+/// probe and our listeners is missed: strays start seconds apart, not microseconds). Port 0
+/// always gets a fresh port.
+fn refuse_shared(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections in TIME_WAIT left by an earlier run are no reason to refuse.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "address {addr} is already in use (set share_port to listen beside another wsgate)"
+            ),
+        )),
+        result => result,
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {

@@ -63,6 +63,7 @@ fn help_documents_every_setting_with_its_default() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--listen",
+        "--share-port",
         "--threads",
         "--pin",
         "--io",

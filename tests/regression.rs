@@ -2,7 +2,7 @@
 //! since what they guard is what a user starting it sees.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
@@ -76,6 +76,74 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `wsgate serve ARGS`, which must exit (not start serving) within `TIMEOUT`.
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(["serve", "--io", "epoll", "--pin", "false"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wsgate runs");
+    let pid = child.id().to_string();
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match done.recv_timeout(TIMEOUT) {
+        Ok(output) => output.expect("wsgate's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("wsgate serve {args:?} started instead of exiting");
+        }
+    }
+}
+
+/// Issue 9, item 1: a second instance on a port in use silently shared it (SO_REUSEPORT
+/// on every listener) and split the pub/sub traffic; it must fail, naming the address.
+#[test]
+fn second_instance_on_a_port_in_use_fails() {
+    let first = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
+    for threads in ["1", "2"] {
+        let out = run(&["--listen", &first.addr, "--threads", threads]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("in use"), "{stderr}");
+        assert!(stderr.contains(&first.addr), "names the address: {stderr}");
+    }
+    // The first instance is untouched: it still serves and drains.
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/echo", first.addr)).unwrap();
+    ws.send(tungstenite::Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("still here"));
+    drop(ws);
+    first.stop();
+}
+
+/// Issue 9, item 1: sharing a port stays possible when asked for (a handover), and only then.
+#[test]
+fn share_port_lets_two_instances_listen_together() {
+    let first = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--share-port"]);
+    let second = Gateway::start(&["--listen", &first.addr, "--threads", "1", "--share-port"]);
+    assert_eq!(second.addr, first.addr);
+    let out = run(&["--listen", &first.addr, "--threads", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a third without --share-port is refused"
+    );
+    let echo = |addr: &str| {
+        let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/echo")).unwrap();
+        ws.send(tungstenite::Message::text("hi")).unwrap();
+        assert_eq!(ws.read().unwrap(), tungstenite::Message::text("hi"));
+    };
+    echo(&first.addr);
+    // The handover: the old instance drains and exits, the new one serves on.
+    let addr = first.addr.clone();
+    first.stop();
+    for _ in 0..4 {
+        echo(&addr);
+    }
+    second.stop();
 }
 
 /// Issue 9, item 6: `--threads 64` on 2 cores started 64 reactors without a word; more

@@ -206,7 +206,7 @@ mod tests {
     fn defaults_are_documented_values() {
         let c = Config::default();
         assert_eq!(c.net.listen, "127.0.0.1:8080".parse().unwrap());
-        assert!(c.net.threads >= 1 && c.net.pin && c.http.echo);
+        assert!(c.net.threads >= 1 && c.net.pin && c.http.echo && !c.net.share_port);
         assert_eq!(c.limits.echo.max_message_size, 16 << 20);
         assert_eq!(c.limits.echo.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 128 + 256);
@@ -272,11 +272,11 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\nthreads = 3\nidle_timeout = \"0s\"\nmax_topic_len = 64",
         )
         .unwrap();
-        let cli = flags(&["--threads", "1", "--pin", "false"]).unwrap();
+        let cli = flags(&["--threads", "1", "--share-port", "--pin", "false"]).unwrap();
         let c = cli.over(file).validate().unwrap();
         assert_eq!(c.net.listen.port(), 9000, "from the file");
         assert_eq!(c.net.threads, 1, "the flag wins");
-        assert!(!c.net.pin);
+        assert!(c.net.share_port && !c.net.pin);
         assert_eq!(c.limits.echo.idle_timeout, None, "0s disables pings");
         assert_eq!(c.limits.max_topic_len, 64);
         assert_eq!(c.limits.max_subscriptions, 64, "the default");
@@ -334,7 +334,7 @@ mod tests {
         let help = Cli::command().render_help().to_string();
         assert!(help.contains("--max-outbound-bytes <BYTES>"), "{help}");
         assert!(help.contains("[default: 1048576]"), "{help}");
-        assert!(help.contains("--pin [<BOOL>]"), "{help}");
+        assert!(help.contains("--share-port [<BOOL>]"), "{help}");
         assert!(
             help.contains("[possible values: auto, epoll, uring]"),
             "{help}"

@@ -26,6 +26,10 @@ section! {
         /// Address to listen on.
         #[arg(value_name = "ADDR:PORT", env = "WSGATE_LISTEN")]
         listen: SocketAddr = "127.0.0.1:8080";
+        /// Share the address with another wsgate already listening on it, the kernel
+        /// spreading connections between them (a zero-downtime handover); without it, an
+        /// address in use is an error.
+        share_port: bool = "false";
         /// Reactor threads, one per core; 0 means one per core available to the process.
         threads: usize = "0", check within(0, MAX_THREADS);
         /// Pin each reactor to its own core.
