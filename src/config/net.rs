@@ -6,8 +6,9 @@ use std::time::Duration;
 use super::setting::{enum_value, positive, section, within, Finish};
 use super::ConfigError;
 
-/// Most reactors a gateway runs: topic interest is a 64-bit set of reactors.
-pub const MAX_THREADS: usize = 64;
+/// Most reactors a gateway runs: each has one bit of a `u64` in the fan-out's interest
+/// table (`broadcast`). Defined here so that the config depends on nothing above it.
+pub const MAX_REACTORS: usize = 64;
 
 /// Which I/O backend the reactors run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,7 +32,7 @@ section! {
         /// address in use is an error.
         share_port: bool = "false";
         /// Reactor threads, one per core; 0 means one per core available to the process.
-        threads: usize = "0", check within(0, MAX_THREADS);
+        threads: usize = "0", check within(0, MAX_REACTORS);
         /// Pin each reactor to its own core.
         pin: bool = "true";
         /// I/O backend: auto, epoll or uring.
