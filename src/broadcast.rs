@@ -19,12 +19,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use indexmap::IndexSet;
 use slab::Slab;
 
+use crate::config::net::MAX_REACTORS;
 use crate::driver::ConnId;
 use crate::sys::EventFd;
 use wsgate_proto::Prepared;
 
-/// At most this many reactors (one bit each in the interest table).
-pub const MAX_REACTORS: usize = 64;
 const SHARDS: usize = 64;
 
 /// One publish on its way to another reactor.

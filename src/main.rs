@@ -1,5 +1,6 @@
 //! The `wsgate` binary: configuration, the reactors, and waiting for a shutdown signal.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -29,6 +30,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let Command::Serve(raw) = Cli::parse()
         .command
@@ -51,20 +54,30 @@ fn main() -> ExitCode {
 
 fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
     match wsgate::sys::raise_nofile_limit() {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => {
+        Ok(limit) if (limit as usize) < config.limits.max_connections + 64 => {
             tracing::warn!(
                 limit,
-                max_connections = config.max_connections,
+                max_connections = config.limits.max_connections,
                 "open-files limit below max_connections"
             )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if config.net.threads > cores {
+        // Issue 9, item 6: each reactor costs memory (README, Configuration) and extra
+        // reactors only compete for the same cores.
+        tracing::warn!(
+            "{} reactors but {cores} cores available to this process: each reactor costs \
+             memory (see README, Configuration) and the extra ones only compete for the cores",
+            config.net.threads
+        );
+    }
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let (threads, pin) = (config.threads, config.pin);
-    let server =
-        Server::start(config.clone()).with_context(|| format!("starting on {}", config.listen))?;
+    let (threads, pin) = (config.net.threads, config.net.pin);
+    let server = Server::start(config.clone())
+        .with_context(|| format!("starting on {}", config.net.listen))?;
     tracing::info!(
         "wsgate listening on {}, {threads} reactors, pinning {}, io {}",
         server.local_addr(),

@@ -28,20 +28,23 @@ impl Server {
     /// Binds the listeners and starts the reactors. With port 0 the first listener picks
     /// a port and the others share it.
     pub fn start(config: Config) -> io::Result<Self> {
-        let backend = driver::select(config.io)?;
-        let mut listeners = Vec::with_capacity(config.threads);
-        let mut addr = config.listen;
-        for _ in 0..config.threads {
-            let listener = bind_reuseport(addr, config.socket_send_buffer)?;
+        let backend = driver::select(config.net.io)?;
+        let mut listeners = Vec::with_capacity(config.net.threads);
+        let mut addr = config.net.listen;
+        if !config.net.share_port {
+            refuse_shared(addr)?;
+        }
+        for _ in 0..config.net.threads {
+            let listener = bind_reuseport(addr, config.net.socket_send_buffer)?;
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
-        let cores = if config.pin {
+        let cores = if config.net.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let threads = config.threads;
+        let threads = config.net.threads;
         let (shared, inboxes) = Shared::new(config, backend.name(), threads)?;
         let mut threads = Vec::with_capacity(listeners.len());
         // Each driver is built on its reactor's thread (an io_uring ring with SINGLE_ISSUER
@@ -65,7 +68,7 @@ impl Server {
                             EpollDriver::new(vec![listener], waker)
                         }),
                         Backend::Uring => {
-                            let opts = shared.config.uring;
+                            let opts = shared.config.uring.clone();
                             run_reactor(index, shared, inbox, ready_tx, || {
                                 UringDriver::new(vec![listener], waker, &opts)
                             })
@@ -153,6 +156,30 @@ fn run_reactor<D: Driver>(
     };
     let _ = ready.send(Ok(()));
     Reactor::new(index, driver, shared, inbox).run()
+}
+
+/// Fails if another socket listens on `addr`: the reactors' SO_REUSEPORT listeners would
+/// otherwise join a group that a second wsgate (of the same user) already holds, and the
+/// two would split the traffic silently (issue 9, item 1). A probe bound without
+/// SO_REUSEPORT conflicts with any listener on the address (one that binds between the
+/// probe and our listeners is missed: strays start seconds apart, not microseconds). Port 0
+/// always gets a fresh port.
+fn refuse_shared(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections in TIME_WAIT left by an earlier run are no reason to refuse.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "address {addr} is already in use (set share_port to listen beside another wsgate)"
+            ),
+        )),
+        result => result,
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {

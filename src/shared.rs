@@ -40,7 +40,7 @@ impl Shared {
         let wakers = (0..reactors)
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let (fanout, inboxes) = Fanout::new(&wakers, config.inbox_capacity);
+        let (fanout, inboxes) = Fanout::new(&wakers, config.pubsub.inbox_capacity);
         let shared = Arc::new(Self {
             config,
             draining: AtomicBool::new(false),

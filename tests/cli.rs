@@ -21,8 +21,9 @@ fn bad_settings_exit_2_naming_the_setting() {
     fails_with(&["serve", "--listen", "nowhere"], "listen");
     fails_with(
         &["serve", "--handshake-timeout", "soon"],
-        "handshake_timeout",
+        "--handshake-timeout",
     );
+    fails_with(&["serve", "--threads", "65"], "threads");
     fails_with(&["serve", "--max-frame-size", "0"], "max_frame_size");
     fails_with(&["serve", "--slow-consumer", "explode"], "slow-consumer");
     fails_with(&["serve", "--no-such-flag"], "no-such-flag");
@@ -32,8 +33,17 @@ fn bad_settings_exit_2_naming_the_setting() {
     std::fs::write(&bad, "threads = \"many\"\n").unwrap();
     fails_with(&["serve", "--config", bad.to_str().unwrap()], "bad.toml");
     let unknown = dir.join("unknown.toml");
-    std::fs::write(&unknown, "tls = true\n").unwrap();
-    fails_with(&["serve", "--config", unknown.to_str().unwrap()], "tls");
+    std::fs::write(&unknown, "listen = \"127.0.0.1:0\"\nno_such_key = true\n").unwrap();
+    fails_with(
+        &["serve", "--config", unknown.to_str().unwrap()],
+        "unknown setting `no_such_key`",
+    );
+    let bad_value = dir.join("bad_value.toml");
+    std::fs::write(&bad_value, "max-topic-len = 0\n").unwrap();
+    fails_with(
+        &["serve", "--config", bad_value.to_str().unwrap()],
+        "`max_topic_len`",
+    );
     fails_with(
         &[
             "serve",
@@ -53,6 +63,7 @@ fn help_documents_every_setting_with_its_default() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--listen",
+        "--share-port",
         "--threads",
         "--pin",
         "--io",
@@ -95,18 +106,18 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
     let config = dir.join("wsgate.toml");
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\n",
+        "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\nmax-outbound-bytes = 65536\n",
     )
     .unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The start-up line names the address, reactors, pinning and I/O backend.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The start-up line (logs go to stderr) names the address, reactors, pinning and I/O backend.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines
         .by_ref()
         .map(|l| l.unwrap())

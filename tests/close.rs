@@ -65,8 +65,8 @@ for_each_driver! {
 
     fn oversized_frames_and_messages_close_with_1009(io: IoBackend) {
         let server = TestServer::start(io, |c| {
-            c.max_frame_size = Some(1000);
-            c.max_message_size = Some(1500);
+            c.limits.max_frame_size = Some(1000);
+            c.limits.max_message_size = Some(1500);
         });
         // Rejected at the header, before the payload is sent.
         assert_fails_with(&server, &client_frame(true, 0x2, &[0; 1001])[..8], 1009);

@@ -3,6 +3,7 @@
 mod util;
 
 use std::io::Write;
+use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
@@ -65,8 +66,8 @@ for_each_driver! {
 
     fn idle_connection_is_pinged_and_closed_without_pong(io: IoBackend) {
         let server = TestServer::start(io, |c| {
-            c.idle_timeout = Some("100ms".into());
-            c.pong_timeout = Some("100ms".into());
+            c.limits.idle_timeout = Some(Duration::from_millis(100));
+            c.limits.pong_timeout = Some(Duration::from_millis(100));
         });
         let mut stream = raw_upgrade(&server, "/echo");
         assert_eq!(read_frame(&mut stream), (true, 0x9, vec![]), "a ping after silence");
@@ -77,8 +78,8 @@ for_each_driver! {
 
     fn answered_pings_keep_the_connection(io: IoBackend) {
         let server = TestServer::start(io, |c| {
-            c.idle_timeout = Some("50ms".into());
-            c.pong_timeout = Some("200ms".into());
+            c.limits.idle_timeout = Some(Duration::from_millis(50));
+            c.limits.pong_timeout = Some(Duration::from_millis(200));
         });
         let mut stream = raw_upgrade(&server, "/echo");
         for _ in 0..3 {
@@ -98,7 +99,7 @@ for_each_driver! {
     }
 
     fn client_that_does_not_read_is_backpressured_not_dropped(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.max_outbound_bytes = Some(64 * 1024));
+        let server = TestServer::start(io, |c| c.limits.max_outbound_bytes = Some(64 * 1024));
         let mut ws = connect(&server, "/echo");
         // 8 MiB of echoes queue up while the client only writes: the server stops
         // reading instead of buffering without bound, and catches up once read.

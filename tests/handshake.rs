@@ -4,6 +4,7 @@
 mod util;
 
 use std::io::Write;
+use std::time::Duration;
 
 use util::*;
 
@@ -86,12 +87,12 @@ for_each_driver! {
     }
 
     fn disabled_echo_is_404(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.echo = Some(false));
+        let server = TestServer::start(io, |c| c.http.echo = Some(false));
         assert_eq!(http(&server, &upgrade_request("/echo", "")).status, 404);
     }
 
     fn oversized_head_gets_431(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.max_header_bytes = Some(1024));
+        let server = TestServer::start(io, |c| c.limits.max_header_bytes = Some(1024));
         let big = format!("X-Filler: {}\r\n", "a".repeat(2000));
         let r = http(&server, &upgrade_request("/echo", &big));
         assert_eq!(r.status, 431);
@@ -103,7 +104,7 @@ for_each_driver! {
     }
 
     fn origin_allowlist_gives_403(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.allowed_origins = Some(vec!["https://app.example".into()]));
+        let server = TestServer::start(io, |c| c.http.allowed_origins = Some(Some(vec!["https://app.example".into()])));
         let ok = http(&server, &upgrade_request("/echo", "Origin: https://app.example\r\n"));
         assert_eq!(ok.status, 101);
         let denied = http(&server, &upgrade_request("/echo", "Origin: https://evil.example\r\n"));
@@ -112,7 +113,7 @@ for_each_driver! {
     }
 
     fn subprotocol_is_chosen_from_the_configured_list(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.subprotocols = Some(vec!["v2.wsgate".into(), "v1.wsgate".into()]));
+        let server = TestServer::start(io, |c| c.http.subprotocols = Some(vec!["v2.wsgate".into(), "v1.wsgate".into()]));
         let r = http(&server, &upgrade_request("/echo", "Sec-WebSocket-Protocol: v1.wsgate, v2.wsgate\r\n"));
         assert_eq!(r.header("sec-websocket-protocol"), Some("v2.wsgate"), "server preference order");
         let r = http(&server, &upgrade_request("/echo", "Sec-WebSocket-Protocol: v1.wsgate\r\n"));
@@ -127,7 +128,7 @@ for_each_driver! {
     }
 
     fn connections_over_the_limit_get_503(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.max_connections = Some(2));
+        let server = TestServer::start(io, |c| c.limits.max_connections = Some(2));
         let _a = connect(&server, "/echo");
         let _b = connect(&server, "/echo");
         let r = http(&server, &upgrade_request("/echo", ""));
@@ -136,7 +137,7 @@ for_each_driver! {
     }
 
     fn silent_client_is_dropped_after_the_handshake_timeout(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.handshake_timeout = Some("200ms".into()));
+        let server = TestServer::start(io, |c| c.limits.handshake_timeout = Some(Duration::from_millis(200)));
         let mut silent = tcp(&server);
         let mut stalled = tcp(&server);
         stalled.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();

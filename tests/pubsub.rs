@@ -95,7 +95,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 for_each_driver! {
     fn subscribe_publish_unsubscribe(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.client_publish = Some(vec!["chat.*".into()]));
+        let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["chat.*".into()]));
         let mut alice = connect(&server, "/ws");
         let mut bob = connect(&server, "/ws");
         op_ok(&mut alice, json!({"op": "subscribe", "topic": "chat.room"}));
@@ -130,7 +130,7 @@ for_each_driver! {
     fn every_subscriber_on_every_reactor_gets_every_message_once_in_order(io: IoBackend) {
         const PUBLISHERS: usize = 4;
         const MESSAGES: usize = 300;
-        let server = TestServer::start(io, |c| c.client_publish = Some(vec!["*".into()]));
+        let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
         let mut subscribers: Vec<Client> = (0..24).map(|_| connect(&server, "/ws?subscribe=feed")).collect();
         let per_reactor: Vec<u64> =
             server.server().shared().metrics.iter().map(|m| ReactorMetrics::get(&m.handshakes_ok)).collect();
@@ -192,8 +192,8 @@ for_each_driver! {
 
     fn http_publish_statuses(io: IoBackend) {
         let server = TestServer::start(io, |c| {
-            c.publish_token = Some("s3cret".into());
-            c.max_publish_bytes = Some(1024);
+            c.http.publish_token = Some(Some("s3cret".into()));
+            c.limits.max_publish_bytes = Some(1024);
         });
         let mut ws = connect(&server, "/ws?subscribe=t");
         assert_eq!(Publisher::new(&server, None).publish("t", "1").status, 401);
@@ -220,8 +220,8 @@ for_each_driver! {
 
     fn bad_control_messages_get_errors_and_the_connection_stays(io: IoBackend) {
         let server = TestServer::start(io, |c| {
-            c.max_subscriptions = Some(2);
-            c.client_publish = Some(vec!["open.*".into()]);
+            c.limits.max_subscriptions = Some(2);
+            c.pubsub.client_publish = Some(vec!["open.*".into()]);
         });
         let mut ws = connect(&server, "/ws");
         assert_eq!(error_code(&mut ws, "{not json"), "bad_json");
@@ -250,7 +250,7 @@ for_each_driver! {
     }
 
     fn oversized_control_message_closes_with_1009(io: IoBackend) {
-        let server = TestServer::start(io, |c| c.max_publish_bytes = Some(1024));
+        let server = TestServer::start(io, |c| c.limits.max_publish_bytes = Some(1024));
         let mut stream = raw_upgrade(&server, "/ws");
         stream.write_all(&client_frame(true, 0x1, &vec![b' '; 8192])).unwrap();
         assert_eq!(read_close_code(&mut stream), 1009);
@@ -290,9 +290,9 @@ fn slow_consumer(io: wsgate::config::IoBackend, policy: &str) {
     const GOOD: usize = 100;
     const MESSAGES: usize = 400;
     let server = TestServer::start(io, |c| {
-        c.max_outbound_bytes = Some(64 * 1024);
-        c.socket_send_buffer = Some(16 * 1024);
-        c.slow_consumer = Some(if policy == "close" {
+        c.limits.max_outbound_bytes = Some(64 * 1024);
+        c.net.socket_send_buffer = Some(16 * 1024);
+        c.pubsub.slow_consumer = Some(if policy == "close" {
             wsgate::config::SlowConsumerPolicy::Close
         } else {
             wsgate::config::SlowConsumerPolicy::Drop

@@ -3,6 +3,7 @@
 mod util;
 
 use std::io::Write;
+use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -47,8 +48,8 @@ for_each_driver! {
 
     fn drain_gives_up_on_clients_that_never_answer(io: IoBackend) {
         let mut server = TestServer::start(io, |c| {
-            c.close_timeout = Some("100ms".into());
-            c.drain_grace = Some("5s".into());
+            c.limits.close_timeout = Some(Duration::from_millis(100));
+            c.net.drain_grace = Some(Duration::from_secs(5));
         });
         let mut silent = raw_upgrade(&server, "/echo");
         server.server().drain();
@@ -60,8 +61,8 @@ for_each_driver! {
 
     fn requests_during_drain_get_503(io: IoBackend) {
         let mut server = TestServer::start(io, |c| {
-            c.threads = Some(1);
-            c.close_timeout = Some("100ms".into());
+            c.net.threads = Some(1);
+            c.limits.close_timeout = Some(Duration::from_millis(100));
         });
         let mut ws = connect(&server, "/echo");
         let mut http = tcp(&server);

@@ -61,9 +61,9 @@ fn assert_echo_works(server: &TestServer) {
 for_each_driver! {
     fn close_while_a_send_is_in_flight(io: IoBackend) {
         let mut server = TestServer::start(io, |c| {
-            c.threads = Some(1);
-            c.max_outbound_bytes = Some(64 * MIB);
-            c.close_timeout = Some("100ms".into());
+            c.net.threads = Some(1);
+            c.limits.max_outbound_bytes = Some(64 * MIB);
+            c.limits.close_timeout = Some(Duration::from_millis(100));
         });
         let mut stream = stalled_client(&server);
         // 16 MiB of echoes: far more than the socket buffers hold, so a send is stuck.
@@ -81,9 +81,9 @@ for_each_driver! {
 
     fn drain_while_a_send_is_in_flight(io: IoBackend) {
         let mut server = TestServer::start(io, |c| {
-            c.threads = Some(1);
-            c.max_outbound_bytes = Some(64 * MIB);
-            c.drain_grace = Some("200ms".into());
+            c.net.threads = Some(1);
+            c.limits.max_outbound_bytes = Some(64 * MIB);
+            c.net.drain_grace = Some(Duration::from_millis(200));
         });
         let mut stream = stalled_client(&server);
         queue_echoes(&mut stream, 16);
@@ -98,9 +98,9 @@ for_each_driver! {
     fn receive_buffer_exhaustion_loses_nothing(io: IoBackend) {
         // 8 receive buffers of 256 bytes for 64 connections sending at once.
         let server = TestServer::start(io, |c| {
-            c.threads = Some(1);
-            c.uring_bufs = Some(8);
-            c.uring_buf_size = Some(256);
+            c.net.threads = Some(1);
+            c.uring.bufs = Some(8);
+            c.uring.buf_size = Some(256);
         });
         let mut clients: Vec<TcpStream> = (0..64).map(|_| raw_upgrade(&server, "/echo")).collect();
         let message = |i: usize, j: usize| -> Vec<u8> {

@@ -11,9 +11,12 @@ struct Gateway(Option<Server>);
 impl Gateway {
     fn start(tweak: impl FnOnce(&mut RawConfig)) -> Self {
         let mut raw = RawConfig {
-            listen: Some("127.0.0.1:0".into()),
-            threads: Some(2),
-            pin: Some(false),
+            net: wsgate::config::net::Raw {
+                listen: Some(([127, 0, 0, 1], 0).into()),
+                threads: Some(2),
+                pin: Some(false),
+                ..Default::default()
+            },
             ..Default::default()
         };
         tweak(&mut raw);
@@ -56,7 +59,7 @@ fn echo_against_wsgate() {
 
 #[test]
 fn fanout_against_wsgate_over_ws_publish() {
-    let gw = Gateway::start(|c| c.client_publish = Some(vec!["*".into()]));
+    let gw = Gateway::start(|c| c.pubsub.client_publish = Some(vec!["*".into()]));
     let v = loadgen_ok(
         "fanout",
         &gw.url("/ws"),
@@ -82,7 +85,7 @@ fn fanout_against_wsgate_over_ws_publish() {
 
 #[test]
 fn fanout_against_wsgate_over_http_publish_with_token() {
-    let gw = Gateway::start(|c| c.publish_token = Some("t0k".into()));
+    let gw = Gateway::start(|c| c.http.publish_token = Some(Some("t0k".into())));
     let v = loadgen_ok(
         "fanout",
         &gw.url("/ws"),

@@ -93,7 +93,7 @@ fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, 
     if req.method != Method::Post {
         return Err(fail(405, "use POST", &[("Allow", "POST")]));
     }
-    if let Some(token) = &config.publish_token {
+    if let Some(token) = &config.http.publish_token {
         let given = req
             .authorization
             .as_deref()
@@ -107,7 +107,7 @@ fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, 
         }
     }
     let topic = &req.path["/publish/".len()..];
-    if let Err(reason) = broadcast::check_topic(topic, config.max_topic_len) {
+    if let Err(reason) = broadcast::check_topic(topic, config.limits.max_topic_len) {
         return Err(fail(400, reason, &[]));
     }
     // simd-json parses in place; the body is delivered as sent, so check a copy.
@@ -137,14 +137,14 @@ pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, Ht
         let list =
             percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
         for topic in list.split(',').filter(|t| !t.is_empty()) {
-            broadcast::check_topic(topic, config.max_topic_len)
+            broadcast::check_topic(topic, config.limits.max_topic_len)
                 .map_err(|reason| HttpError::new(400, reason))?;
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
             }
         }
     }
-    if topics.len() > config.max_subscriptions {
+    if topics.len() > config.limits.max_subscriptions {
         return Err(HttpError::new(400, "too many topics in subscribe"));
     }
     Ok(topics)

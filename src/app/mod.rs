@@ -65,7 +65,7 @@ pub enum Route {
 impl Route {
     pub fn of(req: &Request, config: &Config) -> Self {
         match req.path.as_str() {
-            "/echo" if config.echo => Self::Echo,
+            "/echo" if config.http.echo => Self::Echo,
             "/ws" => Self::PubSub,
             "/healthz" => Self::Health,
             "/metrics" => Self::Metrics,

@@ -27,7 +27,7 @@ pub fn on_message(session: &mut impl Session, opcode: OpCode, mut data: Vec<u8>)
 /// before its deliveries, so a publisher subscribed to the topic sees its `ok` first.
 fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
     let config = &session.shared().config;
-    let max_topic_len = config.max_topic_len;
+    let max_topic_len = config.limits.max_topic_len;
     let invalid =
         |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
     match c.op {
@@ -49,14 +49,14 @@ fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
         }
         Op::Publish { topic, data } => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
-            if !broadcast::topic_allowed(&topic, &config.client_publish) {
+            if !broadcast::topic_allowed(&topic, &config.pubsub.client_publish) {
                 return Err(ControlError::new(
                     c.id,
                     "forbidden",
                     "publishing to this topic is not allowed",
                 ));
             }
-            if data.len() > config.max_publish_bytes {
+            if data.len() > config.limits.max_publish_bytes {
                 return Err(ControlError::new(
                     c.id,
                     "too_large",

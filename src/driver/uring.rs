@@ -49,6 +49,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::{Completion, ConnId, Driver, SendStatus};
 use crate::buf::BufId;
+use crate::config::uring::Uring;
 use crate::sys::EventFd;
 use wsgate_proto::OutQueue;
 
@@ -65,27 +66,6 @@ const BGID: u16 = 0;
 
 fn user_data(conn: ConnId, op: u64) -> u64 {
     u64::from(conn.0) << 2 | op
-}
-
-/// Sizes of a reactor's ring and receive buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UringOptions {
-    /// Submission queue entries (the completion queue gets four times as many).
-    pub entries: u32,
-    /// Receive buffers in the provided-buffer ring: a power of two, at most 32768.
-    pub bufs: u16,
-    /// Bytes per receive buffer.
-    pub buf_size: u32,
-}
-
-impl Default for UringOptions {
-    fn default() -> Self {
-        Self {
-            entries: 1024,
-            bufs: 512,
-            buf_size: 16 * 1024,
-        }
-    }
 }
 
 /// Whether this kernel (and sandbox) runs the io_uring driver; `Err` says why not.
@@ -400,11 +380,7 @@ pub struct UringDriver {
 impl UringDriver {
     /// Builds the ring on the calling thread, which must be the reactor's thread: with
     /// SINGLE_ISSUER only the creating thread may submit.
-    pub fn new(
-        listener: TcpListener,
-        waker: Arc<EventFd>,
-        opts: &UringOptions,
-    ) -> io::Result<Self> {
+    pub fn new(listener: TcpListener, waker: Arc<EventFd>, opts: &Uring) -> io::Result<Self> {
         let (ring, flags) = Self::build_ring(opts.entries)?;
         let bufs = BufRing::new(&ring, opts.bufs, opts.buf_size)?;
         // The wake READ must block in the kernel (poll), not fail with EAGAIN: clear

@@ -161,7 +161,7 @@ impl Core {
         let metrics = &shared.metrics[self.index];
         ReactorMetrics::add(&metrics.connections, 1);
         ReactorMetrics::add(&metrics.accepted, 1);
-        let admission = if open >= shared.config.max_connections {
+        let admission = if open >= shared.config.limits.max_connections {
             Admission::OverLimit
         } else {
             Admission::Admitted
@@ -173,7 +173,7 @@ impl Core {
                 transport: Transport::Plain,
                 phase: Phase::Request {
                     head: Vec::new(),
-                    deadline: self.now + shared.config.handshake_timeout,
+                    deadline: self.now + shared.config.limits.handshake_timeout,
                 },
                 send: Send::Idle,
                 recv: Recv::On,
@@ -246,7 +246,7 @@ impl Core {
     }
 
     pub(super) fn begin_closing(&mut self, id: ConnId) {
-        let deadline = self.now + self.shared.config.limits.close_timeout;
+        let deadline = self.now + self.shared.config.limits.echo.close_timeout;
         self.set_closing(id, deadline, false);
     }
 
@@ -267,7 +267,7 @@ impl Core {
     /// answered 503 with `Connection: close`; WebSockets get close 1001.
     pub(super) fn start_drain(&mut self) {
         let now = self.now;
-        self.drain_deadline = Some(now + self.shared.config.drain_grace);
+        self.drain_deadline = Some(now + self.shared.config.net.drain_grace);
         let mut idle = Vec::new();
         let mut closing = Vec::new();
         for (id, conn) in self.conns.iter_mut() {

@@ -16,7 +16,7 @@ use crate::metrics::ReactorMetrics;
 
 impl Core {
     pub(super) fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), SubscribeError> {
-        let max = self.shared.config.max_subscriptions;
+        let max = self.shared.config.limits.max_subscriptions;
         let Phase::WebSocket { subs, .. } = &mut self.conns[id].phase else {
             return Ok(());
         };
@@ -83,7 +83,7 @@ impl Core {
     /// subscriber: each gets a reference.
     fn deliver(&mut self, topic: &str, message: &Prepared, published: Instant) {
         let config = &self.shared.config;
-        let cap = config.max_outbound_bytes;
+        let cap = config.limits.max_outbound_bytes;
         let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
         let mut abort = Vec::new();
         for id in self.topics.subscribers(topic) {
@@ -97,7 +97,7 @@ impl Core {
                     delivered += 1;
                 }
             } else {
-                match config.slow_consumer {
+                match config.pubsub.slow_consumer {
                     SlowConsumerPolicy::Drop => dropped += 1,
                     SlowConsumerPolicy::Close if ws.is_open() => {
                         closed += 1;
@@ -108,7 +108,7 @@ impl Core {
                         }
                         ws.close(
                             self.now,
-                            &config.limits,
+                            &config.limits.echo,
                             CloseCode::POLICY,
                             "slow consumer",
                             &mut conn.out,
@@ -121,12 +121,12 @@ impl Core {
                 continue;
             }
             conn.scheduled = true;
-            if config.write_delay.is_zero() {
+            if config.pubsub.write_delay.is_zero() {
                 self.flush.push(id);
             } else {
                 self.corked.push(id);
                 self.corked_until
-                    .get_or_insert(self.now + config.write_delay);
+                    .get_or_insert(self.now + config.pubsub.write_delay);
             }
         }
         for id in abort {

@@ -85,12 +85,12 @@ impl<D: Driver> Reactor<D> {
     ) -> Self {
         let config = &shared.config;
         let shortest = [
-            config.handshake_timeout,
-            config.limits.close_timeout,
-            config.limits.pong_timeout,
+            config.limits.handshake_timeout,
+            config.limits.echo.close_timeout,
+            config.limits.echo.pong_timeout,
         ]
         .into_iter()
-        .chain(config.limits.idle_timeout)
+        .chain(config.limits.echo.idle_timeout)
         .min()
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
@@ -218,7 +218,7 @@ impl<D: Driver> Reactor<D> {
     /// Sends each scheduled connection's queued output in one call, applies backpressure,
     /// and finishes closes.
     fn flush(&mut self) {
-        let cap = self.core.shared.config.max_outbound_bytes;
+        let cap = self.core.shared.config.limits.max_outbound_bytes;
         while let Some(id) = self.core.flush.pop() {
             let Some(conn) = self.core.conns.get_mut(id) else {
                 continue;
@@ -357,9 +357,9 @@ impl Core {
 /// The protocol limits of a route: /ws messages are bounded by the publish size.
 fn limits(shared: &Shared, route: Route) -> &wsgate_proto::Limits {
     if route == Route::PubSub {
-        &shared.config.pubsub_limits
+        &shared.config.limits.pubsub
     } else {
-        &shared.config.limits
+        &shared.config.limits.echo
     }
 }
 

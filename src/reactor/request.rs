@@ -33,7 +33,7 @@ impl Core {
             split.extend_from_slice(bytes);
             &mut split
         };
-        let max_head = self.shared.config.max_header_bytes;
+        let max_head = self.shared.config.limits.max_header_bytes;
         loop {
             let req = match handshake::parse_request(input, max_head) {
                 Ok(Some(req)) => req,
@@ -41,7 +41,7 @@ impl Core {
                 Err(err) => return self.reject(id, &err),
             };
             let body_len = req.content_length.unwrap_or(0);
-            if body_len > self.shared.config.max_publish_bytes {
+            if body_len > self.shared.config.limits.max_publish_bytes {
                 return self.reject(id, &HttpError::new(413, "request body over the limit"));
             }
             let total = req.head_len + body_len;
@@ -55,7 +55,7 @@ impl Core {
                 Next::Upgraded => return self.on_frame_bytes(id, rest),
                 Next::Close => return self.begin_closing(id),
                 Next::KeepAlive => {
-                    let deadline = self.now + self.shared.config.handshake_timeout;
+                    let deadline = self.now + self.shared.config.limits.handshake_timeout;
                     self.conns[id].phase = Phase::Request {
                         head: Vec::new(),
                         deadline,
@@ -117,8 +117,8 @@ impl Core {
     fn upgrade(&mut self, id: ConnId, req: &Request, route: Route) -> Next {
         let config = &self.shared.config;
         let policy = UpgradePolicy {
-            subprotocols: &config.subprotocols,
-            allowed_origins: config.allowed_origins.as_deref(),
+            subprotocols: &config.http.subprotocols,
+            allowed_origins: config.http.allowed_origins.as_deref(),
         };
         let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
             let topics = if route == Route::PubSub {

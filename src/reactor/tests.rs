@@ -33,7 +33,7 @@ impl Harness {
     fn new(tweak: impl FnOnce(&mut Config)) -> Self {
         NOW.with(|now| now.set(Some(Instant::now())));
         let mut config = RawConfig::default().validate().expect("defaults are valid");
-        config.threads = 1;
+        config.net.threads = 1;
         tweak(&mut config);
         let (shared, mut inboxes) = Shared::new(config, "memory", 1).expect("eventfd");
         let (driver, net) = MemoryDriver::new();
@@ -145,7 +145,7 @@ fn echo_then_close_handshake_releases_the_connection() {
 
 #[test]
 fn echo_backpressure_pauses_reading_and_loses_nothing() {
-    let mut h = Harness::new(|c| c.max_outbound_bytes = 4096);
+    let mut h = Harness::new(|c| c.limits.max_outbound_bytes = 4096);
     let id = h.websocket("/echo");
     h.net.set_window(id, 0);
     let payload = "x".repeat(1000);
@@ -208,8 +208,8 @@ fn http_publish(h: &mut Harness, topic: &str, body: &str) {
 #[test]
 fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
     let mut h = Harness::new(|c| {
-        c.max_outbound_bytes = 2048;
-        c.slow_consumer = SlowConsumerPolicy::Close;
+        c.limits.max_outbound_bytes = 2048;
+        c.pubsub.slow_consumer = SlowConsumerPolicy::Close;
     });
     let fast = subscribe(&mut h, "t");
     let slow = subscribe(&mut h, "t");
@@ -249,8 +249,8 @@ fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
 #[test]
 fn slow_consumer_drop_policy_skips_and_counts() {
     let mut h = Harness::new(|c| {
-        c.max_outbound_bytes = 1024;
-        c.slow_consumer = SlowConsumerPolicy::Drop;
+        c.limits.max_outbound_bytes = 1024;
+        c.pubsub.slow_consumer = SlowConsumerPolicy::Drop;
     });
     let slow = subscribe(&mut h, "t");
     h.net.set_window(slow, 0);
@@ -278,7 +278,7 @@ fn slow_consumer_drop_policy_skips_and_counts() {
 /// Issue 9 item 5: a publisher that half-closes gets the copy of its own publish.
 #[test]
 fn half_closed_publisher_gets_its_own_delivery() {
-    let mut h = Harness::new(|c| c.client_publish = vec!["*".into()]);
+    let mut h = Harness::new(|c| c.pubsub.client_publish = vec!["*".into()]);
     let id = subscribe(&mut h, "t");
     h.send_text(id, r#"{"op":"publish","topic":"t","data":1}"#);
     h.net.shutdown(id);
@@ -291,7 +291,7 @@ fn half_closed_publisher_gets_its_own_delivery() {
 
 #[test]
 fn drain_closes_websockets_with_1001_and_idle_http_at_once() {
-    let mut h = Harness::new(|c| c.drain_grace = Duration::from_secs(10));
+    let mut h = Harness::new(|c| c.net.drain_grace = Duration::from_secs(10));
     let ws = h.websocket("/echo");
     let idle = h.net.connect();
     h.turn();
@@ -318,7 +318,7 @@ fn drain_closes_websockets_with_1001_and_idle_http_at_once() {
 
 #[test]
 fn drain_ends_at_the_grace_period() {
-    let mut h = Harness::new(|c| c.drain_grace = Duration::from_secs(2));
+    let mut h = Harness::new(|c| c.net.drain_grace = Duration::from_secs(2));
     let ws = h.websocket("/echo");
     h.reactor.core.shared.drain();
     h.net.wake();
@@ -333,8 +333,8 @@ fn drain_ends_at_the_grace_period() {
 #[test]
 fn idle_connection_is_pinged_then_closed_without_a_pong() {
     let mut h = Harness::new(|c| {
-        c.limits.idle_timeout = Some(Duration::from_secs(5));
-        c.limits.pong_timeout = Duration::from_secs(2);
+        c.limits.echo.idle_timeout = Some(Duration::from_secs(5));
+        c.limits.echo.pong_timeout = Duration::from_secs(2);
     });
     let id = h.websocket("/echo");
     h.advance(Duration::from_secs(4));
@@ -353,8 +353,8 @@ fn idle_connection_is_pinged_then_closed_without_a_pong() {
 #[test]
 fn pong_keeps_an_idle_connection_open() {
     let mut h = Harness::new(|c| {
-        c.limits.idle_timeout = Some(Duration::from_secs(5));
-        c.limits.pong_timeout = Duration::from_secs(2);
+        c.limits.echo.idle_timeout = Some(Duration::from_secs(5));
+        c.limits.echo.pong_timeout = Duration::from_secs(2);
     });
     let id = h.websocket("/echo");
     h.advance(Duration::from_secs(6));
@@ -368,7 +368,7 @@ fn pong_keeps_an_idle_connection_open() {
 
 #[test]
 fn silent_connection_times_out_without_an_answer() {
-    let mut h = Harness::new(|c| c.handshake_timeout = Duration::from_secs(1));
+    let mut h = Harness::new(|c| c.limits.handshake_timeout = Duration::from_secs(1));
     let id = h.net.connect();
     h.net.send(id, b"GET /echo HTTP/1.1\r\n");
     h.turn();
@@ -381,7 +381,7 @@ fn silent_connection_times_out_without_an_answer() {
 
 #[test]
 fn close_reply_that_never_comes_ends_at_close_timeout() {
-    let mut h = Harness::new(|c| c.limits.close_timeout = Duration::from_secs(1));
+    let mut h = Harness::new(|c| c.limits.echo.close_timeout = Duration::from_secs(1));
     let id = h.websocket("/echo");
     // A protocol error: an unmasked frame. The server sends 1002 and waits for the peer.
     h.net.send(id, &[0x81, 0x00]);

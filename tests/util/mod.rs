@@ -62,10 +62,13 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(io: IoBackend, tweak: impl FnOnce(&mut RawConfig)) -> Self {
         let mut raw = RawConfig {
-            listen: Some("127.0.0.1:0".into()),
-            threads: Some(2),
-            pin: Some(false),
-            io: Some(io),
+            net: wsgate::config::net::Raw {
+                listen: Some(([127, 0, 0, 1], 0).into()),
+                threads: Some(2),
+                pin: Some(false),
+                io: Some(io),
+                ..Default::default()
+            },
             ..Default::default()
         };
         tweak(&mut raw);

@@ -1,0 +1,38 @@
+//! Section `pubsub`: fan-out policy: who may publish from /ws, what slow consumers get, and
+//! how deliveries travel between reactors.
+
+use std::time::Duration;
+
+use super::setting::{enum_value, positive, section, Finish};
+
+/// What a slow consumer (outbound queue over `max_outbound_bytes`) gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Close with 1008 "slow consumer" (abort if even that cannot be queued).
+    Close,
+    /// Skip deliveries while over the cap.
+    Drop,
+}
+
+enum_value!(SlowConsumerPolicy);
+
+section! {
+    /// Fan-out: who may publish from /ws, slow consumers, delivery between reactors.
+    pub struct PubSub (prefix "") {
+        /// Slow-consumer policy: close or drop.
+        slow_consumer: SlowConsumerPolicy = "close";
+        /// Topics /ws clients may publish to (comma-separated; `prefix*` matches a prefix,
+        /// `*` everything); none: only backends publish, over HTTP.
+        #[arg(value_name = "LIST")]
+        client_publish: Vec<String> = "";
+        /// Deliveries queued between two reactors before further ones are dropped (counted).
+        inbox_capacity: usize = "65536", check positive;
+        /// How long fan-out deliveries may wait so that several leave in one write: trades
+        /// that much added latency for far fewer syscalls at high rates; replies and echo are
+        /// never delayed.
+        #[arg(value_name = "DURATION")]
+        write_delay: Duration = "0ms";
+    }
+}
+
+impl Finish for PubSub {}
