@@ -914,7 +914,7 @@ impl<Io> Core<Io> {
                 ReactorMetrics::add(&self.shared.metrics[self.index].handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.phase = Phase::WebSocket {
-                    ws: Connection::new(self.now),
+                    ws: Connection::server(self.now),
                     route,
                     subs: Subs::new(),
                 };

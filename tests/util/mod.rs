@@ -245,7 +245,7 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    wsgate_proto::frame::encode_masked(fin, 0, opcode, [0xa1, 0xb2, 0xc3, 0xd4], payload)
+    wsgate_proto::frame::encode_client_raw(fin, 0, opcode, [0xa1, 0xb2, 0xc3, 0xd4], payload)
 }
 
 /// Reads one server frame from a raw stream: (fin, opcode, payload).
