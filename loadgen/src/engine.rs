@@ -20,7 +20,10 @@ use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
-use crate::ws::{self, Decoder, Event, OpCode, Step};
+use crate::ws::{Decoder, Event, Step};
+use wsgate_proto::frame;
+use wsgate_proto::handshake::client;
+use wsgate_proto::OpCode;
 
 pub const CONNECT: u8 = 0;
 pub const RUN: u8 = 1;
@@ -170,7 +173,8 @@ struct Conn {
     role: Role,
     id: u32,
     st: St,
-    accept: String,
+    /// The `Sec-WebSocket-Key` sent, which the response must answer.
+    key: String,
     /// Intended start of the connect, ns.
     t0: u64,
     out: Vec<u8>,
@@ -504,7 +508,7 @@ impl Worker {
             role: spec.role,
             id: spec.id,
             st: St::Connecting,
-            accept: String::new(),
+            key: String::new(),
             t0,
             out: Vec::new(),
             out_pos: 0,
@@ -619,14 +623,23 @@ impl Worker {
             self.on_open(key);
             return;
         }
-        let wskey = ws::new_key(r);
-        conn.accept = ws::accept_key(wskey.as_bytes());
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&r[0].to_ne_bytes());
+        nonce[8..].copy_from_slice(&r[1].to_ne_bytes());
+        conn.key = client::key(nonce);
         let path = if conn.role == Role::Subscriber {
             &plan.sub_path
         } else {
             &plan.path
         };
-        ws::handshake_request(&mut conn.out, &plan.host, path, &wskey);
+        client::Request {
+            host: &plan.host,
+            path,
+            key: &conn.key,
+            protocols: &[],
+            headers: &[],
+        }
+        .encode(&mut conn.out);
         conn.st = St::Handshaking;
         self.mark_dirty(key);
     }
@@ -701,7 +714,12 @@ impl Worker {
         let mut off = 0;
         let conn = &mut self.conns[key];
         if conn.st == St::Handshaking {
-            match ws::parse_response(data, &conn.accept) {
+            let checked = client::Response::parse(data).and_then(|response| {
+                response
+                    .map(|r| r.check(&conn.key, &[]).map(|_| r.head_len))
+                    .transpose()
+            });
+            match checked {
                 Ok(None) => return 0,
                 Ok(Some(n)) => {
                     off = n;
@@ -736,7 +754,7 @@ impl Worker {
                     let mask = self.rng.mask();
                     let conn = &mut self.conns[key];
                     // RFC 6455 §7.4.1: 1002 protocol error.
-                    ws::encode_close(&mut conn.out, 1002, mask);
+                    close_frame(&mut conn.out, 1002, mask);
                     self.flush(key);
                     self.fail(key, format!("protocol: {e}"));
                     return data.len();
@@ -769,7 +787,7 @@ impl Worker {
                     }
                 }
                 Ok(httparse::Status::Partial) => {
-                    if data.len() - off > ws::MAX_RESPONSE {
+                    if data.len() - off > client::MAX_RESPONSE_HEAD {
                         self.c.err_protocol += 1;
                         self.fail(key, "http response too large".into());
                         return data.len();
@@ -810,7 +828,7 @@ impl Worker {
         if conn.role == Role::Subscriber {
             if let Some(msg) = &plan.subscribe_msg {
                 let mask = self.rng.mask();
-                ws::encode_frame(&mut conn.out, OpCode::Text, msg, mask);
+                frame::encode_client_into(&mut conn.out, OpCode::Text, mask, msg);
                 conn.st = St::Subscribing;
                 self.mark_dirty(key);
                 return;
@@ -864,7 +882,7 @@ impl Worker {
             Event::Ping(payload) => {
                 let mask = self.rng.mask();
                 let conn = &mut self.conns[key];
-                ws::encode_frame(&mut conn.out, OpCode::Pong, payload, mask);
+                frame::encode_client_into(&mut conn.out, OpCode::Pong, mask, payload);
                 self.mark_dirty(key);
             }
             Event::Pong => {}
@@ -876,7 +894,7 @@ impl Worker {
                     // RFC 6455 §5.5.1: reply with a close frame, echoing the code.
                     self.c.err_closed += 1;
                     let mask = self.rng.mask();
-                    ws::encode_close(&mut conn.out, code.unwrap_or(1000), mask);
+                    close_frame(&mut conn.out, code.unwrap_or(1000), mask);
                     self.flush(key);
                     let msg = format!("server closed the connection (code {code:?})");
                     self.fail(key, msg);
@@ -1029,7 +1047,7 @@ impl Worker {
             _ => {
                 let (pre, suf) = (&plan.prefix, &plan.suffix);
                 let len = pre.len() + size + suf.len();
-                ws::encode_frame_with(&mut conn.out, plan.opcode, len, mask, |p| {
+                frame::encode_client_with(&mut conn.out, plan.opcode, mask, len, |p| {
                     p[..pre.len()].copy_from_slice(pre);
                     stamp::write(&mut p[pre.len()..pre.len() + size], s);
                     p[pre.len() + size..].copy_from_slice(suf);
@@ -1139,7 +1157,7 @@ impl Worker {
         let mask = self.rng.mask();
         let conn = &mut self.conns[key];
         let gen = conn.gen;
-        ws::encode_close(&mut conn.out, 1000, mask);
+        close_frame(&mut conn.out, 1000, mask);
         conn.st = St::Closing;
         self.closes.push_back((now + CLOSE_TIMEOUT_NS, key, gen));
         self.flush(key);
@@ -1191,6 +1209,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// Appends a masked close frame with `code` and no reason.
+fn close_frame(out: &mut Vec<u8>, code: u16, key: [u8; 4]) {
+    frame::encode_client_into(out, OpCode::Close, key, &code.to_be_bytes());
 }
 
 #[cfg(test)]
