@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-
 use wsgate_proto::handshake::{self, UpgradePolicy};
 use wsgate_proto::{FrameHeader, OpCode};
 

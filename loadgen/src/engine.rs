@@ -15,15 +15,14 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
+use wsgate_proto::handshake::client;
+use wsgate_proto::{frame, OpCode};
 
 use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
 use crate::ws::{Decoder, Event, Step};
-use wsgate_proto::frame;
-use wsgate_proto::handshake::client;
-use wsgate_proto::OpCode;
 
 pub const CONNECT: u8 = 0;
 pub const RUN: u8 = 1;
