@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use wsgate_proto::{Connection, FrameHeader, Limits, OutQueue};
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    wsgate_proto::frame::encode_masked(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
+    wsgate_proto::frame::encode_client_raw(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
 }
 
 fn header_decode(c: &mut Criterion) {
@@ -37,7 +37,7 @@ fn receive_path(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(wire.len() as u64));
         let limits = Limits::default();
         group.bench_with_input(BenchmarkId::from_parameter(size), &wire, |b, wire| {
-            let mut conn = Connection::new(Instant::now());
+            let mut conn = Connection::server(Instant::now());
             let mut out = OutQueue::default();
             let mut events = Vec::with_capacity(count);
             let mut buf = wire.clone();

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use wsgate_proto::handshake::{self, UpgradePolicy};
+use wsgate_proto::{FrameHeader, OpCode};
 
 use crate::stamp::{self, Stamp, STAMP_LEN};
 use crate::sys;
-use crate::ws;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -59,27 +60,28 @@ struct Batch {
 
 fn build(a: &BlastArgs) -> Batch {
     let (opcode, pre, suf) = match a.format {
-        Format::Binary => (0x82u8, Vec::new(), Vec::new()),
+        Format::Binary => (OpCode::Binary, Vec::new(), Vec::new()),
         Format::Delivery => (
-            0x81,
+            OpCode::Text,
             format!(r#"{{"topic":"{}","data":""#, a.topic).into_bytes(),
             br#""}"#.to_vec(),
         ),
     };
-    let len = pre.len() + a.size + suf.len();
+    // A server's frame header: final, unmasked.
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        len: (pre.len() + a.size + suf.len()) as u64,
+    };
+    let mut head = [0u8; wsgate_proto::frame::MAX_HEADER_LEN];
+    let head_len = header.encode(&mut head);
+    let head = &head[..head_len];
     let mut buf = Vec::new();
     let mut stamps = Vec::new();
     for _ in 0..a.batch {
-        buf.push(opcode);
-        if len < 126 {
-            buf.push(len as u8);
-        } else if len <= 0xFFFF {
-            buf.push(126);
-            buf.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            buf.push(127);
-            buf.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        buf.extend_from_slice(head);
         buf.extend_from_slice(&pre);
         stamps.push(buf.len());
         let at = buf.len();
@@ -97,33 +99,21 @@ fn build(a: &BlastArgs) -> Batch {
     Batch { buf, stamps }
 }
 
+/// Reads the upgrade request and answers it with wsgate-proto's server side.
 fn upgrade(mut s: TcpStream) -> Result<TcpStream> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut req = Vec::new();
     let mut chunk = [0u8; 1024];
-    let n = loop {
+    let request = loop {
         let n = s.read(&mut chunk)?;
         anyhow::ensure!(n > 0, "closed during handshake");
         req.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(n) = r.parse(&req)? {
-            let key = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
-                .context("no sec-websocket-key")?;
-            let accept = ws::accept_key(key.value);
-            write!(
-                s,
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-            )?;
-            break n;
+        if let Some(request) = handshake::parse_request(&req, 16 * 1024)? {
+            break request;
         }
-        anyhow::ensure!(req.len() < 16 * 1024, "request too large");
     };
-    let _ = n;
+    let upgrade = handshake::validate_upgrade(&request, &UpgradePolicy::default())?;
+    s.write_all(&upgrade.response())?;
     s.set_nodelay(true)?;
     Ok(s)
 }

@@ -15,12 +15,14 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
+use wsgate_proto::handshake::client;
+use wsgate_proto::{frame, OpCode};
 
 use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
-use crate::ws::{self, Decoder, Event, OpCode, Step};
+use crate::ws::{Decoder, Event, Step};
 
 pub const CONNECT: u8 = 0;
 pub const RUN: u8 = 1;
@@ -111,32 +113,56 @@ enum St {
     Closing,
 }
 
-/// Per (subscriber, publisher) sequence state: the next expected number and a 64-bit window
-/// of recently seen ones (bit k: `next - 1 - k` was seen).
+/// Per (subscriber, publisher) sequence state over the measured window: the first number
+/// counted, the next one expected and a 64-bit window of recently seen ones (bit k:
+/// `next - 1 - k` was seen).
 #[derive(Clone, Copy, Default)]
 pub struct SeqTrack {
+    first: u32,
     next: u32,
     window: u64,
-    seen: bool,
+    /// `first` and `next` are set: from the start when the publisher's numbering of the
+    /// window is known ([`SeqTrack::starting_at`]), else by the first delivery.
+    started: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SeqOutcome {
     InOrder,
+    /// `n` numbers were skipped: not delivered, or not yet.
     Gap(u64),
     Duplicate,
-    Reordered,
+    /// Delivered after a later number, filling a gap counted before (assumed when it is too
+    /// old for the window to tell).
+    Late,
+    /// Delivered after a later number that started the track, so no gap was counted for it.
+    BeforeStart,
 }
 
 impl SeqTrack {
+    /// A track that expects `first` before anything else: a publisher that numbers the
+    /// window's publishes from `first`, so loss and reordering count from the very first.
+    pub fn starting_at(first: u32) -> Self {
+        SeqTrack {
+            first,
+            next: first,
+            window: 0,
+            started: true,
+        }
+    }
+
     pub fn on(&mut self, seq: u32) -> SeqOutcome {
-        if !self.seen {
+        if !self.started {
             *self = SeqTrack {
+                first: seq,
                 next: seq.wrapping_add(1),
                 window: 1,
-                seen: true,
+                started: true,
             };
             return SeqOutcome::InOrder;
+        }
+        if (seq.wrapping_sub(self.first) as i32) < 0 {
+            return SeqOutcome::BeforeStart;
         }
         let d = seq.wrapping_sub(self.next) as i32;
         if d >= 0 {
@@ -151,14 +177,14 @@ impl SeqTrack {
         } else {
             let back = (-(d as i64) - 1) as u64;
             if back >= 64 {
-                return SeqOutcome::Reordered;
+                return SeqOutcome::Late;
             }
             let bit = 1u64 << back;
             if self.window & bit != 0 {
                 SeqOutcome::Duplicate
             } else {
                 self.window |= bit;
-                SeqOutcome::Reordered
+                SeqOutcome::Late
             }
         }
     }
@@ -170,7 +196,8 @@ struct Conn {
     role: Role,
     id: u32,
     st: St,
-    accept: String,
+    /// The `Sec-WebSocket-Key` sent, which the response must answer.
+    key: String,
     /// Intended start of the connect, ns.
     t0: u64,
     out: Vec<u8>,
@@ -181,8 +208,15 @@ struct Conn {
     /// Stamp of a fragmented message whose first frame has arrived.
     pending: Option<Stamp>,
     inflight: u32,
+    /// Sequence number of the next publish; the window's are numbered from 0.
     seq: u32,
+    /// `seq` was reset for the window's first publish.
+    window_numbered: bool,
+    /// Subscribers: sequence state per publisher id.
     tracks: Vec<SeqTrack>,
+    /// Subscribers: subscribed before the window started, with our own publishers, so
+    /// every publish of the window is due and numbered from 0.
+    exact_start: bool,
     /// Counted in `ready`/`failed` already.
     reported: bool,
 }
@@ -504,7 +538,7 @@ impl Worker {
             role: spec.role,
             id: spec.id,
             st: St::Connecting,
-            accept: String::new(),
+            key: String::new(),
             t0,
             out: Vec::new(),
             out_pos: 0,
@@ -514,7 +548,9 @@ impl Worker {
             pending: None,
             inflight: 0,
             seq: 0,
+            window_numbered: false,
             tracks: Vec::new(),
+            exact_start: false,
             reported: false,
         };
         if let Err(e) = self.poll.registry().register(
@@ -619,14 +655,23 @@ impl Worker {
             self.on_open(key);
             return;
         }
-        let wskey = ws::new_key(r);
-        conn.accept = ws::accept_key(wskey.as_bytes());
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&r[0].to_ne_bytes());
+        nonce[8..].copy_from_slice(&r[1].to_ne_bytes());
+        conn.key = client::key(nonce);
         let path = if conn.role == Role::Subscriber {
             &plan.sub_path
         } else {
             &plan.path
         };
-        ws::handshake_request(&mut conn.out, &plan.host, path, &wskey);
+        client::Request {
+            host: &plan.host,
+            path,
+            key: &conn.key,
+            protocols: &[],
+            headers: &[],
+        }
+        .encode(&mut conn.out);
         conn.st = St::Handshaking;
         self.mark_dirty(key);
     }
@@ -701,7 +746,12 @@ impl Worker {
         let mut off = 0;
         let conn = &mut self.conns[key];
         if conn.st == St::Handshaking {
-            match ws::parse_response(data, &conn.accept) {
+            let checked = client::Response::parse(data).and_then(|response| {
+                response
+                    .map(|r| r.check(&conn.key, &[]).map(|_| r.head_len))
+                    .transpose()
+            });
+            match checked {
                 Ok(None) => return 0,
                 Ok(Some(n)) => {
                     off = n;
@@ -736,7 +786,7 @@ impl Worker {
                     let mask = self.rng.mask();
                     let conn = &mut self.conns[key];
                     // RFC 6455 §7.4.1: 1002 protocol error.
-                    ws::encode_close(&mut conn.out, 1002, mask);
+                    close_frame(&mut conn.out, 1002, mask);
                     self.flush(key);
                     self.fail(key, format!("protocol: {e}"));
                     return data.len();
@@ -769,7 +819,7 @@ impl Worker {
                     }
                 }
                 Ok(httparse::Status::Partial) => {
-                    if data.len() - off > ws::MAX_RESPONSE {
+                    if data.len() - off > client::MAX_RESPONSE_HEAD {
                         self.c.err_protocol += 1;
                         self.fail(key, "http response too large".into());
                         return data.len();
@@ -810,7 +860,7 @@ impl Worker {
         if conn.role == Role::Subscriber {
             if let Some(msg) = &plan.subscribe_msg {
                 let mask = self.rng.mask();
-                ws::encode_frame(&mut conn.out, OpCode::Text, msg, mask);
+                frame::encode_client_into(&mut conn.out, OpCode::Text, mask, msg);
                 conn.st = St::Subscribing;
                 self.mark_dirty(key);
                 return;
@@ -822,7 +872,12 @@ impl Worker {
 
     fn on_open(&mut self, key: usize) {
         self.report_ready(key);
-        let role = self.conns[key].role;
+        // The coordinator sets the window's start before the run phase; until then it is
+        // u64::MAX, and no publish of the window can have been sent.
+        let mstart = self.shared.mstart.load(Ordering::Acquire);
+        let conn = &mut self.conns[key];
+        conn.exact_start = self.plan.publishers > 0 && sys::mono_ns() < mstart;
+        let role = conn.role;
         if matches!(role, Role::Echo | Role::Publisher | Role::HttpPublisher) {
             self.senders.push(key);
             if self.plan.rate == 0.0 && self.kicked {
@@ -864,7 +919,7 @@ impl Worker {
             Event::Ping(payload) => {
                 let mask = self.rng.mask();
                 let conn = &mut self.conns[key];
-                ws::encode_frame(&mut conn.out, OpCode::Pong, payload, mask);
+                frame::encode_client_into(&mut conn.out, OpCode::Pong, mask, payload);
                 self.mark_dirty(key);
             }
             Event::Pong => {}
@@ -876,7 +931,7 @@ impl Worker {
                     // RFC 6455 §5.5.1: reply with a close frame, echoing the code.
                     self.c.err_closed += 1;
                     let mask = self.rng.mask();
-                    ws::encode_close(&mut conn.out, code.unwrap_or(1000), mask);
+                    close_frame(&mut conn.out, code.unwrap_or(1000), mask);
                     self.flush(key);
                     let msg = format!("server closed the connection (code {code:?})");
                     self.fail(key, msg);
@@ -897,23 +952,34 @@ impl Worker {
                 };
                 let in_window = s.ts >= self.mstart && s.ts < self.mend;
                 let p = s.publisher as usize;
-                if p >= conn.tracks.len() {
-                    if p >= 1 << 16 {
-                        self.c.bad_stamp += 1;
-                        return;
-                    }
-                    conn.tracks.resize(p + 1, SeqTrack::default());
+                if p >= 1 << 16 {
+                    self.c.bad_stamp += 1;
+                    return;
                 }
-                let outcome = conn.tracks[p].on(s.seq);
+                // Sequence numbers count over the window only: a publisher numbers its
+                // window from 0 (see `send`), and warm-up deliveries are not tracked.
                 if !in_window {
                     return;
                 }
                 self.c.received_window += 1;
-                match outcome {
+                if p >= conn.tracks.len() {
+                    let track = if conn.exact_start {
+                        SeqTrack::starting_at(0)
+                    } else {
+                        // Someone else publishes: start at the first delivery.
+                        SeqTrack::default()
+                    };
+                    conn.tracks.resize(p + 1, track);
+                }
+                match conn.tracks[p].on(s.seq) {
                     SeqOutcome::InOrder => {}
                     SeqOutcome::Gap(n) => self.c.gaps += n,
                     SeqOutcome::Duplicate => self.c.duplicates += 1,
-                    SeqOutcome::Reordered => self.c.reordered += 1,
+                    SeqOutcome::Late => {
+                        self.c.reordered += 1;
+                        self.c.gaps_filled += 1;
+                    }
+                    SeqOutcome::BeforeStart => self.c.reordered += 1,
                 }
                 let lat = now.saturating_sub(s.ts).max(1);
                 self.hist.saturating_record(lat);
@@ -1010,6 +1076,11 @@ impl Worker {
             self.c.backlog_drops += 1;
             return;
         }
+        if in_window && !conn.window_numbered {
+            // The window's first publish is number 0, as subscribers expect (issue 9).
+            conn.window_numbered = true;
+            conn.seq = 0;
+        }
         let s = Stamp {
             ts,
             publisher: conn.id,
@@ -1029,7 +1100,7 @@ impl Worker {
             _ => {
                 let (pre, suf) = (&plan.prefix, &plan.suffix);
                 let len = pre.len() + size + suf.len();
-                ws::encode_frame_with(&mut conn.out, plan.opcode, len, mask, |p| {
+                frame::encode_client_with(&mut conn.out, plan.opcode, mask, len, |p| {
                     p[..pre.len()].copy_from_slice(pre);
                     stamp::write(&mut p[pre.len()..pre.len() + size], s);
                     p[pre.len() + size..].copy_from_slice(suf);
@@ -1139,7 +1210,7 @@ impl Worker {
         let mask = self.rng.mask();
         let conn = &mut self.conns[key];
         let gen = conn.gen;
-        ws::encode_close(&mut conn.out, 1000, mask);
+        close_frame(&mut conn.out, 1000, mask);
         conn.st = St::Closing;
         self.closes.push_back((now + CLOSE_TIMEOUT_NS, key, gen));
         self.flush(key);
@@ -1193,6 +1264,11 @@ impl Worker {
     }
 }
 
+/// Appends a masked close frame with `code` and no reason.
+fn close_frame(out: &mut Vec<u8>, code: u16, key: [u8; 4]) {
+    frame::encode_client_into(out, OpCode::Close, key, &code.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1203,13 +1279,37 @@ mod tests {
         assert_eq!(t.on(0), SeqOutcome::InOrder);
         assert_eq!(t.on(1), SeqOutcome::InOrder);
         assert_eq!(t.on(4), SeqOutcome::Gap(2));
-        assert_eq!(t.on(2), SeqOutcome::Reordered);
+        assert_eq!(t.on(2), SeqOutcome::Late);
         assert_eq!(t.on(2), SeqOutcome::Duplicate);
         assert_eq!(t.on(4), SeqOutcome::Duplicate);
         assert_eq!(t.on(5), SeqOutcome::InOrder);
-        assert_eq!(t.on(3), SeqOutcome::Reordered);
+        assert_eq!(t.on(3), SeqOutcome::Late);
         assert_eq!(t.on(200), SeqOutcome::Gap(194));
-        assert_eq!(t.on(10), SeqOutcome::Reordered, "too old to tell");
+        assert_eq!(t.on(10), SeqOutcome::Late, "too old to tell");
+    }
+
+    // Issue 9 item 11: with the publisher's numbering of the window known, a loss or a
+    // reordering at its very first publish counts.
+    #[test]
+    fn seq_counts_from_the_first_publish_of_the_window() {
+        let mut t = SeqTrack::starting_at(0);
+        assert_eq!(t.on(1), SeqOutcome::Gap(1), "the first publish was lost");
+        assert_eq!(t.on(2), SeqOutcome::InOrder);
+        let mut t = SeqTrack::starting_at(0);
+        assert_eq!(t.on(1), SeqOutcome::Gap(1));
+        assert_eq!(t.on(0), SeqOutcome::Late, "the first publish came second");
+        assert_eq!(t.on(0), SeqOutcome::Duplicate);
+        assert_eq!(t.on(2), SeqOutcome::InOrder);
+        let mut t = SeqTrack::starting_at(0);
+        assert_eq!(t.on(0), SeqOutcome::InOrder);
+        // The old behaviour, kept where the numbering is unknown: the first delivery starts
+        // the track, and one numbered before it is reordered without having been a gap.
+        let mut t = SeqTrack::default();
+        assert_eq!(t.on(5), SeqOutcome::InOrder);
+        assert_eq!(t.on(4), SeqOutcome::BeforeStart);
+        assert_eq!(t.on(7), SeqOutcome::Gap(1));
+        assert_eq!(t.on(6), SeqOutcome::Late);
+        assert_eq!(t.on(4), SeqOutcome::BeforeStart);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! main (CLI) → run (coordinator: phases, progress, Ctrl-C) → engine ×threads (mio loop,
-//!   connections, ws codec, stamps, histograms) → stats (table, JSON, .hgrm) + plot
+//!   connections, wsgate-proto client side + ws reading policy, stamps, histograms)
+//!   → stats (table, JSON, .hgrm) + plot
 //! ```
 
 mod blast;

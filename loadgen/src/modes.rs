@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use wsgate_proto::OpCode;
 
 use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::STAMP_LEN;
-use crate::ws::OpCode;
 
 /// Options every mode has.
 #[derive(Args, Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::ws::OpCode;
+use wsgate_proto::OpCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -335,7 +335,7 @@ fn summarize(
             lost: if plan.publishers > 0 {
                 expected.saturating_sub(unique)
             } else {
-                c.gaps
+                c.gaps.saturating_sub(c.gaps_filled)
             },
             duplicates: c.duplicates,
             reordered: c.reordered,

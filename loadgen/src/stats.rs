@@ -36,6 +36,7 @@ counters!(
     bytes_in,
     handshakes,
     gaps,
+    gaps_filled,
     duplicates,
     reordered,
     bad_stamp,
@@ -107,10 +108,15 @@ pub struct Fanout {
     pub deliveries: u64,
     /// Publishes in the window × subscribers; 0 when publishers are external (`--publishers 0`).
     pub expected: u64,
+    /// `expected` − unique deliveries. With external publishers, the sequence gaps not filled
+    /// later, counted from each subscriber's first delivery of the window (their numbering
+    /// of the window is unknown); with our own, sequence checks start at the window's first
+    /// publish.
     pub lost: u64,
     pub duplicates: u64,
+    /// Deliveries that came after a later sequence number.
     pub reordered: u64,
-    /// Missing sequence numbers seen as gaps (a subset of `lost` unless later filled).
+    /// Missing sequence numbers seen as gaps, some of them filled later.
     pub gaps: u64,
 }
 

@@ -83,6 +83,51 @@ fn fanout_raw_dialect_counts_every_delivery() {
     assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), expected);
 }
 
+/// Issue 9 item 11: loss and reordering count from the first publish of the window. Ten
+/// subscribers, one publisher; the server mistreats the window's first publish.
+fn fanout_with_fault(fault: Fault) -> serde_json::Value {
+    let url = faulty_broadcast_server(fault);
+    let v = loadgen_ok(
+        "fanout",
+        &url,
+        &args(&[
+            "--dialect",
+            "raw",
+            "--subscribers",
+            "10",
+            "--publishers",
+            "1",
+            "--rate",
+            "200",
+        ]),
+    );
+    assert_eq!(errors_total(&v), 0, "{v}");
+    assert_eq!(v["fanout"]["duplicates"], 0, "{v}");
+    assert!(v["fanout"]["expected"].as_u64().unwrap() >= 10 * 180, "{v}");
+    v
+}
+
+#[test]
+fn fanout_counts_a_loss_at_the_first_publish_of_the_window() {
+    let v = fanout_with_fault(Fault::Drop);
+    let f = &v["fanout"];
+    let expected = f["expected"].as_u64().unwrap();
+    assert_eq!(f["deliveries"].as_u64().unwrap(), expected - 10, "{v}");
+    assert_eq!(f["lost"], 10, "{v}");
+    assert_eq!(f["gaps"], 10, "the sequence check sees it too: {v}");
+    assert_eq!(f["reordered"], 0, "{v}");
+}
+
+#[test]
+fn fanout_counts_reordering_at_the_first_publish_of_the_window() {
+    let v = fanout_with_fault(Fault::Delay);
+    let f = &v["fanout"];
+    assert_eq!(f["deliveries"], f["expected"], "{v}");
+    assert_eq!(f["lost"], 0, "{v}");
+    assert_eq!(f["reordered"], 10, "{v}");
+    assert_eq!(f["gaps"], 10, "filled later: {v}");
+}
+
 #[test]
 fn fanout_wsgate_dialect_query_and_op() {
     let url = pubsub_server();

@@ -1,22 +1,27 @@
-//! The server side of one WebSocket connection, after the handshake.
+//! One WebSocket connection after the handshake, in either role ([`Role`]).
 //!
 //! Feed it every byte read with [`Connection::handle_bytes`] and call
 //! [`Connection::handle_timeout`] at or after [`Connection::poll_timeout`]. After each call:
 //! take the events it pushed (answering a message before feeding the bytes after it, so
 //! replies keep their order with the pongs and close frames the core queues itself),
 //! write out whatever it queued on the [`OutQueue`], and once
-//! [`Connection::is_closed`] is true, flush the queue and close the TCP connection (the
-//! server closes first, RFC 6455 §7.1.1). It owns no buffers of its own between calls
-//! except a partial frame header, the message being assembled and a control payload.
+//! [`Connection::is_closed`] is true, flush the queue and close the TCP connection (RFC 6455
+//! §7.1.1: the server closes first; a client should give the server a moment to do so). It
+//! owns no buffers of its own between calls except a partial frame header, the message being
+//! assembled and a control payload.
+//!
+//! The roles differ only on the wire: a server requires masked frames and sends unmasked
+//! ones; a client requires unmasked frames and masks what it sends with keys its caller draws.
 
 use std::time::{Duration, Instant};
 
-use super::close::{CloseCode, CloseFrame};
+use super::close::{self, CloseCode, CloseFrame};
 use super::error::ProtocolError;
-use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use super::frame::{self, FrameHeader, OpCode, Role, MAX_HEADER_LEN};
 use super::mask;
 use super::outgoing::{self, OutQueue, Prepared};
 use super::utf8::Utf8Validator;
+use bytes::Bytes;
 
 /// Limits and timers, shared by all connections of a reactor and passed in by reference.
 #[derive(Clone, Debug)]
@@ -73,12 +78,9 @@ enum State {
 enum Rx {
     /// Collecting a header that arrived split across reads.
     Header { buf: [u8; MAX_HEADER_LEN], len: u8 },
-    /// Inside a payload: `remaining` bytes to go, unmasking at key byte `phase`.
-    Payload {
-        header: FrameHeader,
-        remaining: u64,
-        phase: u8,
-    },
+    /// Inside a payload: `header.len` counts the bytes still to come (not the frame's
+    /// length, which keeps `Rx` small), unmasked from key byte `phase` if masked.
+    Payload { header: FrameHeader, phase: u8 },
 }
 
 const RX_START: Rx = Rx::Header {
@@ -86,9 +88,20 @@ const RX_START: Rx = Rx::Header {
     len: 0,
 };
 
-/// The per-connection protocol state machine (server role).
+/// Our end of the connection, and for a client where its masking keys come from.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Server,
+    /// RFC 6455 §5.3: every frame we send is masked with a fresh key from `mask_key`.
+    Client {
+        mask_key: fn() -> [u8; 4],
+    },
+}
+
+/// The per-connection protocol state machine, for either role.
 #[derive(Debug)]
 pub struct Connection {
+    side: Side,
     state: State,
     rx: Rx,
     /// Data message being assembled; empty (no allocation) between messages.
@@ -103,8 +116,21 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(now: Instant) -> Self {
+    /// A server's connection: it requires masked frames and sends unmasked ones.
+    pub fn server(now: Instant) -> Self {
+        Self::new(Side::Server, now)
+    }
+
+    /// A client's connection: it requires unmasked frames and masks every frame it sends
+    /// (pongs, pings, close frames, messages) with a key from `mask_key`, which must return a
+    /// fresh, unpredictable key on each call (RFC 6455 §10.3); this crate has no RNG.
+    pub fn client(now: Instant, mask_key: fn() -> [u8; 4]) -> Self {
+        Self::new(Side::Client { mask_key }, now)
+    }
+
+    fn new(side: Side, now: Instant) -> Self {
         Self {
+            side,
             state: State::Open,
             rx: RX_START,
             message: Vec::new(),
@@ -112,6 +138,13 @@ impl Connection {
             utf8: Utf8Validator::new(),
             control: Vec::new(),
             timer: now,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self.side {
+            Side::Server => Role::Server,
+            Side::Client { .. } => Role::Client,
         }
     }
 
@@ -125,7 +158,7 @@ impl Connection {
         self.state == State::Closed
     }
 
-    /// Handles bytes read from the socket, unmasking them in place. Pushes events to
+    /// Handles bytes read from the socket, unmasking them in place if masked. Pushes events to
     /// `events` and frames to `out`, and returns how many bytes it consumed: all of them
     /// (a partial header is kept inside), except that it returns right after a complete
     /// message, so that the caller can answer it before the rest is parsed.
@@ -154,26 +187,19 @@ impl Connection {
                     Ok(_) => Ok(()),
                     Err(err) => Err(err),
                 },
-                Rx::Payload {
-                    header,
-                    remaining,
-                    phase,
-                } => {
-                    let take = remaining.min((buf.len() - pos) as u64) as usize;
+                Rx::Payload { mut header, phase } => {
+                    let take = header.len.min((buf.len() - pos) as u64) as usize;
                     let chunk = &mut buf[pos..pos + take];
-                    let key = header
-                        .mask
-                        .expect("unmasked frames are rejected at the header");
-                    let phase = mask::unmask(chunk, key, usize::from(phase)) as u8;
-                    pos += take;
-                    let remaining = remaining - take as u64;
-                    self.rx = Rx::Payload {
-                        header,
-                        remaining,
-                        phase,
+                    // The header check let only the role's masking through.
+                    let phase = match header.mask {
+                        Some(key) => mask::unmask(chunk, key, usize::from(phase)) as u8,
+                        None => phase,
                     };
+                    pos += take;
+                    header.len -= take as u64;
+                    self.rx = Rx::Payload { header, phase };
                     self.handle_payload(header, chunk).and_then(|()| {
-                        if remaining == 0 {
+                        if header.len == 0 {
                             self.rx = RX_START;
                             self.handle_frame_end(header, out, events)
                         } else {
@@ -234,32 +260,15 @@ impl Connection {
         self.rx = RX_START;
         self.check_header(limits, &header)?;
         if header.len > 0 {
-            self.rx = Rx::Payload {
-                header,
-                remaining: header.len,
-                phase: 0,
-            };
+            self.rx = Rx::Payload { header, phase: 0 };
         }
         Ok(Some(header))
     }
 
     fn check_header(&mut self, limits: &Limits, header: &FrameHeader) -> Result<(), ProtocolError> {
-        // RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them.
-        if header.rsv != 0 {
-            return Err(ProtocolError::ReservedBits);
-        }
-        // RFC 6455 §5.1: a server MUST close on an unmasked client frame.
-        if header.mask.is_none() {
-            return Err(ProtocolError::UnmaskedFrame);
-        }
+        // RSV bits, masking for our role, control frame rules.
+        header.check(self.role())?;
         if header.opcode.is_control() {
-            // RFC 6455 §5.5: control frames MUST NOT be fragmented and carry ≤ 125 bytes.
-            if !header.fin {
-                return Err(ProtocolError::FragmentedControl);
-            }
-            if header.len > 125 {
-                return Err(ProtocolError::ControlTooLong);
-            }
             return Ok(());
         }
         if header.len > limits.max_frame_size {
@@ -310,7 +319,7 @@ impl Connection {
             OpCode::Ping => {
                 if self.is_open() {
                     // RFC 6455 §5.5.2: answer with a pong carrying the same payload.
-                    out.push(outgoing::frame(OpCode::Pong, &self.control));
+                    out.push(self.encode(OpCode::Pong, &self.control));
                 }
             }
             OpCode::Pong => {}
@@ -320,10 +329,11 @@ impl Connection {
                 let frame = frame?;
                 if self.is_open() {
                     // RFC 6455 §5.5.1: reply with a close frame, echoing the status code.
-                    out.push(match frame.code {
-                        Some(code) => outgoing::close_frame(code, ""),
-                        None => outgoing::frame(OpCode::Close, b""),
-                    });
+                    let payload = frame
+                        .code
+                        .map(|c| close::encode_payload(c, ""))
+                        .unwrap_or_default();
+                    out.push(self.encode(OpCode::Close, &payload));
                 }
                 self.state = State::Closed;
                 events.push(Event::PeerClosed(frame));
@@ -348,7 +358,8 @@ impl Connection {
     /// RFC 6455 §7.1.7: fail the connection with the violation's close code.
     fn fail(&mut self, err: ProtocolError, out: &mut OutQueue, events: &mut Vec<Event>) {
         if self.is_open() {
-            out.push(outgoing::close_frame(err.close_code(), &err.to_string()));
+            let payload = close::encode_payload(err.close_code(), &err.to_string());
+            out.push(self.encode(OpCode::Close, &payload));
         }
         self.state = State::Closed;
         self.message = Vec::new();
@@ -366,7 +377,7 @@ impl Connection {
         out: &mut OutQueue,
     ) {
         if self.is_open() {
-            out.push(outgoing::close_frame(code, reason));
+            out.push(self.encode(OpCode::Close, &close::encode_payload(code, reason)));
             self.state = State::CloseSent;
             self.timer = now + limits.close_timeout;
             self.message = Vec::new();
@@ -376,16 +387,20 @@ impl Connection {
     /// Queues a data message as one frame; false when the connection is no longer open.
     pub fn send_message(&mut self, opcode: OpCode, payload: &[u8], out: &mut OutQueue) -> bool {
         if self.is_open() {
-            out.push(outgoing::frame(opcode, payload));
+            out.push(self.encode(opcode, payload));
             true
         } else {
             false
         }
     }
 
-    /// Queues a prepared message (a broadcast) in the variant this connection takes; false
-    /// when no longer open.
+    /// Queues a prepared message (a server's broadcast) in the variant this connection
+    /// takes; false when no longer open.
     pub fn send_prepared(&mut self, message: &Prepared, out: &mut OutQueue) -> bool {
+        debug_assert!(
+            matches!(self.side, Side::Server),
+            "broadcasts are server frames"
+        );
         if self.is_open() {
             out.push(message.frame().clone());
             true
@@ -419,17 +434,26 @@ impl Connection {
                     .idle_timeout
                     .is_some_and(|idle| now >= self.timer + idle)
                 {
-                    out.push(outgoing::frame(OpCode::Ping, b""));
+                    out.push(self.encode(OpCode::Ping, b""));
                     self.state = State::AwaitingPong;
                     self.timer = now + limits.pong_timeout;
                 }
             }
             State::AwaitingPong if now >= self.timer => {
-                out.push(outgoing::close_frame(CloseCode::POLICY, "ping timeout"));
+                let payload = close::encode_payload(CloseCode::POLICY, "ping timeout");
+                out.push(self.encode(OpCode::Close, &payload));
                 self.state = State::Closed;
             }
             State::CloseSent if now >= self.timer => self.state = State::Closed,
             State::AwaitingPong | State::CloseSent | State::Closed => {}
+        }
+    }
+
+    /// A complete frame as our role sends it: unmasked from a server, masked from a client.
+    fn encode(&self, opcode: OpCode, payload: &[u8]) -> Bytes {
+        match self.side {
+            Side::Server => outgoing::frame(opcode, payload),
+            Side::Client { mask_key } => frame::encode_client(opcode, mask_key(), payload),
         }
     }
 }

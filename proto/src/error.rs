@@ -2,8 +2,8 @@
 
 use super::close::CloseCode;
 
-/// A violation of RFC 6455 by the peer. Each variant is one rule; `close_code` maps it to
-/// the status sent in the closing frame.
+/// A violation of RFC 6455 by the peer, client or server. Each variant is one rule;
+/// `close_code` maps it to the status sent in the closing frame.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     #[error("reserved bits set without a negotiated extension")]
@@ -12,6 +12,8 @@ pub enum ProtocolError {
     ReservedOpcode(u8),
     #[error("unmasked client frame")]
     UnmaskedFrame,
+    #[error("masked server frame")]
+    MaskedFrame,
     #[error("fragmented control frame")]
     FragmentedControl,
     #[error("control frame payload over 125 bytes")]

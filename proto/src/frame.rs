@@ -1,6 +1,22 @@
-//! Frame headers: decoding client frames and encoding server frames (RFC 6455 §5.2).
+//! Frames for both roles (RFC 6455 §5.2): parsing and checking a received header, and
+//! encoding what a server sends (unmasked) and what a client sends (masked).
+//!
+//! Owns the wire format of one frame. Must not keep state across frames (fragmentation and
+//! limits belong to the connection) or draw masking keys: a client's caller supplies them.
+
+use bytes::Bytes;
 
 use super::error::ProtocolError;
+use super::mask;
+
+/// Which end of a connection this is (RFC 6455 §5.1): a client masks every frame it sends and
+/// a server masks none, so each end requires of the frames it receives the opposite of what
+/// it does itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
 
 /// Frame opcodes (RFC 6455 §5.2, §11.8). Reserved opcodes are rejected when the header is parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +108,33 @@ impl FrameHeader {
         Ok(Some((header, at)))
     }
 
+    /// Checks a header received by `role` against the rules that need no connection state,
+    /// in this order: RSV bits (no extension is negotiated), masking, then the control frame
+    /// rules. Fragmentation and size limits are the connection's to check.
+    pub fn check(&self, role: Role) -> Result<(), ProtocolError> {
+        // RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them.
+        if self.rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        // RFC 6455 §5.1: a server MUST close on an unmasked client frame, and a client on a
+        // masked server frame.
+        match (role, self.mask) {
+            (Role::Server, None) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, Some(_)) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if self.opcode.is_control() {
+            // RFC 6455 §5.5: control frames MUST NOT be fragmented and carry ≤ 125 bytes.
+            if !self.fin {
+                return Err(ProtocolError::FragmentedControl);
+            }
+            if self.len > 125 {
+                return Err(ProtocolError::ControlTooLong);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the header into `out` and returns its length.
     pub fn encode(&self, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
         out[0] = (u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode as u8;
@@ -120,26 +163,60 @@ impl FrameHeader {
     }
 }
 
-/// A complete masked frame as a client sends it, for tests and benches. `opcode` is raw
-/// (reserved values included) so that bad frames can be built too.
-#[doc(hidden)]
-pub fn encode_masked(fin: bool, rsv: u8, opcode: u8, key: [u8; 4], payload: &[u8]) -> Vec<u8> {
+/// Appends a complete, final client frame of `len` payload bytes to `out`: `fill` writes the
+/// payload in place, then it is masked with `key` (RFC 6455 §5.3), so nothing is copied twice.
+///
+/// RFC 6455 §5.3, §10.3: `key` must be fresh for each frame and unpredictable to the server.
+/// The caller draws it; this crate has no random number generator.
+pub fn encode_client_with(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    key: [u8; 4],
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) {
     let header = FrameHeader {
-        fin,
-        rsv,
-        opcode: OpCode::Binary,
+        fin: true,
+        rsv: 0,
+        opcode,
         mask: Some(key),
-        len: payload.len() as u64,
+        len: len as u64,
     };
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut head);
-    head[0] = (head[0] & 0xf0) | (opcode & 0x0f);
-    let mut out = Vec::with_capacity(n + payload.len());
+    out.reserve(n + len);
     out.extend_from_slice(&head[..n]);
     let start = out.len();
-    out.extend_from_slice(payload);
+    out.resize(start + len, 0);
+    fill(&mut out[start..]);
     // Masking and unmasking are the same XOR.
-    super::mask::unmask(&mut out[start..], key, 0);
+    mask::unmask(&mut out[start..], key, 0);
+}
+
+/// Appends a complete, final client frame carrying `payload`, masked with `key` (see
+/// [`encode_client_with`]).
+pub fn encode_client_into(out: &mut Vec<u8>, opcode: OpCode, key: [u8; 4], payload: &[u8]) {
+    encode_client_with(out, opcode, key, payload.len(), |p| {
+        p.copy_from_slice(payload)
+    });
+}
+
+/// A complete, final client frame carrying `payload`, masked with `key`.
+pub fn encode_client(opcode: OpCode, key: [u8; 4], payload: &[u8]) -> Bytes {
+    let mut out =
+        Vec::with_capacity(crate::outgoing::server_header_len(payload.len()) + 4 + payload.len());
+    encode_client_into(&mut out, opcode, key, payload);
+    Bytes::from(out)
+}
+
+/// [`encode_client_into`] with FIN, the RSV bits and the raw opcode nibble (reserved values
+/// included) chosen by the caller, so that tests and benches can build frames a client must
+/// not send.
+#[doc(hidden)]
+pub fn encode_client_raw(fin: bool, rsv: u8, opcode: u8, key: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_client_into(&mut out, OpCode::Binary, key, payload);
+    out[0] = (u8::from(fin) << 7) | ((rsv & 0x7) << 4) | (opcode & 0x0f);
     out
 }
 
@@ -215,6 +292,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    // RFC 6455 §5.1, §5.2, §5.5: the checks that need no connection state, per role.
+    #[test]
+    fn check_by_role() {
+        let header = |b0: u8, b1: u8| {
+            let mut bytes = vec![b0, b1];
+            if b1 & 0x80 != 0 {
+                bytes.extend_from_slice(&[1, 2, 3, 4]);
+            }
+            bytes.resize(bytes.len() + 2, 0x7e);
+            parse_all(&bytes).0
+        };
+        use ProtocolError as E;
+        let cases = [
+            // (b0, b1, what a server says, what a client says)
+            (0x81, 0x85, Ok(()), Err(E::MaskedFrame)),
+            (0x81, 0x05, Err(E::UnmaskedFrame), Ok(())),
+            (0xc1, 0x85, Err(E::ReservedBits), Err(E::ReservedBits)),
+            (0x91, 0x05, Err(E::ReservedBits), Err(E::ReservedBits)),
+            (0x09, 0x80, Err(E::FragmentedControl), Err(E::MaskedFrame)),
+            (0x09, 0x00, Err(E::UnmaskedFrame), Err(E::FragmentedControl)),
+            (0x8a, 0xfe, Err(E::ControlTooLong), Err(E::MaskedFrame)),
+            (0x8a, 0x7e, Err(E::UnmaskedFrame), Err(E::ControlTooLong)),
+            (0x88, 0x7d, Err(E::UnmaskedFrame), Ok(())),
+            // Data frames may be fragmented and long.
+            (0x02, 0xfe, Ok(()), Err(E::MaskedFrame)),
+            (0x00, 0x7e, Err(E::UnmaskedFrame), Ok(())),
+        ];
+        for (b0, b1, server, client) in cases {
+            let h = header(b0, b1);
+            assert_eq!(h.check(Role::Server), server, "{b0:#x} {b1:#x} at a server");
+            assert_eq!(h.check(Role::Client), client, "{b0:#x} {b1:#x} at a client");
+        }
+    }
+
+    // RFC 6455 §5.7: "Hello" masked with 37 fa 21 3d, as a client sends it.
+    #[test]
+    fn encode_client_frame() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let hello = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(&encode_client(OpCode::Text, key, b"Hello")[..], &hello);
+        let mut out = vec![0xee];
+        encode_client_into(&mut out, OpCode::Text, key, b"Hello");
+        assert_eq!(out[1..], hello, "appends");
+        let (h, n) = parse_all(&hello);
+        assert_eq!((h.check(Role::Server), n), (Ok(()), 6));
+    }
+
+    #[test]
+    fn encode_client_lengths_and_fill() {
+        let key = [1, 2, 3, 4];
+        let mut out = Vec::new();
+        encode_client_with(&mut out, OpCode::Binary, key, 256, |p| p.fill(0));
+        assert_eq!(out[..8], [0x82, 0xfe, 0x01, 0x00, 1, 2, 3, 4]);
+        assert_eq!(out[8..12], key, "zeros masked are the key");
+        assert_eq!(out.len(), 8 + 256);
+        out.clear();
+        encode_client_with(&mut out, OpCode::Binary, key, 65536, |p| p.fill(0));
+        assert_eq!(out[..14], [0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4]);
+        assert_eq!(out.len(), 14 + 65536);
+    }
+
+    #[test]
+    fn encode_client_raw_builds_frames_a_client_must_not_send() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let frame = encode_client_raw(false, 0b101, 0xb, key, b"Hello");
+        assert_eq!(frame[..2], [0x5b, 0x85]);
+        assert_eq!(frame[6..], [0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        assert_eq!(
+            FrameHeader::parse(&frame),
+            Err(ProtocolError::ReservedOpcode(0xb))
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! HTTP/1.1 request heads and the WebSocket opening handshake (RFC 6455 §4.2), sans-I/O.
+//! HTTP/1.1 request heads and the server side of the WebSocket opening handshake (RFC 6455
+//! §4.2), sans-I/O; the client side is in [`client`].
 //!
 //! Owns: parsing one request head out of the caller's buffer (incrementally and bounded),
 //! checking a WebSocket upgrade against RFC 6455 §4.2.1 and the server's [`UpgradePolicy`],
@@ -19,7 +20,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
 
-/// Most header fields one request head may carry; one more is `431`.
+pub mod client;
+
+/// Most header fields one request (or, for a client, response) head may carry; one more is
+/// `431`.
 pub const MAX_HEADERS: usize = 64;
 
 /// The GUID appended to `Sec-WebSocket-Key` before hashing (RFC 6455 §1.3).

@@ -1,4 +1,5 @@
-//! In-place unmasking of client payloads (RFC 6455 §5.3).
+//! In-place unmasking of client payloads (RFC 6455 §5.3): a server unmasks what it receives
+//! and a client masks what it sends, with the same XOR.
 //!
 //! Owns the XOR of payload bytes with the frame's 4-byte masking key, carrying the key's phase
 //! across buffer boundaries so that a payload can be unmasked in whatever pieces it arrives in.

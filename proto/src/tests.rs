@@ -1,14 +1,33 @@
-//! Connection tests: bytes in, events and bytes out, grouped by RFC 6455 section.
+//! Connection tests: bytes in, events and bytes out, grouped by RFC 6455 section. Most run
+//! the server role (`Peer::new`); the client role's differences are under §5.1 and §5.3.
 
 use std::time::{Duration, Instant};
 
 use super::*;
 
+/// The key of the client frames fed to a server.
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The key a client-role `Connection` masks its frames with.
+const CLIENT_KEY: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
 
 /// A masked client frame.
 fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    frame::encode_masked(fin, rsv, opcode, KEY, payload)
+    frame::encode_client_raw(fin, rsv, opcode, KEY, payload)
+}
+
+/// An unmasked server frame.
+fn server_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = crate::outgoing::frame(OpCode::Binary, payload).to_vec();
+    out[0] = (u8::from(fin) << 7) | (rsv << 4) | opcode;
+    out
+}
+
+/// `payload` XORed with `CLIENT_KEY`: what a client-role connection puts on the wire.
+fn masked(payload: &[u8]) -> Vec<u8> {
+    let mut out = payload.to_vec();
+    mask::unmask_scalar(&mut out, CLIENT_KEY, 0);
+    out
 }
 
 struct Peer {
@@ -19,13 +38,31 @@ struct Peer {
 }
 
 impl Peer {
+    /// A server-role connection.
     fn new() -> Self {
+        Self::with(Connection::server)
+    }
+
+    /// A client-role connection masking with `CLIENT_KEY`.
+    fn client() -> Self {
+        Self::with(|now| Connection::client(now, || CLIENT_KEY))
+    }
+
+    fn with(conn: impl FnOnce(Instant) -> Connection) -> Self {
         let now = Instant::now();
         Self {
-            conn: Connection::new(now),
+            conn: conn(now),
             limits: Limits::default(),
             out: OutQueue::default(),
             now,
+        }
+    }
+
+    /// A frame as our peer sends it: masked toward a server, unmasked toward a client.
+    fn peer_frame(&self, fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        match self.conn.role() {
+            Role::Server => client_frame(fin, 0, opcode, payload),
+            Role::Client => server_frame(fin, 0, opcode, payload),
         }
     }
 
@@ -63,18 +100,40 @@ impl Peer {
         bytes
     }
 
+    /// The frames queued for the socket, unmasked, checking that each is masked as our role
+    /// must: (opcode, payload).
+    fn sent_frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+        let sent = self.sent();
+        let mut rest = &sent[..];
+        let mut frames = Vec::new();
+        while !rest.is_empty() {
+            let (header, n) = FrameHeader::parse(rest)
+                .expect("valid frame")
+                .expect("complete");
+            assert!(header.fin, "we send whole frames");
+            assert_eq!(header.mask.is_some(), self.conn.role() == Role::Client);
+            let end = n + header.len as usize;
+            let mut payload = rest[n..end].to_vec();
+            if let Some(key) = header.mask {
+                mask::unmask_scalar(&mut payload, key, 0);
+            }
+            frames.push((header.opcode, payload));
+            rest = &rest[end..];
+        }
+        frames
+    }
+
     fn assert_fails(&mut self, bytes: &[u8], code: CloseCode) {
         let events = self.feed(bytes);
         assert!(
             matches!(events.last(), Some(Event::Failed(e)) if e.close_code() == code),
             "{events:?}"
         );
-        let sent = self.sent();
-        assert_eq!(
-            &sent[..4],
-            &[0x88, sent[1], (code.0 >> 8) as u8, code.0 as u8],
-            "close frame {sent:x?}"
-        );
+        let sent = self.sent_frames();
+        let [(OpCode::Close, payload)] = &sent[..] else {
+            panic!("one close frame: {sent:x?}")
+        };
+        assert_eq!(&payload[..2], &code.0.to_be_bytes(), "close code");
         assert!(self.conn.is_closed());
     }
 }
@@ -134,10 +193,143 @@ fn reserved_opcodes_fail() {
     }
 }
 
-// RFC 6455 §5.1: clients MUST mask.
+// RFC 6455 §5.1: clients MUST mask, servers MUST NOT; each end fails the other's mistake.
+
 #[test]
 fn unmasked_client_frame_fails() {
     Peer::new().assert_fails(&[0x81, 0x02, b'h', b'i'], CloseCode::PROTOCOL);
+}
+
+#[test]
+fn client_reads_unmasked_server_frames() {
+    let mut p = Peer::client();
+    // RFC 6455 §5.7: a single-frame unmasked text message, and a fragmented one.
+    assert_eq!(
+        p.feed(&[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]),
+        vec![message(OpCode::Text, b"Hello")]
+    );
+    assert_eq!(
+        p.feed_bytewise(&[0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f]),
+        vec![message(OpCode::Text, b"Hello")]
+    );
+    let big = vec![7u8; 300];
+    assert_eq!(
+        p.feed(&server_frame(true, 0, 0x2, &big)),
+        vec![message(OpCode::Binary, &big)]
+    );
+    assert!(p.out.is_empty());
+}
+
+#[test]
+fn client_fails_masked_server_frame_with_a_masked_1002() {
+    let mut p = Peer::client();
+    // RFC 6455 §5.7: "Hello" masked, as only a client may send it.
+    let events = p.feed(&[
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ]);
+    assert_eq!(events, vec![Event::Failed(ProtocolError::MaskedFrame)]);
+    let payload = [&[0x03, 0xea][..], b"masked server frame"].concat();
+    let expected = [
+        &[0x88, 0x80 | payload.len() as u8][..],
+        &CLIENT_KEY,
+        &masked(&payload),
+    ]
+    .concat();
+    assert_eq!(p.sent(), expected);
+    assert!(p.conn.is_closed());
+}
+
+#[test]
+fn client_applies_the_other_frame_rules_too() {
+    for (wire, code) in [
+        (server_frame(true, 0b100, 0x1, b"x"), CloseCode::PROTOCOL),
+        (server_frame(true, 0, 0x3, b""), CloseCode::PROTOCOL),
+        (server_frame(false, 0, 0x9, b""), CloseCode::PROTOCOL),
+        (server_frame(true, 0, 0xa, &[0; 126]), CloseCode::PROTOCOL),
+        (server_frame(true, 0, 0x0, b"x"), CloseCode::PROTOCOL),
+        (
+            server_frame(true, 0, 0x8, &[0x03, 0xed]),
+            CloseCode::PROTOCOL,
+        ),
+        (server_frame(true, 0, 0x1, b"\xff"), CloseCode::INVALID_DATA),
+    ] {
+        Peer::client().assert_fails(&wire, code);
+    }
+    let mut p = Peer::client();
+    p.limits.max_message_size = 100;
+    p.assert_fails(&server_frame(true, 0, 0x2, &[0; 101]), CloseCode::TOO_BIG);
+}
+
+// RFC 6455 §5.3: a client masks every frame it sends, with a fresh key each time.
+
+#[test]
+fn client_masks_its_pong() {
+    let mut p = Peer::client();
+    assert!(p.feed(&[0x89, 0x03, 0x01, 0x02, 0x03]).is_empty());
+    assert_eq!(
+        p.sent(),
+        [0x8a, 0x83, 0xa1, 0xb2, 0xc3, 0xd4, 0xa0, 0xb0, 0xc0],
+        "pong, masked with the client's key"
+    );
+}
+
+#[test]
+fn client_masks_its_close_reply() {
+    let mut p = Peer::client();
+    let events = p.feed(&[0x88, 0x02, 0x03, 0xe8]);
+    assert_eq!(
+        events,
+        vec![Event::PeerClosed(CloseFrame {
+            code: Some(CloseCode::NORMAL),
+            reason: String::new()
+        })]
+    );
+    assert_eq!(p.sent(), [0x88, 0x82, 0xa1, 0xb2, 0xc3, 0xd4, 0xa2, 0x5a]);
+    assert!(p.conn.is_closed());
+}
+
+#[test]
+fn client_masks_messages_pings_and_its_own_close() {
+    let mut p = Peer::client();
+    assert!(p.conn.send_message(OpCode::Text, b"Hello", &mut p.out));
+    assert_eq!(
+        p.sent(),
+        [&[0x81, 0x85][..], &CLIENT_KEY, &masked(b"Hello")].concat()
+    );
+    let at = p.conn.poll_timeout(&p.limits).expect("idle timer");
+    p.conn.handle_timeout(at, &p.limits, &mut p.out);
+    assert_eq!(
+        p.sent(),
+        [0x89, 0x80, 0xa1, 0xb2, 0xc3, 0xd4],
+        "keepalive ping"
+    );
+    p.conn
+        .close(at, &p.limits, CloseCode::GOING_AWAY, "bye", &mut p.out);
+    assert_eq!(
+        p.sent_frames(),
+        vec![(OpCode::Close, vec![0x03, 0xe9, b'b', b'y', b'e'])]
+    );
+}
+
+#[test]
+fn client_draws_a_fresh_key_for_each_frame() {
+    thread_local! {
+        static DRAWN: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    }
+    fn counting_key() -> [u8; 4] {
+        let n = DRAWN.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        [n; 4]
+    }
+    let mut p = Peer::with(|now| Connection::client(now, counting_key));
+    p.feed(&[0x89, 0x00, 0x89, 0x00]);
+    assert_eq!(
+        p.sent(),
+        [0x8a, 0x80, 1, 1, 1, 1, 0x8a, 0x80, 2, 2, 2, 2],
+        "one key per pong"
+    );
 }
 
 #[test]
@@ -441,6 +633,13 @@ fn any_traffic_answers_the_ping() {
     );
 }
 
+// Memory: the role and a client's key source cost a server connection nothing.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn connection_stays_small() {
+    assert!(std::mem::size_of::<Connection>() <= 104);
+}
+
 // Output queue bookkeeping.
 
 #[test]
@@ -465,13 +664,15 @@ proptest::proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(
+        client in proptest::bool::ANY,
         frames in proptest::collection::vec((proptest::bool::ANY, 0u8..16, proptest::collection::vec(proptest::num::u8::ANY, 0..300)), 0..8),
         garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
         cuts in proptest::collection::vec(1usize..64, 0..16),
     ) {
-        let mut wire: Vec<u8> = frames.iter().flat_map(|(fin, op, payload)| client_frame(*fin, 0, *op, payload)).collect();
+        // Frames as the peer of our role sends them, then anything.
+        let mut p = if client { Peer::client() } else { Peer::new() };
+        let mut wire: Vec<u8> = frames.iter().flat_map(|(fin, op, payload)| p.peer_frame(*fin, *op, payload)).collect();
         wire.extend(&garbage);
-        let mut p = Peer::new();
         p.limits.max_message_size = 1000;
         let mut rest = &wire[..];
         for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
@@ -479,27 +680,13 @@ proptest::proptest! {
             p.feed(piece);
             rest = tail;
         }
-        let sent = p.sent();
-        let opcodes = server_opcodes(&sent);
+        // Masked as our role must, whole frames only.
+        let opcodes: Vec<OpCode> = p.sent_frames().into_iter().map(|(op, _)| op).collect();
         if p.conn.is_closed() {
             proptest::prop_assert_eq!(opcodes.last(), Some(&OpCode::Close), "closed with a close frame last");
-            proptest::prop_assert!(p.feed(&client_frame(true, 0, 0x1, b"after")).is_empty());
+            proptest::prop_assert!(p.feed(&p.peer_frame(true, 0x1, b"after")).is_empty());
         } else {
             proptest::prop_assert!(opcodes.iter().all(|&op| op == OpCode::Pong), "only pongs while open");
         }
     }
-}
-
-/// The opcodes of a run of complete server frames.
-fn server_opcodes(mut bytes: &[u8]) -> Vec<OpCode> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (header, n) = FrameHeader::parse(bytes)
-            .expect("valid server frame")
-            .expect("complete");
-        assert!(header.mask.is_none() && header.fin);
-        out.push(header.opcode);
-        bytes = &bytes[n + header.len as usize..];
-    }
-    out
 }

@@ -135,7 +135,7 @@ impl Core {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.phase = Phase::WebSocket {
-                    ws: Connection::new(self.now),
+                    ws: Connection::server(self.now),
                     route,
                     subs: Subs::new(),
                 };

@@ -81,7 +81,7 @@ impl Harness {
     }
 
     fn send_frame(&mut self, id: ConnId, opcode: u8, payload: &[u8]) {
-        let frame = wsgate_proto::frame::encode_masked(true, 0, opcode, [1, 2, 3, 4], payload);
+        let frame = wsgate_proto::frame::encode_client_raw(true, 0, opcode, [1, 2, 3, 4], payload);
         self.net.send(id, &frame);
     }
 

@@ -1,4 +1,8 @@
 //! Shared test helpers: a gateway on 127.0.0.1:0, clients, and HTTP over raw TCP.
+//!
+//! Two kinds of client: tungstenite, independent of the gateway's code, for the checks that
+//! must stay independent; and raw streams that send crafted bytes, which read the server's
+//! answers with wsgate-proto's client side (its response parser and frame header checks).
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 // tungstenite::Error is large; these helpers return it as tungstenite does.
@@ -12,6 +16,9 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 use wsgate::config::{IoBackend, RawConfig};
 use wsgate::server::Server;
+use wsgate_proto::frame::MAX_HEADER_LEN;
+use wsgate_proto::handshake::client;
+use wsgate_proto::{FrameHeader, Role};
 
 /// Every blocking read in the tests gives up after this: a hang is a failure, not a stall.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,16 +166,13 @@ pub fn recv(ws: &mut Client) -> Message {
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub head: client::Response,
     pub body: Vec<u8>,
 }
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.head.header(name)
     }
 
     pub fn body_text(&self) -> String {
@@ -176,11 +180,11 @@ impl Response {
     }
 }
 
-/// Reads one response (head, then Content-Length bytes of body).
-pub fn read_response(stream: &mut TcpStream) -> Response {
+/// Reads one response head, byte by byte so that nothing after it is taken from the stream.
+pub fn read_head(stream: &mut TcpStream) -> client::Response {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
+    loop {
         let n = stream
             .read(&mut byte)
             .expect("response head before the timeout");
@@ -190,30 +194,27 @@ pub fn read_response(stream: &mut TcpStream) -> Response {
             String::from_utf8_lossy(&buf)
         );
         buf.push(byte[0]);
+        // A head ends with an empty line: only a line feed can complete it.
+        if byte[0] == b'\n' {
+            if let Some(head) = client::Response::parse(&buf).expect("valid response head") {
+                assert_eq!(head.head_len, buf.len());
+                return head;
+            }
+        }
     }
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut parsed = httparse::Response::new(&mut headers);
-    parsed.parse(&buf).expect("valid response head");
-    let status = parsed.code.expect("status");
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_owned(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let len = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().expect("numeric content-length"));
+}
+
+/// Reads one response (head, then Content-Length bytes of body).
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let head = read_head(stream);
+    let len = head
+        .header("content-length")
+        .map_or(0, |v| v.parse().expect("numeric content-length"));
     let mut body = vec![0; len];
     stream.read_exact(&mut body).expect("body");
     Response {
-        status,
-        headers,
+        status: head.status,
+        head,
         body,
     }
 }
@@ -248,40 +249,48 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 
 /// A masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    wsgate_proto::frame::encode_masked(fin, 0, opcode, [0xa1, 0xb2, 0xc3, 0xd4], payload)
+    wsgate_proto::frame::encode_client_raw(fin, 0, opcode, [0xa1, 0xb2, 0xc3, 0xd4], payload)
 }
 
-/// Reads one server frame from a raw stream: (fin, opcode, payload).
+/// Reads one server frame from a raw stream, checked as a client must (unmasked, no RSV bits,
+/// control frames whole and short): (fin, opcode, payload).
 pub fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).expect("frame header");
-    assert_eq!(head[1] & 0x80, 0, "server frames are unmasked");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            stream.read_exact(&mut b).unwrap();
-            u64::from(u16::from_be_bytes(b))
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let mut len = 0;
+    let header = loop {
+        stream
+            .read_exact(&mut head[len..len + 1])
+            .expect("frame header");
+        len += 1;
+        if let Some((header, _)) = FrameHeader::parse(&head[..len]).expect("valid header") {
+            break header;
         }
-        127 => {
-            let mut b = [0u8; 8];
-            stream.read_exact(&mut b).unwrap();
-            u64::from_be_bytes(b)
-        }
-        n => u64::from(n),
     };
-    let mut payload = vec![0; len as usize];
+    header
+        .check(Role::Client)
+        .expect("a frame a server may send");
+    let mut payload = vec![0; header.len as usize];
     stream.read_exact(&mut payload).expect("frame payload");
-    (head[0] & 0x80 != 0, head[0] & 0x0f, payload)
+    (header.fin, header.opcode as u8, payload)
 }
 
-/// Upgrades a raw stream on `path` and checks the 101.
+/// Upgrades a raw stream on `path` and checks the 101 as a client must.
 pub fn raw_upgrade(server: &TestServer, path: &str) -> TcpStream {
     let mut stream = tcp(server);
-    stream
-        .write_all(upgrade_request(path, "").as_bytes())
-        .unwrap();
-    let response = read_response(&mut stream);
-    assert_eq!(response.status, 101);
+    let key = client::key(*b"raw upgrade test");
+    let mut request = Vec::new();
+    client::Request {
+        host: &server.addr.to_string(),
+        path,
+        key: &key,
+        protocols: &[],
+        headers: &[],
+    }
+    .encode(&mut request);
+    stream.write_all(&request).unwrap();
+    read_head(&mut stream)
+        .check(&key, &[])
+        .expect("a valid 101");
     stream
 }
 

@@ -85,8 +85,27 @@ fn send_to(peers: &Peers, topic: Option<&str>, msg: Message) {
 
 /// Raw dialect: every message received is sent to every connection.
 pub fn broadcast_server() -> String {
+    faulty_broadcast_server(Fault::None)
+}
+
+/// What [`faulty_broadcast_server`] does to the first publish of the measured window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Never relays it.
+    Drop,
+    /// Relays it after the publish that follows it.
+    Delay,
+}
+
+/// [`broadcast_server`] with a fault at the window's first publish, which it recognises as
+/// the second message stamped with sequence number 0 (a publisher numbers its warm-up from 0,
+/// then its window from 0 again). For one publisher and a warm-up with publishes in it.
+pub fn faulty_broadcast_server(fault: Fault) -> String {
     let peers: Peers = Arc::default();
     let next = Arc::new(Mutex::new(0usize));
+    // Messages stamped 0 so far, and the one held back by `Fault::Delay`.
+    let state: Arc<Mutex<(u32, Option<Message>)>> = Arc::default();
     let port = listen(move |s| {
         let Ok(mut reader) = tungstenite::accept(s) else {
             return;
@@ -100,13 +119,35 @@ pub fn broadcast_server() -> String {
             WebSocket::from_raw_socket(reader.get_ref().try_clone().unwrap(), Role::Server, None);
         peers.lock().unwrap().push((id, None, writer));
         while let Ok(m) = reader.read() {
-            if m.is_binary() || m.is_text() {
-                send_to(&peers, None, m);
+            if !(m.is_binary() || m.is_text()) {
+                continue;
+            }
+            let mut state = state.lock().unwrap();
+            if fault != Fault::None && stamp_seq(&m.clone().into_data()) == Some(0) {
+                state.0 += 1;
+                if state.0 == 2 {
+                    if fault == Fault::Delay {
+                        state.1 = Some(m);
+                    }
+                    continue;
+                }
+            }
+            send_to(&peers, None, m);
+            if let Some(held) = state.1.take() {
+                send_to(&peers, None, held);
             }
         }
         peers.lock().unwrap().retain(|(i, _, _)| *i != id);
     });
     format!("ws://127.0.0.1:{port}/")
+}
+
+/// The sequence number of the stamp in a payload (`~`, 16 hex digits of time, 8 of
+/// publisher, 8 of sequence number).
+fn stamp_seq(payload: &[u8]) -> Option<u32> {
+    let at = payload.iter().position(|&b| b == b'~')?;
+    let hex = std::str::from_utf8(payload.get(at + 25..at + 33)?).ok()?;
+    u32::from_str_radix(hex, 16).ok()
 }
 
 /// A tiny stand-in for wsgate's /ws protocol: `?subscribe=T`, the `subscribe` op (answered
