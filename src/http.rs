@@ -44,24 +44,16 @@ impl Route {
 /// Answers `/healthz`, a wrong method on `/metrics`, and unknown paths.
 pub fn respond(route: Route, req: &Request, draining: bool) -> Vec<u8> {
     let keep_alive = req.keep_alive && !draining;
-    let text = |status, body: &[u8], keep_alive| {
-        handshake::response(status, "text/plain", &[], body, keep_alive)
-    };
     match route {
         Route::Health | Route::Metrics if !matches!(req.method, Method::Get | Method::Head) => {
-            let body = b"method not allowed\n";
-            handshake::response(
-                405,
-                "text/plain",
-                &[("Allow", "GET, HEAD")],
-                body,
-                keep_alive,
-            )
+            HttpError::new(405, "method not allowed")
+                .with_header("Allow", "GET, HEAD")
+                .response_keep_alive(keep_alive)
         }
-        Route::Health if draining => text(503, b"draining\n", false),
-        Route::Health => text(200, b"ok\n", keep_alive),
-        Route::Metrics => text(200, b"", keep_alive),
-        Route::NotFound => text(404, b"not found\n", keep_alive),
+        Route::Health if draining => HttpError::new(503, "draining").response(),
+        Route::Health => handshake::response(200, "text/plain", &[], b"ok\n", keep_alive),
+        Route::Metrics => handshake::response(200, "text/plain", &[], b"", keep_alive),
+        Route::NotFound => HttpError::new(404, "not found").response_keep_alive(keep_alive),
         Route::Echo | Route::PubSub | Route::Publish => unreachable!("answered elsewhere"),
     }
 }
@@ -94,21 +86,13 @@ pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
 }
 
 /// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
-/// JSON. Returns the topic, or the error response to send.
+/// JSON. Returns the topic, or the error response to send (the connection stays usable).
 pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
-    let keep_alive = req.keep_alive;
-    let fail = |status, reason: &str, extra: &[(&str, &str)]| {
-        let body = format!("{{\"ok\":false,\"error\":\"{reason}\"}}");
-        handshake::response(
-            status,
-            "application/json",
-            extra,
-            body.as_bytes(),
-            keep_alive,
-        )
-    };
+    let fail = |err: HttpError| err.response_keep_alive(req.keep_alive);
     if req.method != Method::Post {
-        return Err(fail(405, "use POST", &[("Allow", "POST")]));
+        return Err(fail(
+            HttpError::new(405, "use POST").with_header("Allow", "POST"),
+        ));
     }
     if let Some(token) = &config.publish_token {
         let given = req
@@ -117,20 +101,21 @@ pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<Stri
             .and_then(|a| a.strip_prefix("Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
             return Err(fail(
-                401,
-                "missing or wrong bearer token",
-                &[("WWW-Authenticate", "Bearer")],
+                HttpError::new(401, "missing or wrong bearer token")
+                    .with_header("WWW-Authenticate", "Bearer"),
             ));
         }
     }
     let topic = &req.path["/publish/".len()..];
     if let Err(reason) = broadcast::check_topic(topic, config.max_topic_len) {
-        return Err(fail(400, reason, &[]));
+        return Err(fail(HttpError::new(400, reason).with_code("invalid_topic")));
     }
     // simd-json parses in place; the body is delivered as sent, so check a copy.
     let mut copy = body.to_vec();
     if simd_json::to_borrowed_value(&mut copy).is_err() {
-        return Err(fail(400, "body is not valid json", &[]));
+        return Err(fail(
+            HttpError::new(400, "body is not valid json").with_code("bad_json"),
+        ));
     }
     Ok(topic.to_owned())
 }
@@ -155,7 +140,7 @@ pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, Ht
             percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
         for topic in list.split(',').filter(|t| !t.is_empty()) {
             broadcast::check_topic(topic, config.max_topic_len)
-                .map_err(|reason| HttpError::new(400, reason))?;
+                .map_err(|reason| HttpError::new(400, reason).with_code("invalid_topic"))?;
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
             }

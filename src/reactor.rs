@@ -809,7 +809,7 @@ impl<Io> Core<Io> {
             };
             let body_len = req.content_length.unwrap_or(0);
             if body_len > self.shared.config.max_publish_bytes {
-                return self.reject(id, &HttpError::new(413, "request body over the limit"));
+                return self.reject(id, &HttpError::BODY_TOO_LARGE);
             }
             let total = req.head_len + body_len;
             if input.len() < total {
@@ -860,11 +860,7 @@ impl<Io> Core<Io> {
             } else {
                 "server at its connection limit"
             };
-            let err = HttpError {
-                status: 503,
-                reason,
-                extra_header: Some(("Retry-After", "1")),
-            };
+            let err = HttpError::new(503, reason).with_header("Retry-After", "1");
             conn.out.push(err.response().into());
             return Next::Close;
         }

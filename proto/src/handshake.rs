@@ -312,36 +312,49 @@ pub fn accept_key(key: &[u8]) -> String {
 #[error("{status} {reason}")]
 pub struct HttpError {
     pub status: u16,
-    /// Lowercase, one line; the response body. Never echoes peer bytes.
+    /// Short snake_case code for the body's `error` field; by default the status's
+    /// ([`error_code`]), so clients can branch on it without parsing `reason`.
+    pub code: &'static str,
+    /// Lowercase, one line; the body's `message`. Never echoes peer bytes.
     pub reason: &'static str,
     /// A header the status requires: `Allow` on 405, `Upgrade` or `Sec-WebSocket-Version`
-    /// on 426.
+    /// on 426, `WWW-Authenticate` on 401, `Retry-After` on 503.
     pub extra_header: Option<(&'static str, &'static str)>,
 }
 
 impl HttpError {
+    /// `413`: a request body over the configured limit (`Content-Length` or chunked).
+    pub const BODY_TOO_LARGE: Self = Self::new(413, "request body over the limit");
     const HEAD_TOO_LARGE: Self = Self::new(431, "request header too large");
     const TOO_MANY_HEADERS: Self = Self::new(431, "too many headers");
     const TRANSFER_ENCODING: Self = Self::new(501, "transfer-encoding not supported");
-    const METHOD_NOT_ALLOWED: Self = Self {
-        extra_header: Some(("Allow", "GET")),
-        ..Self::new(405, "method not allowed")
-    };
-    const UPGRADE_REQUIRED: Self = Self {
-        extra_header: Some(("Upgrade", "websocket")),
-        ..Self::new(426, "websocket upgrade required")
-    };
-    const VERSION_REQUIRED: Self = Self {
-        extra_header: Some(("Sec-WebSocket-Version", VERSION)),
-        ..Self::new(426, "unsupported websocket version")
-    };
+    const METHOD_NOT_ALLOWED: Self =
+        Self::new(405, "method not allowed").with_header("Allow", "GET");
+    const UPGRADE_REQUIRED: Self =
+        Self::new(426, "websocket upgrade required").with_header("Upgrade", "websocket");
+    const VERSION_REQUIRED: Self = Self::new(426, "unsupported websocket version")
+        .with_header("Sec-WebSocket-Version", VERSION);
 
-    /// An error with no extra header.
+    /// An error with the status's code and no extra header.
     pub const fn new(status: u16, reason: &'static str) -> Self {
         Self {
             status,
+            code: error_code(status),
             reason,
             extra_header: None,
+        }
+    }
+
+    /// The same error with a more specific code (`bad_json` rather than `bad_request`).
+    pub const fn with_code(self, code: &'static str) -> Self {
+        Self { code, ..self }
+    }
+
+    /// The same error with a header the status requires.
+    pub const fn with_header(self, name: &'static str, value: &'static str) -> Self {
+        Self {
+            extra_header: Some((name, value)),
+            ..self
         }
     }
 
@@ -365,22 +378,63 @@ impl HttpError {
         }
     }
 
-    /// The complete error response: `text/plain` body `{reason}\n`, `Connection: close`
-    /// (after a refused head the rest of the stream cannot be trusted), and the extra header.
+    /// The complete error response with `Connection: close` (after a refused head the rest
+    /// of the stream cannot be trusted); see [`HttpError::response_keep_alive`].
     pub fn response(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160 + self.reason.len());
-        write_head(
-            &mut out,
-            self.status,
-            "text/plain; charset=utf-8",
-            self.extra_header.as_slice(),
-            self.reason.len() + 1,
-            false,
-        );
-        out.extend_from_slice(self.reason.as_bytes());
-        out.push(b'\n');
-        out
+        self.response_keep_alive(false)
     }
+
+    /// The error response every 4xx and 5xx of the gateway uses: `application/json` body
+    /// `{"error":"<code>","message":"<reason>"}`, the extra header, and `Connection` as
+    /// asked (a refused publish leaves its connection usable).
+    pub fn response_keep_alive(&self, keep_alive: bool) -> Vec<u8> {
+        let mut body = Vec::with_capacity(32 + self.code.len() + self.reason.len());
+        body.extend_from_slice(b"{\"error\":");
+        push_json_string(&mut body, self.code);
+        body.extend_from_slice(b",\"message\":");
+        push_json_string(&mut body, self.reason);
+        body.push(b'}');
+        response(
+            self.status,
+            "application/json",
+            self.extra_header.as_slice(),
+            &body,
+            keep_alive,
+        )
+    }
+}
+
+/// The default [`HttpError::code`] for `status`: its reason phrase in snake_case, shortened.
+pub const fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "too_large",
+        426 => "upgrade_required",
+        431 => "header_too_large",
+        501 => "not_implemented",
+        503 => "unavailable",
+        500..=599 => "server_error",
+        _ => "error",
+    }
+}
+
+/// `s` as a JSON string. Codes and reasons are our own literals, but escaping keeps a future
+/// quote in one from breaking every client's parser.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0..=0x1f => write!(out, "\\u{b:04x}").expect("writing to a Vec cannot fail"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
 }
 
 /// A plain HTTP/1.1 response for the side endpoints (`/healthz`, `/metrics`, `/publish`).
@@ -1332,29 +1386,61 @@ mod tests {
 
     #[test]
     fn error_response_bytes() {
-        assert_eq!(
-            HttpError::VERSION_REQUIRED.response(),
-            b"HTTP/1.1 426 Upgrade Required\r\n\
-              Content-Type: text/plain; charset=utf-8\r\n\
-              Content-Length: 30\r\n\
-              Connection: close\r\n\
-              Sec-WebSocket-Version: 13\r\n\
-              \r\n\
-              unsupported websocket version\n"
+        let body = br#"{"error":"upgrade_required","message":"unsupported websocket version"}"#;
+        let head = format!(
+            "HTTP/1.1 426 Upgrade Required\r\n\
+             Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\
+             Connection: close\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             \r\n",
+            body.len()
         );
         assert_eq!(
-            HttpError::bad("missing host header").response(),
-            b"HTTP/1.1 400 Bad Request\r\n\
-              Content-Type: text/plain; charset=utf-8\r\n\
-              Content-Length: 20\r\n\
-              Connection: close\r\n\
-              \r\n\
-              missing host header\n"
+            HttpError::VERSION_REQUIRED.response(),
+            [head.as_bytes(), body].concat()
+        );
+        let body = br#"{"error":"bad_json","message":"body is not valid json"}"#;
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\n\
+             Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\
+             Connection: keep-alive\r\n\
+             \r\n",
+            body.len()
+        );
+        let err = HttpError::bad("body is not valid json").with_code("bad_json");
+        assert_eq!(
+            err.response_keep_alive(true),
+            [head.as_bytes(), body].concat()
         );
         assert_eq!(
             HttpError::HEAD_TOO_LARGE.to_string(),
             "431 request header too large"
         );
+    }
+
+    #[test]
+    fn error_codes_and_escaping() {
+        for (status, code) in [
+            (400, "bad_request"),
+            (401, "unauthorized"),
+            (403, "forbidden"),
+            (404, "not_found"),
+            (405, "method_not_allowed"),
+            (413, "too_large"),
+            (426, "upgrade_required"),
+            (431, "header_too_large"),
+            (501, "not_implemented"),
+            (503, "unavailable"),
+            (502, "server_error"),
+            (418, "error"),
+        ] {
+            assert_eq!(HttpError::new(status, "x").code, code, "{status}");
+        }
+        let mut out = Vec::new();
+        push_json_string(&mut out, "a\"b\\c\n");
+        assert_eq!(out, br#""a\"b\\c\u000a""#);
     }
 
     #[test]
