@@ -26,6 +26,7 @@ use crate::http::{self, Route};
 use crate::metrics::{self, ReactorMetrics};
 use crate::server::Shared;
 use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
+use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::{CloseCode, Connection, Event, OpCode, OutQueue};
 
 /// Reads per readable socket per turn before others get a go.
@@ -83,8 +84,13 @@ struct Conn<Io> {
 }
 
 enum Phase {
-    /// Reading an HTTP request head (and body); `head` holds a split one.
-    Request { head: Vec<u8>, deadline: Instant },
+    /// Reading an HTTP request head (and body); `head` holds a split one, `chunked` a
+    /// parsed head whose chunked body is still arriving.
+    Request {
+        head: Vec<u8>,
+        chunked: Option<Box<ChunkedBody>>,
+        deadline: Instant,
+    },
     /// `subs` is empty except on /ws.
     WebSocket {
         ws: Connection,
@@ -95,6 +101,13 @@ enum Phase {
     Closing { deadline: Instant, fin_sent: bool },
     /// Closed, with driver operations still in flight.
     Released,
+}
+
+/// A request whose chunked body is still arriving: the head, the decoder, the payload so far.
+struct ChunkedBody {
+    req: Request,
+    decoder: ChunkedDecoder,
+    data: Vec<u8>,
 }
 
 /// A connection's topics: up to four inline, so most subscribers allocate nothing.
@@ -270,6 +283,7 @@ impl<D: Driver> Reactor<D> {
             out: OutQueue::default(),
             phase: Phase::Request {
                 head: Vec::new(),
+                chunked: None,
                 deadline: self.core.now + shared.config.handshake_timeout,
             },
             in_flush: false,
@@ -389,9 +403,11 @@ impl<D: Driver> Reactor<D> {
             match &mut conn.phase {
                 // Idle keep-alive connections go now; a request under way finishes and is
                 // answered 503 with `Connection: close` (its head timeout still applies).
-                Phase::Request { head, .. } if head.is_empty() => {
-                    self.close_now(ConnId(key as u32))
-                }
+                Phase::Request {
+                    head,
+                    chunked: None,
+                    ..
+                } if head.is_empty() => self.close_now(ConnId(key as u32)),
                 Phase::Request { .. } => {}
                 Phase::WebSocket { ws, .. } => {
                     let limits = &self.core.shared.config.limits;
@@ -789,9 +805,11 @@ impl<Io> Core<Io> {
     }
 
     fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
-        let Phase::Request { head, .. } = &mut self.conns[id.index()].phase else {
+        let Phase::Request { head, chunked, .. } = &mut self.conns[id.index()].phase else {
             unreachable!("request phase")
         };
+        // A chunked body under way takes the bytes before any new head.
+        let mut pending = chunked.take();
         // The common case parses straight from the read buffer; a split head is copied.
         let mut split = mem::take(head);
         let mut input: &mut [u8] = if split.is_empty() {
@@ -801,22 +819,47 @@ impl<Io> Core<Io> {
             &mut split
         };
         let max_head = self.shared.config.max_header_bytes;
+        let max_body = self.shared.config.max_publish_bytes;
         loop {
-            let req = match handshake::parse_request(input, max_head) {
-                Ok(Some(req)) => req,
-                Ok(None) => return self.keep_partial(id, input),
-                Err(err) => return self.reject(id, &err),
+            let (next, rest) = if let Some(mut body) = pending.take() {
+                // ── chunked request bodies (RFC 9112 §7.1): decoded as they arrive, nothing
+                // buffered but the payload, 413 as soon as a chunk size passes the limit.
+                match body.decoder.decode(input, &mut body.data) {
+                    Ok(None) => return self.keep_chunked(id, body),
+                    Err(err) => return self.reject(id, &err),
+                    Ok(Some(n)) => {
+                        let rest = &mut mem::take(&mut input)[n..];
+                        (self.dispatch(id, &body.req, &body.data), rest)
+                    }
+                }
+            } else {
+                let req = match handshake::parse_request(input, max_head) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return self.keep_partial(id, input),
+                    Err(err) => return self.reject(id, &err),
+                };
+                if req.chunked {
+                    input = &mut mem::take(&mut input)[req.head_len..];
+                    pending = Some(Box::new(ChunkedBody {
+                        req,
+                        decoder: ChunkedDecoder::new(max_body),
+                        data: Vec::new(),
+                    }));
+                    continue;
+                }
+                // ── end of chunked bodies.
+                let body_len = req.content_length.unwrap_or(0);
+                if body_len > max_body {
+                    return self.reject(id, &HttpError::BODY_TOO_LARGE);
+                }
+                let total = req.head_len + body_len;
+                if input.len() < total {
+                    return self.keep_partial(id, input);
+                }
+                let (this, rest) = mem::take(&mut input).split_at_mut(total);
+                (self.dispatch(id, &req, &this[req.head_len..]), rest)
             };
-            let body_len = req.content_length.unwrap_or(0);
-            if body_len > self.shared.config.max_publish_bytes {
-                return self.reject(id, &HttpError::BODY_TOO_LARGE);
-            }
-            let total = req.head_len + body_len;
-            if input.len() < total {
-                return self.keep_partial(id, input);
-            }
-            let (this, rest) = mem::take(&mut input).split_at_mut(total);
-            match self.dispatch(id, &req, &this[req.head_len..]) {
+            match next {
                 // Bytes right behind the upgrade request are the client's first frames.
                 Next::Upgraded if rest.is_empty() => return,
                 Next::Upgraded => return self.on_frame_bytes(id, rest),
@@ -825,6 +868,7 @@ impl<Io> Core<Io> {
                     let deadline = self.now + self.shared.config.handshake_timeout;
                     self.conns[id.index()].phase = Phase::Request {
                         head: Vec::new(),
+                        chunked: None,
                         deadline,
                     };
                     if rest.is_empty() {
@@ -840,6 +884,12 @@ impl<Io> Core<Io> {
         if let Phase::Request { head, .. } = &mut self.conns[id.index()].phase {
             head.clear();
             head.extend_from_slice(input);
+        }
+    }
+
+    fn keep_chunked(&mut self, id: ConnId, body: Box<ChunkedBody>) {
+        if let Phase::Request { chunked, .. } = &mut self.conns[id.index()].phase {
+            *chunked = Some(body);
         }
     }
 

@@ -6,9 +6,34 @@ use util::*;
 
 // ─── issue 9 items 2, 3 and 4: publish paths agree, bearer scheme, chunked bodies ──────────
 mod issue9_publish_paths {
+    use std::io::Write;
+    use std::net::TcpStream;
+
     use serde_json::Value;
+    use tungstenite::Message;
 
     use super::*;
+
+    /// `POST /publish/{topic}` on `stream` with `body` and extra header lines.
+    fn post(stream: &mut TcpStream, topic: &str, headers: &str, body: &[u8]) -> Response {
+        let head = format!(
+            "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(&[head.as_bytes(), body].concat()).unwrap();
+        read_response(stream)
+    }
+
+    /// The next text message, as sent (pings and pongs skipped).
+    fn next_text(ws: &mut Client) -> String {
+        loop {
+            match recv(ws) {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
 
     /// Asserts the one error format: `application/json`, `{"error":code,"message":reason}`.
     #[track_caller]
@@ -26,6 +51,81 @@ mod issue9_publish_paths {
     }
 
     for_each_driver! {
+        // Issue 9 item 4: `Transfer-Encoding: chunked` on POST /publish got 501 as plain text.
+        // Chunked bodies are accepted, split anywhere, pipelined, and bounded by
+        // max_publish_bytes: 413 as soon as the chunk sizes pass it.
+        fn chunked_publish_is_accepted_and_bounded(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.max_publish_bytes = Some(1024));
+            let mut sub = connect(&server, "/ws?subscribe=t");
+            let head = "POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let mut backend = tcp(&server);
+            // Split inside the head, a chunk size, the data and the last chunk.
+            for piece in [
+                &head[..20],
+                &head[20..],
+                "1",
+                "3\r\n{\"chunked\":",
+                " [1, 2]",
+                "}\r\n0\r",
+                "\n\r\n",
+            ] {
+                backend.write_all(piece.as_bytes()).unwrap();
+            }
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":{"chunked": [1, 2]}}"#);
+            // Extensions and trailers are ignored; the next request on the connection (here
+            // pipelined in the same write) is framed right after the body.
+            let two = format!(
+                "{head}2;name=value\r\n\"a\r\n1\r\n\"\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                 POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\"b\""
+            );
+            backend.write_all(two.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"a"}"#);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"b"}"#);
+            // Exactly the limit passes.
+            let exact = format!("\"{}\"", "x".repeat(1022));
+            let body = format!("200\r\n{}\r\n200\r\n{}\r\n0\r\n\r\n", &exact[..512], &exact[512..]);
+            backend.write_all(format!("{head}{body}").as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), format!(r#"{{"topic":"t","data":{exact}}}"#));
+            // One size over the limit: 413 before any of its data is sent.
+            let mut over = tcp(&server);
+            over.write_all(format!("{head}401\r\n").as_bytes()).unwrap();
+            let r = read_response(&mut over);
+            assert_json_error(&r, 413, "too_large");
+            assert_eq!(r.header("connection"), Some("close"));
+            assert_closed(&mut over);
+            // Many chunks whose running total passes it: 413 at the chunk that does.
+            let mut over = tcp(&server);
+            over.write_all(head.as_bytes()).unwrap();
+            for _ in 0..4 {
+                over.write_all(format!("100\r\n{}\r\n", "x".repeat(256)).as_bytes()).unwrap();
+            }
+            over.write_all(b"1\r\n").unwrap();
+            assert_json_error(&read_response(&mut over), 413, "too_large");
+            assert_closed(&mut over);
+            // Malformed framing is 400, other codings 501, Content-Length with it 400.
+            for (request, status, code) in [
+                (format!("{head}zz\r\n"), 400, "bad_request"),
+                (format!("{head}3\r\n\"a\"X\r\n"), 400, "bad_request"),
+                (format!("{head}3\n\"a\"\r\n0\r\n\r\n"), 400, "bad_request"),
+                (head.replace("chunked", "gzip, chunked"), 501, "not_implemented"),
+                (head.replace("chunked", "gzip"), 400, "bad_request"),
+                (head.replace("\r\n\r\n", "\r\nContent-Length: 3\r\n\r\n\"a\""), 400, "bad_request"),
+                (head.replace("1.1", "1.0"), 400, "bad_request"),
+            ] {
+                let mut stream = tcp(&server);
+                stream.write_all(request.as_bytes()).unwrap();
+                assert_json_error(&read_response(&mut stream), status, code);
+                assert_closed(&mut stream);
+            }
+            // None of the refused bodies was published.
+            assert_eq!(post(&mut backend, "t", "", b"\"end\"").status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"end"}"#);
+        }
+
         // Issue 9 item 4: every HTTP error body has one format, JSON
         // `{"error":"<code>","message":"<reason>"}`, handshake refusals included.
         fn every_http_error_body_is_the_same_json(io: IoBackend) {

@@ -76,11 +76,13 @@ pub struct Request {
     /// endpoints decide; [`validate_upgrade`] requires it. Two `Host` fields are `400`.
     pub host: Option<String>,
     /// `Content-Length`; repeated fields or list elements must agree (RFC 9110 §8.6).
-    ///
-    /// A request with `Transfer-Encoding` never parses: with `Content-Length` too it is `400`
-    /// (a smuggling signal, RFC 9112 §6.3), alone it is `501` (chunked bodies unsupported,
-    /// RFC 9112 §6.1), so a body is always exactly `content_length` bytes (or none).
+    /// `None` when the body is chunked.
     pub content_length: Option<usize>,
+    /// `Transfer-Encoding: chunked`: the body follows in chunks, to be read with
+    /// [`crate::http1::ChunkedDecoder`]. Only `chunked` alone parses (RFC 9112 §6.1, §6.3):
+    /// with `Content-Length` too it is `400` (a smuggling signal), on HTTP/1.0 `400`, with
+    /// `chunked` not last (or twice) `400`, with another coding before it `501`.
+    pub chunked: bool,
     /// `Authorization`, verbatim. Two fields are `400`: ambiguous credentials are refused.
     pub authorization: Option<String>,
     /// Whether the connection persists after the response (RFC 9112 §9.3): HTTP/1.1 unless
@@ -117,8 +119,8 @@ pub struct UpgradeHeaders {
 /// - `Ok(Some(req))`: `req.head_len` bytes are the head; anything after is not looked at.
 /// - `Err(e)`: send `e.response()` and close. A head longer than `max_header_bytes`
 ///   (complete, or still incomplete past that many bytes) or with more than [`MAX_HEADERS`]
-///   fields is `431`; `Transfer-Encoding` alone is `501`; anything malformed is `400`,
-///   including header values that are not UTF-8.
+///   fields is `431`; a transfer coding other than `chunked` is `501`; anything malformed
+///   is `400`, including header values that are not UTF-8.
 ///
 /// At most `max_header_bytes` of `buf` are scanned, so an attacker's megabyte costs nothing.
 pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Request>, HttpError> {
@@ -153,11 +155,10 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Reque
         fields.add(header.name, sub_str(head, header.value)?)?;
     }
 
-    let content_length = match (fields.transfer_encoding, fields.content_length) {
-        (false, cl) => cl,
-        (true, Some(_)) => return Err(HttpError::bad("content-length with transfer-encoding")),
-        (true, None) => return Err(HttpError::TRANSFER_ENCODING),
-    };
+    let chunked = fields.transfer_encoding.is_some();
+    if let Some(te) = &fields.transfer_encoding {
+        te.check(minor_version, fields.content_length.is_some())?;
+    }
     // RFC 9112 §9.3: `close` ends any connection; HTTP/1.0 persists only on request.
     let keep_alive = !fields.close && (minor_version >= 1 || fields.keep_alive);
     let upgrade = fields.upgrade_websocket.then(|| UpgradeHeaders {
@@ -175,7 +176,8 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Reque
         query: query.map(str::to_owned),
         minor_version,
         host: fields.host.map(str::to_owned),
-        content_length,
+        content_length: fields.content_length,
+        chunked,
         authorization: fields.authorization.map(str::to_owned),
         keep_alive,
         upgrade,
@@ -327,7 +329,6 @@ impl HttpError {
     pub const BODY_TOO_LARGE: Self = Self::new(413, "request body over the limit");
     const HEAD_TOO_LARGE: Self = Self::new(431, "request header too large");
     const TOO_MANY_HEADERS: Self = Self::new(431, "too many headers");
-    const TRANSFER_ENCODING: Self = Self::new(501, "transfer-encoding not supported");
     const METHOD_NOT_ALLOWED: Self =
         Self::new(405, "method not allowed").with_header("Allow", "GET");
     const UPGRADE_REQUIRED: Self =
@@ -358,7 +359,7 @@ impl HttpError {
         }
     }
 
-    const fn bad(reason: &'static str) -> Self {
+    pub(crate) const fn bad(reason: &'static str) -> Self {
         Self::new(400, reason)
     }
 
@@ -543,7 +544,7 @@ fn write_head(
 struct Fields<'b> {
     host: Option<&'b str>,
     content_length: Option<usize>,
-    transfer_encoding: bool,
+    transfer_encoding: Option<TransferCodings>,
     authorization: Option<&'b str>,
     close: bool,
     keep_alive: bool,
@@ -590,7 +591,13 @@ impl<'b> Fields<'b> {
                 }
                 self.content_length = Some(n);
             }
-            17 if is("transfer-encoding") => self.transfer_encoding = true,
+            17 if is("transfer-encoding") => {
+                // RFC 9110 §5.3: repeated fields are one list, in order.
+                let te = self.transfer_encoding.get_or_insert_with(Default::default);
+                for coding in list(value) {
+                    te.add(coding);
+                }
+            }
             // RFC 6455 §11.3.1: MUST NOT appear more than once in a request.
             17 if is("sec-websocket-key") => {
                 set_once(&mut self.key, value, "duplicate sec-websocket-key header")?;
@@ -612,6 +619,48 @@ impl<'b> Fields<'b> {
                 self.extensions.extend(list(value).map(str::to_owned));
             }
             _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The codings of `Transfer-Encoding`, in order, reduced to what decides the answer.
+#[derive(Default)]
+struct TransferCodings {
+    /// `chunked` is the last coding so far.
+    chunked_last: bool,
+    /// `chunked` appeared before the last coding, or twice.
+    chunked_early: bool,
+    /// A coding other than `chunked` appeared.
+    other: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, coding: &str) {
+        // Parameters (`gzip;q=1`) make it some coding other than chunked all the same.
+        let chunked = coding.eq_ignore_ascii_case("chunked");
+        self.chunked_early |= self.chunked_last;
+        self.chunked_last = chunked;
+        self.other |= !chunked;
+    }
+
+    /// RFC 9112 §6.1 and §6.3: which framings we can read.
+    fn check(&self, minor_version: u8, content_length: bool) -> Result<(), HttpError> {
+        if content_length {
+            // §6.3: the sender may be smuggling one request inside another.
+            return Err(HttpError::bad("content-length with transfer-encoding"));
+        }
+        if minor_version == 0 {
+            // §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            return Err(HttpError::bad("transfer-encoding in http/1.0"));
+        }
+        if !self.chunked_last || self.chunked_early {
+            // §6.3 item 4 (MUST 400), and §7: chunked is applied once, last.
+            return Err(HttpError::bad("chunked is not the final transfer coding"));
+        }
+        if self.other {
+            // §6.1: a coding we do not understand (gzip before chunked, say).
+            return Err(HttpError::new(501, "transfer coding not supported"));
         }
         Ok(())
     }
@@ -1374,12 +1423,56 @@ mod tests {
         assert_eq!((err.status, err.reason), (431, "too many headers"));
     }
 
-    // RFC 9112 §6.1: 501
+    // RFC 9112 §6.1, §6.3: transfer codings
 
     #[test]
-    fn transfer_encoding_is_501() {
-        let buf = b"POST /publish/t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_parse_fails(buf, 501, "transfer-encoding not supported");
+    fn chunked_alone_parses() {
+        for te in ["chunked", "Chunked", "CHUNKED", " chunked ", ",chunked,"] {
+            let buf = format!("POST /publish/t HTTP/1.1\r\nTransfer-Encoding:{te}\r\n\r\n");
+            let req = parse(buf.as_bytes());
+            assert!(req.chunked, "{te}");
+            assert_eq!(req.content_length, None);
+        }
+        assert!(!parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n").chunked);
+    }
+
+    #[test]
+    fn other_transfer_codings_are_refused() {
+        let post = |fields: &str| format!("POST /publish/t HTTP/1.1\r\n{fields}\r\n");
+        let not_final = "chunked is not the final transfer coding";
+        let cases: [(&str, u16, &str); 9] = [
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                501,
+                "transfer coding not supported",
+            ),
+            // Split over two fields: one list (RFC 9110 §5.3).
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                501,
+                "transfer coding not supported",
+            ),
+            ("Transfer-Encoding: gzip\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked, gzip\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked, chunked\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked;q=1\r\n", 400, not_final),
+            ("Transfer-Encoding:\r\n", 400, not_final),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                400,
+                "content-length with transfer-encoding",
+            ),
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+                400,
+                "content-length with transfer-encoding",
+            ),
+        ];
+        for (fields, status, reason) in cases {
+            assert_parse_fails(post(fields).as_bytes(), status, reason);
+        }
+        let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_parse_fails(old, 400, "transfer-encoding in http/1.0");
     }
 
     // Response bytes

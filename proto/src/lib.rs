@@ -1,4 +1,5 @@
-//! Sans-I/O RFC 6455, server side: handshake, frames, unmasking, UTF-8, close codes.
+//! Sans-I/O RFC 6455, server side: handshake, HTTP/1.1 chunked bodies, frames, unmasking,
+//! UTF-8, close codes.
 //!
 //! Nothing here touches sockets, threads or clocks: callers pass bytes and `now` in, and
 //! take events and bytes out. The gateway's reactor is the only caller; the
@@ -9,6 +10,7 @@ mod connection;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod http1;
 pub mod mask;
 pub mod utf8;
 
