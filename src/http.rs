@@ -95,11 +95,8 @@ pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<Stri
         ));
     }
     if let Some(token) = &config.publish_token {
-        let given = req
-            .authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+        let given = req.authorization.as_deref().and_then(bearer_token);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return Err(fail(
                 HttpError::new(401, "missing or wrong bearer token")
                     .with_header("WWW-Authenticate", "Bearer"),
@@ -172,6 +169,14 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1). The scheme is
+/// case-insensitive (RFC 9110 §11.1); spaces and tabs around the token are tolerated.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once([' ', '\t'])?;
+    let token = token.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Compares secrets without an early exit that would leak how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -186,6 +191,36 @@ mod tests {
         assert_eq!(percent_decode("a%2Cb%3Ac").as_deref(), Some("a,b:c"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for header in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+            "Bearer   s3cret",
+            "Bearer\ts3cret",
+            "Bearer s3cret  ",
+        ] {
+            assert_eq!(bearer_token(header), Some("s3cret"), "{header:?}");
+        }
+        for header in [
+            "Bearer",
+            "Bearer ",
+            "Bearer  \t",
+            "Bearers3cret",
+            "Basic s3cret",
+            "",
+        ] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+        assert_eq!(
+            bearer_token("Bearer a b"),
+            Some("a b"),
+            "the token is not split"
+        );
     }
 
     #[test]

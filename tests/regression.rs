@@ -51,6 +51,31 @@ mod issue9_publish_paths {
     }
 
     for_each_driver! {
+        // Issue 9 item 3: `Authorization: bearer TOKEN` got 401; the scheme is
+        // case-insensitive (RFC 9110 §11.1), and extra spaces before the token are tolerated.
+        fn bearer_scheme_is_case_insensitive(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.publish_token = Some("s3cret".into()));
+            let mut sub = connect(&server, "/ws?subscribe=t");
+            let mut backend = tcp(&server);
+            let accepted = [
+                "bearer s3cret",
+                "BEARER s3cret",
+                "bEaReR s3cret",
+                "Bearer    s3cret",
+                "Bearer \t s3cret",
+            ];
+            for (i, auth) in accepted.iter().enumerate() {
+                let r = post(&mut backend, "t", &format!("Authorization: {auth}\r\n"), i.to_string().as_bytes());
+                assert_eq!(r.status, 202, "{auth:?}");
+                assert_eq!(next_text(&mut sub), format!(r#"{{"topic":"t","data":{i}}}"#));
+            }
+            for auth in ["Basic s3cret", "Bearers3cret", "Bearer", "bearer S3CRET", "Bearer s3cret x"] {
+                let r = post(&mut backend, "t", &format!("Authorization: {auth}\r\n"), b"0");
+                assert_json_error(&r, 401, "unauthorized");
+                assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{auth:?}");
+            }
+        }
+
         // Issue 9 item 4: `Transfer-Encoding: chunked` on POST /publish got 501 as plain text.
         // Chunked bodies are accepted, split anywhere, pipelined, and bounded by
         // max_publish_bytes: 413 as soon as the chunk sizes pass it.
