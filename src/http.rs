@@ -2,6 +2,7 @@
 
 use crate::broadcast;
 use crate::config::Config;
+use crate::json;
 use crate::metrics;
 use crate::server::Shared;
 use wsgate_proto::handshake::{self, HttpError, Method, Request};
@@ -86,8 +87,14 @@ pub fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
 }
 
 /// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
-/// JSON. Returns the topic, or the error response to send (the connection stays usable).
-pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
+/// JSON. Returns the topic and the `data` to deliver: the body's one JSON value as sent,
+/// without the whitespace around it, exactly what a `/ws` publish of the same value delivers.
+/// Or the error response to send (the connection stays usable); its codes are `/ws`'s.
+pub fn check_publish<'b>(
+    req: &Request,
+    body: &'b [u8],
+    config: &Config,
+) -> Result<(String, &'b [u8]), Vec<u8>> {
     let fail = |err: HttpError| err.response_keep_alive(req.keep_alive);
     if req.method != Method::Post {
         return Err(fail(
@@ -107,14 +114,12 @@ pub fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<Stri
     if let Err(reason) = broadcast::check_topic(topic, config.max_topic_len) {
         return Err(fail(HttpError::new(400, reason).with_code("invalid_topic")));
     }
-    // simd-json parses in place; the body is delivered as sent, so check a copy.
-    let mut copy = body.to_vec();
-    if simd_json::to_borrowed_value(&mut copy).is_err() {
+    let Ok(data) = json::document(body) else {
         return Err(fail(
             HttpError::new(400, "body is not valid json").with_code("bad_json"),
         ));
-    }
-    Ok(topic.to_owned())
+    };
+    Ok((topic.to_owned(), data))
 }
 
 /// `202 Accepted` for a publish.

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod driver;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod reactor;
 pub mod server;

@@ -58,7 +58,6 @@ struct Core<Io> {
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
-    json: simd_json::Buffers,
     drain_deadline: Option<Instant>,
     now: Instant,
 }
@@ -136,7 +135,6 @@ impl<D: Driver> Reactor<D> {
             abort: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
-            json: simd_json::Buffers::default(),
             drain_deadline: None,
             now: Instant::now(),
         };
@@ -592,7 +590,7 @@ impl<Io> Core<Io> {
     }
 
     /// A message on /ws: one control op, answered on the same connection.
-    fn on_control(&mut self, id: ConnId, opcode: OpCode, mut data: Vec<u8>) {
+    fn on_control(&mut self, id: ConnId, opcode: OpCode, data: Vec<u8>) {
         let reply = if opcode == OpCode::Binary {
             Err(ControlError::new(
                 None,
@@ -600,7 +598,7 @@ impl<Io> Core<Io> {
                 "binary messages are not supported on /ws",
             ))
         } else {
-            control::parse(&mut data, &mut self.json).and_then(|c| self.apply(id, c))
+            control::parse(&data).and_then(|c| self.apply(id, c))
         };
         match reply {
             Ok(()) => {}
@@ -654,7 +652,7 @@ impl<Io> Core<Io> {
                 if let Some(request) = &c.id {
                     self.reply(id, control::ok(Some(request)));
                 }
-                self.publish(&topic, data.as_bytes());
+                self.publish(&topic, data);
                 return Ok(());
             }
         }
@@ -920,8 +918,8 @@ impl<Io> Core<Io> {
         let keep_alive = req.keep_alive && !draining;
         let response = match route {
             Route::Publish => match http::check_publish(req, body, config) {
-                Ok(topic) => {
-                    self.publish(&topic, body);
+                Ok((topic, data)) => {
+                    self.publish(&topic, data);
                     http::published(&topic, keep_alive)
                 }
                 Err(response) => response,

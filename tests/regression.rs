@@ -51,6 +51,53 @@ mod issue9_publish_paths {
     }
 
     for_each_driver! {
+        // Issue 9 item 2: a /ws publish of "\ud800" was delivered as "\u0000" (in longer
+        // strings and object keys too) and "\udc00" was refused as bad_json, while HTTP
+        // delivered both unchanged. Both paths now deliver the publisher's bytes as sent.
+        fn ws_and_http_publish_deliver_data_bytes_unchanged(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.client_publish = Some(vec!["*".into()]));
+            let mut sub = connect(&server, "/ws?subscribe=h,w");
+            let mut publisher = connect(&server, "/ws");
+            let mut backend = tcp(&server);
+            for value in [
+                r#""\ud800""#,
+                r#""\udc00""#,
+                r#""a\ud800b \udc00c""#,
+                r#"{"\ud800":"\udc00","k\ud800":1}"#,
+                r#""\ud83d\ude00 \uD83D\uDE00""#,
+                r#"{ "p" : [1, 2.50, -0.0e+00] }"#,
+                "123456789012345678901234567890e-99999",
+                "\"caf\u{e9} \\u00e9 \\/\"",
+            ] {
+                assert_eq!(post(&mut backend, "h", "", value.as_bytes()).status, 202, "{value}");
+                let op = format!(r#"{{"op":"publish","topic":"w","id":1,"data": {value} }}"#);
+                publisher.send(Message::text(op)).unwrap();
+                assert_eq!(next_text(&mut publisher), r#"{"op":"ok","id":1}"#);
+                let mut got = [next_text(&mut sub), next_text(&mut sub)];
+                got.sort();
+                assert_eq!(
+                    got,
+                    [
+                        format!(r#"{{"topic":"h","data":{value}}}"#),
+                        format!(r#"{{"topic":"w","data":{value}}}"#),
+                    ],
+                    "the exact bytes sent, on both paths"
+                );
+            }
+            // What is not JSON is refused by both, with the same code.
+            for bad in [r#""\x""#, r#""\u12""#, "\"a\u{1}b\"", "01", "[1,]", r#"{"a"}"#] {
+                let r = post(&mut backend, "h", "", bad.as_bytes());
+                assert_json_error(&r, 400, "bad_json");
+                let op = format!(r#"{{"op":"publish","topic":"w","id":1,"data":{bad}}}"#);
+                publisher.send(Message::text(op)).unwrap();
+                let reply: Value = serde_json::from_str(&next_text(&mut publisher)).unwrap();
+                assert_eq!(reply["code"], "bad_json", "{bad}");
+            }
+            // Nothing else reached the subscriber.
+            assert_eq!(post(&mut backend, "h", "", b"\"end\"").status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"h","data":"end"}"#);
+        }
+
         // Issue 9 item 3: `Authorization: bearer TOKEN` got 401; the scheme is
         // case-insensitive (RFC 9110 §11.1), and extra spaces before the token are tolerated.
         fn bearer_scheme_is_case_insensitive(io: IoBackend) {
