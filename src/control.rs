@@ -39,16 +39,51 @@ pub struct Control<'t> {
     pub id: Option<String>,
 }
 
+/// Why a control message was refused: the `code` of the `error` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not JSON (RFC 8259).
+    BadJson,
+    /// JSON, but not a control message: not an object, a field missing, mistyped or
+    /// repeated, or a binary frame.
+    BadRequest,
+    /// `op` is none of ours.
+    UnknownOp,
+    /// A topic `broadcast::check_topic` refuses.
+    InvalidTopic,
+    /// Over `max_subscriptions`.
+    TooManySubscriptions,
+    /// Publishing to the topic is not allowed (`client_publish`).
+    Forbidden,
+    /// `data` over `max_publish_bytes`.
+    TooLarge,
+}
+
+impl ErrorCode {
+    /// The code on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::BadRequest => "bad_request",
+            Self::UnknownOp => "unknown_op",
+            Self::InvalidTopic => "invalid_topic",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::Forbidden => "forbidden",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
 /// A refused control message: answered with an `error` reply, the connection stays open.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ControlError {
     pub id: Option<String>,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: &'static str,
 }
 
 impl ControlError {
-    pub fn new(id: Option<String>, code: &'static str, message: &'static str) -> Self {
+    pub fn new(id: Option<String>, code: ErrorCode, message: &'static str) -> Self {
         Self { id, code, message }
     }
 }
@@ -68,10 +103,10 @@ struct Fields {
 pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
     const BAD_JSON: ControlError = ControlError {
         id: None,
-        code: "bad_json",
+        code: ErrorCode::BadJson,
         message: "message is not valid json",
     };
-    let bad = |id: Option<String>, message| ControlError::new(id, "bad_request", message);
+    let bad = |id: Option<String>, message| ControlError::new(id, ErrorCode::BadRequest, message);
     let start = json::skip_ws(text, 0);
     if text.get(start) != Some(&b'{') {
         return Err(match json::document(text) {
@@ -138,7 +173,7 @@ pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
         _ => {
             return Err(ControlError::new(
                 id,
-                "unknown_op",
+                ErrorCode::UnknownOp,
                 "op must be subscribe, unsubscribe or publish",
             ))
         }
@@ -165,7 +200,8 @@ pub fn error(err: &ControlError) -> Bytes {
         .unwrap_or_default();
     let text = format!(
         "{{\"op\":\"error\"{id},\"code\":\"{}\",\"message\":\"{}\"}}",
-        err.code, err.message
+        err.code.as_str(),
+        err.message
     );
     frame::encode(OpCode::Text, text.as_bytes())
 }
@@ -237,30 +273,39 @@ mod tests {
     #[test]
     fn errors() {
         let code = |text: &str| parse_str(text).unwrap_err().code;
-        assert_eq!(code("{nope"), "bad_json");
-        assert_eq!(code(""), "bad_json");
-        assert_eq!(code("[1"), "bad_json");
-        assert_eq!(code(r#"{"op":"subscribe","topic":"t"} x"#), "bad_json");
+        assert_eq!(code("{nope"), ErrorCode::BadJson);
+        assert_eq!(code(""), ErrorCode::BadJson);
+        assert_eq!(code("[1"), ErrorCode::BadJson);
+        assert_eq!(
+            code(r#"{"op":"subscribe","topic":"t"} x"#),
+            ErrorCode::BadJson
+        );
         assert_eq!(
             code(r#"{"op":"publish","topic":"t","data":"\x"}"#),
-            "bad_json"
+            ErrorCode::BadJson
         );
         assert_eq!(
             code(r#"{"op":"publish","topic":"t","data":01}"#),
-            "bad_json"
+            ErrorCode::BadJson
         );
-        assert_eq!(code("[1,2]"), "bad_request");
-        assert_eq!(code(" 7 "), "bad_request");
-        assert_eq!(code(r#"{"topic":"t"}"#), "bad_request");
-        assert_eq!(code(r#"{"op":7}"#), "bad_request");
-        assert_eq!(code(r#"{"op":"subscribe"}"#), "bad_request");
-        assert_eq!(code(r#"{"op":"subscribe","topic":5}"#), "bad_request");
-        assert_eq!(code(r#"{"op":"publish","topic":"t"}"#), "bad_request");
-        assert_eq!(code(r#"{"op":"dance","topic":"t"}"#), "unknown_op");
-        assert_eq!(code(r#"{"op":"\ud800","topic":"t"}"#), "unknown_op");
+        assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code(" 7 "), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"topic":"t"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":7}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"subscribe"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"op":"subscribe","topic":5}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"publish","topic":"t"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"op":"dance","topic":"t"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"\ud800","topic":"t"}"#), ErrorCode::UnknownOp);
         for id in [r#"{"x":1}"#, "[1]", "true", "null"] {
             let text = format!(r#"{{"op":"subscribe","topic":"t","id":{id}}}"#);
-            assert_eq!(code(&text), "bad_request", "{text}");
+            assert_eq!(code(&text), ErrorCode::BadRequest, "{text}");
         }
         let err = parse_str(r#"{"op":"dance","id":9}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("9"), "the id is kept for the reply");
@@ -271,7 +316,11 @@ mod tests {
         let err = parse_str(r#"{"op":"subscribe","topic":"a","topic":"b","id":4}"#).unwrap_err();
         assert_eq!(
             err,
-            ControlError::new(Some("4".into()), "bad_request", "duplicate field topic")
+            ControlError::new(
+                Some("4".into()),
+                ErrorCode::BadRequest,
+                "duplicate field topic"
+            )
         );
         let err = parse_str(r#"{"op":"publish","topic":"t","data":1,"d\u0061ta":2}"#).unwrap_err();
         assert_eq!(err.message, "duplicate field data");
@@ -280,12 +329,28 @@ mod tests {
     }
 
     #[test]
+    fn codes_on_the_wire() {
+        let codes = [
+            (ErrorCode::BadJson, "bad_json"),
+            (ErrorCode::BadRequest, "bad_request"),
+            (ErrorCode::UnknownOp, "unknown_op"),
+            (ErrorCode::InvalidTopic, "invalid_topic"),
+            (ErrorCode::TooManySubscriptions, "too_many_subscriptions"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::TooLarge, "too_large"),
+        ];
+        for (code, wire) in codes {
+            assert_eq!(code.as_str(), wire);
+        }
+    }
+
+    #[test]
     fn replies() {
         assert_eq!(&ok(Some("1"))[2..], br#"{"op":"ok","id":1}"#);
         assert_eq!(&ok(None)[2..], br#"{"op":"ok"}"#);
         let err = ControlError::new(
             Some("\"x\"".into()),
-            "forbidden",
+            ErrorCode::Forbidden,
             "publishing to this topic is not allowed",
         );
         assert_eq!(

@@ -2,6 +2,7 @@
 
 use crate::broadcast;
 use crate::config::Config;
+use crate::control::ErrorCode;
 use crate::json;
 use crate::metrics;
 use crate::server::Shared;
@@ -112,11 +113,13 @@ pub fn check_publish<'b>(
     }
     let topic = &req.path["/publish/".len()..];
     if let Err(reason) = broadcast::check_topic(topic, config.max_topic_len) {
-        return Err(fail(HttpError::new(400, reason).with_code("invalid_topic")));
+        return Err(fail(
+            HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str()),
+        ));
     }
     let Ok(data) = json::document(body) else {
         return Err(fail(
-            HttpError::new(400, "body is not valid json").with_code("bad_json"),
+            HttpError::new(400, "body is not valid json").with_code(ErrorCode::BadJson.as_str()),
         ));
     };
     Ok((topic.to_owned(), data))
@@ -141,8 +144,9 @@ pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, Ht
         let list =
             percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
         for topic in list.split(',').filter(|t| !t.is_empty()) {
-            broadcast::check_topic(topic, config.max_topic_len)
-                .map_err(|reason| HttpError::new(400, reason).with_code("invalid_topic"))?;
+            broadcast::check_topic(topic, config.max_topic_len).map_err(|reason| {
+                HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str())
+            })?;
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
             }

@@ -20,7 +20,7 @@ use slab::Slab;
 
 use crate::broadcast::{self, Delivery, TopicId, Topics};
 use crate::config::SlowConsumerPolicy;
-use crate::control::{self, ControlError, Op};
+use crate::control::{self, ControlError, ErrorCode, Op};
 use crate::driver::{Completion, ConnId, Driver, SendStatus};
 use crate::http::{self, Route};
 use crate::metrics::{self, ReactorMetrics};
@@ -594,7 +594,7 @@ impl<Io> Core<Io> {
         let reply = if opcode == OpCode::Binary {
             Err(ControlError::new(
                 None,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "binary messages are not supported on /ws",
             ))
         } else {
@@ -617,14 +617,15 @@ impl<Io> Core<Io> {
     /// before its deliveries, so a publisher subscribed to the topic sees its `ok` first.
     fn apply(&mut self, id: ConnId, c: control::Control) -> Result<(), ControlError> {
         let config = &self.shared.config;
-        let invalid =
-            |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
+        let invalid = |id: &Option<String>, message| {
+            ControlError::new(id.clone(), ErrorCode::InvalidTopic, message)
+        };
         match c.op {
             Op::Subscribe(topic) => {
                 broadcast::check_topic(&topic, config.max_topic_len)
                     .map_err(|m| invalid(&c.id, m))?;
                 self.subscribe(id, &topic).map_err(|message| {
-                    ControlError::new(c.id.clone(), "too_many_subscriptions", message)
+                    ControlError::new(c.id.clone(), ErrorCode::TooManySubscriptions, message)
                 })?;
             }
             Op::Unsubscribe(topic) => {
@@ -638,14 +639,14 @@ impl<Io> Core<Io> {
                 if !broadcast::topic_allowed(&topic, &config.client_publish) {
                     return Err(ControlError::new(
                         c.id,
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         "publishing to this topic is not allowed",
                     ));
                 }
                 if data.len() > config.max_publish_bytes {
                     return Err(ControlError::new(
                         c.id,
-                        "too_large",
+                        ErrorCode::TooLarge,
                         "data is over the publish size limit",
                     ));
                 }
