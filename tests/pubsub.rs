@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use proptest::prelude::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
 use util::*;
@@ -256,6 +257,25 @@ for_each_driver! {
         assert_eq!(read_close_code(&mut stream), 1009);
     }
 
+    // Issue 9 item 2: for any JSON text, a /ws publish and an HTTP publish deliver the same
+    // bytes (the value as sent, without the whitespace around it), or refuse it alike.
+    fn ws_and_http_publish_agree_on_arbitrary_json(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
+        let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
+        proptest::test_runner::TestRunner::new(config)
+            .run(&json_text(), |text| {
+                let (http, ws) = publish_both_ways(&server, &text);
+                prop_assert_eq!(&http, &ws, "{:?}", text);
+                let valid = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                let value = text.trim_matches([' ', '\t', '\n', '\r']).to_owned();
+                let expected =
+                    if valid { Outcome::Delivered(value) } else { Outcome::Refused("bad_json".into()) };
+                prop_assert_eq!(http, expected, "{:?}", text);
+                Ok(())
+            })
+            .unwrap();
+    }
+
     fn metrics_move(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         let mut subs: Vec<Client> = (0..3).map(|_| connect(&server, "/ws?subscribe=m")).collect();
@@ -284,6 +304,111 @@ for_each_driver! {
         assert!(after.contains("wsgate_inbox_depth{reactor=\"1\"}"));
         assert!(after.contains("wsgate_publish_to_write_seconds{quantile=\"0.99\"}"));
     }
+}
+
+/// How a publish ended: the `data` a subscriber got, or the error code.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Delivered(String),
+    Refused(String),
+}
+
+/// Publishes `text` as `data` over HTTP (topic `h`) and over `/ws` (topic `w`), each from a
+/// fresh connection, and returns both outcomes as a subscriber of both topics saw them.
+fn publish_both_ways(server: &TestServer, text: &str) -> (Outcome, Outcome) {
+    let mut sub = connect(server, "/ws?subscribe=h,w");
+    let http = Publisher::new(server, None).publish("h", text);
+    let http = match http.status {
+        202 => None,
+        _ => {
+            let body: Value = serde_json::from_slice(&http.body).expect("a json error body");
+            Some(Outcome::Refused(body["error"].as_str().unwrap().to_owned()))
+        }
+    };
+    let mut publisher = connect(server, "/ws");
+    // `data` last, so nothing after it but the closing brace.
+    let op = format!(r#"{{"op":"publish","topic":"w","id":1,"data":{text}}}"#);
+    publisher.send(Message::text(op)).unwrap();
+    let reply = next_json(&mut publisher);
+    let ws = match reply["op"].as_str() {
+        Some("ok") => None,
+        _ => Some(Outcome::Refused(reply["code"].as_str().unwrap().to_owned())),
+    };
+    // Deliveries, in whichever order the two reactors queued them.
+    let mut delivered = std::collections::HashMap::new();
+    for _ in 0..[&http, &ws].iter().filter(|o| o.is_none()).count() {
+        let Message::Text(text) = recv(&mut sub) else {
+            panic!("expected a delivery")
+        };
+        let (topic, data) = text
+            .strip_prefix(r#"{"topic":""#)
+            .and_then(|t| t.split_once(r#"","data":"#))
+            .expect("a delivery envelope");
+        let data = data.strip_suffix('}').expect("closing brace").to_owned();
+        delivered.insert(topic.to_owned(), Outcome::Delivered(data));
+    }
+    let mut take = |topic: &str| delivered.remove(topic).expect("a delivery");
+    (
+        http.unwrap_or_else(|| take("h")),
+        ws.unwrap_or_else(|| take("w")),
+    )
+}
+
+/// JSON text that stresses what a publish path could alter: every kind of escape (lone
+/// surrogates and pairs included), any Unicode, numbers of any size, whitespace everywhere,
+/// deep nesting; and now and then something invalid inside a string or number, which no
+/// context can make valid.
+fn json_text() -> impl Strategy<Value = String> {
+    let ws = || {
+        proptest::collection::vec(
+            prop_oneof![Just(" "), Just("\t"), Just("\n"), Just("\r")],
+            0..3,
+        )
+        .prop_map(|w| w.concat())
+    };
+    let piece = prop_oneof![
+        24 => "[a-zA-Z0-9 ]{1,4}",
+        12 => any::<char>()
+            .prop_filter("needs escaping", |c| !matches!(c, '"' | '\\' | '\0'..='\x1f'))
+            .prop_map(String::from),
+        12 => proptest::sample::select(&["\\\"", "\\\\", "\\/", "\\b", "\\f", "\\n", "\\r", "\\t"][..])
+            .prop_map(String::from),
+        12 => any::<u16>().prop_map(|u| format!("\\u{u:04x}")),
+        6 => (0xd800u16..0xdc00, 0xdc00u16..0xe000).prop_map(|(h, l)| format!("\\u{h:04X}\\u{l:04x}")),
+        1 => proptest::sample::select(&["\\x", "\\u12", "\\u{1}", "\u{1}", "\t"][..]).prop_map(String::from),
+    ];
+    let string = proptest::collection::vec(piece, 0..6).prop_map(|p| format!("\"{}\"", p.concat()));
+    let number = prop_oneof![
+        8 => "-?(0|[1-9][0-9]{0,30})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,5})?",
+        1 => proptest::sample::select(&["01", "1.", "-", ".5", "1e", "+1"][..]).prop_map(String::from),
+    ];
+    let leaf = prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        number,
+        string.clone(),
+    ];
+    let value = leaf.clone().prop_recursive(6, 48, 5, move |inner| {
+        prop_oneof![
+            proptest::collection::vec((ws(), inner.clone(), ws()), 0..5).prop_map(|items| {
+                let items: Vec<String> = items.into_iter().map(|(a, v, b)| a + &v + &b).collect();
+                format!("[{}]", items.join(","))
+            }),
+            proptest::collection::vec((ws(), string.clone(), ws(), ws(), inner, ws()), 0..5)
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(a, k, b, c, v, d)| format!("{a}{k}{b}:{c}{v}{d}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+        ]
+    });
+    let deep = (1usize..2000, leaf).prop_map(|(depth, leaf)| {
+        format!("{}{leaf}{}", "[{\"k\":".repeat(depth), "}]".repeat(depth))
+    });
+    (ws(), prop_oneof![8 => value, 1 => deep], ws()).prop_map(|(a, v, b)| a + &v + &b)
 }
 
 fn slow_consumer(io: wsgate::config::IoBackend, policy: &str) {

@@ -1,5 +1,7 @@
-//! One test per fixed bug, each linked to its issue item. They run the `wsgate` binary,
-//! since what they guard is what a user starting it sees.
+//! Regression tests: one per fixed bug, each linked to the issue item it fixes. Some run the
+//! `wsgate` binary, since what they guard is what a user starting it sees.
+
+mod util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -180,3 +182,238 @@ fn more_reactors_than_cores_is_warned_about() {
     );
     fits.stop();
 }
+
+// ─── issue 9 items 2, 3 and 4: publish paths agree, bearer scheme, chunked bodies ──────────
+mod issue9_publish_paths {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    use serde_json::Value;
+    use tungstenite::Message;
+
+    use super::util::*;
+    use crate::for_each_driver;
+
+    /// `POST /publish/{topic}` on `stream` with `body` and extra header lines.
+    fn post(stream: &mut TcpStream, topic: &str, headers: &str, body: &[u8]) -> Response {
+        let head = format!(
+            "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(&[head.as_bytes(), body].concat()).unwrap();
+        read_response(stream)
+    }
+
+    /// The next text message, as sent (pings and pongs skipped).
+    fn next_text(ws: &mut Client) -> String {
+        loop {
+            match recv(ws) {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts the one error format: `application/json`, `{"error":code,"message":reason}`.
+    #[track_caller]
+    fn assert_json_error(r: &Response, status: u16, code: &str) {
+        assert_eq!(r.status, status, "{}", r.body_text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let body: Value = serde_json::from_slice(&r.body).expect("a json body");
+        let fields = body.as_object().expect("an object");
+        assert_eq!(fields.len(), 2, "{body}");
+        assert_eq!(body["error"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+
+    for_each_driver! {
+        // Issue 9 item 2: a /ws publish of "\ud800" was delivered as "\u0000" (in longer
+        // strings and object keys too) and "\udc00" was refused as bad_json, while HTTP
+        // delivered both unchanged. Both paths now deliver the publisher's bytes as sent.
+        fn ws_and_http_publish_deliver_data_bytes_unchanged(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
+            let mut sub = connect(&server, "/ws?subscribe=h,w");
+            let mut publisher = connect(&server, "/ws");
+            let mut backend = tcp(&server);
+            for value in [
+                r#""\ud800""#,
+                r#""\udc00""#,
+                r#""a\ud800b \udc00c""#,
+                r#"{"\ud800":"\udc00","k\ud800":1}"#,
+                r#""\ud83d\ude00 \uD83D\uDE00""#,
+                r#"{ "p" : [1, 2.50, -0.0e+00] }"#,
+                "123456789012345678901234567890e-99999",
+                "\"caf\u{e9} \\u00e9 \\/\"",
+            ] {
+                assert_eq!(post(&mut backend, "h", "", value.as_bytes()).status, 202, "{value}");
+                let op = format!(r#"{{"op":"publish","topic":"w","id":1,"data": {value} }}"#);
+                publisher.send(Message::text(op)).unwrap();
+                assert_eq!(next_text(&mut publisher), r#"{"op":"ok","id":1}"#);
+                let mut got = [next_text(&mut sub), next_text(&mut sub)];
+                got.sort();
+                assert_eq!(
+                    got,
+                    [
+                        format!(r#"{{"topic":"h","data":{value}}}"#),
+                        format!(r#"{{"topic":"w","data":{value}}}"#),
+                    ],
+                    "the exact bytes sent, on both paths"
+                );
+            }
+            // What is not JSON is refused by both, with the same code.
+            for bad in [r#""\x""#, r#""\u12""#, "\"a\u{1}b\"", "01", "[1,]", r#"{"a"}"#] {
+                let r = post(&mut backend, "h", "", bad.as_bytes());
+                assert_json_error(&r, 400, "bad_json");
+                let op = format!(r#"{{"op":"publish","topic":"w","id":1,"data":{bad}}}"#);
+                publisher.send(Message::text(op)).unwrap();
+                let reply: Value = serde_json::from_str(&next_text(&mut publisher)).unwrap();
+                assert_eq!(reply["code"], "bad_json", "{bad}");
+            }
+            // Nothing else reached the subscriber.
+            assert_eq!(post(&mut backend, "h", "", b"\"end\"").status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"h","data":"end"}"#);
+        }
+
+        // Issue 9 item 3: `Authorization: bearer TOKEN` got 401; the scheme is
+        // case-insensitive (RFC 9110 §11.1), and extra spaces before the token are tolerated.
+        fn bearer_scheme_is_case_insensitive(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.http.publish_token = Some(Some("s3cret".into())));
+            let mut sub = connect(&server, "/ws?subscribe=t");
+            let mut backend = tcp(&server);
+            let accepted = [
+                "bearer s3cret",
+                "BEARER s3cret",
+                "bEaReR s3cret",
+                "Bearer    s3cret",
+                "Bearer \t s3cret",
+            ];
+            for (i, auth) in accepted.iter().enumerate() {
+                let r = post(&mut backend, "t", &format!("Authorization: {auth}\r\n"), i.to_string().as_bytes());
+                assert_eq!(r.status, 202, "{auth:?}");
+                assert_eq!(next_text(&mut sub), format!(r#"{{"topic":"t","data":{i}}}"#));
+            }
+            for auth in ["Basic s3cret", "Bearers3cret", "Bearer", "bearer S3CRET", "Bearer s3cret x"] {
+                let r = post(&mut backend, "t", &format!("Authorization: {auth}\r\n"), b"0");
+                assert_json_error(&r, 401, "unauthorized");
+                assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{auth:?}");
+            }
+        }
+
+        // Issue 9 item 4: `Transfer-Encoding: chunked` on POST /publish got 501 as plain text.
+        // Chunked bodies are accepted, split anywhere, pipelined, and bounded by
+        // max_publish_bytes: 413 as soon as the chunk sizes pass it.
+        fn chunked_publish_is_accepted_and_bounded(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.limits.max_publish_bytes = Some(1024));
+            let mut sub = connect(&server, "/ws?subscribe=t");
+            let head = "POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let mut backend = tcp(&server);
+            // Split inside the head, a chunk size, the data and the last chunk.
+            for piece in [
+                &head[..20],
+                &head[20..],
+                "1",
+                "3\r\n{\"chunked\":",
+                " [1, 2]",
+                "}\r\n0\r",
+                "\n\r\n",
+            ] {
+                backend.write_all(piece.as_bytes()).unwrap();
+            }
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":{"chunked": [1, 2]}}"#);
+            // Extensions and trailers are ignored; the next request on the connection (here
+            // pipelined in the same write) is framed right after the body.
+            let two = format!(
+                "{head}2;name=value\r\n\"a\r\n1\r\n\"\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                 POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\"b\""
+            );
+            backend.write_all(two.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"a"}"#);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"b"}"#);
+            // Exactly the limit passes.
+            let exact = format!("\"{}\"", "x".repeat(1022));
+            let body = format!("200\r\n{}\r\n200\r\n{}\r\n0\r\n\r\n", &exact[..512], &exact[512..]);
+            backend.write_all(format!("{head}{body}").as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), format!(r#"{{"topic":"t","data":{exact}}}"#));
+            // One size over the limit: 413 before any of its data is sent.
+            let mut over = tcp(&server);
+            over.write_all(format!("{head}401\r\n").as_bytes()).unwrap();
+            let r = read_response(&mut over);
+            assert_json_error(&r, 413, "too_large");
+            assert_eq!(r.header("connection"), Some("close"));
+            assert_closed(&mut over);
+            // Many chunks whose running total passes it: 413 at the chunk that does.
+            let mut over = tcp(&server);
+            over.write_all(head.as_bytes()).unwrap();
+            for _ in 0..4 {
+                over.write_all(format!("100\r\n{}\r\n", "x".repeat(256)).as_bytes()).unwrap();
+            }
+            over.write_all(b"1\r\n").unwrap();
+            assert_json_error(&read_response(&mut over), 413, "too_large");
+            assert_closed(&mut over);
+            // Malformed framing is 400, other codings 501, Content-Length with it 400.
+            for (request, status, code) in [
+                (format!("{head}zz\r\n"), 400, "bad_request"),
+                (format!("{head}3\r\n\"a\"X\r\n"), 400, "bad_request"),
+                (format!("{head}3\n\"a\"\r\n0\r\n\r\n"), 400, "bad_request"),
+                (head.replace("chunked", "gzip, chunked"), 501, "not_implemented"),
+                (head.replace("chunked", "gzip"), 400, "bad_request"),
+                (head.replace("\r\n\r\n", "\r\nContent-Length: 3\r\n\r\n\"a\""), 400, "bad_request"),
+                (head.replace("1.1", "1.0"), 400, "bad_request"),
+            ] {
+                let mut stream = tcp(&server);
+                stream.write_all(request.as_bytes()).unwrap();
+                assert_json_error(&read_response(&mut stream), status, code);
+                assert_closed(&mut stream);
+            }
+            // None of the refused bodies was published.
+            assert_eq!(post(&mut backend, "t", "", b"\"end\"").status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"end"}"#);
+        }
+
+        // Issue 9 item 4: every HTTP error body has one format, JSON
+        // `{"error":"<code>","message":"<reason>"}`, handshake refusals included.
+        fn every_http_error_body_is_the_same_json(io: IoBackend) {
+            let server = TestServer::start(io, |c| {
+                c.http.publish_token = Some(Some("s3cret".into()));
+                c.limits.max_publish_bytes = Some(16);
+                c.limits.max_header_bytes = Some(1024);
+            });
+            let auth = "Authorization: Bearer s3cret\r\n";
+            let upgrade = upgrade_request("/ws", "");
+            let cases = [
+                (upgrade.replace("Sec-WebSocket-Key", "X-Key"), 400, "bad_request"),
+                (upgrade.replace("/ws", "/nope"), 404, "not_found"),
+                (upgrade.replacen("GET", "POST", 1), 405, "method_not_allowed"),
+                ("POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405, "method_not_allowed"),
+                ("GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405, "method_not_allowed"),
+                ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".into(), 426, "upgrade_required"),
+                (upgrade.replace("Version: 13", "Version: 8"), 426, "upgrade_required"),
+                (upgrade_request("/ws", &format!("X: {}\r\n", "a".repeat(2000))), 431, "header_too_large"),
+                ("POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1".into(), 401, "unauthorized"),
+                (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\n{{"), 400, "bad_json"),
+                (format!("POST /publish/a%20b HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\n1"), 400, "invalid_topic"),
+                (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 17\r\n\r\n"), 413, "too_large"),
+                ("POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br, chunked\r\n\r\n".into(), 501, "not_implemented"),
+                (upgrade_request("/ws?subscribe=a%20b", ""), 400, "invalid_topic"),
+            ];
+            for (request, status, code) in cases {
+                assert_json_error(&http(&server, &request), status, code);
+            }
+            // 503 over the connection limit.
+            let full = TestServer::start(io, |c| c.limits.max_connections = Some(1));
+            let _held = connect(&full, "/ws");
+            let r = http(&full, &upgrade_request("/ws", ""));
+            assert_json_error(&r, 503, "unavailable");
+            assert_eq!(r.header("retry-after"), Some("1"));
+        }
+    }
+}
+// ─── end of issue 9 items 2, 3 and 4 ───────────────────────────────────────────────────────

@@ -16,6 +16,8 @@
 //!              └── HttpError ◄──────────────────┘ ─► HttpError::response() ─► 4xx/5xx
 //! ```
 
+use std::io::Write as _;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
@@ -78,11 +80,13 @@ pub struct Request {
     /// endpoints decide; [`validate_upgrade`] requires it. Two `Host` fields are `400`.
     pub host: Option<String>,
     /// `Content-Length`; repeated fields or list elements must agree (RFC 9110 §8.6).
-    ///
-    /// A request with `Transfer-Encoding` never parses: with `Content-Length` too it is `400`
-    /// (a smuggling signal, RFC 9112 §6.3), alone it is `501` (chunked bodies unsupported,
-    /// RFC 9112 §6.1), so a body is always exactly `content_length` bytes (or none).
+    /// `None` when the body is chunked.
     pub content_length: Option<usize>,
+    /// `Transfer-Encoding: chunked`: the body follows in chunks, to be read with
+    /// [`crate::http1::ChunkedDecoder`]. Only `chunked` alone parses (RFC 9112 §6.1, §6.3):
+    /// with `Content-Length` too it is `400` (a smuggling signal), on HTTP/1.0 `400`, with
+    /// `chunked` not last (or twice) `400`, with another coding before it `501`.
+    pub chunked: bool,
     /// `Authorization`, verbatim. Two fields are `400`: ambiguous credentials are refused.
     pub authorization: Option<String>,
     /// Whether the connection persists after the response (RFC 9112 §9.3): HTTP/1.1 unless
@@ -119,8 +123,8 @@ pub struct UpgradeHeaders {
 /// - `Ok(Some(req))`: `req.head_len` bytes are the head; anything after is not looked at.
 /// - `Err(e)`: send `e.response()` and close. A head longer than `max_header_bytes`
 ///   (complete, or still incomplete past that many bytes) or with more than [`MAX_HEADERS`]
-///   fields is `431`; `Transfer-Encoding` alone is `501`; anything malformed is `400`,
-///   including header values that are not UTF-8.
+///   fields is `431`; a transfer coding other than `chunked` is `501`; anything malformed
+///   is `400`, including header values that are not UTF-8.
 ///
 /// At most `max_header_bytes` of `buf` are scanned, so an attacker's megabyte costs nothing.
 pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Request>, HttpError> {
@@ -155,11 +159,10 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Reque
         fields.add(header.name, sub_str(head, header.value)?)?;
     }
 
-    let content_length = match (fields.transfer_encoding, fields.content_length) {
-        (false, cl) => cl,
-        (true, Some(_)) => return Err(HttpError::bad("content-length with transfer-encoding")),
-        (true, None) => return Err(HttpError::TRANSFER_ENCODING),
-    };
+    let chunked = fields.transfer_encoding.is_some();
+    if let Some(te) = &fields.transfer_encoding {
+        te.check(minor_version, fields.content_length.is_some())?;
+    }
     // RFC 9112 §9.3: `close` ends any connection; HTTP/1.0 persists only on request.
     let keep_alive = !fields.close && (minor_version >= 1 || fields.keep_alive);
     let upgrade = fields.upgrade_websocket.then(|| UpgradeHeaders {
@@ -177,7 +180,8 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Reque
         query: query.map(str::to_owned),
         minor_version,
         host: fields.host.map(str::to_owned),
-        content_length,
+        content_length: fields.content_length,
+        chunked,
         authorization: fields.authorization.map(str::to_owned),
         keep_alive,
         upgrade,
@@ -314,40 +318,52 @@ pub fn accept_key(key: &[u8]) -> String {
 #[error("{status} {reason}")]
 pub struct HttpError {
     pub status: u16,
-    /// Lowercase, one line; the response body. Never echoes peer bytes.
+    /// Short snake_case code for the body's `error` field; by default the status's
+    /// ([`error_code`]), so clients can branch on it without parsing `reason`.
+    pub code: &'static str,
+    /// Lowercase, one line; the body's `message`. Never echoes peer bytes.
     pub reason: &'static str,
     /// A header the status requires: `Allow` on 405, `Upgrade` or `Sec-WebSocket-Version`
-    /// on 426.
+    /// on 426, `WWW-Authenticate` on 401, `Retry-After` on 503.
     pub extra_header: Option<(&'static str, &'static str)>,
 }
 
 impl HttpError {
+    /// `413`: a request body over the configured limit (`Content-Length` or chunked).
+    pub const BODY_TOO_LARGE: Self = Self::new(413, "request body over the limit");
     const HEAD_TOO_LARGE: Self = Self::new(431, "request header too large");
     const TOO_MANY_HEADERS: Self = Self::new(431, "too many headers");
-    const TRANSFER_ENCODING: Self = Self::new(501, "transfer-encoding not supported");
-    const METHOD_NOT_ALLOWED: Self = Self {
-        extra_header: Some(("Allow", "GET")),
-        ..Self::new(405, "method not allowed")
-    };
-    const UPGRADE_REQUIRED: Self = Self {
-        extra_header: Some(("Upgrade", "websocket")),
-        ..Self::new(426, "websocket upgrade required")
-    };
-    const VERSION_REQUIRED: Self = Self {
-        extra_header: Some(("Sec-WebSocket-Version", VERSION)),
-        ..Self::new(426, "unsupported websocket version")
-    };
+    const METHOD_NOT_ALLOWED: Self =
+        Self::new(405, "method not allowed").with_header("Allow", "GET");
+    const UPGRADE_REQUIRED: Self =
+        Self::new(426, "websocket upgrade required").with_header("Upgrade", "websocket");
+    const VERSION_REQUIRED: Self = Self::new(426, "unsupported websocket version")
+        .with_header("Sec-WebSocket-Version", VERSION);
 
-    /// An error with no extra header.
+    /// An error with the status's code and no extra header.
     pub const fn new(status: u16, reason: &'static str) -> Self {
         Self {
             status,
+            code: error_code(status),
             reason,
             extra_header: None,
         }
     }
 
-    const fn bad(reason: &'static str) -> Self {
+    /// The same error with a more specific code (`bad_json` rather than `bad_request`).
+    pub const fn with_code(self, code: &'static str) -> Self {
+        Self { code, ..self }
+    }
+
+    /// The same error with a header the status requires.
+    pub const fn with_header(self, name: &'static str, value: &'static str) -> Self {
+        Self {
+            extra_header: Some((name, value)),
+            ..self
+        }
+    }
+
+    pub(crate) const fn bad(reason: &'static str) -> Self {
         Self::new(400, reason)
     }
 
@@ -367,22 +383,63 @@ impl HttpError {
         }
     }
 
-    /// The complete error response: `text/plain` body `{reason}\n`, `Connection: close`
-    /// (after a refused head the rest of the stream cannot be trusted), and the extra header.
+    /// The complete error response with `Connection: close` (after a refused head the rest
+    /// of the stream cannot be trusted); see [`HttpError::response_keep_alive`].
     pub fn response(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160 + self.reason.len());
-        crate::outgoing::http_head(
-            &mut out,
-            self.status,
-            "text/plain; charset=utf-8",
-            self.extra_header.as_slice(),
-            self.reason.len() + 1,
-            false,
-        );
-        out.extend_from_slice(self.reason.as_bytes());
-        out.push(b'\n');
-        out
+        self.response_keep_alive(false)
     }
+
+    /// The error response every 4xx and 5xx of the gateway uses: `application/json` body
+    /// `{"error":"<code>","message":"<reason>"}`, the extra header, and `Connection` as
+    /// asked (a refused publish leaves its connection usable).
+    pub fn response_keep_alive(&self, keep_alive: bool) -> Vec<u8> {
+        let mut body = Vec::with_capacity(32 + self.code.len() + self.reason.len());
+        body.extend_from_slice(b"{\"error\":");
+        push_json_string(&mut body, self.code);
+        body.extend_from_slice(b",\"message\":");
+        push_json_string(&mut body, self.reason);
+        body.push(b'}');
+        crate::outgoing::http_response(
+            self.status,
+            "application/json",
+            self.extra_header.as_slice(),
+            &body,
+            keep_alive,
+        )
+    }
+}
+
+/// The default [`HttpError::code`] for `status`: its reason phrase in snake_case, shortened.
+pub const fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "too_large",
+        426 => "upgrade_required",
+        431 => "header_too_large",
+        501 => "not_implemented",
+        503 => "unavailable",
+        500..=599 => "server_error",
+        _ => "error",
+    }
+}
+
+/// `s` as a JSON string. Codes and reasons are our own literals, but escaping keeps a future
+/// quote in one from breaking every client's parser.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0..=0x1f => write!(out, "\\u{b:04x}").expect("writing to a Vec cannot fail"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
 }
 
 /// The canonical reason phrase for `status` (RFC 9110 §15), or `""` for one we never send
@@ -429,7 +486,7 @@ pub fn status_text(status: u16) -> &'static str {
 struct Fields<'b> {
     host: Option<&'b str>,
     content_length: Option<usize>,
-    transfer_encoding: bool,
+    transfer_encoding: Option<TransferCodings>,
     authorization: Option<&'b str>,
     close: bool,
     keep_alive: bool,
@@ -476,7 +533,13 @@ impl<'b> Fields<'b> {
                 }
                 self.content_length = Some(n);
             }
-            17 if is("transfer-encoding") => self.transfer_encoding = true,
+            17 if is("transfer-encoding") => {
+                // RFC 9110 §5.3: repeated fields are one list, in order.
+                let te = self.transfer_encoding.get_or_insert_with(Default::default);
+                for coding in list(value) {
+                    te.add(coding);
+                }
+            }
             // RFC 6455 §11.3.1: MUST NOT appear more than once in a request.
             17 if is("sec-websocket-key") => {
                 set_once(&mut self.key, value, "duplicate sec-websocket-key header")?;
@@ -498,6 +561,48 @@ impl<'b> Fields<'b> {
                 self.extensions.extend(list(value).map(str::to_owned));
             }
             _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The codings of `Transfer-Encoding`, in order, reduced to what decides the answer.
+#[derive(Default)]
+struct TransferCodings {
+    /// `chunked` is the last coding so far.
+    chunked_last: bool,
+    /// `chunked` appeared before the last coding, or twice.
+    chunked_early: bool,
+    /// A coding other than `chunked` appeared.
+    other: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, coding: &str) {
+        // Parameters (`gzip;q=1`) make it some coding other than chunked all the same.
+        let chunked = coding.eq_ignore_ascii_case("chunked");
+        self.chunked_early |= self.chunked_last;
+        self.chunked_last = chunked;
+        self.other |= !chunked;
+    }
+
+    /// RFC 9112 §6.1 and §6.3: which framings we can read.
+    fn check(&self, minor_version: u8, content_length: bool) -> Result<(), HttpError> {
+        if content_length {
+            // §6.3: the sender may be smuggling one request inside another.
+            return Err(HttpError::bad("content-length with transfer-encoding"));
+        }
+        if minor_version == 0 {
+            // §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            return Err(HttpError::bad("transfer-encoding in http/1.0"));
+        }
+        if !self.chunked_last || self.chunked_early {
+            // §6.3 item 4 (MUST 400), and §7: chunked is applied once, last.
+            return Err(HttpError::bad("chunked is not the final transfer coding"));
+        }
+        if self.other {
+            // §6.1: a coding we do not understand (gzip before chunked, say).
+            return Err(HttpError::new(501, "transfer coding not supported"));
         }
         Ok(())
     }
@@ -1260,41 +1365,117 @@ mod tests {
         assert_eq!((err.status, err.reason), (431, "too many headers"));
     }
 
-    // RFC 9112 §6.1: 501
+    // RFC 9112 §6.1, §6.3: transfer codings
 
     #[test]
-    fn transfer_encoding_is_501() {
-        let buf = b"POST /publish/t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_parse_fails(buf, 501, "transfer-encoding not supported");
+    fn chunked_alone_parses() {
+        for te in ["chunked", "Chunked", "CHUNKED", " chunked ", ",chunked,"] {
+            let buf = format!("POST /publish/t HTTP/1.1\r\nTransfer-Encoding:{te}\r\n\r\n");
+            let req = parse(buf.as_bytes());
+            assert!(req.chunked, "{te}");
+            assert_eq!(req.content_length, None);
+        }
+        assert!(!parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n").chunked);
+    }
+
+    #[test]
+    fn other_transfer_codings_are_refused() {
+        let post = |fields: &str| format!("POST /publish/t HTTP/1.1\r\n{fields}\r\n");
+        let not_final = "chunked is not the final transfer coding";
+        let cases: [(&str, u16, &str); 9] = [
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                501,
+                "transfer coding not supported",
+            ),
+            // Split over two fields: one list (RFC 9110 §5.3).
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                501,
+                "transfer coding not supported",
+            ),
+            ("Transfer-Encoding: gzip\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked, gzip\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked, chunked\r\n", 400, not_final),
+            ("Transfer-Encoding: chunked;q=1\r\n", 400, not_final),
+            ("Transfer-Encoding:\r\n", 400, not_final),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                400,
+                "content-length with transfer-encoding",
+            ),
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+                400,
+                "content-length with transfer-encoding",
+            ),
+        ];
+        for (fields, status, reason) in cases {
+            assert_parse_fails(post(fields).as_bytes(), status, reason);
+        }
+        let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_parse_fails(old, 400, "transfer-encoding in http/1.0");
     }
 
     // Response bytes
 
     #[test]
     fn error_response_bytes() {
-        assert_eq!(
-            HttpError::VERSION_REQUIRED.response(),
-            b"HTTP/1.1 426 Upgrade Required\r\n\
-              Content-Type: text/plain; charset=utf-8\r\n\
-              Content-Length: 30\r\n\
-              Connection: close\r\n\
-              Sec-WebSocket-Version: 13\r\n\
-              \r\n\
-              unsupported websocket version\n"
+        let body = br#"{"error":"upgrade_required","message":"unsupported websocket version"}"#;
+        let head = format!(
+            "HTTP/1.1 426 Upgrade Required\r\n\
+             Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\
+             Connection: close\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             \r\n",
+            body.len()
         );
         assert_eq!(
-            HttpError::bad("missing host header").response(),
-            b"HTTP/1.1 400 Bad Request\r\n\
-              Content-Type: text/plain; charset=utf-8\r\n\
-              Content-Length: 20\r\n\
-              Connection: close\r\n\
-              \r\n\
-              missing host header\n"
+            HttpError::VERSION_REQUIRED.response(),
+            [head.as_bytes(), body].concat()
+        );
+        let body = br#"{"error":"bad_json","message":"body is not valid json"}"#;
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\n\
+             Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\
+             Connection: keep-alive\r\n\
+             \r\n",
+            body.len()
+        );
+        let err = HttpError::bad("body is not valid json").with_code("bad_json");
+        assert_eq!(
+            err.response_keep_alive(true),
+            [head.as_bytes(), body].concat()
         );
         assert_eq!(
             HttpError::HEAD_TOO_LARGE.to_string(),
             "431 request header too large"
         );
+    }
+
+    #[test]
+    fn error_codes_and_escaping() {
+        for (status, code) in [
+            (400, "bad_request"),
+            (401, "unauthorized"),
+            (403, "forbidden"),
+            (404, "not_found"),
+            (405, "method_not_allowed"),
+            (413, "too_large"),
+            (426, "upgrade_required"),
+            (431, "header_too_large"),
+            (501, "not_implemented"),
+            (503, "unavailable"),
+            (502, "server_error"),
+            (418, "error"),
+        ] {
+            assert_eq!(HttpError::new(status, "x").code, code, "{status}");
+        }
+        let mut out = Vec::new();
+        push_json_string(&mut out, "a\"b\\c\n");
+        assert_eq!(out, br#""a\"b\\c\u000a""#);
     }
 
     #[test]

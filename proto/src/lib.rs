@@ -1,5 +1,5 @@
 //! Sans-I/O RFC 6455 for both roles ([`Role::Client`], [`Role::Server`]): the opening
-//! handshake, frames, (un)masking, UTF-8, close codes and the per-connection state machine;
+//! handshake, HTTP/1.1 request bodies (`http1`: chunked), frames, (un)masking, UTF-8, close codes and the per-connection state machine;
 //! and the server's one outgoing path (`outgoing`: frames, prepared broadcasts, HTTP
 //! responses, the queue they wait in).
 //!
@@ -22,6 +22,7 @@ mod connection;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod http1;
 pub mod mask;
 pub mod outgoing;
 pub mod utf8;

@@ -4,7 +4,8 @@
 use wsgate_proto::handshake::{HttpError, Method, Request};
 use wsgate_proto::outgoing::http_response;
 
-use super::{Route, Session};
+use super::control::ErrorCode;
+use super::{json, Route, Session};
 use crate::broadcast;
 use crate::config::Config;
 use crate::metrics;
@@ -19,32 +20,24 @@ pub fn respond(
     keep_alive: bool,
 ) -> Vec<u8> {
     let draining = session.draining();
-    let text = |status, body: &[u8], keep_alive| {
-        http_response(status, "text/plain", &[], body, keep_alive)
-    };
     match route {
         Route::Publish => match check_publish(req, body, &session.shared().config) {
-            Ok(topic) => {
-                session.publish(&topic, body);
+            Ok((topic, data)) => {
+                session.publish(&topic, data);
                 published(&topic, keep_alive)
             }
             Err(response) => response,
         },
         Route::Metrics if req.method == Method::Get => metrics(session.shared(), keep_alive),
         Route::Health | Route::Metrics if !matches!(req.method, Method::Get | Method::Head) => {
-            let body = b"method not allowed\n";
-            http_response(
-                405,
-                "text/plain",
-                &[("Allow", "GET, HEAD")],
-                body,
-                keep_alive,
-            )
+            HttpError::new(405, "method not allowed")
+                .with_header("Allow", "GET, HEAD")
+                .response_keep_alive(keep_alive)
         }
-        Route::Health if draining => text(503, b"draining\n", false),
-        Route::Health => text(200, b"ok\n", keep_alive),
-        Route::Metrics => text(200, b"", keep_alive),
-        Route::NotFound => text(404, b"not found\n", keep_alive),
+        Route::Health if draining => HttpError::new(503, "draining").response(),
+        Route::Health => http_response(200, "text/plain", &[], b"ok\n", keep_alive),
+        Route::Metrics => http_response(200, "text/plain", &[], b"", keep_alive),
+        Route::NotFound => HttpError::new(404, "not found").response_keep_alive(keep_alive),
         Route::Echo | Route::PubSub => unreachable!("upgraded elsewhere"),
     }
 }
@@ -77,45 +70,41 @@ fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
 }
 
 /// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
-/// JSON. Returns the topic, or the error response to send.
-fn check_publish(req: &Request, body: &[u8], config: &Config) -> Result<String, Vec<u8>> {
-    let keep_alive = req.keep_alive;
-    let fail = |status, reason: &str, extra: &[(&str, &str)]| {
-        let body = format!("{{\"ok\":false,\"error\":\"{reason}\"}}");
-        http_response(
-            status,
-            "application/json",
-            extra,
-            body.as_bytes(),
-            keep_alive,
-        )
-    };
+/// JSON. Returns the topic and the `data` to deliver: the body's one JSON value as sent,
+/// without the whitespace around it, exactly what a `/ws` publish of the same value delivers.
+/// Or the error response to send (the connection stays usable); its codes are `/ws`'s.
+fn check_publish<'b>(
+    req: &Request,
+    body: &'b [u8],
+    config: &Config,
+) -> Result<(String, &'b [u8]), Vec<u8>> {
+    let fail = |err: HttpError| err.response_keep_alive(req.keep_alive);
     if req.method != Method::Post {
-        return Err(fail(405, "use POST", &[("Allow", "POST")]));
+        return Err(fail(
+            HttpError::new(405, "use POST").with_header("Allow", "POST"),
+        ));
     }
     if let Some(token) = &config.http.publish_token {
-        let given = req
-            .authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+        let given = req.authorization.as_deref().and_then(bearer_token);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return Err(fail(
-                401,
-                "missing or wrong bearer token",
-                &[("WWW-Authenticate", "Bearer")],
+                HttpError::new(401, "missing or wrong bearer token")
+                    .with_header("WWW-Authenticate", "Bearer"),
             ));
         }
     }
     let topic = &req.path["/publish/".len()..];
     if let Err(reason) = broadcast::check_topic(topic, config.limits.max_topic_len) {
-        return Err(fail(400, reason, &[]));
+        return Err(fail(
+            HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str()),
+        ));
     }
-    // simd-json parses in place; the body is delivered as sent, so check a copy.
-    let mut copy = body.to_vec();
-    if simd_json::to_borrowed_value(&mut copy).is_err() {
-        return Err(fail(400, "body is not valid json", &[]));
-    }
-    Ok(topic.to_owned())
+    let Ok(data) = json::document(body) else {
+        return Err(fail(
+            HttpError::new(400, "body is not valid json").with_code(ErrorCode::BadJson.as_str()),
+        ));
+    };
+    Ok((topic.to_owned(), data))
 }
 
 /// `202 Accepted` for a publish.
@@ -137,8 +126,9 @@ pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, Ht
         let list =
             percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
         for topic in list.split(',').filter(|t| !t.is_empty()) {
-            broadcast::check_topic(topic, config.limits.max_topic_len)
-                .map_err(|reason| HttpError::new(400, reason))?;
+            broadcast::check_topic(topic, config.limits.max_topic_len).map_err(|reason| {
+                HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str())
+            })?;
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
             }
@@ -170,6 +160,14 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1). The scheme is
+/// case-insensitive (RFC 9110 §11.1); spaces and tabs around the token are tolerated.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once([' ', '\t'])?;
+    let token = token.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Compares secrets without an early exit that would leak how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -184,6 +182,36 @@ mod tests {
         assert_eq!(percent_decode("a%2Cb%3Ac").as_deref(), Some("a,b:c"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for header in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+            "Bearer   s3cret",
+            "Bearer\ts3cret",
+            "Bearer s3cret  ",
+        ] {
+            assert_eq!(bearer_token(header), Some("s3cret"), "{header:?}");
+        }
+        for header in [
+            "Bearer",
+            "Bearer ",
+            "Bearer  \t",
+            "Bearers3cret",
+            "Basic s3cret",
+            "",
+        ] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+        assert_eq!(
+            bearer_token("Bearer a b"),
+            Some("a b"),
+            "the token is not split"
+        );
     }
 
     #[test]

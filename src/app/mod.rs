@@ -7,6 +7,7 @@
 pub mod control;
 pub mod echo;
 pub mod endpoints;
+pub mod json;
 pub mod pubsub;
 
 use wsgate_proto::handshake::Request;
@@ -30,9 +31,6 @@ pub trait Session {
 
     /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
     fn publish(&mut self, topic: &str, data: &[u8]);
-
-    /// Scratch buffers for simd-json, reused across messages.
-    fn json_buffers(&mut self) -> &mut simd_json::Buffers;
 
     /// Whether the server is draining (side endpoints answer differently).
     fn draining(&self) -> bool;

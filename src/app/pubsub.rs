@@ -3,20 +3,20 @@
 
 use wsgate_proto::OpCode;
 
-use super::control::{self, Control, ControlError, Op};
+use super::control::{self, Control, ControlError, ErrorCode, Op};
 use super::{Session, SubscribeError};
 use crate::broadcast;
 
 /// A message on /ws: one control op, answered on the same connection.
-pub fn on_message(session: &mut impl Session, opcode: OpCode, mut data: Vec<u8>) {
+pub fn on_message(session: &mut impl Session, opcode: OpCode, data: Vec<u8>) {
     let reply = if opcode == OpCode::Binary {
         Err(ControlError::new(
             None,
-            "bad_request",
+            ErrorCode::BadRequest,
             "binary messages are not supported on /ws",
         ))
     } else {
-        control::parse(&mut data, session.json_buffers()).and_then(|c| apply(session, c))
+        control::parse(&data).and_then(|c| apply(session, c))
     };
     if let Err(err) = reply {
         session.send(OpCode::Text, &control::error(&err));
@@ -25,11 +25,12 @@ pub fn on_message(session: &mut impl Session, opcode: OpCode, mut data: Vec<u8>)
 
 /// Carries out a control op. Ops with an `id` are acknowledged with `ok`, a publish
 /// before its deliveries, so a publisher subscribed to the topic sees its `ok` first.
-fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
+fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError> {
     let config = &session.shared().config;
     let max_topic_len = config.limits.max_topic_len;
-    let invalid =
-        |id: &Option<String>, message| ControlError::new(id.clone(), "invalid_topic", message);
+    let invalid = |id: &Option<String>, message| {
+        ControlError::new(id.clone(), ErrorCode::InvalidTopic, message)
+    };
     match c.op {
         Op::Subscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
@@ -38,7 +39,7 @@ fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
                 .map_err(|SubscribeError::TooMany| {
                     ControlError::new(
                         c.id.clone(),
-                        "too_many_subscriptions",
+                        ErrorCode::TooManySubscriptions,
                         "subscription limit reached",
                     )
                 })?;
@@ -52,21 +53,21 @@ fn apply(session: &mut impl Session, c: Control) -> Result<(), ControlError> {
             if !broadcast::topic_allowed(&topic, &config.pubsub.client_publish) {
                 return Err(ControlError::new(
                     c.id,
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     "publishing to this topic is not allowed",
                 ));
             }
             if data.len() > config.limits.max_publish_bytes {
                 return Err(ControlError::new(
                     c.id,
-                    "too_large",
+                    ErrorCode::TooLarge,
                     "data is over the publish size limit",
                 ));
             }
             if let Some(request) = &c.id {
                 session.send(OpCode::Text, &control::ok(Some(request)));
             }
-            session.publish(&topic, data.as_bytes());
+            session.publish(&topic, data);
             return Ok(());
         }
     }

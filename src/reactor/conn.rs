@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use wsgate_proto::{CloseCode, Connection, OutQueue};
 
+use super::request::ChunkedBody;
 use super::{limits, Core};
 use crate::app::Route;
 use crate::broadcast::TopicId;
@@ -38,8 +39,13 @@ pub(super) struct Conn {
 }
 
 pub(super) enum Phase {
-    /// Reading an HTTP request head (and body); `head` holds a split one.
-    Request { head: Vec<u8>, deadline: Instant },
+    /// Reading an HTTP request head (and body); `head` holds a split one, `chunked` a
+    /// parsed head whose chunked body is still arriving.
+    Request {
+        head: Vec<u8>,
+        chunked: Option<Box<ChunkedBody>>,
+        deadline: Instant,
+    },
     /// `subs` is empty except on /ws.
     WebSocket {
         ws: Connection,
@@ -173,6 +179,7 @@ impl Core {
                 transport: Transport::Plain,
                 phase: Phase::Request {
                     head: Vec::new(),
+                    chunked: None,
                     deadline: self.now + shared.config.limits.handshake_timeout,
                 },
                 send: Send::Idle,
@@ -272,7 +279,11 @@ impl Core {
         let mut closing = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             match &mut conn.phase {
-                Phase::Request { head, .. } if head.is_empty() => idle.push(id),
+                Phase::Request {
+                    head,
+                    chunked: None,
+                    ..
+                } if head.is_empty() => idle.push(id),
                 Phase::WebSocket { ws, route, .. } => {
                     ws.close(
                         now,

@@ -64,7 +64,6 @@ struct Core {
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
-    json: simd_json::Buffers,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -108,7 +107,6 @@ impl<D: Driver> Reactor<D> {
             to_close: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
-            json: simd_json::Buffers::default(),
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -391,10 +389,6 @@ impl Session for Ctx<'_> {
 
     fn publish(&mut self, topic: &str, data: &[u8]) {
         self.core.publish(topic, data);
-    }
-
-    fn json_buffers(&mut self) -> &mut simd_json::Buffers {
-        &mut self.core.json
     }
 
     fn draining(&self) -> bool {

@@ -5,6 +5,7 @@
 use std::mem;
 
 use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
+use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
 use super::conn::{Admission, Phase, Subs};
@@ -12,6 +13,13 @@ use super::{Core, Ctx};
 use crate::app::{self, Route};
 use crate::driver::ConnId;
 use crate::metrics::ReactorMetrics;
+
+/// A request whose chunked body is still arriving: the head, the decoder, the payload so far.
+pub(super) struct ChunkedBody {
+    req: Request,
+    decoder: ChunkedDecoder,
+    data: Vec<u8>,
+}
 
 /// What to do after answering a request.
 enum Next {
@@ -22,9 +30,11 @@ enum Next {
 
 impl Core {
     pub(super) fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
-        let Phase::Request { head, .. } = &mut self.conns[id].phase else {
+        let Phase::Request { head, chunked, .. } = &mut self.conns[id].phase else {
             unreachable!("request phase")
         };
+        // A chunked body under way takes the bytes before any new head.
+        let mut pending = chunked.take();
         // The common case parses straight from the read buffer; a split head is copied.
         let mut split = mem::take(head);
         let mut input: &mut [u8] = if split.is_empty() {
@@ -34,22 +44,46 @@ impl Core {
             &mut split
         };
         let max_head = self.shared.config.limits.max_header_bytes;
+        let max_body = self.shared.config.limits.max_publish_bytes;
         loop {
-            let req = match handshake::parse_request(input, max_head) {
-                Ok(Some(req)) => req,
-                Ok(None) => return self.keep_partial(id, input),
-                Err(err) => return self.reject(id, &err),
+            let (next, rest) = if let Some(mut body) = pending.take() {
+                // Chunked request bodies (RFC 9112 §7.1): decoded as they arrive, nothing
+                // buffered but the payload, 413 as soon as a chunk size passes the limit.
+                match body.decoder.decode(input, &mut body.data) {
+                    Ok(None) => return self.keep_chunked(id, body),
+                    Err(err) => return self.reject(id, &err),
+                    Ok(Some(n)) => {
+                        let rest = &mut mem::take(&mut input)[n..];
+                        (self.dispatch(id, &body.req, &body.data), rest)
+                    }
+                }
+            } else {
+                let req = match handshake::parse_request(input, max_head) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return self.keep_partial(id, input),
+                    Err(err) => return self.reject(id, &err),
+                };
+                if req.chunked {
+                    input = &mut mem::take(&mut input)[req.head_len..];
+                    pending = Some(Box::new(ChunkedBody {
+                        req,
+                        decoder: ChunkedDecoder::new(max_body),
+                        data: Vec::new(),
+                    }));
+                    continue;
+                }
+                let body_len = req.content_length.unwrap_or(0);
+                if body_len > max_body {
+                    return self.reject(id, &HttpError::BODY_TOO_LARGE);
+                }
+                let total = req.head_len + body_len;
+                if input.len() < total {
+                    return self.keep_partial(id, input);
+                }
+                let (this, rest) = mem::take(&mut input).split_at_mut(total);
+                (self.dispatch(id, &req, &this[req.head_len..]), rest)
             };
-            let body_len = req.content_length.unwrap_or(0);
-            if body_len > self.shared.config.limits.max_publish_bytes {
-                return self.reject(id, &HttpError::new(413, "request body over the limit"));
-            }
-            let total = req.head_len + body_len;
-            if input.len() < total {
-                return self.keep_partial(id, input);
-            }
-            let (this, rest) = mem::take(&mut input).split_at_mut(total);
-            match self.dispatch(id, &req, &this[req.head_len..]) {
+            match next {
                 // Bytes right behind the upgrade request are the client's first frames.
                 Next::Upgraded if rest.is_empty() => return,
                 Next::Upgraded => return self.on_frame_bytes(id, rest),
@@ -58,6 +92,7 @@ impl Core {
                     let deadline = self.now + self.shared.config.limits.handshake_timeout;
                     self.conns[id].phase = Phase::Request {
                         head: Vec::new(),
+                        chunked: None,
                         deadline,
                     };
                     if rest.is_empty() {
@@ -66,6 +101,12 @@ impl Core {
                     input = rest;
                 }
             }
+        }
+    }
+
+    fn keep_chunked(&mut self, id: ConnId, body: Box<ChunkedBody>) {
+        if let Phase::Request { chunked, .. } = &mut self.conns[id].phase {
+            *chunked = Some(body);
         }
     }
 
@@ -91,11 +132,7 @@ impl Core {
             } else {
                 "server at its connection limit"
             };
-            let err = HttpError {
-                status: 503,
-                reason,
-                extra_header: Some(("Retry-After", "1")),
-            };
+            let err = HttpError::new(503, reason).with_header("Retry-After", "1");
             self.conns[id].out.push(err.response().into());
             return Next::Close;
         }
