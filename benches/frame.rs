@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wsgate_proto::{Connection, FrameHeader, Limits, OutQueue};
+use wsgate_proto::{Budget, Connection, FrameHeader, Limits, OutQueue};
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     wsgate_proto::frame::encode_client_raw(true, 0, opcode, [0x11, 0x22, 0x33, 0x44], payload)
@@ -39,6 +39,7 @@ fn receive_path(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &wire, |b, wire| {
             let mut conn = Connection::server(Instant::now());
             let mut out = OutQueue::default();
+            let mut budget = Budget::new(u64::MAX);
             let mut events = Vec::with_capacity(count);
             let mut buf = wire.clone();
             let now = Instant::now();
@@ -46,7 +47,8 @@ fn receive_path(c: &mut Criterion) {
                 buf.copy_from_slice(wire);
                 let mut rest = &mut buf[..];
                 while !rest.is_empty() {
-                    let n = conn.handle_bytes(now, &limits, rest, &mut out, &mut events);
+                    let n =
+                        conn.handle_bytes(now, &limits, &mut budget, rest, &mut out, &mut events);
                     rest = &mut std::mem::take(&mut rest)[n..];
                     events.clear();
                 }

@@ -21,7 +21,9 @@ update=0
 cargo build --release --quiet --bin wsgate
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="$(mktemp)"
-"${CARGO_TARGET_DIR:-target}/release/wsgate" serve --listen "127.0.0.1:$port" --io "$io" >"$log" 2>&1 &
+# Cases 9.* send messages of up to 16 MiB: raise the /echo limits (1 MiB by default) to that.
+"${CARGO_TARGET_DIR:-target}/release/wsgate" serve --listen "127.0.0.1:$port" --io "$io" \
+  --max-frame-size 16777216 --max-message-size 16777216 >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do

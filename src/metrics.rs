@@ -40,6 +40,10 @@ pub struct ReactorMetrics {
     pub dropped: AtomicU64,
     /// Subscribers closed under the `close` slow-consumer policy.
     pub slow_consumer_closes: AtomicU64,
+    /// Bytes of partial WebSocket messages held (taken from the reactor's budget).
+    pub buffered_bytes: AtomicU64,
+    /// Connections closed with 1013 because the budget for partial messages was spent.
+    pub over_budget_closes: AtomicU64,
     /// Publish-to-write latency in microseconds, folded in by the reactor at each sweep.
     pub latency_us: Mutex<Histogram<u64>>,
 }
@@ -60,6 +64,8 @@ impl Default for ReactorMetrics {
             deliveries: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
+            buffered_bytes: AtomicU64::new(0),
+            over_budget_closes: AtomicU64::new(0),
             latency_us: Mutex::new(new_histogram()),
         }
     }
@@ -212,6 +218,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Subscribers closed as slow consumers (policy close).",
         &get(|m| &m.slow_consumer_closes),
+    );
+    per_reactor(
+        &mut out,
+        "buffered_bytes",
+        "gauge",
+        "Bytes of partial WebSocket messages held, out of max_buffered_bytes.",
+        &get(|m| &m.buffered_bytes),
+    );
+    per_reactor(
+        &mut out,
+        "over_budget_closes_total",
+        "counter",
+        "Connections closed with 1013: the memory for partial messages was spent.",
+        &get(|m| &m.over_budget_closes),
     );
     per_reactor(
         &mut out,

@@ -61,6 +61,14 @@ pub fn set_blocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The machine's memory in bytes (`MemTotal` in /proc/meminfo).
+pub fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {

@@ -50,6 +50,48 @@ impl Default for Limits {
     }
 }
 
+/// Memory for partial messages that a group of connections (a reactor) shares: each data
+/// frame's declared length is taken from it when the frame's header arrives, before a byte
+/// of its payload is stored, and given back when the message is complete or the
+/// connection fails. A frame that does not fit fails its connection with 1013, so a crowd
+/// of peers each holding a large partial message cannot take the server's memory.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    used: u64,
+    limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Self { used: 0, limit }
+    }
+
+    /// Bytes currently taken.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn take(&mut self, n: u64) -> bool {
+        match self.used.checked_add(n) {
+            Some(used) if used <= self.limit => {
+                self.used = used;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back what a connection held ([`Connection::reserved`]) when it is dropped.
+    pub fn give(&mut self, n: u64) {
+        debug_assert!(n <= self.used, "gave back more than was taken");
+        self.used = self.used.saturating_sub(n);
+    }
+}
+
 /// What the peer did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -111,6 +153,8 @@ pub struct Connection {
     utf8: Utf8Validator,
     /// Payload of the control frame in progress (at most 125 bytes).
     control: Vec<u8>,
+    /// Bytes taken from the caller's [`Budget`] for the message in progress.
+    reserved: u32,
     /// One instant whose meaning follows `state` (keeps an idle connection small).
     timer: Instant,
 }
@@ -137,6 +181,7 @@ impl Connection {
             message_opcode: None,
             utf8: Utf8Validator::new(),
             control: Vec::new(),
+            reserved: 0,
             timer: now,
         }
     }
@@ -166,6 +211,7 @@ impl Connection {
         &mut self,
         now: Instant,
         limits: &Limits,
+        budget: &mut Budget,
         buf: &mut [u8],
         out: &mut OutQueue,
         events: &mut Vec<Event>,
@@ -179,10 +225,10 @@ impl Connection {
         let mut pos = 0;
         while pos < buf.len() && self.state != State::Closed {
             let result = match self.rx {
-                Rx::Header { .. } => match self.read_header(limits, buf, &mut pos) {
+                Rx::Header { .. } => match self.read_header(limits, budget, buf, &mut pos) {
                     // An empty frame has no payload step: it ends right here.
                     Ok(Some(header)) if header.len == 0 => {
-                        self.handle_frame_end(header, out, events)
+                        self.handle_frame_end(header, budget, out, events)
                     }
                     Ok(_) => Ok(()),
                     Err(err) => Err(err),
@@ -201,7 +247,7 @@ impl Connection {
                     self.handle_payload(header, chunk).and_then(|()| {
                         if header.len == 0 {
                             self.rx = RX_START;
-                            self.handle_frame_end(header, out, events)
+                            self.handle_frame_end(header, budget, out, events)
                         } else {
                             Ok(())
                         }
@@ -209,7 +255,7 @@ impl Connection {
                 }
             };
             match result {
-                Err(err) => self.fail(err, out, events),
+                Err(err) => self.fail(err, budget, out, events),
                 Ok(())
                     if events.len() > first_event
                         && matches!(events.last(), Some(Event::Message { .. })) =>
@@ -227,6 +273,7 @@ impl Connection {
     fn read_header(
         &mut self,
         limits: &Limits,
+        budget: &mut Budget,
         buf: &[u8],
         pos: &mut usize,
     ) -> Result<Option<FrameHeader>, ProtocolError> {
@@ -258,14 +305,19 @@ impl Connection {
         };
         *pos += consumed;
         self.rx = RX_START;
-        self.check_header(limits, &header)?;
+        self.check_header(limits, budget, &header)?;
         if header.len > 0 {
             self.rx = Rx::Payload { header, phase: 0 };
         }
         Ok(Some(header))
     }
 
-    fn check_header(&mut self, limits: &Limits, header: &FrameHeader) -> Result<(), ProtocolError> {
+    fn check_header(
+        &mut self,
+        limits: &Limits,
+        budget: &mut Budget,
+        header: &FrameHeader,
+    ) -> Result<(), ProtocolError> {
         // RSV bits, masking for our role, control frame rules.
         header.check(self.role())?;
         if header.opcode.is_control() {
@@ -286,6 +338,15 @@ impl Connection {
         }
         if self.message.len() as u64 + header.len > limits.max_message_size as u64 {
             return Err(ProtocolError::MessageTooLarge);
+        }
+        // Taken before any of the payload is stored; after a close it is discarded instead.
+        if self.is_open() && header.len > 0 {
+            let reserved = u64::from(self.reserved) + header.len;
+            let reserved = u32::try_from(reserved).map_err(|_| ProtocolError::MessageTooLarge)?;
+            if !budget.take(header.len) {
+                return Err(ProtocolError::OverBudget);
+            }
+            self.reserved = reserved;
         }
         Ok(())
     }
@@ -312,6 +373,7 @@ impl Connection {
     fn handle_frame_end(
         &mut self,
         header: FrameHeader,
+        budget: &mut Budget,
         out: &mut OutQueue,
         events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
@@ -342,6 +404,7 @@ impl Connection {
                 if header.fin {
                     let opcode = self.message_opcode.take().expect("checked at the header");
                     let data = std::mem::take(&mut self.message);
+                    budget.give(u64::from(std::mem::take(&mut self.reserved)));
                     if opcode == OpCode::Text {
                         self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
@@ -356,7 +419,14 @@ impl Connection {
     }
 
     /// RFC 6455 §7.1.7: fail the connection with the violation's close code.
-    fn fail(&mut self, err: ProtocolError, out: &mut OutQueue, events: &mut Vec<Event>) {
+    fn fail(
+        &mut self,
+        err: ProtocolError,
+        budget: &mut Budget,
+        out: &mut OutQueue,
+        events: &mut Vec<Event>,
+    ) {
+        budget.give(u64::from(std::mem::take(&mut self.reserved)));
         if self.is_open() {
             let payload = close::encode_payload(err.close_code(), &err.to_string());
             out.push(self.encode(OpCode::Close, &payload));
@@ -407,6 +477,12 @@ impl Connection {
         } else {
             false
         }
+    }
+
+    /// What this connection holds of its caller's [`Budget`]: give it back when dropping
+    /// the connection.
+    pub fn reserved(&self) -> u64 {
+        u64::from(self.reserved)
     }
 
     /// Gives back the memory of the last control frame's payload (idle connections keep

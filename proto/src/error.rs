@@ -36,6 +36,10 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     #[error("invalid utf-8 in close reason")]
     InvalidCloseReason,
+    /// Not the peer's fault alone: the memory for partial messages that this connection
+    /// shares with others ([`crate::Budget`]) would be exceeded.
+    #[error("server busy: no memory for this message now")]
+    OverBudget,
 }
 
 impl ProtocolError {
@@ -44,6 +48,7 @@ impl ProtocolError {
         match self {
             Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_DATA,
             Self::FrameTooLarge(_) | Self::MessageTooLarge => CloseCode::TOO_BIG,
+            Self::OverBudget => CloseCode::TRY_AGAIN,
             _ => CloseCode::PROTOCOL,
         }
     }

@@ -28,7 +28,7 @@ pub mod outgoing;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use connection::{Connection, Event, Limits};
+pub use connection::{Budget, Connection, Event, Limits};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode, Role};
 pub use outgoing::{OutQueue, Prepared};

@@ -33,6 +33,7 @@ fn masked(payload: &[u8]) -> Vec<u8> {
 struct Peer {
     conn: Connection,
     limits: Limits,
+    budget: Budget,
     out: OutQueue,
     now: Instant,
 }
@@ -53,6 +54,7 @@ impl Peer {
         Self {
             conn: conn(now),
             limits: Limits::default(),
+            budget: Budget::new(u64::MAX),
             out: OutQueue::default(),
             now,
         }
@@ -72,9 +74,14 @@ impl Peer {
         let mut rest = &mut buf[..];
         while !rest.is_empty() {
             let before = events.len();
-            let n =
-                self.conn
-                    .handle_bytes(self.now, &self.limits, rest, &mut self.out, &mut events);
+            let n = self.conn.handle_bytes(
+                self.now,
+                &self.limits,
+                &mut self.budget,
+                rest,
+                &mut self.out,
+                &mut events,
+            );
             let message =
                 events.len() > before && matches!(events.last(), Some(Event::Message { .. }));
             assert!(
@@ -401,16 +408,27 @@ fn returns_after_each_message_so_replies_keep_their_order() {
     wire.extend(client_frame(true, 0, 0x5, b""));
     let mut buf = wire.clone();
     let mut events = Vec::new();
-    let n = p
-        .conn
-        .handle_bytes(p.now, &p.limits, &mut buf, &mut p.out, &mut events);
+    let n = p.conn.handle_bytes(
+        p.now,
+        &p.limits,
+        &mut p.budget,
+        &mut buf,
+        &mut p.out,
+        &mut events,
+    );
     assert_eq!(n, 11, "stops after the message");
     assert_eq!(events, vec![message(OpCode::Text, b"first")]);
     assert!(p.out.is_empty(), "the failure is not seen yet");
     assert!(p.conn.send_message(OpCode::Text, b"first", &mut p.out));
     events.clear();
-    p.conn
-        .handle_bytes(p.now, &p.limits, &mut buf[n..], &mut p.out, &mut events);
+    p.conn.handle_bytes(
+        p.now,
+        &p.limits,
+        &mut p.budget,
+        &mut buf[n..],
+        &mut p.out,
+        &mut events,
+    );
     assert!(matches!(
         events[..],
         [Event::Failed(ProtocolError::ReservedOpcode(5))]
@@ -633,11 +651,12 @@ fn any_traffic_answers_the_ping() {
     );
 }
 
-// Memory: the role and a client's key source cost a server connection nothing.
+// Memory: the role and a client's key source cost a server connection nothing; the budget
+// reservation (issue 9 item 8) costs it 8 bytes.
 #[test]
 #[cfg(target_pointer_width = "64")]
 fn connection_stays_small() {
-    assert!(std::mem::size_of::<Connection>() <= 104);
+    assert!(std::mem::size_of::<Connection>() <= 112);
 }
 
 // Output queue bookkeeping.
@@ -689,4 +708,82 @@ proptest::proptest! {
             proptest::prop_assert!(opcodes.iter().all(|&op| op == OpCode::Pong), "only pongs while open");
         }
     }
+}
+
+// ── Memory budget for partial messages (issue 9 item 8) ─────────────────────────────────
+
+#[test]
+fn budget_is_taken_at_the_header_and_given_back_with_the_message() {
+    let mut p = Peer::new();
+    p.budget = Budget::new(100);
+    // A 60-byte frame of an unfinished message: taken before its payload arrives.
+    let first = client_frame(false, 0, 0x2, &[7; 60]);
+    assert!(
+        p.feed(&first[..6]).is_empty(),
+        "2 bytes of header and the mask key"
+    );
+    assert_eq!(p.budget.used(), 60, "taken when the header is complete");
+    assert_eq!(p.conn.reserved(), 60);
+    assert!(p.feed(&first[6..]).is_empty());
+    let events = p.feed(&client_frame(true, 0, 0x0, &[8; 30]));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(p.budget.used(), 0, "given back with the message");
+    assert_eq!(p.conn.reserved(), 0);
+}
+
+#[test]
+fn frame_over_the_budget_fails_with_1013_before_storing_anything() {
+    let mut p = Peer::new();
+    p.budget = Budget::new(100);
+    p.feed(&client_frame(false, 0, 0x2, &[1; 60]));
+    // The next frame's header says 50 more: 110 > 100.
+    let events = p.feed(&client_frame(true, 0, 0x0, &[2; 50])[..6]);
+    assert!(matches!(
+        events[..],
+        [Event::Failed(ProtocolError::OverBudget)]
+    ));
+    assert_eq!(
+        p.budget.used(),
+        0,
+        "the failed connection gave back what it held"
+    );
+    let sent = p.sent();
+    assert_eq!(&sent[..4], &[0x88, sent[1], 0x03, 0xf5], "close 1013");
+}
+
+#[test]
+fn budget_is_shared_and_a_dropped_connection_gives_back_its_part() {
+    let mut budget = Budget::new(1000);
+    let mut a = Peer::new();
+    let mut b = Peer::new();
+    let feed = |p: &mut Peer, bytes: &[u8], budget: &mut Budget| {
+        let mut buf = bytes.to_vec();
+        let mut events = Vec::new();
+        p.conn
+            .handle_bytes(p.now, &p.limits, budget, &mut buf, &mut p.out, &mut events);
+        events
+    };
+    assert!(feed(&mut a, &client_frame(false, 0, 0x2, &[0; 600]), &mut budget).is_empty());
+    let events = feed(&mut b, &client_frame(false, 0, 0x2, &[0; 600]), &mut budget);
+    assert!(matches!(
+        events[..],
+        [Event::Failed(ProtocolError::OverBudget)]
+    ));
+    assert_eq!(budget.used(), 600);
+    // `a` goes away mid-message: its owner gives its part back.
+    budget.give(a.conn.reserved());
+    assert_eq!(budget.used(), 0);
+    let mut c = Peer::new();
+    assert!(feed(&mut c, &client_frame(false, 0, 0x2, &[0; 600]), &mut budget).is_empty());
+}
+
+#[test]
+fn data_after_our_close_is_not_charged() {
+    let mut p = Peer::new();
+    p.budget = Budget::new(100);
+    p.conn
+        .close(p.now, &p.limits, CloseCode::GOING_AWAY, "bye", &mut p.out);
+    p.feed(&client_frame(true, 0, 0x2, &[0; 90]));
+    p.feed(&client_frame(true, 0, 0x2, &[0; 90]));
+    assert_eq!(p.budget.used(), 0);
 }

@@ -25,12 +25,17 @@ section! {
         /// Time to wait for the peer's close frame or FIN after ours.
         #[arg(value_name = "DURATION")]
         close_timeout: Duration = "5s", check positive;
-        /// Largest frame payload accepted, in bytes; larger closes with 1009.
+        /// Largest frame payload accepted on /echo, in bytes; larger closes with 1009.
         #[arg(value_name = "BYTES")]
-        max_frame_size: u64 = "16777216", check positive;
-        /// Largest message accepted, in bytes; held in memory while it arrives.
+        max_frame_size: u64 = "1048576", check positive;
+        /// Largest message accepted on /echo, in bytes; held in memory while it arrives.
         #[arg(value_name = "BYTES")]
-        max_message_size: usize = "16777216", check positive;
+        max_message_size: usize = "1048576", check within(1, u32::MAX as usize);
+        /// Memory for partial WebSocket messages, all connections together, in bytes (shared
+        /// evenly by the reactors); a frame that would pass it closes its connection with
+        /// 1013. 0 means one eighth of the machine's memory.
+        #[arg(value_name = "BYTES")]
+        max_buffered_bytes: u64 = "0";
         /// Largest HTTP request head, in bytes; larger gets 431.
         #[arg(value_name = "BYTES")]
         max_header_bytes: usize = "8192", check within(256, 1 << 20);
@@ -62,6 +67,9 @@ impl Finish for Limits {
                 .map_or(1024, |n| n as usize)
                 .saturating_sub(64)
                 .max(1);
+        }
+        if self.max_buffered_bytes == 0 {
+            self.max_buffered_bytes = crate::sys::memory_total().map_or(1 << 30, |total| total / 8);
         }
         self.echo = wsgate_proto::Limits {
             max_frame_size: self.max_frame_size,

@@ -207,7 +207,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.net.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.net.threads >= 1 && c.net.pin && c.http.echo && !c.net.share_port);
-        assert_eq!(c.limits.echo.max_message_size, 16 << 20);
+        assert_eq!(c.limits.echo.max_message_size, 1 << 20);
+        assert!(c.limits.max_buffered_bytes > 0, "sized from the machine");
         assert_eq!(c.limits.echo.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 128 + 256);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));

@@ -206,9 +206,7 @@ impl Core {
         };
         conn.out.clear();
         let phase = mem::replace(&mut conn.phase, Phase::Gone);
-        if let Phase::WebSocket { subs, .. } = phase {
-            self.leave_topics(id, subs);
-        }
+        self.leave_websocket(id, phase);
         self.to_close.push(id);
     }
 
@@ -246,10 +244,17 @@ impl Core {
                 fin_sent: abandon,
             },
         );
-        if let Phase::WebSocket { subs, .. } = phase {
+        self.leave_websocket(id, phase);
+        self.schedule(id);
+    }
+
+    /// A connection left `phase`: if it was a WebSocket, it leaves its topics and gives
+    /// back what its partial message held of the reactor's budget.
+    fn leave_websocket(&mut self, id: ConnId, phase: Phase) {
+        if let Phase::WebSocket { ws, subs, .. } = phase {
+            self.inbound.give(ws.reserved());
             self.leave_topics(id, subs);
         }
-        self.schedule(id);
     }
 
     pub(super) fn begin_closing(&mut self, id: ConnId) {

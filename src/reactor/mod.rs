@@ -36,7 +36,7 @@ use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use conn::{Conns, Phase, Recv, Send};
-use wsgate_proto::{Event, OpCode};
+use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
 pub struct Reactor<D: Driver> {
@@ -64,6 +64,8 @@ struct Core {
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
+    /// Memory for partial WebSocket messages, shared by this reactor's connections.
+    inbound: Budget,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -93,6 +95,7 @@ impl<D: Driver> Reactor<D> {
         .min()
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let inbound = Budget::new(config.limits.max_buffered_bytes / config.net.threads as u64);
         let now = clock();
         let core = Core {
             index,
@@ -107,6 +110,7 @@ impl<D: Driver> Reactor<D> {
             to_close: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
+            inbound,
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -301,7 +305,14 @@ impl Core {
             };
             let route = *route;
             let limits = limits(&self.shared, route);
-            let n = ws.handle_bytes(self.now, limits, bytes, &mut conn.out, &mut events);
+            let n = ws.handle_bytes(
+                self.now,
+                limits,
+                &mut self.inbound,
+                bytes,
+                &mut conn.out,
+                &mut events,
+            );
             bytes = &mut mem::take(&mut bytes)[n..];
             for event in events.drain(..) {
                 match event {
@@ -310,6 +321,10 @@ impl Core {
                         app::on_message(route, &mut Ctx { core: self, id }, opcode, data);
                     }
                     Event::PeerClosed(_) => {}
+                    Event::Failed(ProtocolError::OverBudget) => {
+                        tracing::debug!(reactor = self.index, "closing: over the budget");
+                        ReactorMetrics::add(&self.metrics().over_budget_closes, 1);
+                    }
                     Event::Failed(err) => {
                         tracing::debug!(reactor = self.index, "closing: {err}");
                         ReactorMetrics::add(&self.metrics().protocol_errors, 1);
@@ -319,6 +334,9 @@ impl Core {
         }
         self.events = events;
         ReactorMetrics::add(&self.metrics().messages_in, messages);
+        self.metrics()
+            .buffered_bytes
+            .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
         let conn = &self.conns[id];
         match &conn.phase {
             Phase::WebSocket { ws, .. } if ws.is_closed() => self.begin_closing(id),

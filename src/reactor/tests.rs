@@ -419,11 +419,48 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (the idle-memory target is under 300 bytes of RSS per connection, with the
+/// slot small (224 bytes: the idle-memory target is under 300 bytes of RSS per connection with the
 /// driver's own per-connection state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 216, "{slot} bytes");
-    assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 104);
+    assert!(slot <= 224, "{slot} bytes");
+    assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 112);
+}
+
+/// Issue 9 item 8: partial messages share one budget; past it a connection closes with
+/// 1013, is counted, and gives its part back, while well-behaved neighbours keep working.
+#[test]
+fn stalled_partial_messages_are_bounded_by_the_budget() {
+    let mut h = Harness::new(|c| {
+        c.limits.max_buffered_bytes = 100_000;
+        c.limits.echo.max_message_size = 60_000;
+        c.limits.echo.max_frame_size = 60_000;
+    });
+    let good = h.websocket("/echo");
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let id = h.websocket("/echo");
+        // The first 1,000 bytes of a 30,000-byte frame, and then nothing.
+        let frame =
+            wsgate_proto::frame::encode_client_raw(false, 0, 0x2, [9, 9, 9, 9], &[0; 30_000]);
+        h.net.send(id, &frame[..1000]);
+        h.turn();
+        stalled.push(id);
+    }
+    // 3 × 30,000 fit in 100,000; the 4th and 5th are refused before storing a byte.
+    assert_eq!(h.reactor.core.inbound.used(), 90_000);
+    assert_eq!(ReactorMetrics::get(&h.metrics().over_budget_closes), 2);
+    for &id in &stalled[3..] {
+        let frames = h.frames(id);
+        assert_eq!(close_code(&frames[0].1), 1013);
+    }
+    h.send_text(good, "still here");
+    h.turn();
+    assert_eq!(h.texts(good), ["still here"], "a neighbour is unaffected");
+    // A stalled one goes away: its part comes back.
+    h.net.shutdown(stalled[0]);
+    h.turn();
+    h.turn();
+    assert_eq!(h.reactor.core.inbound.used(), 60_000);
 }
