@@ -1,18 +1,25 @@
 //! I/O drivers: the only code that touches file descriptors. It never parses WebSocket.
 //!
-//! One small, completion-shaped interface serves both backends. io_uring delivers
-//! completions natively (bytes already received into a provided buffer, sends finished);
-//! epoll reports readiness, and the reactor then calls [`Driver::recv`], which reads
-//! into a buffer lent from the driver's pool. Either way the reactor parses bytes from a
-//! lent buffer and gives it back right after, so an idle connection holds no buffer.
+//! Drivers own their sockets, keyed by [`ConnId`], and report one set of completions on
+//! both backends: accepted, received (bytes in a lent buffer), EOF, sent, failed,
+//! released, woken. io_uring produces them natively; epoll emulates them by doing the
+//! read or the write itself on readiness (monoio's model). The reactor never learns which
+//! backend it runs on and holds no socket.
+//!
+//! A turn: [`Driver::wait`] blocks until something is ready (or the timeout), then
+//! [`Driver::next`] hands out completions one at a time until the turn's are used up.
+//! A received buffer is lent until [`Driver::release`]; release it before asking for the
+//! next completion, so a reactor holds one buffer at a time and an idle connection none
+//! (epoll reads lazily, inside `next`, for exactly that reason).
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use wsgate_proto::OutQueue;
+
 use crate::buf::BufId;
 use crate::config::IoBackend;
-use wsgate_proto::OutQueue;
 
 pub mod epoll;
 #[allow(unsafe_code)]
@@ -55,7 +62,8 @@ pub fn select(wanted: IoBackend) -> io::Result<Backend> {
     }
 }
 
-/// A connection's index in its reactor's slab; also its epoll token / io_uring user data.
+/// A connection's id within its reactor: given by the driver when it accepts, and not
+/// given to another connection before [`Completion::Released`] for this one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
 
@@ -65,62 +73,44 @@ impl ConnId {
     }
 }
 
-/// Something that happened on a driver's descriptors.
+/// Which of the reactor's listeners accepted a connection (their order at start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub u8);
+
+/// Something that finished on a driver's descriptors.
 #[derive(Debug)]
-pub enum Completion<Io> {
-    /// A new connection was accepted.
-    Accepted { io: Io, peer: SocketAddr },
-    /// (epoll) The socket has bytes or an EOF: call `Driver::recv` until a short read, or
-    /// until EOF when `closed` (the peer's FIN came with the data: no further edge follows).
-    Readable { conn: ConnId, closed: bool },
-    /// (io_uring) Bytes were received into a lent buffer; `Ok(None)` is EOF.
-    Received {
+pub enum Completion {
+    /// A new connection, now owned by the driver under `conn`; receiving is on.
+    Accepted {
         conn: ConnId,
-        result: io::Result<Option<(BufId, usize)>>,
+        peer: SocketAddr,
+        listener: ListenerId,
     },
-    /// (epoll) The socket can take more bytes after a short write.
-    Writable(ConnId),
-    /// (io_uring) A send submitted by `Driver::send` finished.
-    Sent {
-        conn: ConnId,
-        result: io::Result<usize>,
-    },
-    /// (io_uring) The last operation of a closed connection finished: its id may be reused.
+    /// `len` bytes arrived in the lent buffer `buf`: read them, then `release` it.
+    Received { conn: ConnId, buf: BufId, len: usize },
+    /// The peer sent FIN: no more bytes will come (sending may still work).
+    Eof(ConnId),
+    /// The send in flight finished: `bytes` of the queue's front were written.
+    Sent { conn: ConnId, bytes: usize },
+    /// The connection broke (reset, send or receive error): close it.
+    Failed { conn: ConnId, error: io::Error },
+    /// After `close`: nothing is in flight any more, the id may be reused.
     Released(ConnId),
     /// Another thread called `wake` on this reactor's waker.
     Woken,
 }
 
-/// What `Driver::send` did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendStatus {
-    /// Written synchronously (epoll): advance the queue by this many bytes.
-    Wrote(usize),
-    /// Submitted (io_uring): the queued frames are in flight until `Completion::Sent`.
-    Submitted,
-}
-
-/// Per-reactor I/O: one listener, its connections, a waker.
+/// Per-reactor I/O: its listeners, its connections, a waker.
 pub trait Driver {
-    /// Per-connection I/O state, stored in the reactor's `Conn`.
-    type Io;
-
     /// Which backend this is, for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Waits up to `timeout` for at least one completion and appends what happened.
-    fn wait(
-        &mut self,
-        timeout: Option<Duration>,
-        out: &mut Vec<Completion<Self::Io>>,
-    ) -> io::Result<()>;
+    /// Blocks up to `timeout` until at least one completion is ready; returns at once
+    /// when some are already pending (a busy connection's reads carried over).
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// Starts receiving on a newly accepted connection.
-    fn attach(&mut self, conn: ConnId, io: &mut Self::Io) -> io::Result<()>;
-
-    /// (epoll) Reads into a lent buffer: `Ok(Some((buf, n)))`, `Ok(None)` at EOF, or
-    /// `WouldBlock` once drained. Give the buffer back with `release`.
-    fn recv(&mut self, io: &mut Self::Io) -> io::Result<Option<(BufId, usize)>>;
+    /// The next completion of this turn, `None` once the turn's are used up.
+    fn next(&mut self) -> Option<Completion>;
 
     /// The bytes of a lent buffer.
     fn buf(&mut self, buf: BufId) -> &mut [u8];
@@ -128,22 +118,24 @@ pub trait Driver {
     /// Gives a lent buffer back.
     fn release(&mut self, buf: BufId);
 
-    /// Writes (or submits) the queued frames in one vectored call. The queue must not
-    /// change in front until the bytes are accounted for (`Wrote` now, or `Sent` later).
-    fn send(&mut self, conn: ConnId, io: &mut Self::Io, out: &OutQueue) -> io::Result<SendStatus>;
+    /// Sends the front of `out` (up to the driver's iovec limit) in one vectored write.
+    /// At most one send per connection is in flight: the caller keeps the queue's front
+    /// as it is and waits for `Sent` (or `Failed`) before sending again. The driver keeps
+    /// what it still needs alive itself (clones of the `Bytes`), so the caller may drop
+    /// its queue at any time (a close).
+    fn send(&mut self, conn: ConnId, out: &OutQueue);
 
-    /// Stops or restarts receiving (backpressure). epoll: nothing to do, the reactor just
-    /// doesn't call `recv`; io_uring cancels or re-arms the multishot receive.
-    fn set_receiving(&mut self, conn: ConnId, io: &mut Self::Io, on: bool);
+    /// Stops or restarts receiving (backpressure). While off, no `Received` or `Eof`
+    /// comes for `conn` beyond what was already complete.
+    fn set_receiving(&mut self, conn: ConnId, on: bool);
 
-    /// Half-closes: sends FIN after the queued bytes.
-    fn shutdown_write(&mut self, io: &mut Self::Io);
+    /// Half-closes: FIN after the bytes already sent.
+    fn shutdown_write(&mut self, conn: ConnId);
 
-    /// Closes the connection. `true`: done, drop `io` and free the id; `false`: operations
-    /// are in flight, keep `io` (and the queue it may be sending from) until
-    /// `Completion::Released`.
-    fn close(&mut self, conn: ConnId, io: &mut Self::Io) -> bool;
+    /// Closes the connection. Only `Released(conn)` follows (once nothing of it is in
+    /// flight); other completions for it that were already pending are dropped.
+    fn close(&mut self, conn: ConnId);
 
-    /// Stops accepting (drain).
+    /// Stops accepting on every listener (drain).
     fn stop_accepting(&mut self);
 }
