@@ -211,3 +211,5 @@ impl IdleClock {
     }
 }
 
+#[cfg(test)]
+mod tests;
