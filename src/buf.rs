@@ -36,6 +36,11 @@ impl BufPool {
         BufId(self.lent.insert(buf) as u32)
     }
 
+    /// Bytes in each buffer.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     pub fn get(&mut self, id: BufId) -> &mut [u8] {
         &mut self.lent[id.0 as usize]
     }
@@ -47,6 +52,14 @@ impl BufPool {
     /// Buffers currently lent out.
     pub fn lent(&self) -> usize {
         self.lent.len()
+    }
+
+    /// Frees the returned buffers (the pool refills on demand).
+    pub fn shrink(&mut self) {
+        self.free = Vec::new();
+        if self.lent.is_empty() {
+            self.lent = Slab::new();
+        }
     }
 }
 
@@ -65,5 +78,20 @@ mod tests {
         let b = pool.lend();
         assert_eq!(pool.get(b).as_ptr(), ptr);
         assert_eq!(pool.get(b).len(), 16);
+    }
+
+    #[test]
+    fn shrink_frees_returned_buffers_only() {
+        let mut pool = BufPool::new(16);
+        let (a, b) = (pool.lend(), pool.lend());
+        pool.give_back(a);
+        pool.shrink();
+        assert_eq!(pool.lent(), 1);
+        pool.get(b)[15] = 1;
+        pool.give_back(b);
+        pool.shrink();
+        assert_eq!(pool.lent(), 0);
+        let c = pool.lend();
+        assert_eq!(pool.get(c).len(), 16);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wsgate_proto::OutQueue;
 
@@ -273,4 +273,6 @@ impl Driver for MemoryDriver {
     fn stop_accepting(&mut self) {
         self.net.0.borrow_mut().accepting = false;
     }
+
+    fn release_idle_memory(&mut self, _now: Instant) {}
 }

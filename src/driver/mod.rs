@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wsgate_proto::OutQueue;
 
@@ -26,6 +26,12 @@ pub mod epoll;
 pub mod memory;
 #[allow(unsafe_code)]
 pub mod uring;
+
+/// Most slices in one vectored send (Linux IOV_MAX is 1024; more frames wait for the next).
+pub const MAX_IOV: usize = 64;
+
+/// How long a driver sees no bytes move before [`Driver::release_idle_memory`] acts.
+pub const IDLE_AFTER: Duration = Duration::from_secs(2);
 
 /// The driver the reactors run, once chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +94,8 @@ pub enum Completion {
         peer: SocketAddr,
         listener: ListenerId,
     },
-    /// `len` bytes arrived in the lent buffer `buf`: read them, then `release` it.
+    /// `len` bytes (at least one) arrived in the lent buffer `buf`: read them, then
+    /// `release` it.
     Received {
         conn: ConnId,
         buf: BufId,
@@ -96,7 +103,7 @@ pub enum Completion {
     },
     /// The peer sent FIN: no more bytes will come (sending may still work).
     Eof(ConnId),
-    /// The send in flight finished: `bytes` of the queue's front were written.
+    /// The send in flight finished: all `bytes` it covered were written.
     Sent { conn: ConnId, bytes: usize },
     /// The connection broke (reset, send or receive error): close it.
     Failed { conn: ConnId, error: io::Error },
@@ -107,12 +114,16 @@ pub enum Completion {
 }
 
 /// Per-reactor I/O: its listeners, its connections, a waker.
+///
+/// What a call starts completes at a later turn on both backends: the `Sent` of a
+/// `send` (even one epoll wrote at once) and the `Released` of a `close`.
 pub trait Driver {
     /// Which backend this is, for logs and metrics.
     fn name(&self) -> &'static str;
 
     /// Blocks up to `timeout` until at least one completion is ready; returns at once
-    /// when some are already pending (a busy connection's reads carried over).
+    /// when some are already pending (a busy connection's reads carried over, a `Sent`
+    /// or `Released` of the last turn).
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
 
     /// The next completion of this turn, `None` once the turn's are used up.
@@ -124,24 +135,83 @@ pub trait Driver {
     /// Gives a lent buffer back.
     fn release(&mut self, buf: BufId);
 
-    /// Sends the front of `out` (up to the driver's iovec limit) in one vectored write.
-    /// At most one send per connection is in flight: the caller keeps the queue's front
-    /// as it is and waits for `Sent` (or `Failed`) before sending again. The driver keeps
-    /// what it still needs alive itself (clones of the `Bytes`), so the caller may drop
-    /// its queue at any time (a close).
+    /// Sends the front of `out` (up to [`MAX_IOV`] frames) in one vectored write. One
+    /// `Sent` with the total follows, or `Failed`: what the socket does not take at once
+    /// the driver finishes on its own. At most one send per connection is in flight: the
+    /// caller keeps the queue's front as it is and waits for `Sent` before sending again.
+    /// The driver keeps what it still needs alive itself (clones of the `Bytes`), so the
+    /// caller may drop its queue at any time (a close).
     fn send(&mut self, conn: ConnId, out: &OutQueue);
 
     /// Stops or restarts receiving (backpressure). While off, no `Received` or `Eof`
-    /// comes for `conn` beyond what was already complete.
+    /// comes for `conn` beyond what was already complete (io_uring: receives the kernel
+    /// finished before its cancel landed); bytes that arrive meanwhile wait in the socket
+    /// and come after it is back on.
     fn set_receiving(&mut self, conn: ConnId, on: bool);
 
-    /// Half-closes: FIN after the bytes already sent.
+    /// Half-closes: FIN after the bytes already sent, including a send still in flight.
     fn shutdown_write(&mut self, conn: ConnId);
 
     /// Closes the connection. Only `Released(conn)` follows (once nothing of it is in
-    /// flight); other completions for it that were already pending are dropped.
+    /// flight, at a later turn); other completions for it that were pending are dropped.
     fn close(&mut self, conn: ConnId);
 
-    /// Stops accepting on every listener (drain).
+    /// Stops accepting on every listener (drain). No `Accepted` comes after it.
     fn stop_accepting(&mut self);
+
+    /// Gives back memory that only a busy reactor needs (pooled send state, queue capacity,
+    /// io_uring's receive-buffer pages) once no bytes have moved for [`IDLE_AFTER`]. Call it
+    /// from the timer sweep with the turn's time; it is cheap when there is nothing to do.
+    fn release_idle_memory(&mut self, now: Instant);
 }
+
+/// A socket's state bits, one byte per connection; each driver names its own bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    fn has(self, bits: u8) -> bool {
+        self.0 & bits != 0
+    }
+
+    fn insert(&mut self, bits: u8) {
+        self.0 |= bits;
+    }
+
+    fn remove(&mut self, bits: u8) {
+        self.0 &= !bits;
+    }
+}
+
+/// Tells a driver when bytes have not moved for [`IDLE_AFTER`]: once per quiet spell.
+#[derive(Debug, Default)]
+struct IdleClock {
+    /// Bytes moved since the last `idle` call.
+    active: bool,
+    /// Start of the current quiet spell; `None` before any activity and once it was reported.
+    quiet_since: Option<Instant>,
+}
+
+impl IdleClock {
+    fn touch(&mut self) {
+        self.active = true;
+    }
+
+    /// Whether the quiet spell that `now` is in just reached [`IDLE_AFTER`].
+    fn idle(&mut self, now: Instant) -> bool {
+        if std::mem::take(&mut self.active) {
+            self.quiet_since = Some(now);
+            return false;
+        }
+        match self.quiet_since {
+            Some(since) if now.saturating_duration_since(since) >= IDLE_AFTER => {
+                self.quiet_since = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,13 +3,16 @@
 //!
 //! # What is in flight
 //!
-//! - One multishot `ACCEPT` on the reactor's SO_REUSEPORT listener (until `stop_accepting`).
+//! - One multishot `ACCEPT` per listener (until `stop_accepting`).
 //! - One `READ` of 8 bytes on the reactor's eventfd (cross-thread wake), re-armed per wake.
 //! - Per connection: at most one multishot `RECV` (buffer select from the reactor's
-//!   provided-buffer ring) and at most one `SENDMSG` (the corked queue).
+//!   provided-buffer ring) and at most one `SENDMSG` (a send the socket took only part of
+//!   is resubmitted from where it stopped, and reported once, whole).
 //!
 //! `user_data` is `conn << 2 | op` for connection operations and `u64::MAX - n` for the
-//! listener and the waker, so a completion finds its connection without a lookup table.
+//! listeners and the waker, so a completion finds its connection without a lookup table.
+//! `wait` reaps the completion queue; `next` turns one entry at a time into a
+//! [`Completion`], so entries of a connection closed meanwhile are dropped, not reported.
 //!
 //! # Buffer ownership (the rules every `unsafe` block below relies on)
 //!
@@ -20,19 +23,22 @@
 //!    pick it (it is not in the ring) and the reactor may read and write it. `release`
 //!    puts the id back at the ring's tail; a second `release` of the same id is ignored
 //!    (tracked in `lent`), so the kernel never gets a buffer the reactor still holds.
+//!    When idle, the pages of buffers in the ring may be handed back to the system
+//!    (`MADV_DONTNEED`, `BufRing::release_pages`): the kernel's next write into
+//!    them faults in zeroed pages, and no received byte is lost as long as the kernel
+//!    is not writing into them at the time.
 //! 2. **Send memory**: a `SENDMSG` points at a `msghdr` and an iovec array in a boxed
 //!    `SendBuf` that the connection's slot owns until the completion, and the iovecs point
 //!    into `Bytes` frames the `SendBuf` holds clones of. The reactor's `OutQueue` may drop,
 //!    clear or advance its own references meanwhile: the bytes stay alive.
 //! 3. **The wake counter** (8 bytes) is a box the driver owns for its whole life.
-//! 4. **Teardown**: a connection's slot is only reset after the last completion of its
-//!    operations (`close` returns false until then and `Completion::Released` follows). On
-//!    drop the driver cancels everything and waits for the completions (up to a second);
-//!    if the kernel has not answered by then, it leaks the memory rather than free it
-//!    under the kernel.
+//! 4. **Teardown**: a connection's slot, and the socket it owns, stay until the last
+//!    completion of its operations (`Completion::Released` follows). On drop the driver
+//!    cancels everything and waits for the completions (up to a second); if the kernel
+//!    has not answered by then, it leaks the memory rather than free it under the kernel.
 //!
-//! Descriptors are plain (not registered): the reactor's `UringIo` owns the socket and
-//! closes it when dropped, which the reactor does only after `Released`.
+//! Descriptors are plain (not registered); a slot closes its socket when it goes, so no
+//! operation still queued for the kernel can name a descriptor number since reused.
 
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
@@ -46,18 +52,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use slab::Slab;
+use smallvec::SmallVec;
+use wsgate_proto::OutQueue;
 
-use super::{Completion, ConnId, Driver, SendStatus};
+use super::{Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
 use crate::buf::BufId;
 use crate::config::uring::Uring;
 use crate::sys::EventFd;
-use wsgate_proto::OutQueue;
 
-/// Most slices in one `sendmsg` (more frames wait for the next turn).
-pub const MAX_IOV: usize = 64;
-
-const ACCEPT: u64 = u64::MAX - 1;
-const WAKE: u64 = u64::MAX - 2;
+/// The completion of a cancel aimed at a listener or the waker: nothing waits for it.
+const IGNORED: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+/// Listener `i`'s accept has user data `ACCEPT_0 - i`.
+const ACCEPT_0: u64 = u64::MAX - 2;
+/// A `ListenerId` is one byte.
+const MAX_LISTENERS: usize = 256;
 const OP_RECV: u64 = 0;
 const OP_SEND: u64 = 1;
 const OP_CANCEL: u64 = 2;
@@ -67,6 +77,26 @@ const BGID: u16 = 0;
 fn user_data(conn: ConnId, op: u64) -> u64 {
     u64::from(conn.0) << 2 | op
 }
+
+fn accept_data(listener: usize) -> u64 {
+    ACCEPT_0 - listener as u64
+}
+
+// `Slot::flags` bits.
+/// A multishot receive is armed (its final completion has not come yet).
+const RECV_ARMED: u8 = 1 << 0;
+/// A cancel was submitted for the armed receive.
+const RECV_CANCELLED: u8 = 1 << 1;
+/// The reactor wants bytes (accept, `set_receiving(true)`).
+const RECEIVING: u8 = 1 << 2;
+/// The receive ended with ENOBUFS: re-arm once buffers are back.
+const STARVED: u8 = 1 << 3;
+/// EOF or a receive error was reported: never re-armed.
+const RECV_DONE: u8 = 1 << 4;
+/// `shutdown_write` waits for the send in flight.
+const SHUT_AFTER_SEND: u8 = 1 << 5;
+/// `close` was called: completions are dropped, `Released` follows the last one.
+const CLOSING: u8 = 1 << 6;
 
 /// Whether this kernel (and sandbox) runs the io_uring driver; `Err` says why not.
 /// Probed once per process: ring creation, the opcodes used, buffer-ring registration.
@@ -139,18 +169,17 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// A connection's socket, owned by the reactor's `Conn`.
-#[derive(Debug)]
-pub struct UringIo {
-    stream: TcpStream,
-}
-
-/// The `sendmsg` arguments of one in-flight send: stable on the heap until its completion.
+/// The `sendmsg` arguments of one send in flight: stable on the heap until its completion.
+/// Sized for the common one or two frames inline (184 bytes); longer sends spill.
 struct SendBuf {
     hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
-    /// INVARIANT: every `iov[..hdr.msg_iovlen]` points into one of these frames.
-    keep: Vec<Bytes>,
+    /// INVARIANT: every entry points into one of `keep`'s frames, and while the send is
+    /// in flight `hdr.msg_iov`/`msg_iovlen` describe exactly these entries.
+    iov: SmallVec<[libc::iovec; 2]>,
+    keep: SmallVec<[Bytes; 2]>,
+    /// Bytes of the whole send, reported in `Sent` once all are written.
+    total: usize,
+    written: usize,
 }
 
 impl SendBuf {
@@ -159,37 +188,107 @@ impl SendBuf {
             // SAFETY: msghdr is a plain C struct; all-zero (null pointers, zero lengths)
             // is its documented empty value.
             hdr: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV],
-            keep: Vec::with_capacity(8),
+            iov: SmallVec::new(),
+            keep: SmallVec::new(),
+            total: 0,
+            written: 0,
         })
+    }
+
+    /// Takes clones of the queue's oldest frames (up to `MAX_IOV`).
+    fn fill(&mut self, out: &OutQueue) {
+        for frame in out.frames().take(MAX_IOV) {
+            let frame = frame.clone();
+            self.iov.push(libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            });
+            self.total += frame.len();
+            self.keep.push(frame);
+        }
+    }
+
+    /// Drops `n` written bytes from the front of the iovecs (a short send).
+    fn advance(&mut self, mut n: usize) {
+        let whole = self
+            .iov
+            .iter()
+            .take_while(|iov| {
+                let all = iov.iov_len <= n;
+                if all {
+                    n -= iov.iov_len;
+                }
+                all
+            })
+            .count();
+        self.iov.drain(..whole);
+        if n > 0 {
+            let first = &mut self.iov[0];
+            // Still inside the same frame: `n < iov_len`.
+            first.iov_base = first.iov_base.cast::<u8>().wrapping_add(n).cast();
+            first.iov_len -= n;
+        }
+    }
+
+    /// The `SENDMSG` of the iovecs as they stand.
+    fn entry(&mut self, fd: RawFd, conn: ConnId) -> squeue::Entry {
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = self.iov.len() as _;
+        opcode::SendMsg::new(types::Fd(fd), &self.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(conn, OP_SEND))
+    }
+
+    /// Forgets the send (its completion came) so the box can serve another.
+    fn clear(&mut self) {
+        self.iov.clear();
+        self.keep.clear();
+        self.total = 0;
+        self.written = 0;
+        // A long send spilled to the heap: return to the inline size.
+        self.iov.shrink_to_fit();
+        self.keep.shrink_to_fit();
     }
 }
 
-/// The driver's view of one connection, indexed by `ConnId`.
-#[derive(Default)]
+/// The driver's view of one connection, keyed by `ConnId`: 16 bytes, and so is its slab
+/// entry (the socket's unused -1 holds the slab's tag).
 struct Slot {
-    fd: RawFd,
-    /// A multishot receive is armed (its final completion has not come yet).
-    recv_armed: bool,
-    /// A cancel was submitted for the armed receive.
-    recv_cancelled: bool,
-    /// The reactor wants bytes (attach, `set_receiving(true)`).
-    receiving: bool,
-    /// The receive ended with ENOBUFS: re-arm once buffers are back.
-    starved: bool,
-    /// `close` was called: completions are swallowed, `Released` follows the last one.
-    closing: bool,
+    /// Closed when the slot goes (after the last completion of its operations).
+    stream: TcpStream,
+    flags: Flags,
     /// INVARIANT: `Some` exactly while a `SENDMSG` for this slot is in flight.
     send: Option<Box<SendBuf>>,
 }
 
 impl Slot {
     fn busy(&self) -> bool {
-        self.recv_armed || self.send.is_some()
+        self.flags.has(RECV_ARMED) || self.send.is_some()
     }
+
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+/// One of the reactor's listeners.
+struct Listener {
+    /// `None` once stopped and its accept has ended.
+    socket: Option<TcpListener>,
+    /// Its multishot accept is in flight.
+    armed: bool,
+}
+
+/// How the ring was set up (the best the kernel offers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// SINGLE_ISSUER | DEFER_TASKRUN (6.1): the kernel completes operations only inside
+    /// this thread's `io_uring_enter`.
+    DeferTaskrun,
+    /// COOP_TASKRUN (5.19).
+    CoopTaskrun,
+    Plain,
 }
 
 /// A registered provided-buffer ring and the buffers it lends.
@@ -257,10 +356,12 @@ impl BufRing {
         Layout::from_size_align(bytes, 4096).expect("small power-of-two layout")
     }
 
+    /// Page aligned, so that buffers of a page multiple share no page and
+    /// `release_pages` can return each one whole.
     fn mem_layout(count: u16, size: u32) -> io::Result<Layout> {
         usize::from(count)
             .checked_mul(size as usize)
-            .and_then(|bytes| Layout::from_size_align(bytes, 64).ok())
+            .and_then(|bytes| Layout::from_size_align(bytes, 4096).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring too large"))
     }
 
@@ -334,6 +435,49 @@ impl BufRing {
         self.lent_count < usize::from(self.count)
     }
 
+    /// Hands the pages of every buffer in the ring (not lent) back to the system; the
+    /// kernel's next write into one faults in a zeroed page. Returns the bytes released.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must not be writing into a buffer of the ring during the call, and
+    /// every buffer it has written into must already be lent (its completion reaped and
+    /// taken): otherwise received bytes could be zeroed before the reactor reads them.
+    unsafe fn release_pages(&mut self) -> usize {
+        let page = page_size();
+        let size = self.size as usize;
+        let base = self.mem.as_ptr() as usize;
+        let mut released = 0;
+        let mut bid = 0;
+        while bid < self.lent.len() {
+            if self.lent[bid] {
+                bid += 1;
+                continue;
+            }
+            let first = bid;
+            while bid < self.lent.len() && !self.lent[bid] {
+                bid += 1;
+            }
+            // Whole pages only: a page shared with a lent buffer keeps its bytes.
+            let start = (base + first * size).next_multiple_of(page);
+            let end = (base + bid * size) / page * page;
+            if start < end {
+                // SAFETY: [start, end) lies inside `mem` (rounded inwards to pages) and
+                // holds only buffers in the ring: no Rust reference points into it (`get`
+                // lends only lent buffers) and the caller guarantees the kernel neither
+                // writes into it now nor holds unreported bytes in it. MADV_DONTNEED on
+                // this private anonymous memory only replaces its contents with zeros.
+                let res = unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+                if res == 0 {
+                    released += end - start;
+                }
+            }
+        }
+        released
+    }
+
     /// Frees the memory.
     ///
     /// # Safety
@@ -350,18 +494,29 @@ impl BufRing {
     }
 }
 
+/// The system's page size (4 KiB when it cannot be read).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096)
+}
+
 /// Per-reactor io_uring driver.
 pub struct UringDriver {
     ring: IoUring,
-    listener: Option<TcpListener>,
+    setup: Setup,
+    /// Indexed by `ListenerId`.
+    listeners: Vec<Listener>,
     accepting: bool,
-    /// The multishot accept ended (error): re-arm next turn.
-    rearm_accept: bool,
     waker: Arc<EventFd>,
     /// INVARIANT: written by the kernel while the wake `READ` is in flight; never moved.
     wake_buf: Box<u64>,
     bufs: BufRing,
-    slots: Vec<Slot>,
+    /// The connections; a key is a `ConnId`, freed when `Released` is handed out.
+    slots: Slab<Slot>,
     /// Connections whose receive ran out of buffers.
     starved: Vec<ConnId>,
     /// Boxed: a `SendBuf` moves into a slot while the kernel points into it.
@@ -371,46 +526,62 @@ pub struct UringDriver {
     backlog: VecDeque<squeue::Entry>,
     /// Operations whose final completion has not arrived (cancels excluded).
     inflight: usize,
-    cqes: Vec<(u64, i32, u32)>,
-    flags: &'static str,
+    /// Completion entries reaped and not yet handed out by `next`.
+    cqes: VecDeque<(u64, i32, u32)>,
+    /// Closed this turn with nothing in flight: `Released` at the next turn.
+    closed: Vec<ConnId>,
+    /// `Released` due this turn, handed out first.
+    released: Vec<ConnId>,
+    idle: IdleClock,
     /// Receives that ended for want of a buffer (logged at exit: size the ring up if high).
     starvations: u64,
 }
 
 impl UringDriver {
     /// Builds the ring on the calling thread, which must be the reactor's thread: with
-    /// SINGLE_ISSUER only the creating thread may submit.
-    pub fn new(listener: TcpListener, waker: Arc<EventFd>, opts: &Uring) -> io::Result<Self> {
-        let (ring, flags) = Self::build_ring(opts.entries)?;
+    /// SINGLE_ISSUER only the creating thread may submit. The listeners' order gives
+    /// their `ListenerId`.
+    pub fn new(listeners: Vec<TcpListener>, waker: Arc<EventFd>, opts: &Uring) -> io::Result<Self> {
+        assert!(listeners.len() <= MAX_LISTENERS, "a ListenerId is one byte");
+        let (ring, setup) = Self::build_ring(opts.entries)?;
         let bufs = BufRing::new(&ring, opts.bufs, opts.buf_size)?;
         // The wake READ must block in the kernel (poll), not fail with EAGAIN: clear
         // O_NONBLOCK. `wake` writes never block in practice (the counter is read to zero
         // on each wake, far from its 2^64-2 limit).
         crate::sys::set_blocking(waker.as_raw_fd())?;
+        let listeners = listeners
+            .into_iter()
+            .map(|socket| Listener {
+                socket: Some(socket),
+                armed: false,
+            })
+            .collect();
         let mut this = Self {
             ring,
-            listener: Some(listener),
+            setup,
+            listeners,
             accepting: true,
-            rearm_accept: false,
             waker,
             wake_buf: Box::new(0),
             bufs,
-            slots: Vec::new(),
+            slots: Slab::new(),
             starved: Vec::new(),
             send_pool: Vec::new(),
             backlog: VecDeque::new(),
             inflight: 0,
-            cqes: Vec::with_capacity(256),
-            flags,
+            cqes: VecDeque::with_capacity(256),
+            closed: Vec::new(),
+            released: Vec::new(),
+            idle: IdleClock::default(),
             starvations: 0,
         };
-        this.arm_accept();
+        this.arm_accepts();
         this.arm_wake();
-        tracing::debug!(flags = this.flags, "io_uring ring ready");
+        tracing::debug!(setup = ?this.setup, "io_uring ring ready");
         Ok(this)
     }
 
-    fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+    fn build_ring(entries: u32) -> io::Result<(IoUring, Setup)> {
         let cq = entries.saturating_mul(4);
         let mut builder = IoUring::builder();
         builder
@@ -418,15 +589,15 @@ impl UringDriver {
             .setup_single_issuer()
             .setup_defer_taskrun();
         if let Ok(ring) = builder.build(entries) {
-            return Ok((ring, "single_issuer+defer_taskrun"));
+            return Ok((ring, Setup::DeferTaskrun));
         }
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cq).setup_coop_taskrun();
         if let Ok(ring) = builder.build(entries) {
-            return Ok((ring, "coop_taskrun"));
+            return Ok((ring, Setup::CoopTaskrun));
         }
         let ring = IoUring::builder().setup_cqsize(cq).build(entries)?;
-        Ok((ring, "plain"))
+        Ok((ring, Setup::Plain))
     }
 
     /// Queues an entry, submitting when the queue is full; what still does not fit waits
@@ -463,16 +634,27 @@ impl UringDriver {
         }
     }
 
-    fn arm_accept(&mut self) {
-        let Some(listener) = &self.listener else {
+    /// Arms the accept of every listener that has none in flight (while accepting).
+    fn arm_accepts(&mut self) {
+        if !self.accepting {
             return;
-        };
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ACCEPT);
-        self.inflight += 1;
-        self.push(entry);
+        }
+        for index in 0..self.listeners.len() {
+            let listener = &mut self.listeners[index];
+            let Some(socket) = &listener.socket else {
+                continue;
+            };
+            if listener.armed {
+                continue;
+            }
+            listener.armed = true;
+            let entry = opcode::AcceptMulti::new(types::Fd(socket.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(accept_data(index));
+            self.inflight += 1;
+            self.push(entry);
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -486,29 +668,37 @@ impl UringDriver {
 
     fn arm_recv(&mut self, conn: ConnId) {
         let slot = &mut self.slots[conn.index()];
-        debug_assert!(!slot.recv_armed && !slot.closing);
-        slot.recv_armed = true;
-        slot.recv_cancelled = false;
-        slot.starved = false;
-        let entry = opcode::RecvMulti::new(types::Fd(slot.fd), BGID)
+        debug_assert!(!slot.flags.has(RECV_ARMED | RECV_DONE | CLOSING));
+        slot.flags.insert(RECV_ARMED);
+        slot.flags.remove(RECV_CANCELLED | STARVED);
+        let entry = opcode::RecvMulti::new(types::Fd(slot.fd()), BGID)
             .build()
             .user_data(user_data(conn, OP_RECV));
         self.inflight += 1;
         self.push(entry);
     }
 
-    fn cancel(&mut self, target: u64, conn: ConnId) {
+    fn cancel(&mut self, target: u64, user_data: u64) {
         let entry = opcode::AsyncCancel::new(target)
             .build()
-            .user_data(user_data(conn, OP_CANCEL));
+            .user_data(user_data);
         self.push(entry);
     }
 
     fn cancel_recv(&mut self, conn: ConnId) {
         let slot = &mut self.slots[conn.index()];
-        if slot.recv_armed && !slot.recv_cancelled {
-            slot.recv_cancelled = true;
-            self.cancel(user_data(conn, OP_RECV), conn);
+        if slot.flags.has(RECV_ARMED) && !slot.flags.has(RECV_CANCELLED) {
+            slot.flags.insert(RECV_CANCELLED);
+            self.cancel(user_data(conn, OP_RECV), user_data(conn, OP_CANCEL));
+        }
+    }
+
+    /// Cancels what a closing connection has in flight.
+    fn cancel_all(&mut self, conn: ConnId) {
+        self.cancel_recv(conn);
+        if self.slots[conn.index()].send.is_some() {
+            // A peer that stopped reading would hold the send forever.
+            self.cancel(user_data(conn, OP_SEND), user_data(conn, OP_CANCEL));
         }
     }
 
@@ -517,200 +707,241 @@ impl UringDriver {
             return;
         }
         for conn in std::mem::take(&mut self.starved) {
-            let ok = self
-                .slots
-                .get(conn.index())
-                .is_some_and(|s| s.starved && s.receiving && !s.closing && !s.recv_armed);
+            let ok = self.slots.get(conn.index()).is_some_and(|s| {
+                s.flags.has(STARVED)
+                    && s.flags.has(RECEIVING)
+                    && !s.flags.has(CLOSING | RECV_ARMED | RECV_DONE)
+            });
             if ok {
                 self.arm_recv(conn);
             }
         }
     }
 
-    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32, out: &mut Vec<Completion<UringIo>>) {
+    /// Turns one completion entry into what the reactor sees, if anything.
+    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) -> Option<Completion> {
         let more = cqueue::more(flags);
         match ud {
-            ACCEPT => self.on_accept(res, more, out),
+            IGNORED => None,
             WAKE => {
                 self.inflight -= 1;
-                if res >= 0 {
-                    out.push(Completion::Woken);
-                }
                 self.arm_wake();
+                (res >= 0).then_some(Completion::Woken)
+            }
+            ud if ud > ACCEPT_0 - MAX_LISTENERS as u64 => {
+                self.on_accept((ACCEPT_0 - ud) as usize, res, more)
             }
             _ => {
                 let conn = ConnId((ud >> 2) as u32);
                 match ud & 3 {
-                    OP_RECV => self.on_recv(conn, res, flags, more, out),
-                    OP_SEND => self.on_send(conn, res, out),
-                    _ => {} // a cancel's own completion: nothing waits for it
+                    OP_RECV => self.on_recv(conn, res, flags, more),
+                    OP_SEND => self.on_send(conn, res),
+                    _ => None, // a cancel's own completion: nothing waits for it
                 }
             }
         }
     }
 
-    fn on_accept(&mut self, res: i32, more: bool, out: &mut Vec<Completion<UringIo>>) {
+    fn on_accept(&mut self, index: usize, res: i32, more: bool) -> Option<Completion> {
+        // SAFETY: the kernel just created this descriptor for us and nothing else owns it.
+        let stream = (res >= 0).then(|| unsafe { TcpStream::from_raw_fd(res) });
         if !more {
+            let listener = &mut self.listeners[index];
+            listener.armed = false;
             self.inflight -= 1;
-        }
-        if res >= 0 {
-            // SAFETY: the kernel just created this descriptor for us and nothing else
-            // owns it.
-            let stream = unsafe { TcpStream::from_raw_fd(res) };
-            match stream.peer_addr() {
-                Ok(peer) => out.push(Completion::Accepted {
-                    io: UringIo { stream },
-                    peer,
-                }),
-                // Reset before we looked: drop it.
-                Err(_) => drop(stream),
+            if !self.accepting {
+                listener.socket = None;
             }
-        } else if -res != libc::ECANCELED {
-            let err = io::Error::from_raw_os_error(-res);
-            if -res != libc::ECONNABORTED && -res != libc::EINTR {
-                tracing::warn!("accept failed: {err}");
-            }
+            // Otherwise re-armed next turn: after EMFILE an immediate re-arm would spin.
         }
-        if !more {
-            if self.accepting {
-                // Re-armed next turn: after EMFILE an immediate re-arm would spin.
-                self.rearm_accept = true;
-            } else {
-                self.listener = None;
+        let Some(stream) = stream else {
+            if !matches!(-res, libc::ECANCELED | libc::ECONNABORTED | libc::EINTR) {
+                tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
             }
+            return None;
+        };
+        if !self.accepting {
+            return None; // accepted before the cancel landed: closed unseen
         }
+        // Reset before we looked: drop it.
+        let peer = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.peer_addr())
+            .ok()?;
+        let key = self.slots.insert(Slot {
+            stream,
+            flags: Flags(RECEIVING),
+            send: None,
+        });
+        let conn = ConnId(u32::try_from(key).expect("fewer than 2^32 sockets"));
+        self.arm_recv(conn);
+        Some(Completion::Accepted {
+            conn,
+            peer,
+            listener: ListenerId(index as u8),
+        })
     }
 
-    fn on_recv(
-        &mut self,
-        conn: ConnId,
-        res: i32,
-        flags: u32,
-        more: bool,
-        out: &mut Vec<Completion<UringIo>>,
-    ) {
-        let Some(slot) = self.slots.get_mut(conn.index()) else {
-            debug_assert!(false, "receive completion for unknown {conn:?}");
-            return;
-        };
+    fn on_recv(&mut self, conn: ConnId, res: i32, flags: u32, more: bool) -> Option<Completion> {
         if !more {
-            slot.recv_armed = false;
-            slot.recv_cancelled = false;
             self.inflight -= 1;
         }
-        let closing = slot.closing;
-        let mut rearm = !more && slot.receiving && !closing;
-        if res > 0 {
+        let bid = (res > 0).then(|| {
             let bid = cqueue::buffer_select(flags).expect("buffer-select receive names its buffer");
             let taken = self.bufs.take(bid);
             debug_assert!(taken, "kernel lent buffer {bid} twice");
-            if closing {
+            bid
+        });
+        let Some(slot) = self.slots.get_mut(conn.index()) else {
+            debug_assert!(false, "receive completion for unknown {conn:?}");
+            if let Some(bid) = bid {
                 self.bufs.give_back(bid);
-            } else {
-                out.push(Completion::Received {
-                    conn,
-                    result: Ok(Some((BufId(u32::from(bid)), res as usize))),
-                });
             }
+            return None;
+        };
+        if !more {
+            slot.flags.remove(RECV_ARMED | RECV_CANCELLED);
+        }
+        if slot.flags.has(CLOSING) {
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            return self.try_release(conn);
+        }
+        let mut rearm = !more && slot.flags.has(RECEIVING);
+        let completion = if let Some(bid) = bid {
+            self.idle.touch();
+            Some(Completion::Received {
+                conn,
+                buf: BufId(u32::from(bid)),
+                len: res as usize,
+            })
         } else if res == 0 {
             rearm = false;
-            if !closing {
-                out.push(Completion::Received {
-                    conn,
-                    result: Ok(None),
-                });
-            }
+            slot.flags.insert(RECV_DONE);
+            Some(Completion::Eof(conn))
         } else if -res == libc::ENOBUFS {
             // Every buffer is lent out; the bytes wait in the socket. Re-arm when some are back.
             self.starvations += 1;
             if rearm {
                 rearm = false;
-                self.slots[conn.index()].starved = true;
+                slot.flags.insert(STARVED);
                 self.starved.push(conn);
             }
-        } else if -res != libc::ECANCELED {
+            None
+        } else if -res == libc::ECANCELED {
+            None
+        } else {
             rearm = false;
-            if !closing {
-                out.push(Completion::Received {
-                    conn,
-                    result: Err(io::Error::from_raw_os_error(-res)),
-                });
-            }
-        }
+            slot.flags.insert(RECV_DONE);
+            Some(Completion::Failed {
+                conn,
+                error: io::Error::from_raw_os_error(-res),
+            })
+        };
         if rearm {
             self.arm_recv(conn);
         }
-        self.maybe_release(conn, out);
+        completion
     }
 
-    fn on_send(&mut self, conn: ConnId, res: i32, out: &mut Vec<Completion<UringIo>>) {
+    fn on_send(&mut self, conn: ConnId, res: i32) -> Option<Completion> {
+        self.inflight -= 1;
         let Some(slot) = self.slots.get_mut(conn.index()) else {
             debug_assert!(false, "send completion for unknown {conn:?}");
-            return;
+            return None;
         };
         let mut sb = slot.send.take().expect("a send completion has its SendBuf");
-        self.inflight -= 1;
-        sb.keep.clear();
-        self.send_pool.push(sb);
-        if !slot.closing {
-            let result = if res >= 0 {
-                Ok(res as usize)
+        let outcome = if slot.flags.has(CLOSING) {
+            None
+        } else if res < 0 {
+            Some(Err(io::Error::from_raw_os_error(-res)))
+        } else {
+            let n = res as usize;
+            sb.written += n;
+            if sb.written >= sb.total {
+                Some(Ok(sb.total))
+            } else if n == 0 {
+                Some(Err(io::ErrorKind::WriteZero.into()))
             } else {
-                Err(io::Error::from_raw_os_error(-res))
-            };
-            out.push(Completion::Sent { conn, result });
+                // The socket took part of it: send the rest from the same frames.
+                sb.advance(n);
+                let entry = sb.entry(slot.fd(), conn);
+                slot.send = Some(sb);
+                self.inflight += 1;
+                self.push(entry);
+                return None;
+            }
+        };
+        if outcome.is_some() && slot.flags.has(SHUT_AFTER_SEND) {
+            slot.flags.remove(SHUT_AFTER_SEND);
+            let _ = slot.stream.shutdown(Shutdown::Write);
         }
-        self.maybe_release(conn, out);
+        sb.clear();
+        self.send_pool.push(sb);
+        match outcome {
+            None => self.try_release(conn),
+            Some(Ok(bytes)) => Some(Completion::Sent { conn, bytes }),
+            Some(Err(error)) => Some(Completion::Failed { conn, error }),
+        }
     }
 
-    fn maybe_release(&mut self, conn: ConnId, out: &mut Vec<Completion<UringIo>>) {
-        let slot = &mut self.slots[conn.index()];
-        if slot.closing && !slot.busy() {
-            *slot = Slot::default();
-            out.push(Completion::Released(conn));
+    /// `Released` once a closing connection has nothing in flight: its slot goes now.
+    fn try_release(&mut self, conn: ConnId) -> Option<Completion> {
+        let slot = &self.slots[conn.index()];
+        if !slot.flags.has(CLOSING) || slot.busy() {
+            return None;
         }
+        self.slots.remove(conn.index());
+        Some(Completion::Released(conn))
     }
 
-    /// Moves the completion queue's entries out (reusing `self.cqes`' allocation), so they
-    /// can be handled while the driver is borrowed mutably. Hand the vector back when done.
-    fn take_cqes(&mut self) -> Vec<(u64, i32, u32)> {
-        let mut cqes = std::mem::take(&mut self.cqes);
+    /// Moves the completion queue's entries to `cqes`.
+    fn reap(&mut self) {
+        let Self { ring, cqes, .. } = self;
         cqes.extend(
-            self.ring
-                .completion()
+            ring.completion()
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
-        cqes
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion<UringIo>>) {
-        let mut cqes = self.take_cqes();
-        for &(ud, res, flags) in &cqes {
-            self.on_cqe(ud, res, flags, out);
+    /// Hands the receive ring's idle pages back, when that cannot lose bytes.
+    fn release_ring_pages(&mut self) -> usize {
+        // Only when the kernel fills provided buffers solely inside this thread's
+        // `io_uring_enter` (DEFER_TASKRUN: receives complete as deferred task work, and
+        // sockets are polled, never handed to io-wq workers) and every buffer it picked is
+        // accounted for: the completion queue reaped to its end, nothing overflowed, and
+        // every reaped entry handed out. Under COOP_TASKRUN or plain rings the kernel may
+        // fill a buffer whenever this thread enters the kernel, so the pages stay.
+        if self.setup != Setup::DeferTaskrun
+            || !self.cqes.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().cq_overflow()
+        {
+            return 0;
         }
-        cqes.clear();
-        self.cqes = cqes;
+        // SAFETY: per the above, no buffer in the ring is being written or holds bytes
+        // that were not reported and taken (rule 1).
+        unsafe { self.bufs.release_pages() }
     }
 }
 
 impl Driver for UringDriver {
-    type Io = UringIo;
-
     fn name(&self) -> &'static str {
         "uring"
     }
 
-    fn wait(
-        &mut self,
-        timeout: Option<Duration>,
-        out: &mut Vec<Completion<UringIo>>,
-    ) -> io::Result<()> {
-        if self.rearm_accept && self.accepting {
-            self.rearm_accept = false;
-            self.arm_accept();
-        }
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.released.append(&mut self.closed);
+        self.arm_accepts();
         self.rearm_starved();
         self.drain_backlog();
+        let pending = !self.released.is_empty() || !self.cqes.is_empty();
+        let timeout = if pending {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         let submitter = self.ring.submitter();
         let res = match timeout {
             None => submitter.submit_and_wait(1),
@@ -731,33 +962,21 @@ impl Driver for UringDriver {
                 ) => {}
             Err(e) => return Err(e),
         }
-        self.reap(out);
+        self.reap();
         Ok(())
     }
 
-    fn attach(&mut self, conn: ConnId, io: &mut UringIo) -> io::Result<()> {
-        io.stream.set_nodelay(true)?;
-        let index = conn.index();
-        if self.slots.len() <= index {
-            self.slots.resize_with(index + 1, Slot::default);
+    fn next(&mut self) -> Option<Completion> {
+        if let Some(conn) = self.released.pop() {
+            self.slots.remove(conn.index());
+            return Some(Completion::Released(conn));
         }
-        let slot = &mut self.slots[index];
-        debug_assert!(
-            !slot.busy(),
-            "{conn:?} reused while operations are in flight"
-        );
-        *slot = Slot {
-            fd: io.stream.as_raw_fd(),
-            receiving: true,
-            ..Slot::default()
-        };
-        self.arm_recv(conn);
-        Ok(())
-    }
-
-    fn recv(&mut self, _io: &mut UringIo) -> io::Result<Option<(BufId, usize)>> {
-        // Bytes arrive as `Completion::Received`; nothing is ever waiting to be read.
-        Err(io::ErrorKind::WouldBlock.into())
+        while let Some((ud, res, flags)) = self.cqes.pop_front() {
+            if let Some(completion) = self.on_cqe(ud, res, flags) {
+                return Some(completion);
+            }
+        }
+        None
     }
 
     fn buf(&mut self, buf: BufId) -> &mut [u8] {
@@ -771,77 +990,76 @@ impl Driver for UringDriver {
         }
     }
 
-    fn send(&mut self, conn: ConnId, io: &mut UringIo, out: &OutQueue) -> io::Result<SendStatus> {
-        let slot = &self.slots[conn.index()];
-        if slot.send.is_some() || slot.closing {
-            // One send in flight per connection (its completion unblocks the reactor), and
-            // nothing new for a closing one (`Released` follows). Replacing the SendBuf of
-            // a send in flight would free memory the kernel reads.
-            debug_assert!(slot.closing, "one send in flight per connection");
-            return Ok(SendStatus::Submitted);
+    fn send(&mut self, conn: ConnId, out: &OutQueue) {
+        let Some(slot) = self.slots.get_mut(conn.index()) else {
+            return;
+        };
+        if slot.flags.has(CLOSING) {
+            return;
+        }
+        if slot.send.is_some() {
+            // Replacing the SendBuf of a send in flight would free memory the kernel reads.
+            debug_assert!(false, "one send in flight per connection");
+            return;
         }
         let mut sb = self.send_pool.pop().unwrap_or_else(SendBuf::new);
-        let mut n = 0;
-        for (slot, frame) in sb.iov.iter_mut().zip(out.frames()) {
-            *slot = libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            };
-            n += 1;
-        }
-        sb.keep.extend(out.frames().take(n).cloned());
-        sb.hdr.msg_iov = sb.iov.as_mut_ptr();
-        sb.hdr.msg_iovlen = n as _;
-        let entry = opcode::SendMsg::new(types::Fd(io.stream.as_raw_fd()), &sb.hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(conn, OP_SEND));
-        let slot = &mut self.slots[conn.index()];
+        sb.fill(out);
+        let entry = sb.entry(slot.fd(), conn);
         // Moving the box moves only the pointer: `hdr` and `iov` stay where they are.
         slot.send = Some(sb);
         self.inflight += 1;
         self.push(entry);
-        Ok(SendStatus::Submitted)
+        self.idle.touch();
     }
 
-    fn set_receiving(&mut self, conn: ConnId, _io: &mut UringIo, on: bool) {
+    fn set_receiving(&mut self, conn: ConnId, on: bool) {
         let Some(slot) = self.slots.get_mut(conn.index()) else {
             return;
         };
-        if slot.closing || slot.receiving == on {
+        if slot.flags.has(CLOSING) || slot.flags.has(RECEIVING) == on {
             return;
         }
-        slot.receiving = on;
         if !on {
+            slot.flags.remove(RECEIVING);
             self.cancel_recv(conn);
-        } else if !slot.recv_armed {
+            return;
+        }
+        slot.flags.insert(RECEIVING);
+        if !slot.flags.has(RECV_ARMED | RECV_DONE) {
             // If buffers are still short this ends in ENOBUFS and waits in `starved`.
             self.arm_recv(conn);
         }
-        // Armed and cancelled: the final completion re-arms, since `receiving` is set.
+        // Armed and cancelled: the final completion re-arms, since RECEIVING is set.
     }
 
-    fn shutdown_write(&mut self, io: &mut UringIo) {
-        let _ = io.stream.shutdown(Shutdown::Write);
-    }
-
-    fn close(&mut self, conn: ConnId, _io: &mut UringIo) -> bool {
+    fn shutdown_write(&mut self, conn: ConnId) {
         let Some(slot) = self.slots.get_mut(conn.index()) else {
-            return true; // never attached
+            return;
         };
-        if !slot.busy() {
-            *slot = Slot::default();
-            return true;
+        if slot.flags.has(CLOSING) {
+            return;
         }
-        slot.closing = true;
-        slot.receiving = false;
-        let sending = slot.send.is_some();
-        self.cancel_recv(conn);
-        if sending {
-            // A peer that stopped reading would hold the send forever.
-            self.cancel(user_data(conn, OP_SEND), conn);
+        if slot.send.is_some() {
+            slot.flags.insert(SHUT_AFTER_SEND);
+        } else {
+            let _ = slot.stream.shutdown(Shutdown::Write);
         }
-        false
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let Some(slot) = self.slots.get_mut(conn.index()) else {
+            return;
+        };
+        if slot.flags.has(CLOSING) {
+            return;
+        }
+        slot.flags.insert(CLOSING);
+        slot.flags.remove(RECEIVING | SHUT_AFTER_SEND);
+        if slot.busy() {
+            self.cancel_all(conn);
+        } else {
+            self.closed.push(conn);
+        }
     }
 
     fn stop_accepting(&mut self) {
@@ -849,11 +1067,33 @@ impl Driver for UringDriver {
             return;
         }
         self.accepting = false;
-        self.rearm_accept = false;
-        if self.listener.is_some() {
-            // The listener closes when the accept's final completion arrives.
-            self.cancel(ACCEPT, ConnId(u32::MAX));
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].armed {
+                // The listener closes when the accept's final completion arrives.
+                self.cancel(accept_data(index), IGNORED);
+            } else {
+                self.listeners[index].socket = None;
+            }
         }
+    }
+
+    fn release_idle_memory(&mut self, now: Instant) {
+        if !self.idle.idle(now) {
+            return;
+        }
+        // Sends in flight keep theirs; the pool refills on demand.
+        self.send_pool = Vec::new();
+        // After many connections left: keeps the ids that are in use, and the lowest
+        // free ones are handed out first.
+        self.slots.shrink_to_fit();
+        if self.backlog.is_empty() {
+            self.backlog = VecDeque::new();
+        }
+        if self.starved.is_empty() {
+            self.starved = Vec::new();
+        }
+        let released = self.release_ring_pages();
+        tracing::debug!(released, "io_uring driver idle: memory given back");
     }
 }
 
@@ -864,41 +1104,35 @@ impl Drop for UringDriver {
             "io_uring driver stopping (receives that ran out of buffers)"
         );
         // Cancel what is still armed and wait for the kernel to let go of our memory.
-        self.accepting = false;
-        if self.listener.is_some() {
-            self.cancel(ACCEPT, ConnId(u32::MAX));
-        }
-        self.cancel(WAKE, ConnId(u32::MAX));
-        for index in 0..self.slots.len() {
-            let conn = ConnId(index as u32);
-            let slot = &mut self.slots[index];
-            slot.closing = true;
-            slot.receiving = false;
-            let sending = slot.send.is_some();
-            self.cancel_recv(conn);
-            if sending {
-                self.cancel(user_data(conn, OP_SEND), conn);
-            }
+        self.stop_accepting();
+        self.cancel(WAKE, IGNORED);
+        let keys: Vec<usize> = self.slots.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = ConnId(key as u32);
+            let slot = &mut self.slots[key];
+            slot.flags.insert(CLOSING);
+            slot.flags.remove(RECEIVING);
+            self.cancel_all(conn);
         }
         let deadline = Instant::now() + Duration::from_secs(1);
-        let mut sink = Vec::new();
-        while self.inflight > 0 && Instant::now() < deadline {
+        loop {
+            // Entries reaped but never handed out are settled like the later ones.
+            while let Some((ud, res, flags)) = self.cqes.pop_front() {
+                match ud {
+                    // Not re-armed while dropping.
+                    WAKE => self.inflight -= 1,
+                    // Accepted sockets close, received buffers go back, slots go.
+                    _ => drop(self.on_cqe(ud, res, flags)),
+                }
+            }
+            if self.inflight == 0 || Instant::now() >= deadline {
+                break;
+            }
             self.drain_backlog();
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            let mut cqes = self.take_cqes();
-            for &(ud, res, flags) in &cqes {
-                match ud {
-                    // Not re-armed while dropping.
-                    WAKE => self.inflight -= 1,
-                    _ => self.on_cqe(ud, res, flags, &mut sink),
-                }
-            }
-            cqes.clear();
-            self.cqes = cqes;
-            // Accepted sockets are closed; received buffers need no give-back.
-            sink.clear();
+            self.reap();
         }
         if self.inflight == 0 {
             let _ = self.ring.submitter().unregister_buf_ring(BGID);
@@ -911,7 +1145,7 @@ impl Drop for UringDriver {
                 "io_uring operations outlived the driver; leaking their buffers"
             );
             // Send buffers still owned by slots are leaked too.
-            for slot in &mut self.slots {
+            for (_, slot) in &mut self.slots {
                 if let Some(sb) = slot.send.take() {
                     Box::leak(sb);
                 }
@@ -924,6 +1158,9 @@ impl Drop for UringDriver {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use super::super::IDLE_AFTER;
     use super::*;
 
     #[test]
@@ -934,9 +1171,105 @@ mod tests {
     }
 
     #[test]
+    fn idle_connections_and_sends_stay_small() {
+        assert!(std::mem::size_of::<Slot>() <= 16);
+        // A niche is left for the slab's tag: its entries are no bigger.
+        assert_eq!(
+            std::mem::size_of::<Option<Slot>>(),
+            std::mem::size_of::<Slot>()
+        );
+        assert!(std::mem::size_of::<SendBuf>() <= 184);
+    }
+
+    /// Pages of `bufs`' memory that are resident.
+    fn resident(bufs: &BufRing) -> usize {
+        let len = usize::from(bufs.count) * bufs.size as usize;
+        let mut vec = vec![0u8; len.div_ceil(page_size())];
+        // SAFETY: mincore reads the page tables of [mem, mem + len), our allocation, whose
+        // start is page aligned (`mem_layout`), into a vector of one byte per page.
+        let res = unsafe { libc::mincore(bufs.mem.as_ptr().cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(res, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|&&page| page & 1 != 0).count()
+    }
+
+    /// Turns the driver until `n` bytes of `conn` arrived; returns them.
+    fn receive(driver: &mut UringDriver, conn: ConnId, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} bytes", got.len());
+            driver.wait(Some(Duration::from_millis(50))).unwrap();
+            while let Some(completion) = driver.next() {
+                match completion {
+                    Completion::Received { conn: c, buf, len } if c == conn => {
+                        got.extend_from_slice(&driver.buf(buf)[..len]);
+                        driver.release(buf);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn idle_release_returns_the_receive_rings_pages() {
+        if let Err(why) = available() {
+            eprintln!("skipping: io_uring unavailable: {why}");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waker = Arc::new(EventFd::new().unwrap());
+        let opts = Uring {
+            entries: 64,
+            bufs: 8,
+            buf_size: 16384,
+        };
+        let mut driver = UringDriver::new(vec![listener], waker, &opts).unwrap();
+        if driver.setup != Setup::DeferTaskrun {
+            eprintln!("skipping: pages are only released under DEFER_TASKRUN");
+            return;
+        }
+        let mut client = TcpStream::connect(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            assert!(Instant::now() < deadline, "no connection accepted");
+            driver.wait(Some(Duration::from_millis(50))).unwrap();
+            if let Some(Completion::Accepted { conn, .. }) = driver.next() {
+                break conn;
+            }
+        };
+        // More than the ring holds: the kernel cycles through every buffer.
+        let data: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
+        client.write_all(&data).unwrap();
+        assert!(receive(&mut driver, conn, data.len()) == data);
+        let touched = resident(&driver.bufs);
+        assert!(touched > 0, "receiving touched the ring");
+
+        let t0 = Instant::now();
+        driver.release_idle_memory(t0);
+        assert_eq!(resident(&driver.bufs), touched, "not idle yet");
+        driver.release_idle_memory(t0 + IDLE_AFTER / 2);
+        assert_eq!(resident(&driver.bufs), touched, "not idle long enough");
+        driver.release_idle_memory(t0 + IDLE_AFTER);
+        assert_eq!(resident(&driver.bufs), 0, "idle: every page given back");
+
+        // The ring still works, and what arrives is intact.
+        let data: Vec<u8> = (0..100_000).map(|i: u32| (i % 241) as u8).collect();
+        client.write_all(&data).unwrap();
+        assert!(receive(&mut driver, conn, data.len()) == data);
+        assert!(resident(&driver.bufs) > 0);
+    }
+
+    #[test]
     fn user_data_leaves_room_for_sentinels() {
         let top = user_data(ConnId(u32::MAX), OP_CANCEL);
-        assert!(top < WAKE, "connection ids never reach the sentinels");
+        assert!(
+            top < accept_data(MAX_LISTENERS - 1),
+            "connection ids never reach the sentinels"
+        );
+        assert!(accept_data(MAX_LISTENERS - 1) > ACCEPT_0 - MAX_LISTENERS as u64);
         assert_eq!(user_data(ConnId(5), OP_SEND) >> 2, 5);
         assert_eq!(user_data(ConnId(5), OP_SEND) & 3, OP_SEND);
     }

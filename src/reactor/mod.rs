@@ -157,6 +157,7 @@ impl<D: Driver> Reactor<D> {
         self.core.drain_inbox();
         if self.core.now >= self.core.next_sweep {
             self.core.sweep();
+            self.driver.release_idle_memory(self.core.now);
             self.core.next_sweep = self.core.now + self.core.tick;
         }
         self.core.uncork();
