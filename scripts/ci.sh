@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, docs, unit and integration
-# tests, a loadgen smoke run, and the Autobahn conformance run against /echo.
+# tests, Miri and a short fuzz run where nightly allows, a loadgen smoke run, and the
+# Autobahn conformance run against /echo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -8,6 +9,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc"
@@ -26,6 +28,13 @@ if cargo +nightly miri --version >/dev/null 2>&1; then
     cargo +nightly miri test -p wsgate-proto --lib --quiet mask::tests::all_lengths_to_4k_match_oracle
 else
   step "miri: skipped (no nightly toolchain with the miri component on this machine)"
+fi
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  # A bounded run from the committed seeds; longer runs: scripts/fuzz.sh 3600.
+  step "fuzz: every target for 15 s (cargo-fuzz, nightly)"
+  scripts/fuzz.sh 15
+else
+  step "fuzz: skipped (no cargo-fuzz on a nightly toolchain on this machine)"
 fi
 step "benches build"
 cargo bench --workspace --no-run --quiet

@@ -450,7 +450,9 @@ impl Connection {
             out.push(self.encode(OpCode::Close, &close::encode_payload(code, reason)));
             self.state = State::CloseSent;
             self.timer = now + limits.close_timeout;
+            // RFC 6455 §5.5.1: the rest of a message in progress is discarded, unchecked.
             self.message = Vec::new();
+            self.utf8 = Utf8Validator::new();
         }
     }
 

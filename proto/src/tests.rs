@@ -621,6 +621,34 @@ fn server_close_completed_by_peer_reply() {
     assert!(p.out.is_empty(), "the reply to our close is not answered");
 }
 
+// Found by fuzz/connection: the UTF-8 state of a text message cut short by our close
+// outlived it, so the peer finishing that message correctly failed the connection (1007)
+// instead of the close handshake completing.
+#[test]
+fn server_close_forgets_a_text_message_in_progress() {
+    let mut p = Peer::new();
+    let e_acute = "\u{e9}".as_bytes();
+    assert!(p
+        .feed(&client_frame(false, 0, 0x1, &e_acute[..1]))
+        .is_empty());
+    p.conn
+        .close(p.now, &p.limits, CloseCode::GOING_AWAY, "", &mut p.out);
+    p.sent();
+    assert!(p
+        .feed(&client_frame(true, 0, 0x0, &e_acute[1..]))
+        .is_empty());
+    let events = p.feed(&client_frame(true, 0, 0x8, &[0x03, 0xe9]));
+    assert_eq!(
+        events,
+        [Event::PeerClosed(CloseFrame {
+            code: Some(CloseCode::GOING_AWAY),
+            reason: String::new()
+        })]
+    );
+    assert!(p.conn.is_closed());
+    assert!(p.out.is_empty());
+}
+
 // RFC 6455 §5.5.2: keepalive pings from the server.
 
 #[test]

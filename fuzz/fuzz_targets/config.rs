@@ -1,0 +1,30 @@
+//! The config file path: TOML text into `RawConfig`, validated into `Config`, and the
+//! duration syntax.
+//!
+//! Checked: no panic on any text; a valid config keeps its bounds. `max_connections` 0 (or
+//! absent) means "the open-files limit" and raises this process's limit, so it is replaced
+//! by 1 here: the fuzzer must not change its own process.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wsgate::config::{parse_duration, RawConfig};
+
+fuzz_target!(|text: &str| {
+    if let Some(d) = parse_duration(text) {
+        assert!(d.as_secs_f64() <= 1e9);
+    }
+    let Ok(mut raw) = RawConfig::parse_toml(text) else {
+        return;
+    };
+    if raw.limits.max_connections.is_none_or(|n| n == 0) {
+        raw.limits.max_connections = Some(1);
+    }
+    if let Ok(config) = raw.validate() {
+        let limits = &config.limits;
+        assert!(limits.echo.max_frame_size > 0 && limits.echo.max_message_size > 0);
+        assert!(limits.pubsub.max_message_size <= limits.echo.max_message_size);
+        assert!((256..=1 << 20).contains(&limits.max_header_bytes));
+        assert!(limits.max_buffered_bytes > 0);
+        assert!(config.net.threads >= 1);
+    }
+});
