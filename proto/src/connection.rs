@@ -152,7 +152,7 @@ pub struct Connection {
     message_opcode: Option<OpCode>,
     utf8: Utf8Validator,
     /// Payload of the control frame in progress (at most 125 bytes).
-    control: Vec<u8>,
+    control: ControlPayload,
     /// Bytes taken from the caller's [`Budget`] for the message in progress.
     reserved: u32,
     /// One instant whose meaning follows `state` (keeps an idle connection small).
@@ -180,7 +180,7 @@ impl Connection {
             message: Vec::new(),
             message_opcode: None,
             utf8: Utf8Validator::new(),
-            control: Vec::new(),
+            control: ControlPayload::default(),
             reserved: 0,
             timer: now,
         }
@@ -353,7 +353,7 @@ impl Connection {
 
     fn handle_payload(&mut self, header: FrameHeader, chunk: &[u8]) -> Result<(), ProtocolError> {
         if header.opcode.is_control() {
-            self.control.extend_from_slice(chunk);
+            self.control.extend(chunk);
             return Ok(());
         }
         if !self.is_open() {
@@ -381,12 +381,12 @@ impl Connection {
             OpCode::Ping => {
                 if self.is_open() {
                     // RFC 6455 §5.5.2: answer with a pong carrying the same payload.
-                    out.push(self.encode(OpCode::Pong, &self.control));
+                    out.push(self.encode(OpCode::Pong, self.control.as_slice()));
                 }
             }
             OpCode::Pong => {}
             OpCode::Close => {
-                let frame = parse_close(&self.control);
+                let frame = parse_close(self.control.as_slice());
                 self.control.clear();
                 let frame = frame?;
                 if self.is_open() {
@@ -433,7 +433,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.message = Vec::new();
-        self.control = Vec::new();
+        self.control.release();
         events.push(Event::Failed(err));
     }
 
@@ -490,8 +490,8 @@ impl Connection {
     /// Gives back the memory of the last control frame's payload (idle connections keep
     /// nothing but their state).
     pub fn release_idle(&mut self) {
-        if self.control.is_empty() && self.control.capacity() > 0 {
-            self.control = Vec::new();
+        if self.control.as_slice().is_empty() {
+            self.control.release();
         }
     }
 
@@ -533,6 +533,42 @@ impl Connection {
             Side::Server => outgoing::frame(opcode, payload),
             Side::Client { mask_key } => frame::encode_client(opcode, mask_key(), payload),
         }
+    }
+}
+
+/// The payload of a control frame (RFC 6455 §5.5: at most 125 bytes, checked at the
+/// header), boxed when the first control frame arrives and dropped when idle: an idle
+/// connection pays 8 bytes for it, not a `Vec`'s 24.
+#[derive(Debug, Default)]
+struct ControlPayload(Option<Box<(u8, [u8; 125])>>);
+
+impl ControlPayload {
+    fn extend(&mut self, chunk: &[u8]) {
+        let (len, buf) = &mut **self.0.get_or_insert_with(|| Box::new((0, [0; 125])));
+        let at = usize::from(*len);
+        // The header check bounds a control payload to 125 bytes; never write past it.
+        let n = chunk.len().min(buf.len() - at);
+        buf[at..at + n].copy_from_slice(&chunk[..n]);
+        *len += n as u8;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            Some(payload) => &payload.1[..usize::from(payload.0)],
+            None => &[],
+        }
+    }
+
+    /// Empties it, keeping the allocation for the next control frame.
+    fn clear(&mut self) {
+        if let Some(payload) = &mut self.0 {
+            payload.0 = 0;
+        }
+    }
+
+    /// Empties it and gives the memory back.
+    fn release(&mut self) {
+        self.0 = None;
     }
 }
 
