@@ -32,8 +32,7 @@ pub(super) struct Conn {
     pub phase: Phase,
     pub send: Send,
     pub recv: Recv,
-    /// Already in `Core::flush` or `Core::corked`.
-    pub scheduled: bool,
+    pub scheduled: Scheduled,
     /// Accepted over `max_connections`: the request gets 503.
     pub admission: Admission,
 }
@@ -73,6 +72,16 @@ pub(super) enum Recv {
     Paused,
     /// The peer sent FIN.
     Eof,
+}
+
+/// Whether the connection is waiting for this turn's flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Scheduled {
+    No,
+    /// Deliveries wait in `Core::corked` until `write_delay` is up.
+    Corked,
+    /// In `Core::flush`: written at the end of this turn.
+    Flush,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +193,7 @@ impl Core {
                 },
                 send: Send::Idle,
                 recv: Recv::On,
-                scheduled: false,
+                scheduled: Scheduled::No,
                 admission,
             },
         );
@@ -210,11 +219,12 @@ impl Core {
         self.to_close.push(id);
     }
 
-    /// Queues the connection for this turn's flush.
+    /// Queues the connection for this turn's flush (a corked one too: a reply does not
+    /// wait for the write delay, and takes the corked deliveries with it).
     pub(super) fn schedule(&mut self, id: ConnId) {
         let conn = &mut self.conns[id];
-        if !conn.scheduled {
-            conn.scheduled = true;
+        if conn.scheduled != Scheduled::Flush {
+            conn.scheduled = Scheduled::Flush;
             self.flush.push(id);
         }
     }
@@ -357,8 +367,11 @@ impl Core {
         if self.corked_until.is_some_and(|until| self.now >= until) {
             self.corked_until = None;
             for id in mem::take(&mut self.corked) {
-                if let Some(conn) = self.conns.get_mut(id) {
-                    conn.scheduled = false;
+                if self
+                    .conns
+                    .get_mut(id)
+                    .is_some_and(|c| c.scheduled == Scheduled::Corked)
+                {
                     self.schedule(id);
                 }
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use wsgate_proto::{CloseCode, Prepared};
 
-use super::conn::{Phase, Subs};
+use super::conn::{Phase, Scheduled, Subs};
 use super::Core;
 use crate::app::SubscribeError;
 use crate::broadcast;
@@ -117,13 +117,14 @@ impl Core {
                     SlowConsumerPolicy::Close => {}
                 }
             }
-            if conn.scheduled {
+            if conn.scheduled != Scheduled::No {
                 continue;
             }
-            conn.scheduled = true;
             if config.pubsub.write_delay.is_zero() {
+                conn.scheduled = Scheduled::Flush;
                 self.flush.push(id);
             } else {
+                conn.scheduled = Scheduled::Corked;
                 self.corked.push(id);
                 self.corked_until
                     .get_or_insert(self.now + config.pubsub.write_delay);

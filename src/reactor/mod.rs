@@ -35,7 +35,7 @@ use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
-use conn::{Conns, Phase, Recv, Send};
+use conn::{Conns, Phase, Recv, Scheduled, Send};
 use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
@@ -226,7 +226,7 @@ impl<D: Driver> Reactor<D> {
             let Some(conn) = self.core.conns.get_mut(id) else {
                 continue;
             };
-            conn.scheduled = false;
+            conn.scheduled = Scheduled::No;
             if !conn.is_live() {
                 continue;
             }

@@ -464,3 +464,29 @@ fn stalled_partial_messages_are_bounded_by_the_budget() {
     h.turn();
     assert_eq!(h.reactor.core.inbound.used(), 60_000);
 }
+
+#[test]
+fn write_delay_holds_deliveries_but_not_replies() {
+    let mut h = Harness::new(|c| c.pubsub.write_delay = Duration::from_millis(10));
+    let id = subscribe(&mut h, "t");
+    http_publish(&mut h, "t", "1");
+    h.turn();
+    assert!(h.net.read(id).is_empty(), "corked for the write delay");
+    // A ping's pong leaves at once and takes the corked delivery with it.
+    h.send_frame(id, 0x9, b"p");
+    h.turn();
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].1, br#"{"topic":"t","data":1}"#);
+    assert_eq!(frames[1], (OpCode::Pong, b"p".to_vec()));
+    h.turn(); // the send's completion
+    http_publish(&mut h, "t", "2");
+    h.turn();
+    assert!(h.net.read(id).is_empty());
+    h.advance(Duration::from_millis(11));
+    assert_eq!(
+        h.texts(id),
+        [r#"{"topic":"t","data":2}"#],
+        "out once the delay is up"
+    );
+}
