@@ -32,8 +32,9 @@ impl Transport {
         }
     }
 
-    /// The bytes the driver should send next, after taking in what `plain` has queued.
-    pub fn outgoing<'a>(&'a mut self, plain: &'a OutQueue) -> &'a OutQueue {
+    /// The bytes the driver should send next, after taking in what `plain` has queued (a
+    /// TLS transport encrypts it into its own queue and empties `plain`).
+    pub fn outgoing<'a>(&'a mut self, plain: &'a mut OutQueue) -> &'a OutQueue {
         match self {
             Self::Plain => plain,
         }

@@ -231,7 +231,7 @@ impl<D: Driver> Reactor<D> {
                 continue;
             }
             if conn.send == Send::Idle && !conn.transport.is_idle(&conn.out) {
-                self.driver.send(id, conn.transport.outgoing(&conn.out));
+                self.driver.send(id, conn.transport.outgoing(&mut conn.out));
                 conn.send = Send::InFlight;
             }
             // Backpressure on echo: stop reading while the queue is over the cap, resume at
