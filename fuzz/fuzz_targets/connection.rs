@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use wsgate_fuzz::{Input, Op, Setup};
 use wsgate_proto::frame::{self, FrameHeader};
-use wsgate_proto::{
-    Budget, CloseCode, CloseFrame, Connection, Event, Limits, OpCode, OutQueue,
-};
+use wsgate_proto::{Budget, CloseCode, CloseFrame, Connection, Event, Limits, OpCode, OutQueue};
 
 fuzz_target!(|input: Input| run(input));
 
@@ -78,7 +76,11 @@ impl Side {
             let n =
                 self.conn
                     .handle_bytes(now, limits, &mut self.budget, rest, &mut self.out, events);
-            assert_eq!(self.budget.used(), self.conn.reserved(), "budget accounting");
+            assert_eq!(
+                self.budget.used(),
+                self.conn.reserved(),
+                "budget accounting"
+            );
             let message =
                 matches!(events.last(), Some(Event::Message { .. })) && events.len() > before;
             assert!(n <= rest.len(), "consumed {n} of {}", rest.len());

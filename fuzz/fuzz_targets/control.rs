@@ -19,12 +19,23 @@ fuzz_target!(|data: &[u8]| {
             if let Some(id) = &message.id {
                 assert!(valid(id.as_bytes()), "id is json: {id}");
                 let first = id.as_bytes()[0];
-                assert!(first == b'"' || first == b'-' || first.is_ascii_digit(), "{id}");
+                assert!(
+                    first == b'"' || first == b'-' || first.is_ascii_digit(),
+                    "{id}"
+                );
             }
             if let Op::Publish { data: value, .. } = &message.op {
                 let start = value.as_ptr() as usize - data.as_ptr() as usize;
-                assert_eq!(&data[start..start + value.len()], *value, "a slice of the input");
-                assert_eq!(json::document(value), Ok(*value), "HTTP would deliver the same");
+                assert_eq!(
+                    &data[start..start + value.len()],
+                    *value,
+                    "a slice of the input"
+                );
+                assert_eq!(
+                    json::document(value),
+                    Ok(*value),
+                    "HTTP would deliver the same"
+                );
             }
             check_reply(&control::ok(message.id.as_deref()));
         }
@@ -40,6 +51,10 @@ fn valid(text: &[u8]) -> bool {
 }
 
 fn check_reply(text: &[u8]) {
-    assert!(valid(text), "reply is json: {}", String::from_utf8_lossy(text));
+    assert!(
+        valid(text),
+        "reply is json: {}",
+        String::from_utf8_lossy(text)
+    );
     assert_eq!(text.first(), Some(&b'{'), "reply is an object");
 }
