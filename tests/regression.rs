@@ -417,3 +417,89 @@ mod issue9_publish_paths {
     }
 }
 // ─── end of issue 9 items 2, 3 and 4 ───────────────────────────────────────────────────────
+
+// ─── issue 9 items 5 and 8: a half-closed publisher, stalled partial messages ──────────────
+mod issue9_lifecycle {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+
+    use wsgate::metrics::ReactorMetrics;
+
+    use super::util::*;
+    use crate::for_each_driver;
+
+    for_each_driver! {
+        // Item 5: a publisher that publishes and then half-closes (FIN) still gets the copy
+        // of every publish it is subscribed to, then the server closes.
+        fn half_closed_publisher_gets_every_own_delivery(io: IoBackend) {
+            let server = TestServer::start(io, |c| {
+                c.pubsub.client_publish = Some(vec!["*".into()]);
+            });
+            let mut stream = raw_upgrade(&server, "/ws?subscribe=t");
+            let mut wire = Vec::new();
+            for i in 0..20 {
+                let op = format!(r#"{{"op":"publish","topic":"t","data":{i}}}"#);
+                wire.extend(client_frame(true, 0x1, op.as_bytes()));
+            }
+            stream.write_all(&wire).unwrap();
+            stream.shutdown(Shutdown::Write).unwrap();
+            for i in 0..20 {
+                let (_, opcode, payload) = read_frame(&mut stream);
+                assert_eq!(opcode, 0x1);
+                assert_eq!(payload, format!(r#"{{"topic":"t","data":{i}}}"#).into_bytes());
+            }
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).expect("the server closes after the last one");
+            assert!(rest.is_empty(), "nothing after the deliveries: {rest:?}");
+        }
+
+        // Item 8: many connections each stall in the middle of a large message. The ones
+        // past the memory budget are closed with 1013 before the server stores their
+        // payload; the others hold theirs; a well-behaved client keeps working.
+        fn stalled_partial_messages_stay_within_the_budget(io: IoBackend) {
+            const FRAME: usize = 200 * 1024;
+            let server = TestServer::start(io, |c| {
+                c.net.threads = Some(2);
+                c.limits.max_buffered_bytes = Some(1 << 20);
+                c.limits.max_message_size = Some(FRAME);
+                c.limits.max_frame_size = Some(FRAME as u64);
+            });
+            let frame = client_frame(true, 0x2, &vec![7u8; FRAME]);
+            let mut stalled: Vec<_> = (0..40)
+                .map(|_| {
+                    let mut s = raw_upgrade(&server, "/echo");
+                    // The header and the first 16 KiB of the payload, then nothing.
+                    s.write_all(&frame[..16 * 1024]).unwrap();
+                    s
+                })
+                .collect();
+            let metric = |f: fn(&ReactorMetrics) -> &std::sync::atomic::AtomicU64| -> u64 {
+                let metrics = &server.server().shared().metrics;
+                metrics.iter().map(|m| ReactorMetrics::get(f(m))).sum()
+            };
+            // 512 KiB per reactor holds two 200 KiB messages: at most 4 of 40 are kept.
+            wait_until("the budget refuses the rest", || {
+                metric(|m| &m.over_budget_closes) >= 36
+            });
+            assert!(metric(|m| &m.buffered_bytes) <= 1 << 20);
+            let refused = stalled
+                .iter_mut()
+                .filter_map(|s| {
+                    s.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+                    let mut byte = [0u8; 1];
+                    // A kept one has nothing to read (timeout); a refused one has a close.
+                    match s.peek(&mut byte) {
+                        Ok(1) => Some(read_close_code(s)),
+                        _ => None,
+                    }
+                })
+                .collect::<Vec<_>>();
+            assert!(refused.len() >= 36, "{} refused", refused.len());
+            assert!(refused.iter().all(|&code| code == 1013), "{refused:?}");
+            let mut good = connect(&server, "/echo");
+            good.send(tungstenite::Message::Text("still here".into())).unwrap();
+            assert_eq!(recv(&mut good), tungstenite::Message::Text("still here".into()));
+        }
+    }
+}
+// ─── end of issue 9 items 5 and 8 ───────────────────────────────────────────────────────────
