@@ -10,6 +10,9 @@
 use libfuzzer_sys::fuzz_target;
 use wsgate_proto::mask::{self, Kernel};
 
+/// `unmask`'s signature: buffer, key, phase in; next phase out.
+type Unmask<'a> = &'a dyn Fn(&mut [u8], [u8; 4], usize) -> usize;
+
 fuzz_target!(|data: &[u8]| {
     let [k0, k1, k2, k3, phase, split, align, payload @ ..] = data else {
         return;
@@ -26,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(got, was ^ key[(phase + i) % 4], "byte {i}");
     }
 
-    let run = |f: &dyn Fn(&mut [u8], [u8; 4], usize) -> usize, name: &str| {
+    let run = |f: Unmask<'_>, name: &str| {
         // Whole, at an offset from the allocation's alignment.
         let mut buf = vec![0u8; align + payload.len()];
         buf[align..].copy_from_slice(payload);
