@@ -30,6 +30,7 @@
 
 use std::path::PathBuf;
 
+pub mod auth;
 pub mod http;
 pub mod limits;
 pub mod net;
@@ -103,6 +104,8 @@ sections! {
     http: Http,
     /// Fan-out: who may publish from /ws, slow consumers, delivery between reactors.
     pubsub: PubSub,
+    /// JWT on /ws: keys, issuer, audience, and whether a token is required.
+    auth: Auth,
 }
 
 impl Default for Config {
