@@ -1,7 +1,7 @@
 //! JWT on /ws (issue 12): which tokens open a connection, and the topics their claims let
 //! it subscribe and publish to. Keys are generated per test (HS256 secret, ES256 and
-//! Ed25519 key pairs); tokens are signed with `jsonwebtoken`, clients are tungstenite or
-//! raw HTTP where the refusal's body matters.
+//! Ed25519 key pairs) but for RSA (test-only keys in tests/keys/); tokens are signed with
+//! `jsonwebtoken`, clients are tungstenite or raw HTTP where the refusal's body matters.
 
 mod util;
 
@@ -16,6 +16,8 @@ use wsgate::config::IoBackend;
 const SECRET: &[u8] = b"a test-only HMAC secret, not used anywhere else";
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "wsgate-test";
+const RS256_PUBLIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256.pem");
+const RS256_PRIVATE: &[u8] = include_bytes!("keys/rs256-private.pem");
 
 /// Freshly generated keys, their files, and a signer for each algorithm.
 struct Keys {
@@ -46,13 +48,17 @@ impl Keys {
         self.dir.join(name).to_str().unwrap().to_owned()
     }
 
-    /// A gateway that verifies with all three keys and checks issuer and audience.
+    /// A gateway that verifies with all four keys and checks issuer and audience.
     fn server(&self, io: IoBackend, required: bool) -> TestServer {
         TestServer::start(io, |c| {
             c.auth = wsgate::config::auth::Raw {
                 auth_required: Some(required),
                 jwt_secret_file: Some(Some(self.path("secret"))),
-                jwt_public_keys: Some(vec![self.path("es256.pem"), self.path("ed25519.pem")]),
+                jwt_public_keys: Some(vec![
+                    self.path("es256.pem"),
+                    self.path("ed25519.pem"),
+                    RS256_PUBLIC.into(),
+                ]),
                 jwt_issuer: Some(Some(ISSUER.into())),
                 jwt_audience: Some(Some(AUDIENCE.into())),
             };
@@ -66,6 +72,7 @@ impl Keys {
             }
             Algorithm::ES256 => EncodingKey::from_ec_pem(self.es256_private.as_bytes()).unwrap(),
             Algorithm::EdDSA => EncodingKey::from_ed_pem(self.ed25519_private.as_bytes()).unwrap(),
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(RS256_PRIVATE).unwrap(),
             other => panic!("no test key for {other:?}"),
         };
         jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
@@ -172,15 +179,16 @@ for_each_driver! {
         let other = Keys::new(&format!("other-{io:?}"));
         let forged = other.sign(Algorithm::ES256, &claims());
         assert_unauthorized(&server, "/ws", &bearer(&forged), "bad token signature");
-        // An algorithm no configured key has: RS256 (signed with an EC key by relabelling
-        // the header of an ES256 token), and HS256 with the public key as the secret.
+        // An ES256 token relabelled: as RS256 it meets the RSA key (wrong key type), as
+        // PS256 no configured key at all.
         let es = keys.sign(Algorithm::ES256, &claims());
-        let relabelled = format!(
-            "{}.{}",
-            base64url(br#"{"alg":"RS256","typ":"JWT"}"#),
-            es.split_once('.').unwrap().1
-        );
-        assert_unauthorized(&server, "/ws", &bearer(&relabelled), "token algorithm not accepted");
+        let relabel = |alg: &str| {
+            let header = base64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+            bearer(&format!("{header}.{}", es.split_once('.').unwrap().1))
+        };
+        assert_unauthorized(&server, "/ws", &relabel("RS256"), "bad token signature");
+        assert_unauthorized(&server, "/ws", &relabel("PS256"), "token algorithm not accepted");
+        // HS256 with the public key as the secret: only the secret file verifies HMAC.
         let confused = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims(),
@@ -196,7 +204,7 @@ for_each_driver! {
         assert_unauthorized(&server, "/ws", &hs(without(claims(), "aud")), "wrong token audience");
         assert_unauthorized(&server, "/ws", &hs(with(claims(), "iss", json!("https://evil.test"))), "wrong token issuer");
         assert_unauthorized(&server, "/ws", &hs(without(claims(), "iss")), "wrong token issuer");
-        assert_eq!(auth_failures(&server), 15);
+        assert_eq!(auth_failures(&server), 16);
         // Through tungstenite too: a plain refusal, no upgrade.
         match try_connect(&server, "/ws", |_| {}) {
             Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
@@ -209,7 +217,8 @@ for_each_driver! {
     fn valid_tokens_upgrade_by_header_or_query(io: IoBackend) {
         let keys = Keys::new(&format!("valid-{io:?}"));
         let server = keys.server(io, true);
-        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512, Algorithm::ES256, Algorithm::EdDSA] {
+        let algs = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512, Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
+        for alg in algs {
             let token = keys.sign(alg, &claims());
             let mut ws = connect_bearer(&server, "/ws", &token);
             send(&mut ws, json!({"op": "subscribe", "topic": "news.a", "id": 1}));

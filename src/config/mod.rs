@@ -223,6 +223,10 @@ mod tests {
         assert_eq!(c.http.publish_token, None);
         assert_eq!(c.pubsub.slow_consumer, SlowConsumerPolicy::Close);
         assert_eq!(c.pubsub.write_delay, Duration::ZERO);
+        assert!(
+            !c.auth.auth_required && c.auth.verifier.is_none(),
+            "no auth"
+        );
     }
 
     #[test]
