@@ -17,6 +17,7 @@
 //! ```
 
 pub mod app;
+pub mod auth;
 pub mod broadcast;
 pub mod buf;
 pub mod config;

@@ -44,6 +44,8 @@ pub struct ReactorMetrics {
     pub buffered_bytes: AtomicU64,
     /// Connections closed with 1013 because the budget for partial messages was spent.
     pub over_budget_closes: AtomicU64,
+    /// /ws upgrades refused with 401: a missing or bad token.
+    pub auth_failures: AtomicU64,
     /// Publish-to-write latency in microseconds, folded in by the reactor at each sweep.
     pub latency_us: Mutex<Histogram<u64>>,
 }
@@ -66,6 +68,7 @@ impl Default for ReactorMetrics {
             slow_consumer_closes: AtomicU64::new(0),
             buffered_bytes: AtomicU64::new(0),
             over_budget_closes: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             latency_us: Mutex::new(new_histogram()),
         }
     }
@@ -232,6 +235,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Connections closed with 1013: the memory for partial messages was spent.",
         &get(|m| &m.over_budget_closes),
+    );
+    per_reactor(
+        &mut out,
+        "auth_failures_total",
+        "counter",
+        "/ws upgrades refused with 401: a missing or bad token.",
+        &get(|m| &m.auth_failures),
     );
     per_reactor(
         &mut out,

@@ -27,6 +27,10 @@ fn bad_settings_exit_2_naming_the_setting() {
     fails_with(&["serve", "--max-frame-size", "0"], "max_frame_size");
     fails_with(&["serve", "--slow-consumer", "explode"], "slow-consumer");
     fails_with(&["serve", "--no-such-flag"], "no-such-flag");
+    fails_with(
+        &["serve", "--jwt-public-keys", "/nonexistent/wsgate-key.pem"],
+        "`jwt_public_keys`: /nonexistent/wsgate-key.pem: No such file",
+    );
     let dir = std::env::temp_dir().join(format!("wsgate-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");

@@ -1,11 +1,15 @@
 //! The plain-HTTP side endpoints: `/healthz`, `/metrics`, `POST /publish/{topic}`, and
-//! the `?subscribe=` query of a `/ws` upgrade.
+//! what a `/ws` upgrade asks for: its token (`Authorization: Bearer` or `?token=`) and
+//! its `?subscribe=` query.
+
+use std::sync::Arc;
 
 use wsgate_proto::handshake::{HttpError, Method, Request};
 use wsgate_proto::outgoing::http_response;
 
 use super::control::ErrorCode;
 use super::{json, Route, Session};
+use crate::auth::{AuthError, Permissions};
 use crate::broadcast;
 use crate::config::Config;
 use crate::metrics;
@@ -113,22 +117,71 @@ fn published(topic: &str, keep_alive: bool) -> Vec<u8> {
     http_response(202, "application/json", &[], body.as_bytes(), keep_alive)
 }
 
-/// Topics from `?subscribe=a,b` on a /ws upgrade, checked; a bad one refuses the upgrade.
-pub fn subscribe_query(req: &Request, config: &Config) -> Result<Vec<String>, HttpError> {
-    let Some(query) = &req.query else {
-        return Ok(Vec::new());
+/// A refused /ws token: 401 with the reason (RFC 6750 §3.1).
+pub fn unauthorized(err: AuthError) -> HttpError {
+    HttpError::new(401, err.reason())
+        .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+}
+
+/// The permissions of a /ws upgrade's token, from `Authorization: Bearer` or else
+/// `?token=` (another `Authorization` scheme is ignored): `None` when no token is given
+/// and none is required. The token is never logged.
+pub fn authorize(
+    req: &Request,
+    config: &Config,
+    now: u64,
+) -> Result<Option<Arc<Permissions>>, AuthError> {
+    let from_query;
+    let token = match req.authorization.as_deref().and_then(bearer_token) {
+        Some(token) => Some(token),
+        None => {
+            from_query = query_values(req, "token").next().map(percent_decode);
+            match &from_query {
+                Some(decoded) => Some(decoded.as_deref().ok_or(AuthError::Malformed)?),
+                None => None,
+            }
+        }
     };
+    let auth = &config.auth;
+    match (token, &auth.verifier) {
+        (None, _) if auth.auth_required => Err(AuthError::Missing),
+        (None, _) => Ok(None),
+        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?.permissions)),
+        // A token where no key is configured cannot be checked.
+        (Some(_), None) => Err(AuthError::Algorithm),
+    }
+}
+
+/// The raw values of `name=` in the request's query.
+fn query_values<'r>(req: &'r Request, name: &'r str) -> impl Iterator<Item = &'r str> {
+    req.query
+        .as_deref()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Topics from `?subscribe=a,b` on a /ws upgrade, checked; a bad one refuses the upgrade,
+/// as does one outside the token's `permissions` (403).
+pub fn subscribe_query(
+    req: &Request,
+    config: &Config,
+    permissions: Option<&Permissions>,
+) -> Result<Vec<String>, HttpError> {
     let mut topics = Vec::new();
-    for pair in query.split('&') {
-        let Some(list) = pair.strip_prefix("subscribe=") else {
-            continue;
-        };
+    for list in query_values(req, "subscribe") {
         let list =
             percent_decode(list).ok_or(HttpError::new(400, "subscribe list is badly escaped"))?;
         for topic in list.split(',').filter(|t| !t.is_empty()) {
             broadcast::check_topic(topic, config.limits.max_topic_len).map_err(|reason| {
                 HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str())
             })?;
+            if permissions.is_some_and(|p| !p.may_subscribe(topic)) {
+                return Err(HttpError::new(
+                    403,
+                    "subscribing to this topic is not allowed",
+                ));
+            }
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
             }

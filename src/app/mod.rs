@@ -13,6 +13,7 @@ pub mod pubsub;
 use wsgate_proto::handshake::Request;
 use wsgate_proto::OpCode;
 
+use crate::auth::Permissions;
 use crate::config::Config;
 use crate::shared::Shared;
 
@@ -31,6 +32,9 @@ pub trait Session {
 
     /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
     fn publish(&mut self, topic: &str, data: &[u8]);
+
+    /// The topic permissions of the connection's token; `None` without a token.
+    fn permissions(&self) -> Option<&Permissions>;
 
     /// Whether the server is draining (side endpoints answer differently).
     fn draining(&self) -> bool;

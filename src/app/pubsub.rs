@@ -34,6 +34,16 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
     match c.op {
         Op::Subscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
+            if session
+                .permissions()
+                .is_some_and(|p| !p.may_subscribe(&topic))
+            {
+                return Err(ControlError::new(
+                    c.id,
+                    ErrorCode::Forbidden,
+                    "subscribing to this topic is not allowed",
+                ));
+            }
             session
                 .subscribe(&topic)
                 .map_err(|SubscribeError::TooMany| {
@@ -50,7 +60,12 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
         }
         Op::Publish { topic, data } => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
-            if !broadcast::topic_allowed(&topic, &config.pubsub.client_publish) {
+            // A token's `publish` patterns replace `client_publish` for its connection.
+            let allowed = match session.permissions() {
+                Some(p) => p.may_publish(&topic),
+                None => broadcast::topic_allowed(&topic, &config.pubsub.client_publish),
+            };
+            if !allowed {
                 return Err(ControlError::new(
                     c.id,
                     ErrorCode::Forbidden,

@@ -30,6 +30,7 @@
 
 use std::path::PathBuf;
 
+pub mod auth;
 pub mod http;
 pub mod limits;
 pub mod net;
@@ -103,6 +104,8 @@ sections! {
     http: Http,
     /// Fan-out: who may publish from /ws, slow consumers, delivery between reactors.
     pubsub: PubSub,
+    /// JWT on /ws: keys, issuer, audience, and whether a token is required.
+    auth: Auth,
 }
 
 impl Default for Config {
@@ -220,6 +223,10 @@ mod tests {
         assert_eq!(c.http.publish_token, None);
         assert_eq!(c.pubsub.slow_consumer, SlowConsumerPolicy::Close);
         assert_eq!(c.pubsub.write_delay, Duration::ZERO);
+        assert!(
+            !c.auth.auth_required && c.auth.verifier.is_none(),
+            "no auth"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::mem;
 use std::ops::{Index, IndexMut};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use wsgate_proto::{CloseCode, Connection, OutQueue};
@@ -20,6 +21,7 @@ use wsgate_proto::{CloseCode, Connection, OutQueue};
 use super::request::ChunkedBody;
 use super::{limits, Core};
 use crate::app::Route;
+use crate::auth::Permissions;
 use crate::broadcast::TopicId;
 use crate::driver::ConnId;
 use crate::metrics::ReactorMetrics;
@@ -45,11 +47,13 @@ pub(super) enum Phase {
         chunked: Option<Box<ChunkedBody>>,
         deadline: Instant,
     },
-    /// `subs` is empty except on /ws.
+    /// `subs` is empty except on /ws; `permissions` are those of the /ws token, if any
+    /// (shared with every connection holding the same sets: one pointer here).
     WebSocket {
         ws: Connection,
         route: Route,
         subs: Subs,
+        permissions: Option<Arc<Permissions>>,
     },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
     Closing { deadline: Instant, fin_sent: bool },

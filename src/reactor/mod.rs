@@ -31,6 +31,7 @@ use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
 use crate::app::{self, Route, Session, SubscribeError};
+use crate::auth::Permissions;
 use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
@@ -408,6 +409,13 @@ impl Session for Ctx<'_> {
 
     fn publish(&mut self, topic: &str, data: &[u8]) {
         self.core.publish(topic, data);
+    }
+
+    fn permissions(&self) -> Option<&Permissions> {
+        match &self.core.conns[self.id].phase {
+            Phase::WebSocket { permissions, .. } => permissions.as_deref(),
+            _ => None,
+        }
     }
 
     fn draining(&self) -> bool {

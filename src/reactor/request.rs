@@ -11,6 +11,7 @@ use wsgate_proto::Connection;
 use super::conn::{Admission, Phase, Subs};
 use super::{Core, Ctx};
 use crate::app::{self, Route};
+use crate::auth;
 use crate::driver::ConnId;
 use crate::metrics::ReactorMetrics;
 
@@ -157,24 +158,30 @@ impl Core {
             subprotocols: &config.http.subprotocols,
             allowed_origins: config.http.allowed_origins.as_deref(),
         };
+        let mut auth_failed = false;
         let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
-            let topics = if route == Route::PubSub {
-                app::endpoints::subscribe_query(req, config)?
-            } else {
-                Vec::new()
-            };
-            Ok((upgrade, topics))
+            if route != Route::PubSub {
+                return Ok((upgrade, None, Vec::new()));
+            }
+            let permissions =
+                app::endpoints::authorize(req, config, auth::unix_now()).map_err(|err| {
+                    auth_failed = true;
+                    app::endpoints::unauthorized(err)
+                })?;
+            let topics = app::endpoints::subscribe_query(req, config, permissions.as_deref())?;
+            Ok((upgrade, permissions, topics))
         });
         let metrics = &self.shared.metrics[self.index];
         let conn = &mut self.conns[id];
         match checked {
-            Ok((upgrade, topics)) => {
+            Ok((upgrade, permissions, topics)) => {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.phase = Phase::WebSocket {
                     ws: Connection::server(self.now),
                     route,
                     subs: Subs::new(),
+                    permissions,
                 };
                 for topic in &topics {
                     // Within the limit: `subscribe_query` checked the count.
@@ -185,6 +192,9 @@ impl Core {
             }
             Err(err) => {
                 ReactorMetrics::add(&metrics.handshakes_rejected, 1);
+                if auth_failed {
+                    ReactorMetrics::add(&metrics.auth_failures, 1);
+                }
                 conn.out.push(err.response().into());
                 Next::Close
             }
