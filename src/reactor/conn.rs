@@ -32,6 +32,9 @@ pub(super) struct Conn {
     pub out: OutQueue,
     pub transport: Transport,
     pub phase: Phase,
+    /// The WebSocket's route once upgraded (`NotFound` before). Kept out of `Phase` so
+    /// that its WebSocket variant stays within 128 bytes.
+    pub route: Route,
     pub send: Send,
     pub recv: Recv,
     pub scheduled: Scheduled,
@@ -51,7 +54,6 @@ pub(super) enum Phase {
     /// (shared with every connection holding the same sets: one pointer here).
     WebSocket {
         ws: Connection,
-        route: Route,
         subs: Subs,
         permissions: Option<Arc<Permissions>>,
     },
@@ -199,6 +201,7 @@ impl Core {
                 recv: Recv::On,
                 scheduled: Scheduled::No,
                 admission,
+                route: Route::NotFound,
             },
         );
     }
@@ -303,10 +306,10 @@ impl Core {
                     chunked: None,
                     ..
                 } if head.is_empty() => idle.push(id),
-                Phase::WebSocket { ws, route, .. } => {
+                Phase::WebSocket { ws, .. } => {
                     ws.close(
                         now,
-                        limits(&self.shared, *route),
+                        limits(&self.shared, conn.route),
                         CloseCode::GOING_AWAY,
                         "server shutting down",
                         &mut conn.out,
@@ -338,9 +341,9 @@ impl Core {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
-                Phase::WebSocket { ws, route, .. } => {
+                Phase::WebSocket { ws, .. } => {
                     ws.release_idle();
-                    let limits = limits(&self.shared, *route);
+                    let limits = limits(&self.shared, conn.route);
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);
                         due.push((id, ws.is_closed()));

@@ -302,10 +302,10 @@ impl Core {
         let mut events = mem::take(&mut self.events);
         while !bytes.is_empty() {
             let conn = &mut self.conns[id];
-            let Phase::WebSocket { ws, route, .. } = &mut conn.phase else {
+            let Phase::WebSocket { ws, .. } = &mut conn.phase else {
                 break;
             };
-            let route = *route;
+            let route = conn.route;
             let limits = limits(&self.shared, route);
             let n = ws.handle_bytes(
                 self.now,

@@ -177,9 +177,9 @@ impl Core {
             Ok((upgrade, permissions, topics)) => {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
+                conn.route = route;
                 conn.phase = Phase::WebSocket {
                     ws: Connection::server(self.now),
-                    route,
                     subs: Subs::new(),
                     permissions,
                 };

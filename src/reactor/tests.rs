@@ -425,7 +425,7 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 216, "{slot} bytes");
+    assert!(slot <= 208, "{slot} bytes");
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
 
