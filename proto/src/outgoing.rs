@@ -13,7 +13,6 @@ use std::io::Write as _;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::close::{self, CloseCode};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Length of an unmasked (server) frame header for a payload of `len` bytes.
@@ -49,11 +48,6 @@ pub fn frame_from_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
         out.put_slice(part);
     }
     out.freeze()
-}
-
-/// A close frame with `code` and `reason` (RFC 6455 §5.5.1).
-pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
-    frame(OpCode::Close, &close::encode_payload(code, reason))
 }
 
 /// A message encoded once for many receivers (a broadcast).
