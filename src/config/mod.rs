@@ -31,6 +31,7 @@
 use std::path::PathBuf;
 
 pub mod auth;
+pub mod deflate;
 pub mod http;
 pub mod limits;
 pub mod net;
@@ -106,6 +107,8 @@ sections! {
     pubsub: PubSub,
     /// JWT on /ws: keys, issuer, audience, and whether a token is required.
     auth: Auth,
+    /// permessage-deflate: on or off, compression level, minimum size.
+    deflate: Deflate,
 }
 
 impl Default for Config {
