@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-tools="$(cd ../shared/tools/autobahn && pwd)"
+tools="${AUTOBAHN_TOOLS:-$(cd ../shared/tools/autobahn && pwd)}"
 cases="${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*}"
 io="${WSGATE_IO:-auto}"
 out="target/autobahn/$io"
