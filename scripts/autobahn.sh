@@ -16,7 +16,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 tools="${AUTOBAHN_TOOLS:-$(cd ../shared/tools/autobahn && pwd)}"
 export AUTOBAHN_TOOLS="$tools"
-cases="${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*.[1-8],13.*.[1-8]}"
+# Cases 1 to 8 of each compression part, listed: the runner's patterns know only `*`.
+deflate_cases="$(printf '%s,' 12.{1..5}.{1..8} 13.{1..7}.{1..8})"
+cases="${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,${deflate_cases%,}}"
 io="${WSGATE_IO:-auto}"
 out="target/autobahn/$io"
 expected="autobahn/expected-results.json"

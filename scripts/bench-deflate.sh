@@ -6,14 +6,19 @@
 #   bun-on       Bun's server.publish(topic, msg, compress=true), perMessageDeflate: true,
 #                same loadgen with --deflate (raw dialect: every message is broadcast)
 # and idle memory per connection with and without deflate (5,000 subscribers).
-# Prints server CPU ns per delivery (utime+stime over the window / deliveries the loadgen
-# received), wire bytes per delivery, p50/p99, and the medians. Results in bench-results/.
+# Prints server CPU ns per delivery (utime+stime over the window / the server's own count of
+# deliveries over the same window: wsgate_deliveries_total, which scripts/bun-broadcast.js
+# imitates), wire bytes per delivery (from the loadgen's wire/payload ratio), p50/p99 (the
+# loadgen's, in the window), and the medians. Results in bench-results/.
 #
-# usage: scripts/bench-deflate.sh      env: ROUNDS (3), BENCH_SECS (10), WSGATE_IO (epoll)
+# usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (1000), WSGATE_IO (epoll)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rounds="${ROUNDS:-3}"
+# Publishes per second. The issue asks for 1,000 (1 GB/s of 1 KiB deliveries): on 2 shared
+# cores one loadgen thread cannot read, let alone inflate, that much; 100 is what it can.
+rate="${RATE:-1000}"
 secs="${BENCH_SECS:-10}"
 io="${WSGATE_IO:-epoll}"
 warm=3
@@ -32,6 +37,7 @@ ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+deliveries() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliveries_total/ {s += $2} END {print s + 0}'; }
 wait_healthy() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done; echo "server did not start" >&2; exit 1; }
 
 start() { # kind
@@ -53,25 +59,27 @@ run() { # name kind [loadgen args...]
   local url="ws://127.0.0.1:$port/ws" dialect=wsgate
   [[ $kind == bun ]] && { url="ws://127.0.0.1:$port/"; dialect=raw; }
   taskset -c 1 "$lg" fanout --url "$url" --dialect "$dialect" --subscribers 1000 --publishers 1 \
-    --rate 1000 --size 1024 --threads 1 --connect-rate 20000 --warmup "${warm}s" \
+    --rate "$rate" --size 1024 --threads 1 --connect-rate 20000 --warmup "${warm}s" \
     --duration "${secs}s" --quiet --json "$results/$name.json" "$@" >"$results/$name.txt" 2>&1 &
   local load=$!
   pids+=("$load")
   sleep $((warm + 2))
-  local c0 c1
-  c0=$(cpu_ticks "$server")
+  local c0 c1 d0 d1
+  c0=$(cpu_ticks "$server"); d0=$(deliveries "$port")
   sleep $((secs - 2))
-  c1=$(cpu_ticks "$server")
+  c1=$(cpu_ticks "$server"); d1=$(deliveries "$port")
   wait "$load" || true
   kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true
-  python3 - "$results" "$name" "$c0" "$c1" "$tick" "$((secs - 2))" <<'PY'
+  python3 - "$results" "$name" "$c0" "$c1" "$d0" "$d1" "$tick" "$((secs - 2))" <<'PY'
 import json, sys
-results, name, c0, c1, tick, window = sys.argv[1:]
+results, name, c0, c1, d0, d1, tick, window = sys.argv[1:]
 c = json.load(open(f"{results}/{name}.json"))
-per_s = c["rate_per_s"]
-ns = (int(c1) - int(c0)) * 1e9 / int(tick) / (per_s * int(window)) if per_s else float("nan")
-wire = c["wire_bytes_in"] / max(c["received"], 1)
-payload = c["payload_bytes_in"] / max(c["received"], 1)
+dd = int(d1) - int(d0)
+ns = (int(c1) - int(c0)) * 1e9 / int(tick) / dd if dd > 0 else 0
+per_s = dd / int(window)
+# A delivery's payload: measured when deliveries arrived in the window, else Bun's raw 1 KiB.
+payload = c["payload_bytes_in"] / c["received"] if c["received"] else 1024
+wire = payload * c["wire_bytes_in"] / max(c["payload_bytes_in"], 1)
 row = {"run": name, "deliveries_per_s": round(per_s), "server_ns_per_delivery": round(ns),
        "wire_bytes_per_delivery": round(wire), "payload_bytes_per_delivery": round(payload),
        "p50_ms": c["latency_us"]["p50"] / 1e3, "p99_ms": c["latency_us"]["p99"] / 1e3,
