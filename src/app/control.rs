@@ -54,6 +54,8 @@ pub enum ErrorCode {
     Forbidden,
     /// `data` over `max_publish_bytes`.
     TooLarge,
+    /// Over a rate limit (messages, bytes or subscription ops per second).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -67,6 +69,7 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::Forbidden => "forbidden",
             Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -335,6 +338,7 @@ mod tests {
             (ErrorCode::TooManySubscriptions, "too_many_subscriptions"),
             (ErrorCode::Forbidden, "forbidden"),
             (ErrorCode::TooLarge, "too_large"),
+            (ErrorCode::RateLimited, "rate_limited"),
         ];
         for (code, wire) in codes {
             assert_eq!(code.as_str(), wire);

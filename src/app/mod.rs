@@ -28,7 +28,7 @@ pub trait Session {
     /// Subscribes this connection to `topic` (a valid name).
     fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
 
-    fn unsubscribe(&mut self, topic: &str);
+    fn unsubscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
 
     /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
     fn publish(&mut self, topic: &str, data: &[u8]);
@@ -45,6 +45,8 @@ pub trait Session {
 pub enum SubscribeError {
     #[error("subscription limit reached")]
     TooMany,
+    #[error("too many subscribe and unsubscribe ops; slow down")]
+    RateLimited,
 }
 
 /// What a request asks for.

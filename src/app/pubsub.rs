@@ -46,17 +46,13 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
             }
             session
                 .subscribe(&topic)
-                .map_err(|SubscribeError::TooMany| {
-                    ControlError::new(
-                        c.id.clone(),
-                        ErrorCode::TooManySubscriptions,
-                        "subscription limit reached",
-                    )
-                })?;
+                .map_err(|e| refused(c.id.clone(), e))?;
         }
         Op::Unsubscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
-            session.unsubscribe(&topic);
+            session
+                .unsubscribe(&topic)
+                .map_err(|e| refused(c.id.clone(), e))?;
         }
         Op::Publish { topic, data } => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
@@ -90,4 +86,20 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
         session.send(OpCode::Text, &control::ok(Some(request)));
     }
     Ok(())
+}
+
+/// The `error` reply to a refused subscribe or unsubscribe.
+fn refused(id: Option<String>, err: SubscribeError) -> ControlError {
+    match err {
+        SubscribeError::TooMany => ControlError::new(
+            id,
+            ErrorCode::TooManySubscriptions,
+            "subscription limit reached",
+        ),
+        SubscribeError::RateLimited => ControlError::new(
+            id,
+            ErrorCode::RateLimited,
+            "too many subscribe and unsubscribe ops; slow down",
+        ),
+    }
 }

@@ -24,6 +24,7 @@ use crate::app::Route;
 use crate::auth::Permissions;
 use crate::broadcast::TopicId;
 use crate::driver::ConnId;
+use crate::limits::Meter;
 use crate::metrics::ReactorMetrics;
 use crate::transport::Transport;
 
@@ -40,6 +41,8 @@ pub(super) struct Conn {
     pub scheduled: Scheduled,
     /// Accepted over `max_connections`: the request gets 503.
     pub admission: Admission,
+    /// Rate buckets of a /ws connection (`[rate]` settings; 16 bytes).
+    pub meter: Meter,
 }
 
 pub(super) enum Phase {
@@ -202,6 +205,7 @@ impl Core {
                 scheduled: Scheduled::No,
                 admission,
                 route: Route::NotFound,
+                meter: Meter::new(self.micros()),
             },
         );
     }
@@ -331,12 +335,14 @@ impl Core {
     pub(super) fn sweep(&mut self) {
         self.fold_latency();
         let now = self.now;
+        let now_us = self.micros();
         let mut due = Vec::new();
         let mut timed_out = Vec::new();
         let mut expired = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
+            conn.meter.settle(now_us);
             match &mut conn.phase {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.

@@ -30,14 +30,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
+use crate::app::control::{self, ControlError, ErrorCode};
 use crate::app::{self, Route, Session, SubscribeError};
 use crate::auth::Permissions;
 use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
+use crate::limits::{self as rate, Verdict};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use conn::{Conns, Phase, Recv, Scheduled, Send};
-use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
+use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
 pub struct Reactor<D: Driver> {
@@ -71,6 +73,8 @@ struct Core {
     tick: Duration,
     next_sweep: Instant,
     now: Instant,
+    /// When the reactor started: the origin of its connections' rate buckets.
+    epoch: Instant,
 }
 
 impl<D: Driver> Reactor<D> {
@@ -116,6 +120,7 @@ impl<D: Driver> Reactor<D> {
             tick,
             next_sweep: now + tick,
             now,
+            epoch: now,
         };
         Self {
             driver,
@@ -299,8 +304,9 @@ impl Core {
 
     fn on_frame_bytes(&mut self, id: ConnId, mut bytes: &mut [u8]) {
         let mut messages = 0;
+        let mut over_rate = false;
         let mut events = mem::take(&mut self.events);
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !over_rate {
             let conn = &mut self.conns[id];
             let Phase::WebSocket { ws, .. } = &mut conn.phase else {
                 break;
@@ -320,7 +326,13 @@ impl Core {
                 match event {
                     Event::Message { opcode, data } => {
                         messages += 1;
-                        app::on_message(route, &mut Ctx { core: self, id }, opcode, data);
+                        match self.meter_message(id, route, data.len()) {
+                            Verdict::Pass => {
+                                app::on_message(route, &mut Ctx { core: self, id }, opcode, data)
+                            }
+                            Verdict::Refuse => {}
+                            Verdict::Close => over_rate = true,
+                        }
                     }
                     Event::PeerClosed(_) => {}
                     Event::Failed(ProtocolError::OverBudget) => {
@@ -341,10 +353,51 @@ impl Core {
             .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
         let conn = &self.conns[id];
         match &conn.phase {
-            Phase::WebSocket { ws, .. } if ws.is_closed() => self.begin_closing(id),
+            // Past the rate limit: what the client still sends is read and dropped.
+            Phase::WebSocket { ws, .. } if ws.is_closed() || over_rate => self.begin_closing(id),
             _ if !conn.out.is_empty() => self.schedule(id),
             _ => {}
         }
+    }
+
+    /// The reactor's time in its connections' rate buckets.
+    fn micros(&self) -> u32 {
+        rate::micros(self.now, self.epoch)
+    }
+
+    /// Charges a message to a /ws connection's meter. Refused: answered `rate_limited`
+    /// (without the request's id: the message is not parsed); past `max_rate_limited`
+    /// refusals in a row, closed with 1008.
+    fn meter_message(&mut self, id: ConnId, route: Route, len: usize) -> Verdict {
+        if route != Route::PubSub {
+            return Verdict::Pass;
+        }
+        let now_us = self.micros();
+        let conn = &mut self.conns[id];
+        let verdict = conn.meter.message(&self.shared.config.rate, now_us, len);
+        let Phase::WebSocket { ws, .. } = &mut conn.phase else {
+            return verdict;
+        };
+        let metrics = &self.shared.metrics[self.index];
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::Refuse => {
+                ReactorMetrics::add(&metrics.messages_rate_limited, 1);
+                let err = ControlError::new(
+                    None,
+                    ErrorCode::RateLimited,
+                    "message rate limit exceeded; slow down",
+                );
+                ws.send_message(OpCode::Text, &control::error(&err), &mut conn.out);
+            }
+            Verdict::Close => {
+                ReactorMetrics::add(&metrics.rate_limit_closes, 1);
+                let limits = &self.shared.config.limits.pubsub;
+                let reason = "rate limit exceeded";
+                ws.close(self.now, limits, CloseCode::POLICY, reason, &mut conn.out);
+            }
+        }
+        verdict
     }
 
     /// Publish-to-write latency of this turn's deliveries (their frames were just handed
@@ -387,6 +440,20 @@ struct Ctx<'a> {
     id: ConnId,
 }
 
+impl Ctx<'_> {
+    /// Charges a subscribe or unsubscribe op to the connection's meter.
+    fn meter_op(&mut self) -> Result<(), SubscribeError> {
+        let now_us = self.core.micros();
+        let conn = &mut self.core.conns[self.id];
+        if conn.meter.op(&self.core.shared.config.rate, now_us) {
+            return Ok(());
+        }
+        let metrics = &self.core.shared.metrics[self.core.index];
+        ReactorMetrics::add(&metrics.ops_rate_limited, 1);
+        Err(SubscribeError::RateLimited)
+    }
+}
+
 impl Session for Ctx<'_> {
     fn shared(&self) -> &Shared {
         &self.core.shared
@@ -400,11 +467,14 @@ impl Session for Ctx<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        self.meter_op()?;
         self.core.subscribe(self.id, topic)
     }
 
-    fn unsubscribe(&mut self, topic: &str) {
+    fn unsubscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        self.meter_op()?;
         self.core.unsubscribe(self.id, topic);
+        Ok(())
     }
 
     fn publish(&mut self, topic: &str, data: &[u8]) {

@@ -419,13 +419,14 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (216 bytes, 8 of them the pointer to a /ws token's shared permissions: the
-/// idle-memory target is under 300 bytes of RSS per connection with the
+/// slot small (224 bytes: 8 of them the pointer to a /ws token's shared permissions, 16 the
+/// rate meter; the idle-memory target is under 300 bytes of RSS per connection with the
 /// driver's own per-connection state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 208, "{slot} bytes");
+    assert!(slot <= 224, "{slot} bytes");
+    assert_eq!(std::mem::size_of::<crate::limits::Meter>(), 16);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
 
@@ -490,4 +491,96 @@ fn write_delay_holds_deliveries_but_not_replies() {
         [r#"{"topic":"t","data":2}"#],
         "out once the delay is up"
     );
+}
+
+/// Issue 12: a /ws client over its message rate gets `rate_limited` replies, and is closed
+/// with 1008 when it keeps going; its neighbour on the same reactor loses nothing.
+#[test]
+fn a_flooding_client_is_limited_then_closed_and_its_neighbour_unaffected() {
+    let mut h = Harness::new(|c| {
+        c.pubsub.client_publish = vec!["*".into()];
+        c.rate.messages = crate::limits::Rate::new(10, 3);
+        c.rate.max_rate_limited = 2;
+    });
+    let neighbour = subscribe(&mut h, "t");
+    let flooder = h.websocket("/ws");
+    for i in 0..6 {
+        h.send_text(
+            flooder,
+            &format!(r#"{{"op":"publish","topic":"t","data":{i}}}"#),
+        );
+    }
+    h.send_text(neighbour, r#"{"op":"subscribe","topic":"u","id":7}"#);
+    h.turn();
+    h.turn();
+    let frames = h.frames(flooder);
+    let limited = r#"{"op":"error","code":"rate_limited","message":"message rate limit exceeded; slow down"}"#;
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[0], (OpCode::Text, limited.as_bytes().to_vec()));
+    assert_eq!(frames[1], (OpCode::Text, limited.as_bytes().to_vec()));
+    assert_eq!(frames[2].0, OpCode::Close);
+    assert_eq!(close_code(&frames[2].1), 1008);
+    assert_eq!(&frames[2].1[2..], b"rate limit exceeded");
+    assert_eq!(
+        h.texts(neighbour),
+        [
+            r#"{"topic":"t","data":0}"#,
+            r#"{"topic":"t","data":1}"#,
+            r#"{"topic":"t","data":2}"#,
+            r#"{"op":"ok","id":7}"#,
+        ]
+    );
+    assert_eq!(ReactorMetrics::get(&h.metrics().messages_rate_limited), 2);
+    assert_eq!(ReactorMetrics::get(&h.metrics().rate_limit_closes), 1);
+    // What the flooder sends after the close is dropped unread.
+    h.send_text(flooder, r#"{"op":"publish","topic":"t","data":9}"#);
+    h.turn();
+    assert!(h.net.fin(flooder), "FIN after the close frame");
+    assert!(h.texts(neighbour).is_empty());
+}
+
+/// Back under the rate, a client's messages pass again and its refusals are forgotten.
+#[test]
+fn the_message_rate_refills_with_the_clock() {
+    let mut h = Harness::new(|c| {
+        c.rate.messages = crate::limits::Rate::new(10, 1);
+        c.rate.max_rate_limited = 1;
+    });
+    let id = h.websocket("/ws");
+    let op = |i: u32| format!(r#"{{"op":"subscribe","topic":"t{i}","id":{i}}}"#);
+    for i in 0..10 {
+        h.send_text(id, &op(2 * i));
+        h.send_text(id, &op(2 * i + 1));
+        h.turn();
+        let texts = h.texts(id);
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts[0], format!(r#"{{"op":"ok","id":{}}}"#, 2 * i));
+        assert!(texts[1].contains("rate_limited"), "{texts:?}");
+        h.advance(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn subscribe_ops_are_rate_limited_with_their_id() {
+    let mut h = Harness::new(|c| c.rate.subscribe_ops = crate::limits::Rate::new(2, 2));
+    let id = h.websocket("/ws?subscribe=a,b,c");
+    h.send_text(id, r#"{"op":"subscribe","topic":"x","id":1}"#);
+    h.send_text(id, r#"{"op":"unsubscribe","topic":"a","id":2}"#);
+    h.send_text(id, r#"{"op":"subscribe","topic":"y","id":3}"#);
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"ok","id":1}"#,
+            r#"{"op":"ok","id":2}"#,
+            r#"{"op":"error","id":3,"code":"rate_limited","message":"too many subscribe and unsubscribe ops; slow down"}"#,
+        ],
+        "?subscribe= at the upgrade is not charged"
+    );
+    assert!(h.reactor.core.topics.find("y").is_none());
+    assert_eq!(ReactorMetrics::get(&h.metrics().ops_rate_limited), 1);
+    h.advance(Duration::from_millis(500));
+    h.send_text(id, r#"{"op":"subscribe","topic":"y","id":4}"#);
+    h.turn();
+    assert_eq!(h.texts(id), [r#"{"op":"ok","id":4}"#]);
 }
