@@ -186,13 +186,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Seconds for `Retry-After`: at least 1.
-    pub fn retry_after(self) -> u64 {
+    /// Seconds for `Retry-After`: at least 1, at most 10 (with bursts of one second's
+    /// worth and rates of at least 1 per second, a bucket always has room within 1 s).
+    pub fn retry_after(self) -> u8 {
         match self {
             Self::TooMany => 1,
-            Self::TooFast(wait) => wait.as_micros().div_ceil(1_000_000).max(1) as u64,
+            Self::TooFast(wait) => wait.as_micros().div_ceil(1_000_000).clamp(1, 10) as u8,
         }
     }
+}
+
+/// The `Retry-After` header value for `seconds` (1 to 10).
+pub fn retry_after_header(seconds: u8) -> &'static str {
+    const VALUES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    VALUES[usize::from(seconds.clamp(1, 10)) - 1]
 }
 
 /// Per-key state in a [`Table`]: open connections, and the rate bucket's instant in

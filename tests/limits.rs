@@ -33,6 +33,17 @@ fn total(
         .sum()
 }
 
+/// Asserts `response` is the per-IP 429: `Retry-After: 1` and the JSON error body.
+fn assert_client_limited(response: &Response) {
+    assert_eq!(response.status, 429, "{}", response.body_text());
+    assert_eq!(response.header("retry-after"), Some("1"));
+    let body: Value = serde_json::from_slice(&response.body).expect("JSON body");
+    assert_eq!(
+        body,
+        json!({"error": "rate_limited", "message": "too many connections from this address"})
+    );
+}
+
 for_each_driver! {
     fn a_flooding_client_is_closed_and_its_neighbour_loses_nothing(io: IoBackend) {
         let server = TestServer::start(io, |c| {
@@ -83,5 +94,38 @@ for_each_driver! {
         assert_eq!(total(&server, |m| &m.rate_limit_closes), 1);
         let metrics = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body_text();
         assert!(metrics.contains("wsgate_rate_limit_closes_total{reactor=\"0\"} 1\n"), "{metrics}");
+    }
+
+    fn connections_per_ip_are_limited_and_closing_frees_a_slot(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.rate.max_connections_per_ip = Some(2));
+        let first = connect(&server, "/ws");
+        let mut second = connect(&server, "/echo");
+        // The third, before its upgrade, and a plain request alike.
+        assert_client_limited(&http(&server, &upgrade_request("/ws", "")));
+        assert_client_limited(&http(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(try_connect(&server, "/ws", |_| {}).is_err());
+        // The two admitted are unaffected.
+        second.send(Message::Text("still here".into())).unwrap();
+        assert_eq!(recv(&mut second), Message::Text("still here".into()));
+        // Closing one frees its slot once the server has let the connection go.
+        drop(first);
+        wait_until("the closed connection to be released", || {
+            server.open_connections() == 1
+        });
+        let third = connect(&server, "/ws");
+        assert_eq!(server.server().shared().clients.len(), 1, "one IP");
+        assert_eq!(total(&server, |m| &m.ip_limited), 3);
+        drop(second);
+        drop(third);
+        wait_until("every connection to be released", || server.open_connections() == 0);
+        assert!(server.server().shared().clients.is_empty(), "entries go at 0");
+    }
+
+    fn new_connections_per_ip_per_second_get_429(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.rate.connection_rate_per_ip = Some(1));
+        let _first = connect(&server, "/ws");
+        // Within the same second (a connect takes well under a millisecond here).
+        assert_client_limited(&http(&server, &upgrade_request("/ws", "")));
+        assert_eq!(total(&server, |m| &m.ip_rate_limited), 1);
     }
 }

@@ -11,6 +11,8 @@
 //! ```
 
 use std::mem;
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::ops::{Index, IndexMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use crate::app::Route;
 use crate::auth::Permissions;
 use crate::broadcast::TopicId;
 use crate::driver::ConnId;
-use crate::limits::Meter;
+use crate::limits::{self, Meter};
 use crate::metrics::ReactorMetrics;
 use crate::transport::Transport;
 
@@ -43,6 +45,8 @@ pub(super) struct Conn {
     pub admission: Admission,
     /// Rate buckets of a /ws connection (`[rate]` settings; 16 bytes).
     pub meter: Meter,
+    /// The key it is counted under in `Shared::clients` (when per-IP limits are on).
+    pub client: Option<NonZeroU64>,
 }
 
 pub(super) enum Phase {
@@ -98,6 +102,10 @@ pub(super) enum Admission {
     Admitted,
     /// Over `max_connections`: its request is answered 503.
     OverLimit,
+    /// Over a per-IP limit: its request is answered 429 with this `Retry-After`.
+    ClientLimited {
+        retry_after: u8,
+    },
 }
 
 /// A connection's topics: up to four inline, so most subscribers allocate nothing.
@@ -179,17 +187,21 @@ impl IndexMut<ConnId> for Conns {
 }
 
 impl Core {
-    pub(super) fn accept(&mut self, id: ConnId) {
+    pub(super) fn accept(&mut self, id: ConnId, ip: IpAddr) {
         let shared = &self.shared;
         let open = shared.open.fetch_add(1, Ordering::Relaxed);
         let metrics = &shared.metrics[self.index];
         ReactorMetrics::add(&metrics.connections, 1);
         ReactorMetrics::add(&metrics.accepted, 1);
-        let admission = if open >= shared.config.limits.max_connections {
-            Admission::OverLimit
+        let (admission, client) = if open >= shared.config.limits.max_connections {
+            (Admission::OverLimit, None)
         } else {
-            Admission::Admitted
+            match self.admit_client(ip) {
+                Ok(client) => (Admission::Admitted, client),
+                Err(retry_after) => (Admission::ClientLimited { retry_after }, None),
+            }
         };
+        let shared = &self.shared;
         self.conns.insert(
             id,
             Conn {
@@ -206,15 +218,54 @@ impl Core {
                 admission,
                 route: Route::NotFound,
                 meter: Meter::new(self.micros()),
+                client,
             },
         );
     }
 
+    /// Counts a new connection from `ip` against the per-IP limits: the key it is counted
+    /// under (none when the limits are off), or the `Retry-After` of its 429.
+    fn admit_client(&self, ip: IpAddr) -> Result<Option<NonZeroU64>, u8> {
+        let rate = &self.shared.config.rate;
+        if rate.max_connections_per_ip == 0 && rate.connects.is_none() {
+            return Ok(None);
+        }
+        let key = limits::client_key(ip, rate.ipv6_prefix);
+        let clients = &self.shared.clients;
+        match clients.open(
+            key.get(),
+            self.now,
+            rate.max_connections_per_ip,
+            rate.connects,
+        ) {
+            Ok(()) => Ok(Some(key)),
+            Err(refusal) => {
+                let metrics = &self.shared.metrics[self.index];
+                let counter = match refusal {
+                    limits::Refusal::TooMany => &metrics.ip_limited,
+                    limits::Refusal::TooFast(_) => &metrics.ip_rate_limited,
+                };
+                ReactorMetrics::add(counter, 1);
+                Err(refusal.retry_after())
+            }
+        }
+    }
+
+    /// Sweeps the next shard of the tables shared by the reactors.
+    pub(super) fn sweep_tables(&mut self) {
+        self.shared.clients.sweep(self.sweeps, self.now);
+        self.shared.publishers.sweep(self.sweeps, self.now);
+        self.sweeps = self.sweeps.wrapping_add(1);
+    }
+
     /// The driver released the connection: forget it.
     pub(super) fn remove(&mut self, id: ConnId) {
-        if self.conns.remove(id).is_some() {
+        if let Some(conn) = self.conns.remove(id) {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             ReactorMetrics::sub(&self.metrics().connections, 1);
+            if let Some(key) = conn.client {
+                self.shared.clients.close(key.get(), self.now);
+            }
         }
     }
 

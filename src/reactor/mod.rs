@@ -75,6 +75,8 @@ struct Core {
     now: Instant,
     /// When the reactor started: the origin of its connections' rate buckets.
     epoch: Instant,
+    /// Timer sweeps so far: which shard of the shared limit tables to sweep next.
+    sweeps: usize,
 }
 
 impl<D: Driver> Reactor<D> {
@@ -121,6 +123,7 @@ impl<D: Driver> Reactor<D> {
             next_sweep: now + tick,
             now,
             epoch: now,
+            sweeps: 0,
         };
         Self {
             driver,
@@ -163,6 +166,7 @@ impl<D: Driver> Reactor<D> {
         self.core.drain_inbox();
         if self.core.now >= self.core.next_sweep {
             self.core.sweep();
+            self.core.sweep_tables();
             self.driver.release_idle_memory(self.core.now);
             self.core.next_sweep = self.core.now + self.core.tick;
         }
@@ -184,7 +188,7 @@ impl<D: Driver> Reactor<D> {
                     self.driver.close(conn);
                 } else {
                     tracing::trace!(%peer, "accepted");
-                    core.accept(conn);
+                    core.accept(conn, peer.ip());
                 }
             }
             Completion::Received { conn, buf, len } => {

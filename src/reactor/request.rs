@@ -13,6 +13,7 @@ use super::{Core, Ctx};
 use crate::app::{self, Route};
 use crate::auth;
 use crate::driver::ConnId;
+use crate::limits;
 use crate::metrics::ReactorMetrics;
 
 /// A request whose chunked body is still arriving: the head, the decoder, the payload so far.
@@ -127,6 +128,14 @@ impl Core {
     fn dispatch(&mut self, id: ConnId, req: &Request, body: &[u8]) -> Next {
         let route = Route::of(req, &self.shared.config);
         let draining = self.drain_deadline.is_some();
+        if let Admission::ClientLimited { retry_after } = self.conns[id].admission {
+            let retry_after = limits::retry_after_header(retry_after);
+            let err = HttpError::new(429, "too many connections from this address")
+                .with_code("rate_limited")
+                .with_header("Retry-After", retry_after);
+            self.conns[id].out.push(err.response().into());
+            return Next::Close;
+        }
         if self.conns[id].admission == Admission::OverLimit || (draining && route.is_websocket()) {
             let reason = if draining {
                 "server shutting down"

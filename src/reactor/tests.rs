@@ -419,13 +419,13 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (224 bytes: 8 of them the pointer to a /ws token's shared permissions, 16 the
-/// rate meter; the idle-memory target is under 300 bytes of RSS per connection with the
-/// driver's own per-connection state).
+/// slot small (232 bytes: 8 of them the pointer to a /ws token's shared permissions, 16 the
+/// rate meter, 8 the client IP key; the idle-memory target is under 300 bytes of RSS per
+/// connection with the driver's own per-connection state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 224, "{slot} bytes");
+    assert!(slot <= 232, "{slot} bytes");
     assert_eq!(std::mem::size_of::<crate::limits::Meter>(), 16);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
@@ -583,4 +583,49 @@ fn subscribe_ops_are_rate_limited_with_their_id() {
     h.send_text(id, r#"{"op":"subscribe","topic":"y","id":4}"#);
     h.turn();
     assert_eq!(h.texts(id), [r#"{"op":"ok","id":4}"#]);
+}
+
+/// Issue 12: connections per client IP (the memory driver's peers are all 127.0.0.1).
+#[test]
+fn connections_per_ip_get_429_and_closing_frees_a_slot() {
+    let mut h = Harness::new(|c| c.rate.max_connections_per_ip = 2);
+    let a = h.websocket("/ws");
+    let _b = h.websocket("/echo");
+    let refused = h.net.connect();
+    h.net
+        .send(refused, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.turn();
+    let response = String::from_utf8(h.net.read(refused)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(response.contains("\r\nRetry-After: 1\r\n"), "{response}");
+    assert!(response.ends_with(
+        r#"{"error":"rate_limited","message":"too many connections from this address"}"#
+    ));
+    assert_eq!(ReactorMetrics::get(&h.metrics().ip_limited), 1);
+    // The refused one was never counted; closing a counted one frees its slot.
+    h.net.shutdown(a);
+    for _ in 0..4 {
+        h.turn();
+    }
+    assert!(h.net.closed(a));
+    h.websocket("/ws");
+    assert_eq!(h.reactor.core.shared.clients.len(), 1);
+}
+
+#[test]
+fn new_connections_per_ip_per_second_get_429_with_retry_after() {
+    let mut h = Harness::new(|c| c.rate.connects = crate::limits::Rate::new(2, 2));
+    h.websocket("/ws");
+    h.websocket("/ws");
+    let refused = h.net.connect();
+    h.net
+        .send(refused, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.turn();
+    let response = String::from_utf8(h.net.read(refused)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(response.contains("\r\nRetry-After: 1\r\n"), "{response}");
+    assert_eq!(ReactorMetrics::get(&h.metrics().ip_rate_limited), 1);
+    // One more fits 500 ms on (the table's clock started a moment after the harness's).
+    h.advance(Duration::from_millis(600));
+    h.websocket("/ws");
 }
