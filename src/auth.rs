@@ -6,7 +6,9 @@
 //! `publish`, arrays of topic patterns in `client_publish`'s language (an exact name, or a
 //! prefix ending in `*`). A claim that is absent grants nothing.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -42,7 +44,10 @@ impl Permissions {
 /// A verified token's claims.
 #[derive(Debug)]
 pub struct Claims {
-    pub subject: Option<String>,
+    /// A keyed 32-bit hash of `sub` (absent or not): enough to tell that a refresh names
+    /// the same subject as the token it replaces (the connection's owner holds both, so a
+    /// collision grants nothing it could not get with a new connection).
+    pub subject: u32,
     pub expires: u64,
     pub permissions: Arc<Permissions>,
 }
@@ -105,6 +110,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     interned: Mutex<HashSet<Arc<Permissions>>>,
+    /// Keys the subject hash in `Claims`.
+    subjects: RandomState,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -147,6 +154,7 @@ impl Verifier {
             issuer: auth.jwt_issuer.clone(),
             audience: auth.jwt_audience.clone(),
             interned: Mutex::new(HashSet::new()),
+            subjects: RandomState::new(),
         }))
     }
 
@@ -202,7 +210,7 @@ impl Verifier {
             return Err(AuthError::NotYetValid);
         }
         Ok(Claims {
-            subject: claims.sub,
+            subject: self.subjects.hash_one(claims.sub) as u32,
             expires,
             permissions: self.intern(Permissions {
                 subscribe: claims.subscribe.into(),
@@ -261,6 +269,7 @@ mod tests {
             issuer: None,
             audience: None,
             interned: Mutex::new(HashSet::new()),
+            subjects: RandomState::new(),
         }
     }
 
@@ -285,6 +294,25 @@ mod tests {
         );
         let t = token(serde_json::json!({"exp": "soon"}));
         assert_eq!(v.verify(&t, 0).unwrap_err(), AuthError::Malformed);
+    }
+
+    #[test]
+    fn subjects_compare_by_hash() {
+        let v = verifier();
+        let subject = |sub: serde_json::Value| {
+            let mut claims = serde_json::json!({"exp": 10});
+            if !sub.is_null() {
+                claims["sub"] = sub;
+            }
+            v.verify(&token(claims), 0).unwrap().subject
+        };
+        assert_eq!(subject("alice".into()), subject("alice".into()));
+        assert_ne!(subject("alice".into()), subject("bob".into()));
+        assert_ne!(subject("alice".into()), subject(serde_json::Value::Null));
+        assert_eq!(
+            subject(serde_json::Value::Null),
+            subject(serde_json::Value::Null)
+        );
     }
 
     /// Connections with the same pattern sets share one allocation; each holds a pointer.

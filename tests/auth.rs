@@ -294,6 +294,42 @@ for_each_driver! {
         send(&mut ws, json!({"op": "publish", "topic": "room.2", "data": 1, "id": 2}));
         assert_eq!(text(&mut ws), json!({"op": "ok", "id": 2}));
     }
+
+    fn tokens_expire_mid_connection_unless_refreshed(io: IoBackend) {
+        let keys = Keys::new(&format!("expiry-{io:?}"));
+        let server = keys.server(io, true);
+        // Valid at the upgrade only thanks to the leeway, and for one or two seconds more.
+        let leeway = wsgate::auth::LEEWAY_SECS as i64;
+        let short = with(claims(), "exp", json!(now() - leeway + 2));
+        let mut expiring = connect_bearer(&server, "/ws", &keys.sign(Algorithm::HS256, &short));
+        let mut refreshed = connect_bearer(&server, "/ws", &keys.sign(Algorithm::ES256, &short));
+        let fresh = keys.sign(Algorithm::EdDSA, &claims());
+        send(&mut refreshed, json!({"op": "refresh", "token": fresh, "id": 1}));
+        assert_eq!(text(&mut refreshed), json!({"op": "ok", "id": 1}));
+        let other = keys.sign(Algorithm::HS256, &with(claims(), "sub", json!("mallory")));
+        send(&mut refreshed, json!({"op": "refresh", "token": other, "id": 2}));
+        assert_eq!(
+            text(&mut refreshed),
+            json!({"op": "error", "id": 2, "code": "unauthorized", "message": "token names another subject"})
+        );
+        // The reader blocks until the server closes (within the read timeout).
+        match recv(&mut expiring) {
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, tungstenite::protocol::frame::coding::CloseCode::Policy);
+                assert_eq!(frame.reason, "token expired");
+            }
+            other => panic!("expected close 1008, got {other:?}"),
+        }
+        // By then the refreshed one's old token has expired too: it is still served.
+        send(&mut refreshed, json!({"op": "subscribe", "topic": "news.a", "id": 3}));
+        assert_eq!(text(&mut refreshed), json!({"op": "ok", "id": 3}));
+        let metrics = &server.server().shared().metrics;
+        let count = |f: fn(&wsgate::metrics::ReactorMetrics) -> &std::sync::atomic::AtomicU64| {
+            metrics.iter().map(|m| wsgate::metrics::ReactorMetrics::get(f(m))).sum::<u64>()
+        };
+        assert_eq!(count(|m| &m.token_expired_closes), 1);
+        assert_eq!(count(|m| &m.token_refreshes), 1);
+    }
 }
 
 /// Unpadded base64url, for a hand-made token header.

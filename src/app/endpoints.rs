@@ -2,14 +2,12 @@
 //! what a `/ws` upgrade asks for: its token (`Authorization: Bearer` or `?token=`) and
 //! its `?subscribe=` query.
 
-use std::sync::Arc;
-
 use wsgate_proto::handshake::{HttpError, Method, Request};
 use wsgate_proto::outgoing::http_response;
 
 use super::control::ErrorCode;
 use super::{json, Route, Session};
-use crate::auth::{AuthError, Permissions};
+use crate::auth::{AuthError, Claims, Permissions};
 use crate::broadcast;
 use crate::config::Config;
 use crate::metrics;
@@ -123,14 +121,10 @@ pub fn unauthorized(err: AuthError) -> HttpError {
         .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
 }
 
-/// The permissions of a /ws upgrade's token, from `Authorization: Bearer` or else
+/// The claims of a /ws upgrade's token, from `Authorization: Bearer` or else
 /// `?token=` (another `Authorization` scheme is ignored): `None` when no token is given
 /// and none is required. The token is never logged.
-pub fn authorize(
-    req: &Request,
-    config: &Config,
-    now: u64,
-) -> Result<Option<Arc<Permissions>>, AuthError> {
+pub fn authorize(req: &Request, config: &Config, now: u64) -> Result<Option<Claims>, AuthError> {
     let from_query;
     let token = match req.authorization.as_deref().and_then(bearer_token) {
         Some(token) => Some(token),
@@ -146,7 +140,7 @@ pub fn authorize(
     match (token, &auth.verifier) {
         (None, _) if auth.auth_required => Err(AuthError::Missing),
         (None, _) => Ok(None),
-        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?.permissions)),
+        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?)),
         // A token where no key is configured cannot be checked.
         (Some(_), None) => Err(AuthError::Algorithm),
     }

@@ -13,7 +13,7 @@ pub mod pubsub;
 use wsgate_proto::handshake::Request;
 use wsgate_proto::OpCode;
 
-use crate::auth::Permissions;
+use crate::auth::{AuthError, Permissions};
 use crate::config::Config;
 use crate::shared::Shared;
 
@@ -36,6 +36,11 @@ pub trait Session {
     /// The topic permissions of the connection's token; `None` without a token.
     fn permissions(&self) -> Option<&Permissions>;
 
+    /// Replaces the connection's token with `token` (a JWT naming the same subject):
+    /// its expiry and permissions become the new token's; subscriptions the new
+    /// permissions do not allow are dropped.
+    fn refresh(&mut self, token: &str) -> Result<(), RefreshError>;
+
     /// Whether the server is draining (side endpoints answer differently).
     fn draining(&self) -> bool;
 }
@@ -47,6 +52,17 @@ pub enum SubscribeError {
     TooMany,
     #[error("too many subscribe and unsubscribe ops; slow down")]
     RateLimited,
+}
+
+/// Why a `refresh` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the connection has no token to refresh")]
+    NoToken,
+    #[error("token names another subject")]
+    Subject,
+    #[error("{0}")]
+    Invalid(AuthError),
 }
 
 /// What a request asks for.

@@ -4,7 +4,7 @@
 use wsgate_proto::OpCode;
 
 use super::control::{self, Control, ControlError, ErrorCode, Op};
-use super::{Session, SubscribeError};
+use super::{RefreshError, Session, SubscribeError};
 use crate::broadcast;
 
 /// A message on /ws: one control op, answered on the same connection.
@@ -81,6 +81,17 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
             session.publish(&topic, data);
             return Ok(());
         }
+        Op::Refresh(token) => session.refresh(&token).map_err(|err| {
+            let (code, message) = match err {
+                RefreshError::NoToken => (
+                    ErrorCode::BadRequest,
+                    "the connection has no token to refresh",
+                ),
+                RefreshError::Subject => (ErrorCode::Unauthorized, "token names another subject"),
+                RefreshError::Invalid(err) => (ErrorCode::Unauthorized, err.reason()),
+            };
+            ControlError::new(c.id.clone(), code, message)
+        })?,
     }
     if let Some(request) = &c.id {
         session.send(OpCode::Text, &control::ok(Some(request)));

@@ -47,6 +47,32 @@ pub(super) struct Conn {
     pub meter: Meter,
     /// The key it is counted under in `Shared::clients` (when per-IP limits are on).
     pub client: Option<NonZeroU64>,
+    /// A /ws token's expiry and subject (beside `Phase::WebSocket::permissions`).
+    pub grant: Grant,
+}
+
+/// What the timer sweep and a `refresh` need of a /ws connection's token: 8 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Grant {
+    /// `exp`, in seconds since the Unix epoch; 0: no token (or closed at its expiry).
+    pub expires: u32,
+    /// `Claims::subject`: the hash of `sub`.
+    pub subject: u32,
+}
+
+impl Grant {
+    pub fn of(claims: &crate::auth::Claims) -> Self {
+        Self {
+            expires: claims.expires.clamp(1, u32::MAX.into()) as u32,
+            subject: claims.subject,
+        }
+    }
+
+    /// Whether the token has expired at `now` (Unix seconds), with the same leeway as
+    /// at the upgrade.
+    pub fn expired(self, now: u64) -> bool {
+        self.expires != 0 && u64::from(self.expires) + crate::auth::LEEWAY_SECS <= now
+    }
 }
 
 pub(super) enum Phase {
@@ -219,6 +245,7 @@ impl Core {
                 route: Route::NotFound,
                 meter: Meter::new(self.micros()),
                 client,
+                grant: Grant::default(),
             },
         );
     }
@@ -387,9 +414,11 @@ impl Core {
         self.fold_latency();
         let now = self.now;
         let now_us = self.micros();
+        let unix_now = self.unix_now();
         let mut due = Vec::new();
         let mut timed_out = Vec::new();
         let mut expired = Vec::new();
+        let mut tokens_expired = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
@@ -401,6 +430,13 @@ impl Core {
                 Phase::WebSocket { ws, .. } => {
                     ws.release_idle();
                     let limits = limits(&self.shared, conn.route);
+                    if conn.grant.expired(unix_now) {
+                        conn.grant.expires = 0;
+                        let reason = "token expired";
+                        ws.close(now, limits, CloseCode::POLICY, reason, &mut conn.out);
+                        tokens_expired.push(id);
+                        continue;
+                    }
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);
                         due.push((id, ws.is_closed()));
@@ -416,6 +452,11 @@ impl Core {
         }
         for id in expired {
             self.close_now(id);
+        }
+        let closes = tokens_expired.len() as u64;
+        ReactorMetrics::add(&self.metrics().token_expired_closes, closes);
+        for id in tokens_expired {
+            self.schedule(id);
         }
         for (id, closed) in due {
             if closed {

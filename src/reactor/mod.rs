@@ -31,7 +31,7 @@ use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
 use crate::app::control::{self, ControlError, ErrorCode};
-use crate::app::{self, Route, Session, SubscribeError};
+use crate::app::{self, RefreshError, Route, Session, SubscribeError};
 use crate::auth::Permissions;
 use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
@@ -75,6 +75,8 @@ struct Core {
     now: Instant,
     /// When the reactor started: the origin of its connections' rate buckets.
     epoch: Instant,
+    /// The wall-clock time at `epoch` (since the Unix epoch), for token expiry.
+    unix_epoch: Duration,
     /// Timer sweeps so far: which shard of the shared limit tables to sweep next.
     sweeps: usize,
 }
@@ -123,6 +125,9 @@ impl<D: Driver> Reactor<D> {
             next_sweep: now + tick,
             now,
             epoch: now,
+            unix_epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
             sweeps: 0,
         };
         Self {
@@ -369,6 +374,11 @@ impl Core {
         rate::micros(self.now, self.epoch)
     }
 
+    /// Seconds since the Unix epoch by the reactor's clock (tokens' `exp` and `nbf`).
+    fn unix_now(&self) -> u64 {
+        (self.unix_epoch + self.now.saturating_duration_since(self.epoch)).as_secs()
+    }
+
     /// Charges a message to a /ws connection's meter. Refused: answered `rate_limited`
     /// (without the request's id: the message is not parsed); past `max_rate_limited`
     /// refusals in a row, closed with 1008.
@@ -490,6 +500,46 @@ impl Session for Ctx<'_> {
             Phase::WebSocket { permissions, .. } => permissions.as_deref(),
             _ => None,
         }
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<(), RefreshError> {
+        let core = &mut *self.core;
+        let now = core.unix_now();
+        let conn = &mut core.conns[self.id];
+        let verifier = core.shared.config.auth.verifier.as_ref();
+        let (
+            Some(verifier),
+            Phase::WebSocket {
+                subs, permissions, ..
+            },
+        ) = (verifier, &mut conn.phase)
+        else {
+            return Err(RefreshError::NoToken);
+        };
+        if conn.grant.expires == 0 {
+            return Err(RefreshError::NoToken);
+        }
+        if conn.grant.expired(now) {
+            // Closed at the next sweep.
+            return Err(RefreshError::Invalid(crate::auth::AuthError::Expired));
+        }
+        let claims = verifier.verify(token, now).map_err(RefreshError::Invalid)?;
+        if claims.subject != conn.grant.subject {
+            return Err(RefreshError::Subject);
+        }
+        conn.grant = conn::Grant::of(&claims);
+        let dropped: Vec<String> = subs
+            .iter()
+            .filter_map(|&t| core.topics.name(t))
+            .filter(|name| !claims.permissions.may_subscribe(name))
+            .map(str::to_owned)
+            .collect();
+        *permissions = Some(claims.permissions);
+        for topic in dropped {
+            core.unsubscribe(self.id, &topic);
+        }
+        ReactorMetrics::add(&core.shared.metrics[core.index].token_refreshes, 1);
+        Ok(())
     }
 
     fn draining(&self) -> bool {

@@ -8,10 +8,9 @@ use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
 use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
-use super::conn::{Admission, Phase, Subs};
+use super::conn::{Admission, Grant, Phase, Subs};
 use super::{Core, Ctx};
 use crate::app::{self, Route};
-use crate::auth;
 use crate::driver::ConnId;
 use crate::limits;
 use crate::metrics::ReactorMetrics;
@@ -168,29 +167,31 @@ impl Core {
             allowed_origins: config.http.allowed_origins.as_deref(),
         };
         let mut auth_failed = false;
+        let unix_now = self.unix_now();
         let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
             if route != Route::PubSub {
                 return Ok((upgrade, None, Vec::new()));
             }
-            let permissions =
-                app::endpoints::authorize(req, config, auth::unix_now()).map_err(|err| {
-                    auth_failed = true;
-                    app::endpoints::unauthorized(err)
-                })?;
-            let topics = app::endpoints::subscribe_query(req, config, permissions.as_deref())?;
-            Ok((upgrade, permissions, topics))
+            let claims = app::endpoints::authorize(req, config, unix_now).map_err(|err| {
+                auth_failed = true;
+                app::endpoints::unauthorized(err)
+            })?;
+            let permissions = claims.as_ref().map(|c| &*c.permissions);
+            let topics = app::endpoints::subscribe_query(req, config, permissions)?;
+            Ok((upgrade, claims, topics))
         });
         let metrics = &self.shared.metrics[self.index];
         let conn = &mut self.conns[id];
         match checked {
-            Ok((upgrade, permissions, topics)) => {
+            Ok((upgrade, claims, topics)) => {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.route = route;
+                conn.grant = claims.as_ref().map(Grant::of).unwrap_or_default();
                 conn.phase = Phase::WebSocket {
                     ws: Connection::server(self.now),
                     subs: Subs::new(),
-                    permissions,
+                    permissions: claims.map(|c| c.permissions),
                 };
                 for topic in &topics {
                     // Within the limit: `subscribe_query` checked the count.

@@ -419,13 +419,13 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (232 bytes: 8 of them the pointer to a /ws token's shared permissions, 16 the
-/// rate meter, 8 the client IP key; the idle-memory target is under 300 bytes of RSS per
-/// connection with the driver's own per-connection state).
+/// slot small (240 bytes: 16 of them a /ws token's, the pointer to its shared permissions
+/// and its expiry and subject; 16 the rate meter, 8 the client IP key; the idle-memory
+/// target is under 300 bytes of RSS per connection with the driver's own state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 232, "{slot} bytes");
+    assert!(slot <= 240, "{slot} bytes");
     assert_eq!(std::mem::size_of::<crate::limits::Meter>(), 16);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
@@ -628,4 +628,111 @@ fn new_connections_per_ip_per_second_get_429_with_retry_after() {
     // One more fits 500 ms on (the table's clock started a moment after the harness's).
     h.advance(Duration::from_millis(600));
     h.websocket("/ws");
+}
+
+const SECRET: &[u8] = b"reactor test secret";
+
+/// Verifies HS256 tokens signed with `SECRET`; no pings (the test peers do not answer).
+fn with_tokens(c: &mut Config, test: &str) {
+    let path = std::env::temp_dir().join(format!("wsgate-{}-{test}", std::process::id()));
+    std::fs::write(&path, SECRET).unwrap();
+    let mut auth = c.auth.clone();
+    auth.jwt_secret_file = Some(path.to_str().unwrap().to_owned());
+    c.auth.verifier = crate::auth::Verifier::from_config(&auth)
+        .unwrap()
+        .map(std::sync::Arc::new);
+    std::fs::remove_file(path).unwrap();
+    c.limits.pubsub.idle_timeout = None;
+}
+
+fn sign(claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// A token for `sub` valid for `secs` more seconds (by the wall clock), that may
+/// subscribe to `topics`.
+fn token(sub: &str, secs: i64, topics: &[&str]) -> String {
+    let exp = crate::auth::unix_now() as i64 + secs;
+    sign(serde_json::json!({"sub": sub, "exp": exp, "subscribe": topics}))
+}
+
+/// Issue 12: at `exp` (plus the leeway) the timer sweep closes the connection with 1008.
+#[test]
+fn a_connection_is_closed_when_its_token_expires() {
+    let mut h = Harness::new(|c| with_tokens(c, "expiry"));
+    let id = h.websocket(&format!("/ws?token={}", token("alice", 100, &["a"])));
+    let other = h.websocket("/ws");
+    let leeway = crate::auth::LEEWAY_SECS;
+    h.advance(Duration::from_secs(100 + leeway - 2));
+    assert!(h.frames(id).is_empty(), "still valid within the leeway");
+    h.advance(Duration::from_secs(2));
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(close_code(&frames[0].1), 1008);
+    assert_eq!(&frames[0].1[2..], b"token expired");
+    assert_eq!(ReactorMetrics::get(&h.metrics().token_expired_closes), 1);
+    h.advance(Duration::from_secs(1));
+    assert!(h.frames(id).is_empty(), "closed once");
+    assert!(
+        h.frames(other).is_empty(),
+        "a connection without a token stays"
+    );
+}
+
+/// A refresh before `exp` extends the connection; its permissions become the new token's.
+#[test]
+fn a_refresh_extends_the_connection_and_replaces_its_permissions() {
+    let mut h = Harness::new(|c| with_tokens(c, "refresh"));
+    let id = h.websocket(&format!(
+        "/ws?subscribe=a,b&token={}",
+        token("alice", 100, &["a", "b"])
+    ));
+    h.advance(Duration::from_secs(90));
+    let refresh = |t: &str, id: u32| format!(r#"{{"op":"refresh","token":"{t}","id":{id}}}"#);
+    h.send_text(id, &refresh(&token("alice", 1000, &["b", "c"]), 1));
+    h.send_text(id, &refresh(&token("bob", 1000, &["a"]), 2));
+    h.send_text(id, &refresh("not.a.jwt", 3));
+    h.send_text(id, &refresh(&token("alice", -3600, &["a"]), 4));
+    h.send_text(id, r#"{"op":"subscribe","topic":"a","id":5}"#);
+    h.send_text(id, r#"{"op":"subscribe","topic":"c","id":6}"#);
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"ok","id":1}"#,
+            r#"{"op":"error","id":2,"code":"unauthorized","message":"token names another subject"}"#,
+            r#"{"op":"error","id":3,"code":"unauthorized","message":"malformed token"}"#,
+            r#"{"op":"error","id":4,"code":"unauthorized","message":"token expired"}"#,
+            r#"{"op":"error","id":5,"code":"forbidden","message":"subscribing to this topic is not allowed"}"#,
+            r#"{"op":"ok","id":6}"#,
+        ]
+    );
+    assert!(
+        h.reactor.core.topics.find("a").is_none(),
+        "no longer allowed: dropped"
+    );
+    assert!(h.reactor.core.topics.find("b").is_some());
+    assert_eq!(ReactorMetrics::get(&h.metrics().token_refreshes), 1);
+    // Past the first token's expiry the connection stays; past the second's it closes.
+    h.advance(Duration::from_secs(100));
+    assert!(h.frames(id).is_empty());
+    h.advance(Duration::from_secs(1000));
+    let frames = h.frames(id);
+    assert_eq!(close_code(&frames[0].1), 1008);
+}
+
+#[test]
+fn a_refresh_needs_a_token_to_replace() {
+    let mut h = Harness::new(|c| with_tokens(c, "no-token"));
+    let id = h.websocket("/ws");
+    let t = token("alice", 100, &["a"]);
+    h.send_text(id, &format!(r#"{{"op":"refresh","token":"{t}"}}"#));
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"error","code":"bad_request","message":"the connection has no token to refresh"}"#
+        ]
+    );
 }
