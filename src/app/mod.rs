@@ -10,11 +10,14 @@ pub mod endpoints;
 pub mod json;
 pub mod pubsub;
 
+use std::time::Instant;
+
 use wsgate_proto::handshake::Request;
 use wsgate_proto::OpCode;
 
 use crate::auth::{AuthError, Permissions};
 use crate::config::Config;
+use crate::metrics::ReactorMetrics;
 use crate::shared::Shared;
 
 /// What an application may do on the connection it runs on: the narrow interface between
@@ -43,6 +46,15 @@ pub trait Session {
 
     /// Whether the server is draining (side endpoints answer differently).
     fn draining(&self) -> bool;
+
+    /// The reactor's time (its clock: fixed in tests).
+    fn now(&self) -> Instant;
+
+    /// Seconds since the Unix epoch by the reactor's clock (tokens' `exp` and `nbf`).
+    fn unix_now(&self) -> u64;
+
+    /// The counters of the reactor this connection runs on.
+    fn metrics(&self) -> &ReactorMetrics;
 }
 
 /// Why a subscribe was refused.

@@ -545,4 +545,16 @@ impl Session for Ctx<'_> {
     fn draining(&self) -> bool {
         self.core.drain_deadline.is_some()
     }
+
+    fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.core.unix_now()
+    }
+
+    fn metrics(&self) -> &ReactorMetrics {
+        self.core.metrics()
+    }
 }
