@@ -71,6 +71,7 @@ impl Keys {
                 ]),
                 jwt_issuer: Some(Some(ISSUER.into())),
                 jwt_audience: Some(Some(AUDIENCE.into())),
+                ..Default::default()
             };
         })
     }
