@@ -43,35 +43,52 @@ pub(super) struct Conn {
     pub scheduled: Scheduled,
     /// Accepted over `max_connections`: the request gets 503.
     pub admission: Admission,
-    /// Rate buckets of a /ws connection (`[rate]` settings; 16 bytes).
-    pub meter: Meter,
-    /// The key it is counted under in `Shared::clients` (when per-IP limits are on).
-    pub client: Option<NonZeroU64>,
-    /// A /ws token's expiry and subject (beside `Phase::WebSocket::permissions`).
-    pub grant: Grant,
 }
 
-/// What the timer sweep and a `refresh` need of a /ws connection's token: 8 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Grant {
-    /// `exp`, in seconds since the Unix epoch; 0: no token (or closed at its expiry).
+/// A /ws connection's token: its permissions (interned: shared by every connection with
+/// the same pattern sets), expiry and subject. Boxed in the phase, so a connection without
+/// a token pays 8 bytes for it and one with a token 8 more and a 16-byte allocation.
+#[derive(Debug)]
+pub(super) struct Token {
+    pub permissions: Arc<Permissions>,
+    /// `exp`, in seconds since the Unix epoch; 0 once closed at its expiry.
     pub expires: u32,
-    /// `Claims::subject`: the hash of `sub`.
+    /// `Claims::subject`: the keyed hash of `sub`.
     pub subject: u32,
 }
 
-impl Grant {
-    pub fn of(claims: &crate::auth::Claims) -> Self {
-        Self {
+impl Token {
+    pub fn of(claims: crate::auth::Claims) -> Box<Self> {
+        Box::new(Self {
             expires: claims.expires.clamp(1, u32::MAX.into()) as u32,
             subject: claims.subject,
-        }
+            permissions: claims.permissions,
+        })
     }
 
     /// Whether the token has expired at `now` (Unix seconds), with the same leeway as
     /// at the upgrade.
-    pub fn expired(self, now: u64) -> bool {
+    pub fn expired(&self, now: u64) -> bool {
         self.expires != 0 && u64::from(self.expires) + crate::auth::LEEWAY_SECS <= now
+    }
+}
+
+/// A connection's rate buckets and the key it is counted under in `Shared::clients`:
+/// 24 bytes, kept in `Core::limited` beside the slots only when a `[rate]` limit other
+/// than the HTTP publish rate is configured, so the slot itself does not grow.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limited {
+    pub meter: Meter,
+    pub client: Option<NonZeroU64>,
+}
+
+impl Limited {
+    /// An entry no connection uses yet.
+    pub fn idle() -> Self {
+        Self {
+            meter: Meter::new(0),
+            client: None,
+        }
     }
 }
 
@@ -83,12 +100,11 @@ pub(super) enum Phase {
         chunked: Option<Box<ChunkedBody>>,
         deadline: Instant,
     },
-    /// `subs` is empty except on /ws; `permissions` are those of the /ws token, if any
-    /// (shared with every connection holding the same sets: one pointer here).
+    /// `subs` is empty except on /ws; `token` is the /ws connection's, if any.
     WebSocket {
         ws: Connection,
         subs: Subs,
-        permissions: Option<Arc<Permissions>>,
+        token: Option<Box<Token>>,
     },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
     Closing { deadline: Instant, fin_sent: bool },
@@ -243,11 +259,18 @@ impl Core {
                 scheduled: Scheduled::No,
                 admission,
                 route: Route::NotFound,
-                meter: Meter::new(self.micros()),
-                client,
-                grant: Grant::default(),
             },
         );
+        if self.limits_on {
+            let slot = id.index();
+            if self.limited.len() <= slot {
+                self.limited.resize(slot + 1, Limited::idle());
+            }
+            self.limited[slot] = Limited {
+                meter: Meter::new(self.micros()),
+                client,
+            };
+        }
     }
 
     /// Counts a new connection from `ip` against the per-IP limits: the key it is counted
@@ -287,11 +310,13 @@ impl Core {
 
     /// The driver released the connection: forget it.
     pub(super) fn remove(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.remove(id) {
+        if self.conns.remove(id).is_some() {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             ReactorMetrics::sub(&self.metrics().connections, 1);
-            if let Some(key) = conn.client {
-                self.shared.clients.close(key.get(), self.now);
+            if let Some(limited) = self.limited.get_mut(id.index()) {
+                if let Some(key) = limited.client.take() {
+                    self.shared.clients.close(key.get(), self.now);
+                }
             }
         }
     }
@@ -422,16 +447,16 @@ impl Core {
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
-            conn.meter.settle(now_us);
+
             match &mut conn.phase {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
-                Phase::WebSocket { ws, .. } => {
+                Phase::WebSocket { ws, token, .. } => {
                     ws.release_idle();
                     let limits = limits(&self.shared, conn.route);
-                    if conn.grant.expired(unix_now) {
-                        conn.grant.expires = 0;
+                    if let Some(token) = token.as_mut().filter(|t| t.expired(unix_now)) {
+                        token.expires = 0;
                         let reason = "token expired";
                         ws.close(now, limits, CloseCode::POLICY, reason, &mut conn.out);
                         tokens_expired.push(id);
@@ -457,6 +482,9 @@ impl Core {
         ReactorMetrics::add(&self.metrics().token_expired_closes, closes);
         for id in tokens_expired {
             self.schedule(id);
+        }
+        for limited in &mut self.limited {
+            limited.meter.settle(now_us);
         }
         for (id, closed) in due {
             if closed {

@@ -38,7 +38,7 @@ use crate::driver::{Completion, ConnId, Driver};
 use crate::limits::{self as rate, Verdict};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
-use conn::{Conns, Phase, Recv, Scheduled, Send};
+use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
 use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
@@ -79,6 +79,10 @@ struct Core {
     unix_epoch: Duration,
     /// Timer sweeps so far: which shard of the shared limit tables to sweep next.
     sweeps: usize,
+    /// Whether a per-connection or per-IP limit is configured: then `limited` holds each
+    /// connection's buckets, indexed like the connections; otherwise it stays empty.
+    limits_on: bool,
+    limited: Vec<Limited>,
 }
 
 impl<D: Driver> Reactor<D> {
@@ -105,6 +109,12 @@ impl<D: Driver> Reactor<D> {
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let inbound = Budget::new(config.limits.max_buffered_bytes / config.net.threads as u64);
+        let rate = &config.rate;
+        let limits_on = rate.messages.is_some()
+            || rate.bytes.is_some()
+            || rate.subscribe_ops.is_some()
+            || rate.connects.is_some()
+            || rate.max_connections_per_ip > 0;
         let now = clock();
         let core = Core {
             index,
@@ -129,6 +139,8 @@ impl<D: Driver> Reactor<D> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default(),
             sweeps: 0,
+            limits_on,
+            limited: Vec::new(),
         };
         Self {
             driver,
@@ -387,8 +399,11 @@ impl Core {
             return Verdict::Pass;
         }
         let now_us = self.micros();
+        let Some(limited) = self.limited.get_mut(id.index()) else {
+            return Verdict::Pass;
+        };
+        let verdict = limited.meter.message(&self.shared.config.rate, now_us, len);
         let conn = &mut self.conns[id];
-        let verdict = conn.meter.message(&self.shared.config.rate, now_us, len);
         let Phase::WebSocket { ws, .. } = &mut conn.phase else {
             return verdict;
         };
@@ -458,8 +473,10 @@ impl Ctx<'_> {
     /// Charges a subscribe or unsubscribe op to the connection's meter.
     fn meter_op(&mut self) -> Result<(), SubscribeError> {
         let now_us = self.core.micros();
-        let conn = &mut self.core.conns[self.id];
-        if conn.meter.op(&self.core.shared.config.rate, now_us) {
+        let Some(limited) = self.core.limited.get_mut(self.id.index()) else {
+            return Ok(());
+        };
+        if limited.meter.op(&self.core.shared.config.rate, now_us) {
             return Ok(());
         }
         let metrics = &self.core.shared.metrics[self.core.index];
@@ -497,7 +514,7 @@ impl Session for Ctx<'_> {
 
     fn permissions(&self) -> Option<&Permissions> {
         match &self.core.conns[self.id].phase {
-            Phase::WebSocket { permissions, .. } => permissions.as_deref(),
+            Phase::WebSocket { token, .. } => token.as_deref().map(|t| &*t.permissions),
             _ => None,
         }
     }
@@ -505,36 +522,32 @@ impl Session for Ctx<'_> {
     fn refresh(&mut self, token: &str) -> Result<(), RefreshError> {
         let core = &mut *self.core;
         let now = core.unix_now();
-        let conn = &mut core.conns[self.id];
         let verifier = core.shared.config.auth.verifier.as_ref();
-        let (
-            Some(verifier),
-            Phase::WebSocket {
-                subs, permissions, ..
-            },
-        ) = (verifier, &mut conn.phase)
+        let Phase::WebSocket {
+            subs, token: held, ..
+        } = &mut core.conns[self.id].phase
         else {
             return Err(RefreshError::NoToken);
         };
-        if conn.grant.expires == 0 {
+        let (Some(verifier), Some(held)) = (verifier, held.as_mut().filter(|t| t.expires != 0))
+        else {
             return Err(RefreshError::NoToken);
-        }
-        if conn.grant.expired(now) {
+        };
+        if held.expired(now) {
             // Closed at the next sweep.
             return Err(RefreshError::Invalid(crate::auth::AuthError::Expired));
         }
         let claims = verifier.verify(token, now).map_err(RefreshError::Invalid)?;
-        if claims.subject != conn.grant.subject {
+        if claims.subject != held.subject {
             return Err(RefreshError::Subject);
         }
-        conn.grant = conn::Grant::of(&claims);
         let dropped: Vec<String> = subs
             .iter()
             .filter_map(|&t| core.topics.name(t))
             .filter(|name| !claims.permissions.may_subscribe(name))
             .map(str::to_owned)
             .collect();
-        *permissions = Some(claims.permissions);
+        *held = conn::Token::of(claims);
         for topic in dropped {
             core.unsubscribe(self.id, &topic);
         }

@@ -8,7 +8,7 @@ use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
 use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
-use super::conn::{Admission, Grant, Phase, Subs};
+use super::conn::{Admission, Phase, Subs, Token};
 use super::{Core, Ctx};
 use crate::app::{self, Route};
 use crate::driver::ConnId;
@@ -187,11 +187,10 @@ impl Core {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.route = route;
-                conn.grant = claims.as_ref().map(Grant::of).unwrap_or_default();
                 conn.phase = Phase::WebSocket {
                     ws: Connection::server(self.now),
                     subs: Subs::new(),
-                    permissions: claims.map(|c| c.permissions),
+                    token: claims.map(Token::of),
                 };
                 for topic in &topics {
                     // Within the limit: `subscribe_query` checked the count.
