@@ -686,12 +686,13 @@ impl Worker {
         } else {
             &plan.path
         };
+        let authorization = plan.authorization.as_deref().map(|a| ("Authorization", a));
         client::Request {
             host: &plan.host,
             path,
             key: &conn.key,
             protocols: &[],
-            headers: &[],
+            headers: authorization.as_slice(),
         }
         .encode(&mut conn.out);
         conn.st = St::Handshaking;
