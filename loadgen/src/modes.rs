@@ -38,7 +38,8 @@ pub struct Common {
     /// New connections per second while connecting (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub connect_rate: f64,
-    /// Give up on a connection not open (and subscribed) after this long.
+    /// Give up on a connection not open (and subscribed) after this long; in connect mode
+    /// also on a close handshake not answered after this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Write the full summary as JSON.
