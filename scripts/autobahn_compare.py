@@ -41,7 +41,7 @@ def main():
         with open(args[1], "w") as f:
             json.dump({c: merged[c] for c in sorted(merged, key=key)}, f, indent=1)
             f.write("\n")
-        print("autobahn_compare: wrote %d cases to %s" % (len(got), args[1]))
+        print("autobahn_compare: merged %d cases into %s (%d in all)" % (len(got), args[1], len(merged)))
         return 0
     expected = json.load(open(args[1]))
     if selected is not None:

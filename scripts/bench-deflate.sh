@@ -11,7 +11,8 @@
 # imitates), wire bytes per delivery (from the loadgen's wire/payload ratio), p50/p99 (the
 # loadgen's, in the window), and the medians. Results in bench-results/.
 #
-# usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (1000), WSGATE_IO (epoll)
+# usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (1000), WSGATE_IO (epoll),
+#                                        IDLE (1: also the idle-memory runs)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -120,8 +121,10 @@ for r in $(seq "$rounds"); do
   run "wsgate-on-$r" wsgate --deflate
   run "bun-on-$r" bun --deflate
 done
-idle idle-plain
-idle idle-deflate --deflate
+if [[ "${IDLE:-1}" == 1 ]]; then
+  idle idle-plain
+  idle idle-deflate --deflate
+fi
 python3 - "$results" <<'PY'
 import glob, json, statistics, sys
 rows = [json.load(open(f)) for f in glob.glob(f"{sys.argv[1]}/*.row.json")]
