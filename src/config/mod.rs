@@ -36,6 +36,7 @@ pub mod limits;
 pub mod net;
 pub mod pubsub;
 pub mod setting;
+pub mod tls;
 pub mod uring;
 
 pub use net::IoBackend;
@@ -106,6 +107,8 @@ sections! {
     pubsub: PubSub,
     /// JWT on /ws: keys, issuer, audience, and whether a token is required.
     auth: Auth,
+    /// wss://: the TLS listener, its certificates, the lowest version.
+    tls: Tls,
 }
 
 impl Default for Config {

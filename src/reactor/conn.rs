@@ -23,9 +23,9 @@ use super::{limits, Core};
 use crate::app::Route;
 use crate::auth::Permissions;
 use crate::broadcast::TopicId;
-use crate::driver::ConnId;
+use crate::driver::{ConnId, ListenerId};
 use crate::metrics::ReactorMetrics;
-use crate::transport::Transport;
+use crate::transport::{Transport, TLS_LISTENER};
 
 /// One connection's state in its reactor. Its socket belongs to the driver.
 pub(super) struct Conn {
@@ -176,7 +176,7 @@ impl IndexMut<ConnId> for Conns {
 }
 
 impl Core {
-    pub(super) fn accept(&mut self, id: ConnId) {
+    pub(super) fn accept(&mut self, id: ConnId, listener: ListenerId) {
         let shared = &self.shared;
         let open = shared.open.fetch_add(1, Ordering::Relaxed);
         let metrics = &shared.metrics[self.index];
@@ -187,11 +187,15 @@ impl Core {
         } else {
             Admission::Admitted
         };
+        let transport = match &shared.config.tls.acceptor {
+            Some(tls) if listener == TLS_LISTENER => Transport::Tls(Box::new(tls.session())),
+            _ => Transport::Plain,
+        };
         self.conns.insert(
             id,
             Conn {
                 out: OutQueue::default(),
-                transport: Transport::Plain,
+                transport,
                 phase: Phase::Request {
                     head: Vec::new(),
                     chunked: None,
@@ -337,8 +341,14 @@ impl Core {
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
+            conn.transport.release_idle();
             match &mut conn.phase {
-                Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
+                Phase::Request { deadline, .. } if now >= *deadline => {
+                    if conn.transport.is_handshaking() {
+                        ReactorMetrics::add(&self.shared.metrics[self.index].tls_timeouts, 1);
+                    }
+                    timed_out.push(id)
+                }
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
                 Phase::WebSocket { ws, .. } => {

@@ -36,6 +36,7 @@ use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
+use crate::transport::TransportError;
 use conn::{Conns, Phase, Recv, Scheduled, Send};
 use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
 
@@ -67,6 +68,8 @@ struct Core {
     latency: Histogram<u64>,
     /// Memory for partial WebSocket messages, shared by this reactor's connections.
     inbound: Budget,
+    /// The transport's working space: TLS plaintext received, frames gathered into a record.
+    scratch: Vec<u8>,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -112,6 +115,7 @@ impl<D: Driver> Reactor<D> {
             published: Vec::new(),
             latency: metrics::new_histogram(),
             inbound,
+            scratch: Vec::new(),
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -174,26 +178,22 @@ impl<D: Driver> Reactor<D> {
     fn handle(&mut self, completion: Completion) {
         let core = &mut self.core;
         match completion {
-            Completion::Accepted { conn, peer, .. } => {
+            Completion::Accepted {
+                conn,
+                peer,
+                listener,
+            } => {
                 if core.drain_deadline.is_some() {
                     self.driver.close(conn);
                 } else {
                     tracing::trace!(%peer, "accepted");
-                    core.accept(conn);
+                    core.accept(conn, listener);
                 }
             }
             Completion::Received { conn, buf, len } => {
                 let wire = &mut self.driver.buf(buf)[..len];
                 ReactorMetrics::add(&core.metrics().bytes_in, len as u64);
-                if let Some(c) = core.conns.get_mut(conn).filter(|c| c.is_live()) {
-                    match c.transport.receive(wire) {
-                        Ok(plain) => core.on_bytes(conn, plain),
-                        Err(e) => {
-                            tracing::debug!(reactor = core.index, "transport: {e}");
-                            core.close_now(conn);
-                        }
-                    }
-                }
+                core.on_wire(conn, wire);
                 self.driver.release(buf);
             }
             Completion::Eof(conn) => core.on_eof(conn),
@@ -232,8 +232,13 @@ impl<D: Driver> Reactor<D> {
                 continue;
             }
             if conn.send == Send::Idle && !conn.transport.is_idle(&conn.out) {
-                self.driver.send(id, conn.transport.outgoing(&mut conn.out));
-                conn.send = Send::InFlight;
+                let wire = conn
+                    .transport
+                    .outgoing(&mut conn.out, &mut self.core.scratch);
+                if !wire.is_empty() {
+                    self.driver.send(id, wire);
+                    conn.send = Send::InFlight;
+                }
             }
             // Backpressure on echo: stop reading while the queue is over the cap, resume at
             // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
@@ -255,6 +260,14 @@ impl<D: Driver> Reactor<D> {
                         self.core.close_now(id);
                     } else if !*fin_sent {
                         *fin_sent = true;
+                        // A clean TLS close says close_notify before the FIN.
+                        if conn.transport.close() {
+                            let wire = conn
+                                .transport
+                                .outgoing(&mut conn.out, &mut self.core.scratch);
+                            self.driver.send(id, wire);
+                            conn.send = Send::InFlight;
+                        }
                         self.driver.shutdown_write(id);
                     }
                 }
@@ -286,6 +299,56 @@ impl Core {
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
+    }
+
+    /// Bytes from the driver: through the transport, then to the protocol.
+    fn on_wire(&mut self, id: ConnId, wire: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
+            return;
+        };
+        let handshaking = conn.transport.is_handshaking();
+        let mut scratch = mem::take(&mut self.scratch);
+        scratch.clear();
+        match conn.transport.receive(wire, &mut scratch) {
+            Ok(received) => {
+                let handshaken = handshaking && !conn.transport.is_handshaking();
+                // Handshake records (or a key update) to send.
+                let to_send = !conn.transport.is_idle(&conn.out);
+                if handshaken {
+                    ReactorMetrics::add(&self.metrics().tls_handshakes, 1);
+                }
+                if to_send {
+                    self.schedule(id);
+                }
+                if !received.plain.is_empty() {
+                    self.on_bytes(id, received.plain);
+                }
+                if received.peer_closed {
+                    self.on_eof(id);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(reactor = self.index, "transport: {e}");
+                let m = self.metrics();
+                ReactorMetrics::add(
+                    match e {
+                        TransportError::PlainHttp => &m.tls_plain_http,
+                        TransportError::NotTls(_) => &m.tls_not_tls,
+                        TransportError::Handshake(_) => &m.tls_handshake_failures,
+                        TransportError::Tls(_) => &m.tls_errors,
+                    },
+                    1,
+                );
+                // Whatever the transport queued (an alert, a 400) is written, then FIN.
+                let deadline = self.now + self.shared.config.limits.echo.close_timeout;
+                self.conns[id].out.clear();
+                self.set_closing(id, deadline, false);
+            }
+        }
+        if scratch.capacity() > 1 << 20 {
+            scratch = Vec::new();
+        }
+        self.scratch = scratch;
     }
 
     fn on_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {

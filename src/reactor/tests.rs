@@ -419,13 +419,14 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (216 bytes, 8 of them the pointer to a /ws token's shared permissions: the
-/// idle-memory target is under 300 bytes of RSS per connection with the
-/// driver's own per-connection state).
+/// slot small (216 bytes, 8 of them the pointer to a /ws token's shared permissions and 8
+/// the transport: null for plain, the boxed TLS session otherwise; the idle-memory target
+/// is under 300 bytes of RSS per connection with the driver's own per-connection state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
-    assert!(slot <= 208, "{slot} bytes");
+    assert!(slot <= 216, "{slot} bytes");
+    assert_eq!(std::mem::size_of::<crate::transport::Transport>(), 8);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
 

@@ -5,15 +5,48 @@
 //!   driver ◀──wire queue── Transport::outgoing ◀──plaintext frames (OutQueue)── connection
 //! ```
 //!
-//! Today only `Plain`, which passes both ways through untouched and holds nothing, so an
-//! idle plain connection still holds no buffer. A TLS transport decrypts in place in the
-//! lent buffer and encrypts a turn's queued frames together before the driver sends them.
+//! `Plain` passes both ways untouched and holds nothing (`plain.rs`). `Tls` (`tls.rs`, the
+//! only file that uses rustls) decrypts the records in the lent buffer and encrypts a
+//! turn's queued frames together, as few records as fit, before the driver sends them. It
+//! is boxed, so a plain connection's slot does not grow.
+
+mod plain;
+pub mod tls;
 
 use wsgate_proto::OutQueue;
 
-/// Why a transport gave up on a connection.
+use crate::driver::ListenerId;
+use plain::Plain;
+
+/// The listener whose connections speak TLS (the plain one is `ListenerId(0)`).
+pub const TLS_LISTENER: ListenerId = ListenerId(1);
+
+/// Why a transport gave up on a connection. Whatever it still has to say (a TLS alert, a
+/// plain-HTTP 400) is queued: write it, then close.
 #[derive(Debug, thiserror::Error)]
-pub enum TransportError {}
+pub enum TransportError {
+    /// An HTTP request on the TLS port (answered 400).
+    #[error("plain HTTP request on the TLS port")]
+    PlainHttp,
+    /// Bytes that are not a TLS record where a ClientHello must be.
+    #[error("not TLS: first byte {0:#04x}")]
+    NotTls(u8),
+    /// The TLS handshake failed (an alert is queued).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// A TLS error after the handshake (a bad record, a peer's fatal alert).
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// What one receive produced.
+#[derive(Debug)]
+pub struct Received<'a> {
+    /// Plaintext for the protocol (in the lent buffer, or the reactor's scratch for TLS).
+    pub plain: &'a mut [u8],
+    /// The peer closed its side cleanly (TLS close_notify): treat like EOF.
+    pub peer_closed: bool,
+}
 
 /// How one connection's bytes travel.
 #[derive(Debug, Default)]
@@ -21,29 +54,52 @@ pub enum Transport {
     /// TCP as is.
     #[default]
     Plain,
+    /// TLS, boxed: an idle session's rustls state lives outside the connection slot.
+    Tls(Box<tls::Session>),
 }
 
 impl Transport {
-    /// Turns bytes received from the driver into plaintext, in place: the returned slice
-    /// lies inside `wire`.
-    pub fn receive<'a>(&mut self, wire: &'a mut [u8]) -> Result<&'a mut [u8], TransportError> {
+    /// Turns bytes received from the driver into plaintext. Plain returns `wire` itself;
+    /// TLS decrypts in `wire` and appends the plaintext to `scratch` (the reactor's, empty
+    /// on entry), keeping only a split record's tail until the rest arrives.
+    pub fn receive<'a>(
+        &mut self,
+        wire: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<Received<'a>, TransportError> {
         match self {
-            Self::Plain => Ok(wire),
+            Self::Plain => Ok(Received {
+                plain: wire,
+                peer_closed: false,
+            }),
+            Self::Tls(session) => {
+                let peer_closed = session.receive(wire, scratch)?;
+                Ok(Received {
+                    plain: scratch,
+                    peer_closed,
+                })
+            }
         }
     }
 
-    /// The bytes the driver should send next, after taking in what `plain` has queued (a
-    /// TLS transport encrypts it into its own queue and empties `plain`).
-    pub fn outgoing<'a>(&'a mut self, plain: &'a mut OutQueue) -> &'a OutQueue {
+    /// The bytes the driver should send next, after taking in what `plain` has queued (TLS
+    /// encrypts it into its own queue, `scratch` gathering the frames of one record).
+    pub fn outgoing<'a>(
+        &'a mut self,
+        plain: &'a mut OutQueue,
+        scratch: &mut Vec<u8>,
+    ) -> &'a OutQueue {
         match self {
             Self::Plain => plain,
+            Self::Tls(session) => session.outgoing(plain, scratch),
         }
     }
 
     /// The driver wrote `n` bytes of what `outgoing` returned.
     pub fn sent(&mut self, plain: &mut OutQueue, n: usize) {
         match self {
-            Self::Plain => plain.advance(n.min(plain.len_bytes())),
+            Self::Plain => Plain::sent(plain, n),
+            Self::Tls(session) => session.sent(n),
         }
     }
 
@@ -52,6 +108,7 @@ impl Transport {
     pub fn pending(&self, plain: &OutQueue) -> usize {
         match self {
             Self::Plain => plain.len_bytes(),
+            Self::Tls(session) => plain.len_bytes() + session.wire_len(),
         }
     }
 
@@ -59,6 +116,31 @@ impl Transport {
     pub fn is_idle(&self, plain: &OutQueue) -> bool {
         match self {
             Self::Plain => plain.is_empty(),
+            Self::Tls(session) => plain.is_empty() && session.wire_len() == 0,
+        }
+    }
+
+    /// Still in the TLS handshake (the handshake timeout and per-turn bound apply).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Self::Plain => false,
+            Self::Tls(session) => session.is_handshaking(),
+        }
+    }
+
+    /// Before the FIN of a clean close: queues what the transport says last (TLS
+    /// close_notify). Returns whether it queued anything.
+    pub fn close(&mut self) -> bool {
+        match self {
+            Self::Plain => false,
+            Self::Tls(session) => session.close_notify(),
+        }
+    }
+
+    /// Gives back memory an idle connection does not need.
+    pub fn release_idle(&mut self) {
+        if let Self::Tls(session) = self {
+            session.release_idle();
         }
     }
 }
