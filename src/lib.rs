@@ -24,6 +24,7 @@ pub mod config;
 pub mod driver;
 pub mod metrics;
 pub mod reactor;
+pub mod reload;
 pub mod server;
 pub mod shared;
 #[allow(unsafe_code)]

@@ -75,9 +75,19 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         );
     }
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut reloader = wsgate::reload::Reloader::default();
+    if let Some(acceptor) = &config.tls.acceptor {
+        let certs = acceptor.certs().clone();
+        let files = certs.files();
+        reloader.register("tls certificates", files, Box::new(move || certs.reload()));
+    }
+    reloader.spawn().context("starting the reload watcher")?;
     let (threads, pin) = (config.net.threads, config.net.pin);
     let server = Server::start(config.clone())
         .with_context(|| format!("starting on {}", config.net.listen))?;
+    if let Some(addr) = server.tls_addr() {
+        tracing::info!("wsgate listening for TLS (wss://) on {addr}");
+    }
     tracing::info!(
         "wsgate listening on {}, {threads} reactors, pinning {}, io {}",
         server.local_addr(),
