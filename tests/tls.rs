@@ -348,6 +348,61 @@ for_each_driver! {
         assert!(expiry > now + 86_400 * 365, "{line}");
         assert!(text.contains("wsgate_tls_reloads_total{result=\"failed\"} 0"), "{text}");
     }
+
+    fn reload_under_load_drops_no_connection(io: IoBackend) {
+        let pki = Pki::new(&format!("reload-{io:?}"));
+        let (server, addr) = tls_server(io, vec![pki.leaf("site", &["localhost"], false)]);
+        let config = pki.client(BOTH);
+        let leaf = |tls: &Tls| tls.conn.peer_certificates().unwrap()[0].to_vec();
+        // A fresh client each time: a resumed session would not show the certificate.
+        let served = || leaf(&tls_connect(addr, pki.client(BOTH), "localhost").unwrap());
+        let old_leaf = served();
+        let certs = server.server().shared().config.tls.acceptor.as_ref().unwrap().certs().clone();
+        let mut reloader = wsgate::reload::Reloader::default();
+        let watched = certs.clone();
+        reloader.register("certs", certs.files(), Box::new(move || watched.reload()));
+        // Clients echoing without pause while the certificates change under them.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..6)
+            .map(|c| {
+                let mut ws = wss(addr, config.clone(), "/echo");
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let text = format!("client {c} message {n}");
+                        ws.send(Message::text(text.clone())).expect("send on a live connection");
+                        assert_eq!(recv(&mut ws), Message::text(text));
+                        n += 1;
+                    }
+                    let before = leaf(ws.get_ref());
+                    ws.close(None).unwrap();
+                    (n, before)
+                })
+            })
+            .collect();
+        // A new certificate in the same files: the watcher sees the change and reloads.
+        let new = pki.leaf("site", &["localhost"], false);
+        assert_eq!(reloader.check(), 1);
+        let new_leaf = served();
+        assert_ne!(new_leaf, old_leaf, "a new connection gets the new certificate");
+        // A bad key: the reload fails and the certificate loaded last stays.
+        let (_, key) = pki.files("site");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        assert_eq!(reloader.check(), 1);
+        assert_eq!(served(), new_leaf);
+        let status = certs.status();
+        assert_eq!((status.reloads, status.reload_failures), (1, 1));
+        let text = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body_text();
+        assert!(text.contains("wsgate_tls_reloads_total{result=\"failed\"} 1"), "{text}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in clients {
+            let (echoed, kept) = client.join().expect("no client lost its connection");
+            assert!(echoed > 0);
+            assert_eq!(kept, old_leaf, "an existing connection keeps its certificate");
+        }
+        drop(new);
+    }
 }
 
 fn exits_2_naming(args: &[&str], expected: &[&str]) {
@@ -412,4 +467,57 @@ fn bad_certificates_at_start_exit_2_naming_the_file() {
     run("just-one-file.pem", &["not CERT_PEM:KEY_PEM"]);
     exits_2_naming(&["serve", "--tls-listen", "127.0.0.1:0"], &["tls_certs"]);
     exits_2_naming(&["serve", "--tls-certs", &good], &["tls_listen"]);
+}
+
+/// SIGHUP reloads the certificates of the running binary.
+#[test]
+fn sighup_reloads_the_certificates() {
+    use std::io::BufRead;
+    let pki = Pki::new("sighup");
+    let pair = pki.leaf("site", &["localhost"], false);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--pin",
+            "false",
+        ])
+        .args(["--tls-listen", "127.0.0.1:0", "--tls-certs", &pair])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("listening for TLS (wss://) on "))
+        .expect("the TLS start-up line");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let leaf = |addr| {
+        let tls = tls_connect(addr, pki.client(BOTH), "localhost").unwrap();
+        tls.conn.peer_certificates().unwrap()[0].to_vec()
+    };
+    let old = leaf(addr);
+    let _new = pki.leaf("site", &["localhost"], false);
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("reloaded"))
+        .expect("a reload logged");
+    assert!(reloaded.contains("tls certificates"), "{reloaded}");
+    assert_ne!(leaf(addr), old);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
