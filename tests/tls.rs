@@ -155,6 +155,52 @@ fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// A TCP stream that counts the TLS application-data records the server sends.
+struct RecordCounter {
+    tcp: TcpStream,
+    /// Bytes left of the record being read, or of a split header.
+    header: Vec<u8>,
+    body_left: usize,
+    records: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for RecordCounter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            if self.body_left > 0 {
+                let k = self.body_left.min(rest.len());
+                self.body_left -= k;
+                rest = &rest[k..];
+                continue;
+            }
+            let k = (5 - self.header.len()).min(rest.len());
+            self.header.extend_from_slice(&rest[..k]);
+            rest = &rest[k..];
+            if self.header.len() == 5 {
+                if self.header[0] == 0x17 {
+                    self.records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header.clear();
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Write for RecordCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 for_each_driver! {
     fn echo_over_wss_tls13_and_tls12(io: IoBackend) {
         let pki = Pki::new(&format!("echo-{io:?}"));
@@ -402,6 +448,59 @@ for_each_driver! {
             assert_eq!(kept, old_leaf, "an existing connection keeps its certificate");
         }
         drop(new);
+    }
+
+    fn a_flood_of_handshakes_waits_its_turn_and_all_finish(io: IoBackend) {
+        let pki = Pki::new(&format!("flood-{io:?}"));
+        let certs = vec![pki.leaf("localhost", &["localhost"], false)];
+        let server = TestServer::start(io, |raw| {
+            raw.tls.listen = Some(Some("127.0.0.1:0".into()));
+            raw.tls.certs = Some(certs);
+            raw.tls.handshakes_per_turn = Some(1);
+        });
+        let addr = server.server().tls_addr().unwrap();
+        let config = pki.client(BOTH);
+        let mut established = wss(addr, config.clone(), "/echo");
+        let flood: Vec<_> = (0..24)
+            .map(|_| {
+                let config = config.clone();
+                std::thread::spawn(move || wss(addr, config, "/echo"))
+            })
+            .collect();
+        // The established connection is served while the handshakes go one per turn.
+        for i in 0..20 {
+            established.send(Message::text(format!("{i}"))).unwrap();
+            assert_eq!(recv(&mut established), Message::text(format!("{i}")));
+        }
+        for client in flood {
+            let mut ws = client.join().expect("every deferred handshake finishes");
+            ws.send(Message::text("late")).unwrap();
+            assert_eq!(recv(&mut ws), Message::text("late"));
+        }
+        assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 25);
+    }
+
+    fn a_turns_deliveries_to_a_subscriber_share_records(io: IoBackend) {
+        let pki = Pki::new(&format!("records-{io:?}"));
+        let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let records = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = RecordCounter { tcp: stream, header: Vec::new(), body_left: 0, records: records.clone() };
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(pki.client(BOTH), name).unwrap();
+        let url = format!("wss://localhost:{}/ws?subscribe=t", addr.port());
+        let (mut ws, _) = tungstenite::client(url, StreamOwned::new(conn, counter)).unwrap();
+        // Twenty publishes in one request burst: one turn's deliveries on the server.
+        let one = "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n7";
+        let mut publisher = tcp(&server);
+        let before = records.load(std::sync::atomic::Ordering::Relaxed);
+        publisher.write_all(one.repeat(20).as_bytes()).unwrap();
+        for _ in 0..20 {
+            assert_eq!(recv(&mut ws), Message::text(r#"{"topic":"t","data":7}"#));
+        }
+        let used = records.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!((1..=4).contains(&used), "20 deliveries took {used} records");
     }
 }
 

@@ -70,6 +70,10 @@ struct Core {
     inbound: Budget,
     /// The transport's working space: TLS plaintext received, frames gathered into a record.
     scratch: Vec<u8>,
+    /// TLS handshake steps taken this turn, against `tls_handshakes_per_turn`.
+    handshakes: usize,
+    /// TLS handshakes whose bytes wait for the next turn's budget, oldest first.
+    deferred: Vec<ConnId>,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -116,6 +120,8 @@ impl<D: Driver> Reactor<D> {
             latency: metrics::new_histogram(),
             inbound,
             scratch: Vec::new(),
+            handshakes: 0,
+            deferred: Vec::new(),
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -155,6 +161,8 @@ impl<D: Driver> Reactor<D> {
     /// Returns true once drained.
     fn turn(&mut self) -> bool {
         self.core.now = (self.clock)();
+        self.core.resume_handshakes();
+        self.close_pending();
         while let Some(completion) = self.driver.next() {
             self.handle(completion);
             self.close_pending();
@@ -295,10 +303,23 @@ impl Core {
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
     /// the end of a write delay.
     fn wake_at(&self) -> Instant {
+        if !self.deferred.is_empty() {
+            return self.now;
+        }
         [self.drain_deadline, self.corked_until]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
+    }
+
+    /// Handshakes deferred by the last turn, up to this turn's budget (the rest wait on).
+    fn resume_handshakes(&mut self) {
+        self.handshakes = 0;
+        let budget = self.shared.config.tls.handshakes_per_turn;
+        let n = self.deferred.len().min(budget);
+        for id in self.deferred.drain(..n).collect::<Vec<_>>() {
+            self.on_wire(id, &mut []);
+        }
     }
 
     /// Bytes from the driver: through the transport, then to the protocol.
@@ -307,6 +328,17 @@ impl Core {
             return;
         };
         let handshaking = conn.transport.is_handshaking();
+        if handshaking {
+            // A handshake step costs up to ~0.3 ms of CPU: past the turn's budget, the bytes
+            // wait so that established connections are served first (as uWebSockets does).
+            if self.handshakes >= self.shared.config.tls.handshakes_per_turn {
+                if conn.transport.defer(wire) {
+                    self.deferred.push(id);
+                }
+                return;
+            }
+            self.handshakes += 1;
+        }
         let mut scratch = mem::take(&mut self.scratch);
         scratch.clear();
         match conn.transport.receive(wire, &mut scratch) {

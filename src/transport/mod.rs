@@ -128,6 +128,16 @@ impl Transport {
         }
     }
 
+    /// Keeps `wire` unprocessed until `receive` is called again (with no new bytes, at a
+    /// later turn): a TLS handshake waiting for the reactor's per-turn budget. Returns
+    /// whether it was not waiting already.
+    pub fn defer(&mut self, wire: &[u8]) -> bool {
+        match self {
+            Self::Plain => false,
+            Self::Tls(session) => session.defer(wire),
+        }
+    }
+
     /// Before the FIN of a clean close: queues what the transport says last (TLS
     /// close_notify). Returns whether it queued anything.
     pub fn close(&mut self) -> bool {

@@ -102,6 +102,7 @@ impl Acceptor {
             handshake_out: Vec::new(),
             phase: SessionPhase::Fresh,
             close_sent: false,
+            deferred: false,
         }
     }
 
@@ -278,6 +279,8 @@ pub struct Session {
     handshake_out: Vec<u8>,
     phase: SessionPhase,
     close_sent: bool,
+    /// Bytes wait in `carry` for the reactor's next handshake budget.
+    deferred: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -298,8 +301,12 @@ impl Session {
         wire: &mut [u8],
         plain: &mut Vec<u8>,
     ) -> Result<bool, TransportError> {
+        self.deferred = false;
         match self.phase {
-            SessionPhase::Fresh => self.first_byte(wire)?,
+            SessionPhase::Fresh => {
+                let first = self.carry.first().or(wire.first()).copied();
+                self.first_byte(first)?;
+            }
             SessionPhase::Handshaking | SessionPhase::Open => {}
             SessionPhase::PeerClosed | SessionPhase::Failed => return Ok(false),
         }
@@ -328,8 +335,8 @@ impl Session {
 
     /// A TLS connection starts with a handshake record (0x16); a letter is a plain HTTP
     /// request, answered 400 in plain text as it expects.
-    fn first_byte(&mut self, wire: &[u8]) -> Result<(), TransportError> {
-        match wire.first() {
+    fn first_byte(&mut self, first: Option<u8>) -> Result<(), TransportError> {
+        match first {
             None => Ok(()),
             Some(0x16) => {
                 self.phase = SessionPhase::Handshaking;
@@ -348,7 +355,7 @@ impl Session {
                 self.wire.push(Bytes::from(response));
                 Err(TransportError::PlainHttp)
             }
-            Some(&b) => {
+            Some(b) => {
                 self.phase = SessionPhase::Failed;
                 Err(TransportError::NotTls(b))
             }
@@ -499,6 +506,13 @@ impl Session {
             }
             None => self.phase = SessionPhase::Failed,
         }
+    }
+
+    /// Keeps `wire` to process at a later turn (the reactor's handshake budget is spent);
+    /// returns whether the session was not waiting already.
+    pub(super) fn defer(&mut self, wire: &[u8]) -> bool {
+        self.carry.extend_from_slice(wire);
+        !mem::replace(&mut self.deferred, true)
     }
 
     /// The driver wrote `n` bytes of the ciphertext.
