@@ -81,6 +81,12 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         let files = certs.files();
         reloader.register("tls certificates", files, Box::new(move || certs.reload()));
     }
+    if let Some(verifier) = &config.auth.verifier {
+        let verifier = verifier.clone();
+        let files = verifier.files();
+        let reload = move || verifier.reload().map(|_| ()).map_err(|e| e.to_string());
+        reloader.register("jwt keys", files, Box::new(reload));
+    }
     reloader.spawn().context("starting the reload watcher")?;
     let (threads, pin) = (config.net.threads, config.net.pin);
     let server = Server::start(config.clone())

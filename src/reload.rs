@@ -87,10 +87,8 @@ impl Reloader {
 impl Entry {
     fn run(&self, why: &str) {
         match (self.reload)() {
-            Ok(()) => tracing::info!(what = %self.name, "reloaded ({why})"),
-            Err(e) => {
-                tracing::warn!(what = %self.name, "reload failed ({why}), keeping the old: {e}")
-            }
+            Ok(()) => tracing::info!("{} reloaded ({why})", self.name),
+            Err(e) => tracing::warn!("{} not reloaded ({why}), the old ones stay: {e}", self.name),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod http;
 pub mod limits;
 pub mod net;
 pub mod pubsub;
+pub mod rate;
 pub mod setting;
 pub mod tls;
 pub mod uring;
@@ -107,6 +108,8 @@ sections! {
     pubsub: PubSub,
     /// JWT on /ws: keys, issuer, audience, and whether a token is required.
     auth: Auth,
+    /// Rate and connection limits per client (all off by default).
+    rate: RateLimits,
     /// wss://: the TLS listener, its certificates, the lowest version.
     tls: Tls,
 }
