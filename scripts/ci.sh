@@ -43,6 +43,10 @@ if [[ -x scripts/loadgen-smoke.sh ]]; then
   step "loadgen smoke run"
   scripts/loadgen-smoke.sh
 fi
+if [[ -x scripts/interop.sh ]]; then
+  step "interop: real clients (Python websockets, Node ws, Chromium)"
+  scripts/interop.sh
+fi
 step "autobahn (epoll)"
 WSGATE_IO=epoll scripts/autobahn.sh
 step "autobahn (uring)"
