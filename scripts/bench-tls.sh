@@ -68,7 +68,15 @@ start_server() { # system name keytype
   wait_healthy "$port"
 }
 
-stop_server() { kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+# Bun does not exit on SIGINT when not on a terminal: TERM, then KILL after 2 s.
+stop_server() {
+  kill -INT "$server" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+  kill -TERM "$server" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+}
 
 url() { # transport path
   if [[ $1 == wss ]]; then echo "wss://localhost:$tls_port$2"; else echo "ws://127.0.0.1:$port$2"; fi

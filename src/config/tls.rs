@@ -94,3 +94,29 @@ impl Finish for Tls {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::RawConfig;
+
+    #[test]
+    fn certificates_are_a_toml_array_of_pairs_and_are_read_at_start() {
+        let text = "tls_listen = \"127.0.0.1:0\"\ntls_certs = [\"/nonexistent/a.pem:/nonexistent/a.key\"]\n";
+        let err = RawConfig::parse_toml(text).unwrap().validate().unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("`tls_certs`") && err.contains("/nonexistent/a.pem"),
+            "{err}"
+        );
+        let text = "tls-listen = \"nowhere\"\ntls-certs = [\"a:b\"]\n";
+        let err = RawConfig::parse_toml(text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("`tls_listen`"), "{err}");
+        let text = "tls_min_version = \"1.1\"\n";
+        assert!(RawConfig::parse_toml(text).is_err());
+        let config = RawConfig::parse_toml("tls_min_version = \"1.3\"\n").unwrap();
+        assert!(
+            config.validate().unwrap().tls.acceptor.is_none(),
+            "no listener, no TLS"
+        );
+    }
+}
