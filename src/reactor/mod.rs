@@ -351,6 +351,10 @@ impl Core {
             return;
         };
         let handshaking = transport.is_handshaking();
+        if handshaking && !matches!(conn.phase, Phase::Request { .. }) {
+            // The peer left (EOF, timeout) before its handshake was taken: no work for it.
+            return;
+        }
         if handshaking {
             // A handshake step costs up to ~0.3 ms of CPU: past the turn's budget, the bytes
             // wait so that established connections are served first (as uWebSockets does).
