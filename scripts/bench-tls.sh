@@ -10,6 +10,8 @@
 #   fanout-1k        1,000 subscribers x 1,000 publishes/s, over wss and over ws
 #   idle             RSS per idle connection at 10,000, over wss and over ws
 # env: WSGATE_IO=epoll|uring (default epoll), BENCH_SECS (measured seconds, default 8),
+#      HS_RATE_ECDSA, HS_RATE_RSA (offered handshakes/s, default 400 and 150: keep them below
+#      what the server core can do, or timed-out handshakes are counted as wasted CPU),
 #      BUN (path to bun, default ~/.cache/wsgate-npm/node_modules/.bin/bun)
 #
 # Server CPU is the change in utime+stime (/proc/PID/stat) over the measured window, divided
@@ -26,9 +28,14 @@ bun="${BUN:-$HOME/.cache/wsgate-npm/node_modules/.bin/bun}"
 tick=$(getconf CLK_TCK)
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 results="bench-results/$stamp-$(git rev-parse --short HEAD)-tls-$io"
-mkdir -p "$results/certs"
+mkdir -p "$results"
+certs=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$certs"
+}
 trap cleanup EXIT
 
 cargo build --release --quiet -p wsgate -p wsgate-loadgen
@@ -36,8 +43,7 @@ gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
 lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
 ulimit -n "$(ulimit -Hn)"
 
-# Self-signed leaf certificates for localhost, one per key type.
-certs="$results/certs"
+# Self-signed leaf certificates for localhost, one per key type (not kept).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$certs/ecdsa.key" -out "$certs/ecdsa.pem" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
@@ -129,7 +135,7 @@ PY
 handshakes() { # keytype
   for system in wsgate bun; do
     start_server "$system" "handshake-$1" "$1"
-    measure "$system" "handshake-$1" handshakes 0 connect --url "$(url wss /echo)" --rate 1000 \
+    measure "$system" "handshake-$1" handshakes 0 connect --url "$(url wss /echo)" --rate "$2" \
       --hold 1ms --warmup 0s --duration "${secs}s" --drain 1s
     stop_server
   done
@@ -185,8 +191,8 @@ echo "wsgate TLS bench, io=$io, $(nproc) cores, kernel $(uname -r), commit $(git
   | tee "$results/rows.txt"
 for s in "${scenarios[@]}"; do
   case "$s" in
-    handshake-ecdsa) handshakes ecdsa ;;
-    handshake-rsa) handshakes rsa ;;
+    handshake-ecdsa) handshakes ecdsa "${HS_RATE_ECDSA:-400}" ;;
+    handshake-rsa) handshakes rsa "${HS_RATE_RSA:-150}" ;;
     echo) echo_run ;;
     fanout-100) fanout_run 100 ;;
     fanout-1k) fanout_run 1000 ;;
