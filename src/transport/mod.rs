@@ -8,7 +8,8 @@
 //! `Plain` passes both ways untouched and holds nothing (`plain.rs`). `Tls` (`tls.rs`, the
 //! only file that uses rustls) decrypts the records in the lent buffer and encrypts a
 //! turn's queued frames together, as few records as fit, before the driver sends them. It
-//! is boxed, so a plain connection's slot does not grow.
+//! is boxed, and the reactor keeps transports beside its connection slots, so a plain
+//! connection's slot does not grow.
 
 mod plain;
 pub mod tls;
