@@ -49,4 +49,6 @@ for io in epoll uring; do
   if [[ "$io" == epoll ]]; then node tests/interop/deflate_chromium.js "$addr"; fi
   stop
 done
+# wss:// (#11): Python websockets and Node ws trusting a certificate made here, Chromium.
+tests/interop/tls.sh "$bin"
 echo "interop.sh: ok"

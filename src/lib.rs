@@ -25,6 +25,7 @@ pub mod driver;
 pub mod limits;
 pub mod metrics;
 pub mod reactor;
+pub mod reload;
 pub mod server;
 pub mod shared;
 #[allow(unsafe_code)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 use wsgate::config::RawConfig;
@@ -74,11 +74,26 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
             config.net.threads
         );
     }
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut reloader = wsgate::reload::Reloader::default();
+    if let Some(acceptor) = &config.tls.acceptor {
+        let certs = acceptor.certs().clone();
+        let files = certs.files();
+        reloader.register("tls certificates", files, Box::new(move || certs.reload()));
+    }
+    if let Some(verifier) = &config.auth.verifier {
+        let verifier = verifier.clone();
+        let files = verifier.files();
+        let reload = move || verifier.reload().map(|_| ()).map_err(|e| e.to_string());
+        reloader.register("jwt keys", files, Box::new(reload));
+    }
+    reloader.spawn().context("starting the reload watcher")?;
     let (threads, pin) = (config.net.threads, config.net.pin);
     let server = Server::start(config.clone())
         .with_context(|| format!("starting on {}", config.net.listen))?;
+    if let Some(addr) = server.tls_addr() {
+        tracing::info!("wsgate listening for TLS (wss://) on {addr}");
+    }
     tracing::info!(
         "wsgate listening on {}, {threads} reactors, pinning {}, io {}",
         server.local_addr(),
@@ -91,10 +106,6 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
-                if signal == SIGHUP {
-                    reload_keys(&shared);
-                    continue;
-                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal, "draining: closing connections with 1001");
@@ -108,14 +119,4 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
     server.join().context("reactor failed")?;
     tracing::info!("drained, exiting");
     Ok(())
-}
-
-/// SIGHUP: the JWT keys are read again; if a file is now bad, the keys in use stay.
-fn reload_keys(shared: &wsgate::shared::Shared) {
-    if let Some(verifier) = &shared.config.auth.verifier {
-        match verifier.reload() {
-            Ok(keys) => tracing::info!(keys, "jwt keys reloaded"),
-            Err(e) => tracing::warn!("jwt keys not reloaded, the old ones stay: {e}"),
-        }
-    }
 }

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
+use crate::transport::tls::CertStatus;
+
 /// One reactor's counters.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -46,6 +48,18 @@ pub struct ReactorMetrics {
     pub over_budget_closes: AtomicU64,
     /// /ws upgrades refused with 401: a missing or bad token.
     pub auth_failures: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS connections that sent a plain HTTP request (answered 400).
+    pub tls_plain_http: AtomicU64,
+    /// TLS connections whose first bytes were not a TLS record.
+    pub tls_not_tls: AtomicU64,
+    /// TLS handshakes failed (bad ClientHello, no common version or cipher, peer alert).
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS handshakes not finished within the handshake timeout.
+    pub tls_timeouts: AtomicU64,
+    /// Established TLS connections failed (a bad record, a fatal alert).
+    pub tls_errors: AtomicU64,
     /// /ws messages refused with `rate_limited` (message or byte rate).
     pub messages_rate_limited: AtomicU64,
     /// /ws subscribe and unsubscribe ops refused with `rate_limited`.
@@ -85,6 +99,12 @@ impl Default for ReactorMetrics {
             buffered_bytes: AtomicU64::new(0),
             over_budget_closes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_plain_http: AtomicU64::new(0),
+            tls_not_tls: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_timeouts: AtomicU64::new(0),
+            tls_errors: AtomicU64::new(0),
             messages_rate_limited: AtomicU64::new(0),
             ops_rate_limited: AtomicU64::new(0),
             rate_limit_closes: AtomicU64::new(0),
@@ -126,6 +146,8 @@ pub struct Snapshot<'a> {
     pub inbox_overflows: Vec<u64>,
     pub io: &'static str,
     pub draining: bool,
+    /// The TLS certificates' reloads and expiry, with a TLS listener.
+    pub tls: Option<CertStatus>,
 }
 
 /// Renders the Prometheus text exposition format (version 0.0.4).
@@ -337,6 +359,55 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Deliveries lost to a full inbox.",
         &|i| s.inbox_overflows[i],
     );
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_tls_handshakes_total TLS handshakes by result.\n\
+         # TYPE wsgate_tls_handshakes_total counter"
+    );
+    for (i, m) in r.iter().enumerate() {
+        for (result, c) in [
+            ("ok", &m.tls_handshakes),
+            ("plain_http", &m.tls_plain_http),
+            ("not_tls", &m.tls_not_tls),
+            ("failed", &m.tls_handshake_failures),
+            ("timeout", &m.tls_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "wsgate_tls_handshakes_total{{reactor=\"{i}\",result=\"{result}\"}} {}",
+                ReactorMetrics::get(c)
+            );
+        }
+    }
+    per_reactor(
+        &mut out,
+        "tls_errors_total",
+        "counter",
+        "Established TLS connections failed (a bad record, a fatal alert).",
+        &get(|m| &m.tls_errors),
+    );
+    if let Some(tls) = &s.tls {
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_tls_reloads_total Certificate reloads by result (a failed one keeps \
+             the old certificates).\n# TYPE wsgate_tls_reloads_total counter\n\
+             wsgate_tls_reloads_total{{result=\"ok\"}} {}\n\
+             wsgate_tls_reloads_total{{result=\"failed\"}} {}",
+            tls.reloads, tls.reload_failures
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_tls_certificate_expiry_seconds The loaded certificate's notAfter, \
+             Unix time.\n# TYPE wsgate_tls_certificate_expiry_seconds gauge"
+        );
+        for (file, expiry) in &tls.expiry {
+            let file = file.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "wsgate_tls_certificate_expiry_seconds{{file=\"{file}\"}} {expiry}"
+            );
+        }
+    }
     let mut merged = new_histogram();
     for m in r {
         let _ = merged.add(&*m.latency_us.lock().expect("histogram lock poisoned"));
@@ -381,7 +452,16 @@ mod tests {
             inbox_overflows: vec![0, 0],
             io: "epoll",
             draining: false,
+            tls: Some(CertStatus {
+                reloads: 2,
+                reload_failures: 1,
+                expiry: vec![("/etc/a \"b\".pem".into(), 1_900_000_000)],
+            }),
         });
+        assert!(text.contains("wsgate_tls_reloads_total{result=\"failed\"} 1\n"));
+        assert!(text.contains(
+            "wsgate_tls_certificate_expiry_seconds{file=\"/etc/a \\\"b\\\".pem\"} 1900000000\n"
+        ));
         assert!(text.contains("wsgate_deliveries_total{reactor=\"1\"} 42\n"));
         assert!(text.contains("wsgate_inbox_depth{reactor=\"1\"} 3\n"));
         assert!(text.contains("wsgate_handshakes_total{reactor=\"0\",result=\"ok\"} 0\n"));

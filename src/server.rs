@@ -19,6 +19,8 @@ use crate::shared::Shared;
 /// A running gateway.
 pub struct Server {
     addr: SocketAddr,
+    /// The TLS listener's address, when there is one.
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     backend: &'static str,
@@ -34,10 +36,21 @@ impl Server {
         if !config.net.share_port {
             refuse_shared(addr)?;
         }
+        let mut tls_addr = config.tls.addr;
+        if let (Some(addr), false) = (tls_addr, config.net.share_port) {
+            refuse_shared(addr)?;
+        }
         for _ in 0..config.net.threads {
             let listener = bind_reuseport(addr, config.net.socket_send_buffer)?;
             addr = listener.local_addr()?;
-            listeners.push(listener);
+            // Each reactor's listeners in `ListenerId` order: plain, then TLS.
+            let mut own = vec![listener];
+            if let Some(tls) = tls_addr {
+                let listener = bind_reuseport(tls, config.net.socket_send_buffer)?;
+                tls_addr = Some(listener.local_addr()?);
+                own.push(listener);
+            }
+            listeners.push(own);
         }
         let cores = if config.net.pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -65,12 +78,12 @@ impl Server {
                     let waker = shared.waker(index).clone();
                     match backend {
                         Backend::Epoll => run_reactor(index, shared, inbox, ready_tx, || {
-                            EpollDriver::new(vec![listener], waker)
+                            EpollDriver::new(listener, waker)
                         }),
                         Backend::Uring => {
                             let opts = shared.config.uring.clone();
                             run_reactor(index, shared, inbox, ready_tx, || {
-                                UringDriver::new(vec![listener], waker, &opts)
+                                UringDriver::new(listener, waker, &opts)
                             })
                         }
                     }
@@ -88,6 +101,7 @@ impl Server {
         }
         let server = Self {
             addr,
+            tls_addr,
             shared,
             threads,
             backend: backend.name(),
@@ -103,6 +117,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's address (wss://), when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The I/O backend the reactors run.

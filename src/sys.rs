@@ -84,6 +84,18 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 }
 
 /// CPU time this process has used, in nanoseconds (user + system).
+/// Gives the allocator's free pages back to the kernel (glibc `malloc_trim`). After a burst,
+/// e.g. a storm of TLS handshakes whose short-lived buffers sat between long-lived session
+/// state, freed memory would otherwise stay resident; the drivers call it once idle.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own free lists,
+    // under the allocator's locks, so any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn process_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

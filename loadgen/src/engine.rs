@@ -23,6 +23,7 @@ use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
+use crate::tls::Sock;
 use crate::ws::{Decoder, Event, Step};
 
 pub const CONNECT: u8 = 0;
@@ -192,7 +193,7 @@ impl SeqTrack {
 }
 
 struct Conn {
-    sock: TcpStream,
+    sock: Sock,
     gen: u64,
     role: Role,
     id: u32,
@@ -593,7 +594,7 @@ impl Worker {
             .push_back((now + self.plan.connect_timeout_ns, key, gen));
     }
 
-    fn socket(&self, spec: &ConnSpec) -> io::Result<TcpStream> {
+    fn socket(&self, spec: &ConnSpec) -> io::Result<Sock> {
         let addr = self.plan.addr;
         let s = Socket::new(
             Domain::for_address(addr),
@@ -611,7 +612,7 @@ impl Worker {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
-        Ok(TcpStream::from_std(s.into()))
+        Sock::new(TcpStream::from_std(s.into()), self.plan.tls.as_ref())
     }
 
     fn report_ready(&mut self, key: usize) {
@@ -663,6 +664,14 @@ impl Worker {
         }
         if self.conns.contains(key) {
             self.on_readable(key);
+        }
+        if let Some(c) = self.conns.get_mut(key) {
+            // TLS: what rustls could not write at once (wss:// only; plain has nothing).
+            if let Err(e) = c.sock.flush_tls() {
+                self.c.err_reset += 1;
+                self.fail(key, format!("write: {e}"));
+                return;
+            }
         }
         if let Some(c) = self.conns.get(key) {
             if c.out.len() > c.out_pos {

@@ -16,6 +16,7 @@ mod run;
 mod stamp;
 mod stats;
 mod sys;
+mod tls;
 mod ws;
 
 use std::io::{IsTerminal, Write};

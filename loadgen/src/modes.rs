@@ -14,9 +14,15 @@ use crate::stamp::STAMP_LEN;
 /// Options every mode has.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Target, ws:// only [default: ws://127.0.0.1:8080/echo for echo, /ws otherwise].
+    /// Target, ws:// or wss:// [default: ws://127.0.0.1:8080/echo for echo, /ws otherwise].
     #[arg(long)]
     pub url: Option<String>,
+    /// wss://: PEM file of the CA certificates to trust.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// wss://: accept any server certificate.
+    #[arg(long)]
+    pub insecure: bool,
     /// Measured window (after the warm-up): 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -221,11 +227,14 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    pub secure: bool,
 }
 
 pub fn parse_url(url: &str) -> Result<Target> {
-    let Some(rest) = url.strip_prefix("ws://") else {
-        bail!("--url {url:?}: only ws:// URLs are supported");
+    let (rest, secure) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => bail!("--url {url:?}: only ws:// and wss:// URLs are supported"),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -241,7 +250,7 @@ pub fn parse_url(url: &str) -> Result<Target> {
     {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if secure { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
@@ -253,6 +262,7 @@ pub fn parse_url(url: &str) -> Result<Target> {
         addr,
         host: authority.to_string(),
         path: path.to_string(),
+        secure,
     })
 }
 
@@ -269,6 +279,15 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         .clone()
         .unwrap_or_else(|| format!("ws://127.0.0.1:8080{default_path}"));
     let t = parse_url(&url)?;
+    let tls = if t.secure {
+        Some(crate::tls::TlsClient::new(
+            &t.host,
+            c.ca.as_deref(),
+            c.insecure,
+        )?)
+    } else {
+        None
+    };
     let cpus = match &c.cpus {
         Some(s) => parse_cpus(s)?,
         None => Vec::new(),
@@ -290,6 +309,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         url: t.url,
         addr: t.addr,
         host: t.host,
+        tls,
         threads,
         cpus,
         sources,
@@ -470,7 +490,9 @@ mod tests {
         assert_eq!(t.host, "127.0.0.1:9000");
         assert_eq!(t.path, "/ws?x=1");
         assert_eq!(parse_url("ws://127.0.0.1").unwrap().addr.port(), 80);
-        assert!(parse_url("wss://127.0.0.1/").is_err());
+        let t = parse_url("wss://localhost/ws").unwrap();
+        assert!(t.secure);
+        assert_eq!(t.addr.port(), 443);
         assert!(parse_url("http://127.0.0.1/").is_err());
     }
 }

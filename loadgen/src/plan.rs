@@ -51,6 +51,8 @@ pub struct Plan {
     pub addr: SocketAddr,
     /// Host header value.
     pub host: String,
+    /// wss://: how to reach the server over TLS.
+    pub tls: Option<crate::tls::TlsClient>,
     pub threads: usize,
     pub cpus: Vec<usize>,
     pub sources: Vec<IpAddr>,

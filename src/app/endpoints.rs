@@ -64,6 +64,12 @@ fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
             .collect(),
         io: shared.io,
         draining: shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+        tls: shared
+            .config
+            .tls
+            .acceptor
+            .as_ref()
+            .map(|a| a.certs().status()),
     });
     http_response(
         200,

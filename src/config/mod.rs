@@ -38,6 +38,7 @@ pub mod net;
 pub mod pubsub;
 pub mod rate;
 pub mod setting;
+pub mod tls;
 pub mod uring;
 
 pub use net::IoBackend;
@@ -112,6 +113,8 @@ sections! {
     rate: RateLimits,
     /// permessage-deflate: on or off, compression level, minimum size.
     deflate: Deflate,
+    /// wss://: the TLS listener, its certificates, the lowest version.
+    tls: Tls,
 }
 
 impl Default for Config {

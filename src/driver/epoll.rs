@@ -559,6 +559,7 @@ impl Driver for EpollDriver {
         if self.carry.is_empty() {
             self.carry = Vec::new();
         }
+        crate::sys::trim_heap();
     }
 }
 

@@ -1093,6 +1093,7 @@ impl Driver for UringDriver {
             self.starved = Vec::new();
         }
         let released = self.release_ring_pages();
+        crate::sys::trim_heap();
         tracing::debug!(released, "io_uring driver idle: memory given back");
     }
 }

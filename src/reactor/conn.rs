@@ -25,15 +25,14 @@ use super::{limits, Core};
 use crate::app::Route;
 use crate::auth::Permissions;
 use crate::broadcast::TopicId;
-use crate::driver::ConnId;
+use crate::driver::{ConnId, ListenerId};
 use crate::limits::{self, Meter};
 use crate::metrics::ReactorMetrics;
-use crate::transport::Transport;
+use crate::transport::{Transport, TLS_LISTENER};
 
 /// One connection's state in its reactor. Its socket belongs to the driver.
 pub(super) struct Conn {
     pub out: OutQueue,
-    pub transport: Transport,
     pub phase: Phase,
     /// The WebSocket's route once upgraded (`NotFound` before). Kept out of `Phase` so
     /// that its WebSocket variant stays within 128 bytes.
@@ -165,13 +164,25 @@ impl Conn {
 #[derive(Default)]
 pub(super) struct Conns {
     slots: Vec<Option<Conn>>,
+    /// Transports indexed like `slots`, grown only by TLS connections (each a pointer to
+    /// its boxed session), so that a plain connection's slot holds no transport at all.
+    transports: Vec<Transport>,
+    /// The transport of every plain connection: `Plain` holds no state, so it is shared.
+    plain: Transport,
     len: usize,
 }
 
 impl Conns {
-    pub fn insert(&mut self, id: ConnId, conn: Conn) {
+    pub fn insert(&mut self, id: ConnId, conn: Conn, transport: Transport) {
         if self.slots.len() <= id.index() {
             self.slots.resize_with(id.index() + 1, || None);
+        }
+        if matches!(transport, Transport::Tls(_)) && self.transports.len() <= id.index() {
+            self.transports
+                .resize_with(id.index() + 1, Transport::default);
+        }
+        if let Some(slot) = self.transports.get_mut(id.index()) {
+            *slot = transport;
         }
         let slot = &mut self.slots[id.index()];
         debug_assert!(slot.is_none(), "the driver reused {id:?} before Released");
@@ -182,12 +193,37 @@ impl Conns {
 
     pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
         let conn = self.slots.get_mut(id.index())?.take()?;
+        if let Some(transport) = self.transports.get_mut(id.index()) {
+            *transport = Transport::Plain;
+        }
         self.len -= 1;
         Some(conn)
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.slots.get_mut(id.index())?.as_mut()
+    }
+
+    /// A connection with its transport.
+    pub fn with_transport(&mut self, id: ConnId) -> Option<(&mut Conn, &mut Transport)> {
+        let conn = self.slots.get_mut(id.index())?.as_mut()?;
+        let transport = match self.transports.get_mut(id.index()) {
+            Some(transport) => transport,
+            None => &mut self.plain,
+        };
+        Some((conn, transport))
+    }
+
+    /// The transports that hold state (TLS sessions), for the timer sweep.
+    pub fn transports_mut(&mut self) -> impl Iterator<Item = &mut Transport> {
+        self.transports.iter_mut()
+    }
+
+    /// Whether the connection is still in its TLS handshake.
+    pub fn is_handshaking(&self, id: ConnId) -> bool {
+        self.transports
+            .get(id.index())
+            .is_some_and(Transport::is_handshaking)
     }
 
     pub fn len(&self) -> usize {
@@ -230,7 +266,7 @@ impl IndexMut<ConnId> for Conns {
 }
 
 impl Core {
-    pub(super) fn accept(&mut self, id: ConnId, ip: IpAddr) {
+    pub(super) fn accept(&mut self, id: ConnId, ip: IpAddr, listener: ListenerId) {
         let shared = &self.shared;
         let open = shared.open.fetch_add(1, Ordering::Relaxed);
         let metrics = &shared.metrics[self.index];
@@ -245,11 +281,14 @@ impl Core {
             }
         };
         let shared = &self.shared;
+        let transport = match &shared.config.tls.acceptor {
+            Some(tls) if listener == TLS_LISTENER => Transport::Tls(Box::new(tls.session())),
+            _ => Transport::Plain,
+        };
         self.conns.insert(
             id,
             Conn {
                 out: OutQueue::default(),
-                transport: Transport::Plain,
                 phase: Phase::Request {
                     head: Vec::new(),
                     chunked: None,
@@ -261,6 +300,7 @@ impl Core {
                 admission,
                 route: Route::NotFound,
             },
+            transport,
         );
         if self.limits_on {
             let slot = id.index();
@@ -345,11 +385,12 @@ impl Core {
     }
 
     pub(super) fn on_sent(&mut self, id: ConnId, bytes: usize) {
-        let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
+        let Some((conn, transport)) = self.conns.with_transport(id).filter(|(c, _)| c.is_live())
+        else {
             return;
         };
         conn.send = Send::Idle;
-        conn.transport.sent(&mut conn.out, bytes);
+        transport.sent(&mut conn.out, bytes);
         ReactorMetrics::add(&self.shared.metrics[self.index].bytes_out, bytes as u64);
         self.schedule(id);
     }
@@ -445,10 +486,12 @@ impl Core {
         let mut timed_out = Vec::new();
         let mut expired = Vec::new();
         let mut tokens_expired = Vec::new();
+        for transport in self.conns.transports_mut() {
+            transport.release_idle();
+        }
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
-
             match &mut conn.phase {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.
@@ -472,6 +515,10 @@ impl Core {
             }
         }
         ReactorMetrics::add(&self.metrics().handshakes_timed_out, timed_out.len() as u64);
+        let tls_timeouts = timed_out
+            .iter()
+            .filter(|&&id| self.conns.is_handshaking(id));
+        ReactorMetrics::add(&self.metrics().tls_timeouts, tls_timeouts.count() as u64);
         for id in timed_out {
             // Too slow to send a request: dropped without an answer.
             self.set_closing(id, now, true);

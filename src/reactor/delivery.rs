@@ -87,11 +87,13 @@ impl Core {
         let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
         let mut abort = Vec::new();
         for id in self.topics.subscribers(topic) {
-            let conn = &mut self.conns[id];
+            let Some((conn, transport)) = self.conns.with_transport(id) else {
+                continue;
+            };
             let Phase::WebSocket { ws, .. } = &mut conn.phase else {
                 continue;
             };
-            let pending = conn.transport.pending(&conn.out);
+            let pending = transport.pending(&conn.out);
             if pending + message.len() <= cap {
                 if ws.send_prepared(message, &mut self.deflater, &mut conn.out) {
                     delivered += 1;

@@ -38,6 +38,7 @@ use crate::driver::{Completion, ConnId, Driver};
 use crate::limits::{self as rate, Verdict};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
+use crate::transport::TransportError;
 use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
 use wsgate_proto::deflate::{Deflater, Inflater};
 use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
@@ -74,6 +75,12 @@ struct Core {
     /// message on its own (no context takeover); allocated at their first use.
     inflater: Inflater,
     deflater: Deflater,
+    /// The transport's working space: TLS plaintext received, frames gathered into a record.
+    scratch: Vec<u8>,
+    /// TLS handshake steps taken this turn, against `tls_handshakes_per_turn`.
+    handshakes: usize,
+    /// TLS handshakes whose bytes wait for the next turn's budget, oldest first.
+    deferred: Vec<ConnId>,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -138,6 +145,9 @@ impl<D: Driver> Reactor<D> {
             inbound,
             inflater: Inflater::default(),
             deflater,
+            scratch: Vec::new(),
+            handshakes: 0,
+            deferred: Vec::new(),
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -184,6 +194,8 @@ impl<D: Driver> Reactor<D> {
     /// Returns true once drained.
     fn turn(&mut self) -> bool {
         self.core.now = (self.clock)();
+        self.core.resume_handshakes();
+        self.close_pending();
         while let Some(completion) = self.driver.next() {
             self.handle(completion);
             self.close_pending();
@@ -208,26 +220,22 @@ impl<D: Driver> Reactor<D> {
     fn handle(&mut self, completion: Completion) {
         let core = &mut self.core;
         match completion {
-            Completion::Accepted { conn, peer, .. } => {
+            Completion::Accepted {
+                conn,
+                peer,
+                listener,
+            } => {
                 if core.drain_deadline.is_some() {
                     self.driver.close(conn);
                 } else {
                     tracing::trace!(%peer, "accepted");
-                    core.accept(conn, peer.ip());
+                    core.accept(conn, peer.ip(), listener);
                 }
             }
             Completion::Received { conn, buf, len } => {
                 let wire = &mut self.driver.buf(buf)[..len];
                 ReactorMetrics::add(&core.metrics().bytes_in, len as u64);
-                if let Some(c) = core.conns.get_mut(conn).filter(|c| c.is_live()) {
-                    match c.transport.receive(wire) {
-                        Ok(plain) => core.on_bytes(conn, plain),
-                        Err(e) => {
-                            tracing::debug!(reactor = core.index, "transport: {e}");
-                            core.close_now(conn);
-                        }
-                    }
-                }
+                core.on_wire(conn, wire);
                 self.driver.release(buf);
             }
             Completion::Eof(conn) => core.on_eof(conn),
@@ -258,20 +266,23 @@ impl<D: Driver> Reactor<D> {
     fn flush(&mut self) {
         let cap = self.core.shared.config.limits.max_outbound_bytes;
         while let Some(id) = self.core.flush.pop() {
-            let Some(conn) = self.core.conns.get_mut(id) else {
+            let Some((conn, transport)) = self.core.conns.with_transport(id) else {
                 continue;
             };
             conn.scheduled = Scheduled::No;
             if !conn.is_live() {
                 continue;
             }
-            if conn.send == Send::Idle && !conn.transport.is_idle(&conn.out) {
-                self.driver.send(id, conn.transport.outgoing(&mut conn.out));
-                conn.send = Send::InFlight;
+            if conn.send == Send::Idle && !transport.is_idle(&conn.out) {
+                let wire = transport.outgoing(&mut conn.out, &mut self.core.scratch);
+                if !wire.is_empty() {
+                    self.driver.send(id, wire);
+                    conn.send = Send::InFlight;
+                }
             }
             // Backpressure on echo: stop reading while the queue is over the cap, resume at
             // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
-            let pending = conn.transport.pending(&conn.out);
+            let pending = transport.pending(&conn.out);
             match conn.recv {
                 Recv::On if pending > cap => {
                     conn.recv = Recv::Paused;
@@ -284,11 +295,17 @@ impl<D: Driver> Reactor<D> {
                 _ => {}
             }
             if let Phase::Closing { fin_sent, .. } = &mut conn.phase {
-                if conn.send == Send::Idle && conn.transport.is_idle(&conn.out) {
+                if conn.send == Send::Idle && transport.is_idle(&conn.out) {
                     if conn.recv == Recv::Eof {
                         self.core.close_now(id);
                     } else if !*fin_sent {
                         *fin_sent = true;
+                        // A clean TLS close says close_notify before the FIN.
+                        if transport.close() {
+                            let wire = transport.outgoing(&mut conn.out, &mut self.core.scratch);
+                            self.driver.send(id, wire);
+                            conn.send = Send::InFlight;
+                        }
                         self.driver.shutdown_write(id);
                     }
                 }
@@ -316,10 +333,89 @@ impl Core {
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
     /// the end of a write delay.
     fn wake_at(&self) -> Instant {
+        if !self.deferred.is_empty() {
+            return self.now;
+        }
         [self.drain_deadline, self.corked_until]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
+    }
+
+    /// Handshakes deferred by the last turn, up to this turn's budget (the rest wait on).
+    fn resume_handshakes(&mut self) {
+        self.handshakes = 0;
+        let budget = self.shared.config.tls.handshakes_per_turn;
+        let n = self.deferred.len().min(budget);
+        for id in self.deferred.drain(..n).collect::<Vec<_>>() {
+            self.on_wire(id, &mut []);
+        }
+    }
+
+    /// Bytes from the driver: through the transport, then to the protocol.
+    fn on_wire(&mut self, id: ConnId, wire: &mut [u8]) {
+        let Some((conn, transport)) = self.conns.with_transport(id).filter(|(c, _)| c.is_live())
+        else {
+            return;
+        };
+        let handshaking = transport.is_handshaking();
+        if handshaking && !matches!(conn.phase, Phase::Request { .. }) {
+            // The peer left (EOF, timeout) before its handshake was taken: no work for it.
+            return;
+        }
+        if handshaking {
+            // A handshake step costs up to ~0.3 ms of CPU: past the turn's budget, the bytes
+            // wait so that established connections are served first (as uWebSockets does).
+            if self.handshakes >= self.shared.config.tls.handshakes_per_turn {
+                if transport.defer(wire) {
+                    self.deferred.push(id);
+                }
+                return;
+            }
+            self.handshakes += 1;
+        }
+        let mut scratch = mem::take(&mut self.scratch);
+        scratch.clear();
+        match transport.receive(wire, &mut scratch) {
+            Ok(received) => {
+                let handshaken = handshaking && !transport.is_handshaking();
+                // Handshake records (or a key update) to send.
+                let to_send = !transport.is_idle(&conn.out);
+                if handshaken {
+                    ReactorMetrics::add(&self.metrics().tls_handshakes, 1);
+                }
+                if to_send {
+                    self.schedule(id);
+                }
+                if !received.plain.is_empty() {
+                    self.on_bytes(id, received.plain);
+                }
+                if received.peer_closed {
+                    self.on_eof(id);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(reactor = self.index, "transport: {e}");
+                let m = self.metrics();
+                ReactorMetrics::add(
+                    match e {
+                        TransportError::PlainHttp => &m.tls_plain_http,
+                        TransportError::NotTls(_) => &m.tls_not_tls,
+                        TransportError::Handshake(_) => &m.tls_handshake_failures,
+                        TransportError::Tls(_) => &m.tls_errors,
+                    },
+                    1,
+                );
+                // Whatever the transport queued (an alert, a 400) is written, then FIN.
+                let deadline = self.now + self.shared.config.limits.echo.close_timeout;
+                self.conns[id].out.clear();
+                self.set_closing(id, deadline, false);
+            }
+        }
+        if scratch.capacity() > 1 << 20 {
+            scratch = Vec::new();
+        }
+        self.scratch = scratch;
     }
 
     fn on_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {

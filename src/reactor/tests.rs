@@ -429,6 +429,8 @@ fn idle_connection_footprint() {
     assert!(slot <= 216, "{slot} bytes");
     assert_eq!(std::mem::size_of::<Option<super::conn::Token>>(), 16);
     assert_eq!(std::mem::size_of::<super::conn::Limited>(), 24);
+    // A TLS session's pointer sits beside the slots too (`Conns::transports`).
+    assert_eq!(std::mem::size_of::<crate::transport::Transport>(), 8);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
 

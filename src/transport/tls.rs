@@ -1,0 +1,680 @@
+//! TLS on rustls 0.23: the certificates (loaded, chosen by SNI, reloaded) and the
+//! per-connection session. The only file that names rustls, so its API changes (0.24's
+//! in-place decryption) stay here.
+//!
+//! A session uses rustls' unbuffered API: records are decrypted in the driver's lent
+//! buffer, and the plaintext is appended to the reactor's scratch (rustls 0.23 still copies
+//! each record's plaintext into a short-lived `Vec` of its own; 0.24 drops that copy). Only
+//! a record split across two reads is kept, in `carry`, until its rest arrives. Outgoing, a
+//! turn's queued frames are gathered and encrypted together: one 16 KiB record carries as
+//! many frames as fit, and one buffer holds all of a send's records.
+//!
+//! The crypto provider is ring: see `provider` for why.
+
+use std::mem;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
+use rustls::sign::CertifiedKey;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ServerConfig;
+use wsgate_proto::OutQueue;
+
+use super::TransportError;
+
+/// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
+const MAX_RECORD: usize = 1 << 14;
+/// Ciphertext bytes a record adds at most: header 5, TLS 1.2 explicit nonce 8 (or the TLS
+/// 1.3 inner content type 1), tag 16.
+const RECORD_OVERHEAD: usize = 5 + 8 + 16;
+/// Most plaintext encrypted for one send: four full records (what is left waits for the
+/// next send, so ciphertext never piles up beyond one send).
+const MAX_BATCH: usize = 4 * MAX_RECORD;
+
+/// The crypto provider: ring rather than aws-lc-rs. Measured here (bench-results/tls/,
+/// docs/tls.md): a full TLS 1.3 handshake costs the server the same within the noise
+/// (ECDSA P-256: median 240 µs ring vs 252 µs aws-lc-rs; RSA 2048: 282 vs 272), and so do
+/// the records fan-out sends (64 B and 1 KiB records: within 5 %); only full 16 KiB records
+/// are faster on aws-lc-rs (≈ 1.5×). That does not pay for building aws-lc's C sources
+/// (8 minutes here, on every fresh machine and in CI) and a larger binary.
+fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The lowest TLS version accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinVersion {
+    Tls12,
+    Tls13,
+}
+
+/// One certificate's files: a PEM chain (leaf first) and its PEM private key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes the TLS sessions of new connections: the rustls settings and the certificates.
+#[derive(Debug)]
+pub struct Acceptor {
+    config: Arc<ServerConfig>,
+    certs: Arc<Certs>,
+}
+
+impl Acceptor {
+    /// Loads every certificate; an error names the file and why.
+    pub fn new(files: Vec<CertFiles>, min: MinVersion) -> Result<Self, String> {
+        let provider = Arc::new(provider());
+        let certs = Arc::new(Certs::load(files, provider.clone())?);
+        let versions: &[&rustls::SupportedProtocolVersion] = match min {
+            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            MinVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // WebSocket runs over HTTP/1.1 (RFC 6455 §4.1); a client offering only h2 fails.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+            certs,
+        })
+    }
+
+    /// A new connection's session.
+    pub fn session(&self) -> Session {
+        Session {
+            conn: UnbufferedServerConnection::new(self.config.clone())
+                .expect("a server config with certificates starts a session"),
+            wire: OutQueue::default(),
+            carry: Vec::new(),
+            handshake_out: Vec::new(),
+            phase: SessionPhase::Fresh,
+            close_sent: false,
+            deferred: false,
+        }
+    }
+
+    /// The certificates, to reload and to report.
+    pub fn certs(&self) -> &Arc<Certs> {
+        &self.certs
+    }
+}
+
+/// The loaded certificates; reloading swaps them whole, for new handshakes only (a
+/// session keeps the certificate it was given).
+#[derive(Debug)]
+pub struct Certs {
+    files: Vec<CertFiles>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<Vec<Loaded>>>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    not_after: i64,
+}
+
+/// What `/metrics` shows of the certificates.
+#[derive(Debug, Default)]
+pub struct CertStatus {
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Each certificate file and its leaf's expiry (Unix seconds).
+    pub expiry: Vec<(String, i64)>,
+}
+
+impl Certs {
+    fn load(files: Vec<CertFiles>, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+        let loaded = load_all(&files, &provider)?;
+        Ok(Self {
+            files,
+            provider,
+            current: RwLock::new(Arc::new(loaded)),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// The files to watch.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let pairs = self.files.iter();
+        pairs
+            .flat_map(|f| [f.cert.clone(), f.key.clone()])
+            .collect()
+    }
+
+    /// Loads every file again; on any error the old certificates stay (and it is counted).
+    pub fn reload(&self) -> Result<(), String> {
+        match load_all(&self.files, &self.provider) {
+            Ok(loaded) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn status(&self) -> CertStatus {
+        let current = self.current();
+        CertStatus {
+            reloads: self.reloads.load(Ordering::Relaxed),
+            reload_failures: self.reload_failures.load(Ordering::Relaxed),
+            expiry: self
+                .files
+                .iter()
+                .zip(current.iter())
+                .map(|(f, l)| (f.cert.display().to_string(), l.not_after))
+                .collect(),
+        }
+    }
+
+    fn current(&self) -> Arc<Vec<Loaded>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    /// The first certificate valid for the SNI name; the first one when none is (or no
+    /// name was sent): the client then refuses it, as it should.
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current();
+        let name = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok());
+        if let (Some(name), true) = (name, current.len() > 1) {
+            let valid = |l: &&Loaded| {
+                let leaf = l.key.end_entity_cert().ok();
+                leaf.and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+            };
+            if let Some(found) = current.iter().find(valid) {
+                return Some(found.key.clone());
+            }
+        }
+        current.first().map(|l| l.key.clone())
+    }
+}
+
+fn load_all(files: &[CertFiles], provider: &CryptoProvider) -> Result<Vec<Loaded>, String> {
+    files.iter().map(|f| load_pair(f, provider)).collect()
+}
+
+/// One certificate and key; the error names the file and the reason.
+fn load_pair(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, String> {
+    let (cert, key) = (files.cert.display(), files.key.display());
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{cert}: {}", pem_error(e)))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!("{cert}: no certificate in the file"));
+    };
+    let not_after =
+        not_after(leaf).ok_or_else(|| format!("{cert}: not a valid X.509 certificate"))?;
+    let private =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{key}: {}", pem_error(e)))?;
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!("{key}: does not match {cert}"),
+        other => format!("{key}: {other}"),
+    })?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+        not_after,
+    })
+}
+
+fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM item of the expected kind".into(),
+        other => format!("bad PEM: {other:?}"),
+    }
+}
+
+/// Where a session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionPhase {
+    /// No byte yet: the first one tells a ClientHello from a plain request.
+    Fresh,
+    Handshaking,
+    Open,
+    /// The peer sent close_notify: what it sends after is ignored.
+    PeerClosed,
+    /// Failed: nothing more is read; what is queued (an alert) is still written.
+    Failed,
+}
+
+/// One connection's TLS state: rustls' own, the ciphertext waiting to be sent, and a split
+/// record's head. Idle, `wire`, `carry` and `handshake_out` hold no memory.
+pub struct Session {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext for the driver, oldest first.
+    wire: OutQueue,
+    /// The head of a record whose rest has not arrived.
+    carry: Vec<u8>,
+    /// Handshake records being encoded, until rustls says to transmit them.
+    handshake_out: Vec<u8>,
+    phase: SessionPhase,
+    close_sent: bool,
+    /// Bytes wait in `carry` for the reactor's next handshake budget.
+    deferred: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("phase", &self.phase)
+            .field("wire", &self.wire.len_bytes())
+            .field("carry", &self.carry.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Decrypts `wire`, appending plaintext to `plain`. Returns true when the peer has just
+    /// closed cleanly (close_notify).
+    pub(super) fn receive(
+        &mut self,
+        wire: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<bool, TransportError> {
+        self.deferred = false;
+        match self.phase {
+            SessionPhase::Fresh => {
+                let first = self.carry.first().or(wire.first()).copied();
+                self.first_byte(first)?;
+            }
+            SessionPhase::Handshaking | SessionPhase::Open => {}
+            SessionPhase::PeerClosed | SessionPhase::Failed => return Ok(false),
+        }
+        let result = if self.carry.is_empty() {
+            self.process(wire, plain).map(|used| {
+                self.carry.extend_from_slice(&wire[used..]);
+            })
+        } else {
+            let mut carry = mem::take(&mut self.carry);
+            carry.extend_from_slice(wire);
+            self.process(&mut carry, plain).map(|used| {
+                carry.drain(..used);
+                if !carry.is_empty() {
+                    self.carry = carry;
+                }
+            })
+        };
+        match result {
+            Ok(()) => Ok(self.phase == SessionPhase::PeerClosed),
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
+    /// A TLS connection starts with a handshake record (0x16); a letter is a plain HTTP
+    /// request, answered 400 in plain text as it expects.
+    fn first_byte(&mut self, first: Option<u8>) -> Result<(), TransportError> {
+        match first {
+            None => Ok(()),
+            Some(0x16) => {
+                self.phase = SessionPhase::Handshaking;
+                Ok(())
+            }
+            Some(b) if b.is_ascii_uppercase() => {
+                self.phase = SessionPhase::Failed;
+                let body = br#"{"error":"bad_request","message":"plain HTTP request on the TLS port: use https:// or wss://"}"#;
+                let response = wsgate_proto::outgoing::http_response(
+                    400,
+                    "application/json",
+                    &[],
+                    body,
+                    false,
+                );
+                self.wire.push(Bytes::from(response));
+                Err(TransportError::PlainHttp)
+            }
+            Some(b) => {
+                self.phase = SessionPhase::Failed;
+                Err(TransportError::NotTls(b))
+            }
+        }
+    }
+
+    /// Runs rustls over the records in `buf`; returns how many bytes it used (the rest is
+    /// a partial record).
+    fn process(&mut self, buf: &mut [u8], plain: &mut Vec<u8>) -> Result<usize, TransportError> {
+        let mut used = 0;
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut buf[used..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => return Err(self.error(e)),
+            };
+            let more = match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(|e| TransportError::Tls(e.to_string()))?;
+                        plain.extend_from_slice(record.payload);
+                    }
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.handshake_out, |out| encode.encode(out));
+                    true
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    if !self.handshake_out.is_empty() {
+                        let records = mem::take(&mut self.handshake_out);
+                        self.wire.push(Bytes::from(records));
+                    }
+                    transmit.done();
+                    true
+                }
+                ConnectionState::PeerClosed => {
+                    self.phase = SessionPhase::PeerClosed;
+                    // Nothing after close_notify counts (RFC 8446 §6.1).
+                    return Ok(buf.len());
+                }
+                ConnectionState::WriteTraffic(_) => {
+                    self.phase = SessionPhase::Open;
+                    false
+                }
+                ConnectionState::BlockedHandshake | ConnectionState::Closed => false,
+                other => {
+                    // Early data is off (max_early_data_size 0); nothing else is expected.
+                    return Err(TransportError::Tls(format!("unexpected state {other:?}")));
+                }
+            };
+            used += discard;
+            if !more {
+                return Ok(used);
+            }
+        }
+    }
+
+    /// Maps a rustls error, after which rustls has queued the alert to send.
+    fn error(&self, e: rustls::Error) -> TransportError {
+        if self.conn.is_handshaking() {
+            TransportError::Handshake(e.to_string())
+        } else {
+            TransportError::Tls(e.to_string())
+        }
+    }
+
+    /// After an error: reads nothing more, and queues the alert rustls prepared.
+    fn fail(&mut self) {
+        self.phase = SessionPhase::Failed;
+        self.carry = Vec::new();
+        for _ in 0..4 {
+            match self.conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.handshake_out, |out| encode.encode(out));
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    let records = mem::take(&mut self.handshake_out);
+                    if !records.is_empty() {
+                        self.wire.push(Bytes::from(records));
+                    }
+                    transmit.done();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Encrypts what `plain` holds (up to `MAX_BATCH`) once the last ciphertext is sent;
+    /// returns the ciphertext to send.
+    pub(super) fn outgoing<'a>(
+        &'a mut self,
+        plain: &mut OutQueue,
+        scratch: &mut Vec<u8>,
+    ) -> &'a OutQueue {
+        let may_encrypt = matches!(self.phase, SessionPhase::Open | SessionPhase::PeerClosed);
+        if self.wire.is_empty() && !plain.is_empty() && may_encrypt && !self.close_sent {
+            self.encrypt(plain, scratch);
+        }
+        &self.wire
+    }
+
+    fn encrypt(&mut self, plain: &mut OutQueue, scratch: &mut Vec<u8>) {
+        let total = plain.len_bytes().min(MAX_BATCH);
+        let front = plain.frames().next().expect("not empty");
+        // One frame covering the batch is encrypted from where it is; several are gathered
+        // so that a record carries as many of them as fit.
+        let data: &[u8] = if front.len() >= total {
+            &front[..total]
+        } else {
+            scratch.clear();
+            for frame in plain.frames() {
+                let take = frame.len().min(total - scratch.len());
+                scratch.extend_from_slice(&frame[..take]);
+                if scratch.len() == total {
+                    break;
+                }
+            }
+            scratch
+        };
+        let mut out = Vec::new();
+        let records = total.div_ceil(MAX_RECORD);
+        out.resize(total + records * RECORD_OVERHEAD, 0);
+        let written = match self.conn.process_tls_records(&mut []).state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
+                match traffic.encrypt(data, &mut out) {
+                    Ok(n) => break Some(n),
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) => out.resize(required_size, 0),
+                    Err(e) => {
+                        tracing::debug!("tls: cannot encrypt: {e}");
+                        break None;
+                    }
+                }
+            },
+            other => {
+                tracing::debug!("tls: cannot encrypt in state {:?}", other.map(|_| ()));
+                None
+            }
+        };
+        plain.advance(total);
+        match written {
+            Some(n) => {
+                out.truncate(n);
+                self.wire.push(Bytes::from(out));
+            }
+            None => self.phase = SessionPhase::Failed,
+        }
+    }
+
+    /// Keeps `wire` to process at a later turn (the reactor's handshake budget is spent);
+    /// returns whether the session was not waiting already.
+    pub(super) fn defer(&mut self, wire: &[u8]) -> bool {
+        self.carry.extend_from_slice(wire);
+        !mem::replace(&mut self.deferred, true)
+    }
+
+    /// The driver wrote `n` bytes of the ciphertext.
+    pub(super) fn sent(&mut self, n: usize) {
+        self.wire.advance(n.min(self.wire.len_bytes()));
+    }
+
+    pub(super) fn wire_len(&self) -> usize {
+        self.wire.len_bytes()
+    }
+
+    pub(super) fn is_handshaking(&self) -> bool {
+        matches!(self.phase, SessionPhase::Fresh | SessionPhase::Handshaking)
+    }
+
+    /// Queues close_notify once, after everything else (an open session only).
+    pub(super) fn close_notify(&mut self) -> bool {
+        let open = matches!(self.phase, SessionPhase::Open | SessionPhase::PeerClosed);
+        if !open || self.close_sent {
+            return false;
+        }
+        self.close_sent = true;
+        let mut out = vec![0; 64];
+        let written = match self.conn.process_tls_records(&mut []).state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                traffic.queue_close_notify(&mut out).ok()
+            }
+            _ => None,
+        };
+        let Some(n) = written else {
+            return false;
+        };
+        out.truncate(n);
+        self.wire.push(Bytes::from(out));
+        true
+    }
+
+    pub(super) fn release_idle(&mut self) {
+        self.wire.release_idle();
+        if self.carry.is_empty() {
+            self.carry = Vec::new();
+        }
+        if self.handshake_out.is_empty() {
+            self.handshake_out = Vec::new();
+        }
+    }
+}
+
+/// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
+fn encode_into(out: &mut Vec<u8>, mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) {
+    let start = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                room = required_size;
+            }
+            Err(EncodeError::AlreadyEncoded) => {
+                out.truncate(start);
+                return;
+            }
+        }
+    }
+}
+
+/// The leaf's notAfter (RFC 5280 §4.1.2.5) in Unix seconds, read from its DER without a
+/// full X.509 parser; `None` for anything malformed.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (certificate, _) = der_item(der, 0x30)?;
+    let (tbs, _) = der_item(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_item(rest, 0xa0)?.1; // version
+    }
+    for tag in [0x02, 0x30, 0x30] {
+        rest = der_item(rest, tag)?.1; // serial, signature algorithm, issuer
+    }
+    let (validity, _) = der_item(rest, 0x30)?;
+    let tag = *validity.first()?;
+    let after = der_item(validity, tag)?.1; // notBefore
+    let tag = *after.first()?;
+    let (time, _) = der_item(after, tag)?;
+    let digits = |s: &[u8]| -> Option<i64> {
+        s.iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (year, rest) = match tag {
+        // UTCTime YYMMDDHHMMSSZ: 50..99 are 19xx.
+        0x17 if time.len() == 13 => {
+            let yy = digits(&time[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &time[2..])
+        }
+        // GeneralizedTime YYYYMMDDHHMMSSZ.
+        0x18 if time.len() == 15 => (digits(&time[..4])?, &time[4..]),
+        _ => return None,
+    };
+    let [month, day, hour, minute, second] =
+        [0, 2, 4, 6, 8].map(|i| rest.get(i..i + 2).and_then(digits));
+    let (month, day) = (month?, day?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour? * 3600 + minute? * 60 + second?)
+}
+
+/// Splits a DER item with `tag` off the front of `der`: (its contents, what follows).
+fn der_item(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, rest) = der.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let (&len0, mut rest) = rest.split_first()?;
+    let len = if len0 < 0x80 {
+        usize::from(len0)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &b| l << 8 | usize::from(b));
+        rest = &rest[n..];
+        len
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_not_after_from_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        // GeneralizedTime from 2050 on (RFC 5280 §4.1.2.5), UTCTime before.
+        for ((y, m, d), unix) in [
+            ((2031, 7, 15), 1_941_840_000),
+            ((2051, 1, 1), 2_556_144_000),
+        ] {
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(not_after(cert.der()), Some(unix));
+        }
+    }
+
+    #[test]
+    fn malformed_der_has_no_expiry() {
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
+    }
+}
