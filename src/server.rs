@@ -21,6 +21,8 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The NATS bridge thread, when clustered.
+    bridge: Option<JoinHandle<()>>,
     backend: &'static str,
 }
 
@@ -46,6 +48,10 @@ impl Server {
         };
         let threads = config.net.threads;
         let (shared, inboxes) = Shared::new(config, backend.name(), threads)?;
+        let bridge = match &shared.cluster {
+            Some(link) => Some(crate::cluster::spawn(shared.clone(), link.clone())?),
+            None => None,
+        };
         let mut threads = Vec::with_capacity(listeners.len());
         // Each driver is built on its reactor's thread (an io_uring ring with SINGLE_ISSUER
         // accepts submissions only from the thread that created it); `ready` reports it.
@@ -90,6 +96,7 @@ impl Server {
             addr,
             shared,
             threads,
+            bridge,
             backend: backend.name(),
         };
         match failed {
@@ -128,6 +135,10 @@ impl Server {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a reactor panicked")),
             }
+        }
+        if let (Some(link), Some(bridge)) = (&self.shared.cluster, self.bridge) {
+            link.stop();
+            let _ = bridge.join();
         }
         result
     }

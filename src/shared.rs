@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use crate::broadcast::{Delivery, Fanout};
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::metrics::ReactorMetrics;
 use crate::sys::EventFd;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub fanout: Fanout,
     /// The I/O backend the reactors run.
     pub io: &'static str,
+    /// The NATS bridge's handle, when `cluster_urls` is set (`server` starts its thread).
+    pub cluster: Option<Arc<Link>>,
     wakers: Vec<Arc<EventFd>>,
 }
 
@@ -41,6 +44,13 @@ impl Shared {
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
         let (fanout, inboxes) = Fanout::new(&wakers, config.pubsub.inbox_capacity);
+        let cluster = config
+            .cluster
+            .enabled()
+            .then(|| Arc::new(Link::new(&config.cluster)));
+        if let Some(link) = &cluster {
+            fanout.set_listener(link.clone());
+        }
         let shared = Arc::new(Self {
             config,
             draining: AtomicBool::new(false),
@@ -48,6 +58,7 @@ impl Shared {
             metrics: (0..reactors).map(|_| ReactorMetrics::default()).collect(),
             fanout,
             io,
+            cluster,
             wakers,
         });
         Ok((shared, inboxes))

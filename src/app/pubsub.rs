@@ -53,6 +53,10 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
                         "subscription limit reached",
                     )
                 })?;
+            if let Some(request) = &c.id {
+                session.send_when_subscribed(&topic, control::ok(Some(request)));
+            }
+            return Ok(());
         }
         Op::Unsubscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;

@@ -37,6 +37,7 @@ use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use conn::{Conns, Phase, Recv, Scheduled, Send};
+use delivery::Held;
 use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
@@ -62,6 +63,8 @@ struct Core {
     corked_until: Option<Instant>,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
+    /// Subscribe replies waiting for the cluster bridge to confirm their topic.
+    held: Vec<Held>,
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
@@ -109,6 +112,7 @@ impl<D: Driver> Reactor<D> {
             corked: Vec::new(),
             corked_until: None,
             to_close: Vec::new(),
+            held: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
             inbound,
@@ -282,7 +286,7 @@ impl Core {
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
     /// the end of a write delay.
     fn wake_at(&self) -> Instant {
-        [self.drain_deadline, self.corked_until]
+        [self.drain_deadline, self.corked_until, self.held_until()]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
@@ -405,6 +409,19 @@ impl Session for Ctx<'_> {
 
     fn unsubscribe(&mut self, topic: &str) {
         self.core.unsubscribe(self.id, topic);
+    }
+
+    fn send_when_subscribed(&mut self, topic: &str, reply: Vec<u8>) {
+        if self
+            .core
+            .shared
+            .fanout
+            .confirmed_or_wait(topic, self.core.index)
+        {
+            self.send(OpCode::Text, &reply);
+        } else {
+            self.core.hold(self.id, topic, reply);
+        }
     }
 
     fn publish(&mut self, topic: &str, data: &[u8]) {
