@@ -104,7 +104,8 @@ impl Bridge {
                 () = bridge.link.stop.notified() => break,
             }
         }
-        let _ = bridge.client.flush().await;
+        // Flushing waits for a connection: bounded, so a node stops while NATS is down.
+        let _ = tokio::time::timeout(Duration::from_secs(1), bridge.client.flush()).await;
         tracing::debug!("cluster: bridge stopped");
     }
 
