@@ -384,6 +384,12 @@ impl Worker {
             if phase == RUN {
                 self.send_due(now);
             }
+            if self.timer_due(now) {
+                // A timeout only counts for what has not arrived: what the sockets already
+                // hold is read first, so a stall of this loop (descheduled, a busy machine)
+                // between the last poll and now is not blamed on the server.
+                self.poll_ready(&mut events);
+            }
             self.expire(now);
             if phase == STOP && self.stopping.is_none() {
                 self.stopping = Some(now + CLOSE_TIMEOUT_NS);
@@ -434,6 +440,22 @@ impl Worker {
             cpu_ns: self.cpu_ns.unwrap_or(0),
             loop_lag_max_ns: self.loop_lag_max,
             send_lag_max_ns: self.send_lag_max,
+        }
+    }
+
+    /// Whether a connect or close timeout is due at `now`.
+    fn timer_due(&self, now: u64) -> bool {
+        [&self.timeouts, &self.closes]
+            .iter()
+            .any(|q| q.front().is_some_and(|&(t, _, _)| t <= now))
+    }
+
+    /// Handles the events the sockets have ready, without waiting.
+    fn poll_ready(&mut self, events: &mut Events) {
+        if self.poll.poll(events, Some(Duration::ZERO)).is_ok() {
+            for ev in events.iter() {
+                self.on_event(ev.token().0);
+            }
         }
     }
 
