@@ -15,8 +15,10 @@ use crate::stamp::STAMP_LEN;
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Target, ws:// only [default: ws://127.0.0.1:8080/echo for echo, /ws otherwise].
+    /// Repeat for several wsgate nodes sharing topics (fanout): publishers connect to the
+    /// first, subscribers round-robin to all, and the summary has latency per URL.
     #[arg(long)]
-    pub url: Option<String>,
+    pub url: Vec<String>,
     /// Measured window (after the warm-up): 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -252,11 +254,18 @@ fn check_size(size: usize) -> Result<()> {
 }
 
 fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -> Result<Plan> {
-    let url = c
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("ws://127.0.0.1:8080{default_path}"));
-    let t = parse_url(&url)?;
+    let urls = match c.url.as_slice() {
+        [] => vec![format!("ws://127.0.0.1:8080{default_path}")],
+        urls => urls.to_vec(),
+    };
+    if urls.len() > 1 && mode != Mode::Fanout {
+        bail!("--url may be repeated only in fanout mode");
+    }
+    let targets = urls
+        .iter()
+        .map(|u| parse_url(u).map(|t| (t.url, t.addr)))
+        .collect::<Result<Vec<_>>>()?;
+    let t = parse_url(&urls[0])?;
     let cpus = match &c.cpus {
         Some(s) => parse_cpus(s)?,
         None => Vec::new(),
@@ -277,6 +286,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         mode,
         url: t.url,
         addr: t.addr,
+        targets,
         host: t.host,
         threads,
         cpus,
@@ -302,9 +312,18 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
 }
 
 fn place(plan: &mut Plan, i: usize, role: Role, id: u32) {
+    place_on(plan, i, role, id, 0);
+}
+
+fn place_on(plan: &mut Plan, i: usize, role: Role, id: u32, target: u16) {
     let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
     let t = i % plan.threads;
-    plan.conns[t].push(ConnSpec { role, id, source });
+    plan.conns[t].push(ConnSpec {
+        role,
+        id,
+        source,
+        target,
+    });
 }
 
 pub fn echo_plan(a: &EchoArgs, progress: bool) -> Result<Plan> {
@@ -393,8 +412,15 @@ pub fn fanout_plan(a: &FanoutArgs, progress: bool) -> Result<Plan> {
     for j in 0..a.publishers {
         place(&mut p, j, pub_role, j as u32);
     }
+    let nodes = p.targets.len();
     for i in 0..a.subscribers {
-        place(&mut p, a.publishers + i, Role::Subscriber, 0);
+        place_on(
+            &mut p,
+            a.publishers + i,
+            Role::Subscriber,
+            0,
+            (i % nodes) as u16,
+        );
     }
     Ok(p)
 }
