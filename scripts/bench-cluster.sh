@@ -8,7 +8,8 @@
 #            per connection and CPU per delivery (nodes and nats-server together)
 #   rate     30 subscribers over the nodes, publish rate raised until the cross-node p99
 #            passes 50 ms or deliveries are lost: the highest rate that held
-# env: BENCH_SECS (measured seconds, default 8), RUNS (repeats per point, default 3)
+# env: BENCH_SECS (measured seconds, default 8), RUNS (repeats per point, default 3),
+#      RATES (publish rates to try, ascending)
 #
 # The machine is shared and noisy: compare the same-node and cross-node columns of one run,
 # not figures across runs. Results land in bench-results/<stamp>-cluster/.
@@ -109,14 +110,15 @@ fi
 if [[ $what == rate || $what == all ]]; then
   echo "== rate: 30 subscribers over 3 nodes, cross-node p99 < 50 ms, $runs runs of ${secs}s per rate"
   best=0
-  for rate in 1000 2000 5000 10000 20000 40000 80000; do
+  for rate in ${RATES:-250 500 1000 2000 5000 10000 20000 40000}; do
     : >"$results/rate-$rate.rows"
     for r in $(seq "$runs"); do
       run 30 "$rate" "rate-$rate-$r" >>"$results/rate-$rate.rows"
     done
     p99=$(awk '{print $4}' "$results/rate-$rate.rows" | median)
+    same=$(awk '{print $2}' "$results/rate-$rate.rows" | median)
     lost=$(awk '{print $5}' "$results/rate-$rate.rows" | median)
-    echo "rate $rate/s: median cross-node p99 $p99 us, lost $lost" | tee -a "$results/rate.txt"
+    echo "rate $rate/s: median p99 cross-node $p99 us, same-node $same us; lost $lost" | tee -a "$results/rate.txt"
     if ((p99 >= 50000 || lost > 0)); then break; fi
     best=$rate
   done

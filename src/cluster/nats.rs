@@ -180,8 +180,13 @@ impl Bridge {
             Event::Connected => {
                 // Subscriptions are re-sent on every (re)connection; once the server has
                 // processed them, the node counts as connected and every topic as confirmed.
-                if !round_trip(&self.client, self.shared.config.cluster.confirm_timeout).await {
-                    return;
+                let timeout = self.shared.config.cluster.confirm_timeout;
+                while !round_trip(&self.client, timeout).await {
+                    // A slow server: try again while the connection lasts; a lost one sends
+                    // Disconnected, then Connected again.
+                    if self.client.connection_state() != async_nats::connection::State::Connected {
+                        return;
+                    }
                 }
                 if std::mem::replace(&mut self.was_connected, true) {
                     self.link.stats.reconnects.fetch_add(1, Ordering::Relaxed);
