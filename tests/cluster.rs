@@ -24,6 +24,8 @@ struct Nats {
     port: u16,
     monitor: u16,
     cluster: Option<(u16, Vec<u16>)>,
+    /// Extra flags (authentication).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -49,11 +51,25 @@ impl Nats {
             .collect()
     }
 
+    /// One server started with `extra` flags.
+    fn with(extra: &[&str]) -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            monitor: free_port(),
+            cluster: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
     fn spawn(port: u16, monitor: u16, cluster: Option<(u16, Vec<u16>)>) -> Self {
         let mut nats = Self {
             port,
             monitor,
             cluster,
+            extra: Vec::new(),
             child: None,
         };
         nats.restart();
@@ -65,6 +81,7 @@ impl Nats {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some((own, routes)) = &self.cluster {
@@ -320,21 +337,22 @@ fn the_last_subscriber_leaving_removes_the_nodes_nats_subscription() {
     let urls = [nats.url()];
     let (a, b) = (node(&urls, "a"), node(&urls, "b"));
     let subject = "wsgate.leave.x";
-    // Several subscribers, over both reactors: one NATS subscription for the node.
-    let mut subs: Vec<Client> = (0..4)
-        .map(|_| {
-            let mut ws = connect(&a, "/ws");
-            subscribe(&mut ws, "leave.x");
-            ws
-        })
-        .collect();
-    let reactors = a
-        .server()
-        .shared()
-        .fanout
-        .interested("leave.x")
-        .count_ones();
-    assert_eq!(reactors, 2, "subscribers on both reactors");
+    // Several subscribers, over both reactors (the kernel spreads connections by hash:
+    // open them until both have some): one NATS subscription for the node.
+    let reactors = || {
+        a.server()
+            .shared()
+            .fanout
+            .interested("leave.x")
+            .count_ones()
+    };
+    let mut subs: Vec<Client> = Vec::new();
+    while subs.len() < 4 || reactors() < 2 {
+        assert!(subs.len() < 64, "64 connections all on one reactor");
+        let mut ws = connect(&a, "/ws");
+        subscribe(&mut ws, "leave.x");
+        subs.push(ws);
+    }
     assert_eq!(nats.subscriptions(subject), 1);
     let mut on_b = connect(&b, "/ws");
     subscribe(&mut on_b, "leave.x");
@@ -683,4 +701,99 @@ fn a_node_starts_while_nats_is_down_and_connects_later() {
     wait_until("connected", || link(&node).is_connected());
     raw_nats_publish(&nats, "wsgate.early", b"2");
     assert_eq!(next_json(&mut ws), delivery("early", json!(2)));
+}
+
+#[test]
+fn credentials_reach_nats_and_wrong_ones_keep_the_node_out() {
+    for (flags, good, bad) in [
+        (
+            &["--auth", "s3cret"][..],
+            (|c: &mut wsgate::config::RawConfig| c.cluster.token = Some(Some("s3cret".into())))
+                as fn(&mut wsgate::config::RawConfig),
+            (|c: &mut wsgate::config::RawConfig| c.cluster.token = Some(Some("wrong".into())))
+                as fn(&mut wsgate::config::RawConfig),
+        ),
+        (
+            &["--user", "gw", "--pass", "pw"][..],
+            |c| {
+                c.cluster.user = Some(Some("gw".into()));
+                c.cluster.password = Some(Some("pw".into()));
+            },
+            |c| {
+                c.cluster.user = Some(Some("gw".into()));
+                c.cluster.password = Some(Some("nope".into()));
+            },
+        ),
+    ] {
+        let nats = Nats::with(flags);
+        let start = |tweak: fn(&mut wsgate::config::RawConfig)| {
+            let url = nats.url();
+            TestServer::start(IoBackend::Epoll, move |c| {
+                c.cluster.urls = Some(vec![url]);
+                tweak(c);
+            })
+        };
+        let (a, b) = (start(good), start(good));
+        wait_until("both nodes to authenticate", || {
+            link(&a).is_connected() && link(&b).is_connected()
+        });
+        let mut ws = connect(&a, "/ws");
+        subscribe(&mut ws, "auth");
+        Publisher::new(&b).publish("auth", "1");
+        assert_eq!(next_json(&mut ws), delivery("auth", json!(1)));
+        let refused = start(bad);
+        // The server refuses it (and keeps refusing its retries): it never counts as
+        // connected.
+        wait_until("NATS to refuse the bad credentials", || {
+            nats.get("/connz?state=closed").is_some_and(|c| {
+                c["connections"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["reason"] == "Authentication Failure"))
+            })
+        });
+        assert_eq!(nats.connection_names().len(), 2, "{flags:?}");
+        assert!(!link(&refused).is_connected(), "{flags:?}");
+    }
+}
+
+#[test]
+fn tls_to_nats_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("a certificate");
+    let dir = std::env::temp_dir().join(format!("wsgate-cluster-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let nats = Nats::with(&["--tls", "--tlscert", cert_path, "--tlskey", key_path]);
+    let start = |ca: Option<&str>| {
+        let url = nats.url();
+        let ca = ca.map(str::to_owned);
+        TestServer::start(IoBackend::Epoll, move |c| {
+            c.cluster.urls = Some(vec![url]);
+            c.cluster.tls = Some(true);
+            c.cluster.tls_ca_file = Some(ca);
+        })
+    };
+    let (a, b) = (start(Some(cert_path)), start(Some(cert_path)));
+    wait_until("both nodes to connect over TLS", || {
+        link(&a).is_connected() && link(&b).is_connected()
+    });
+    let tls = nats.get("/connz?limit=10").expect("connz");
+    let conns = tls["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{tls}");
+    assert!(conns.iter().all(|c| c["tls_version"].is_string()), "{tls}");
+    let mut ws = connect(&a, "/ws");
+    subscribe(&mut ws, "tls");
+    Publisher::new(&b).publish("tls", "1");
+    assert_eq!(next_json(&mut ws), delivery("tls", json!(1)));
+    // Without the CA, the server's certificate is not trusted: never connected.
+    let untrusting = start(None);
+    wait_until("NATS to see the failed handshake", || {
+        nats.get("/connz?state=closed")
+            .is_some_and(|c| c["connections"].as_array().is_some_and(|c| !c.is_empty()))
+    });
+    assert!(!link(&untrusting).is_connected());
+    let _ = std::fs::remove_dir_all(&dir);
 }
