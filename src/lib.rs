@@ -23,6 +23,7 @@ pub mod buf;
 pub mod cluster;
 pub mod config;
 pub mod driver;
+pub mod limits;
 pub mod metrics;
 pub mod reactor;
 pub mod server;

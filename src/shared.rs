@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use crate::broadcast::{Delivery, Fanout};
 use crate::cluster::Link;
 use crate::config::Config;
+use crate::limits::Table;
 use crate::metrics::ReactorMetrics;
 use crate::sys::EventFd;
 
@@ -30,6 +31,10 @@ pub struct Shared {
     pub io: &'static str,
     /// The NATS bridge's handle, when `cluster_urls` is set (`server` starts its thread).
     pub cluster: Option<Arc<Link>>,
+    /// Open connections and connection rate per client IP (`[rate]` settings).
+    pub clients: Table,
+    /// HTTP publishes per bearer token (`publish_rate_per_token`).
+    pub publishers: Table,
     wakers: Vec<Arc<EventFd>>,
 }
 
@@ -59,6 +64,8 @@ impl Shared {
             fanout,
             io,
             cluster,
+            clients: Table::new(std::time::Instant::now()),
+            publishers: Table::new(std::time::Instant::now()),
             wakers,
         });
         Ok((shared, inboxes))

@@ -697,12 +697,13 @@ impl Worker {
         } else {
             &plan.path
         };
+        let authorization = plan.authorization.as_deref().map(|a| ("Authorization", a));
         client::Request {
             host: &plan.host,
             path,
             key: &conn.key,
             protocols: &[],
-            headers: &[],
+            headers: authorization.as_slice(),
         }
         .encode(&mut conn.out);
         conn.st = St::Handshaking;
@@ -1246,7 +1247,15 @@ impl Worker {
         let gen = conn.gen;
         close_frame(&mut conn.out, 1000, mask);
         conn.st = St::Closing;
-        self.closes.push_back((now + CLOSE_TIMEOUT_NS, key, gen));
+        // A churned connection's close handshake gets the same patience as its opening one:
+        // on a loaded machine the server's answer can take over a second, which is a slow
+        // server, not a missing answer.
+        let patience = if self.plan.mode == Mode::Connect {
+            self.plan.connect_timeout_ns
+        } else {
+            CLOSE_TIMEOUT_NS
+        };
+        self.closes.push_back((now + patience, key, gen));
         self.flush(key);
     }
 

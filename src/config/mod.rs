@@ -36,6 +36,7 @@ pub mod http;
 pub mod limits;
 pub mod net;
 pub mod pubsub;
+pub mod rate;
 pub mod setting;
 pub mod uring;
 
@@ -109,6 +110,8 @@ sections! {
     auth: Auth,
     /// Several nodes sharing topics through NATS.
     cluster: Cluster,
+    /// Rate and connection limits per client (all off by default).
+    rate: RateLimits,
 }
 
 impl Default for Config {
