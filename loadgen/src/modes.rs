@@ -56,6 +56,10 @@ pub struct Common {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Offer permessage-deflate (no context takeover either way) and inflate compressed
+    /// messages before reading their stamp: latency includes the client's inflate.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +321,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         hold_ns: 0,
         authorization: None,
         progress: !quiet,
+        deflate: c.deflate,
     })
 }
 

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 
 pub mod auth;
 pub mod cluster;
+pub mod deflate;
 pub mod http;
 pub mod limits;
 pub mod net;
@@ -112,6 +113,8 @@ sections! {
     cluster: Cluster,
     /// Rate and connection limits per client (all off by default).
     rate: RateLimits,
+    /// permessage-deflate: on or off, compression level, minimum size.
+    deflate: Deflate,
 }
 
 impl Default for Config {
