@@ -8,11 +8,17 @@
 //! first or loses its last subscriber of a topic, read once per publish, never per
 //! delivery. A reactor updates it before it acknowledges a subscribe, so a publish that
 //! follows the acknowledgement reaches the new subscriber.
+//!
+//! The same table is the node-wide interest a cluster bridge (`crate::cluster`) subscribes
+//! by: it is told when a topic gains its first subscriber on any reactor or loses its last,
+//! and confirms a topic once NATS has its subscription; a reactor holding a subscribe's
+//! `ok` for that confirmation hears of it on a channel of its own. Messages the bridge
+//! receives enter by `publish_remote`, one message per interested reactor, like any other.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -44,6 +50,9 @@ pub struct Inbox {
     wake_pending: AtomicBool,
     /// Deliveries dropped because the inbox was full.
     pub overflows: AtomicU64,
+    /// Topics the cluster bridge confirmed that this reactor waits for (few: one per
+    /// topic with held subscribe replies).
+    confirmed: (Sender<Arc<str>>, Receiver<Arc<str>>),
 }
 
 impl Inbox {
@@ -53,13 +62,36 @@ impl Inbox {
     }
 }
 
+/// Who is told of node-wide interest changes: the cluster bridge.
+pub trait InterestListener: Send + Sync + std::fmt::Debug {
+    /// `topic` gained its first or lost its last subscriber on this node. Called under the
+    /// topic's interest lock, so calls for one topic arrive in order: must be quick.
+    fn changed(&self, topic: &Arc<str>);
+
+    /// Whether a confirmation can be expected soon (the bridge is connected); if not, a
+    /// subscribe is acknowledged without waiting.
+    fn confirming(&self) -> bool;
+}
+
+/// A topic's entry in the interest table.
+#[derive(Debug)]
+struct Interest {
+    /// Bitmask of reactors with at least one subscriber.
+    reactors: u64,
+    /// The cluster bridge has the node's subscription in place (always, without a bridge).
+    confirmed: bool,
+    /// Reactors holding a subscribe's `ok` until `confirmed`.
+    waiting: u64,
+}
+
 /// The fan-out state shared by all reactors.
 #[derive(Debug)]
 pub struct Fanout {
     inboxes: Vec<Inbox>,
-    /// topic → bitmask of reactors with at least one subscriber.
-    interest: Vec<RwLock<HashMap<Arc<str>, u64>>>,
+    interest: Vec<RwLock<HashMap<Arc<str>, Interest>>>,
     hasher: RandomState,
+    /// The cluster bridge, when one runs; set before the reactors start.
+    listener: OnceLock<Arc<dyn InterestListener>>,
 }
 
 impl Fanout {
@@ -78,6 +110,7 @@ impl Fanout {
                     waker: waker.clone(),
                     wake_pending: AtomicBool::new(false),
                     overflows: AtomicU64::new(0),
+                    confirmed: crossbeam_channel::unbounded(),
                 };
                 (inbox, receiver)
             })
@@ -88,6 +121,7 @@ impl Fanout {
                 inboxes,
                 interest,
                 hasher: RandomState::new(),
+                listener: OnceLock::new(),
             },
             receivers,
         )
@@ -97,20 +131,35 @@ impl Fanout {
         &self.inboxes[reactor]
     }
 
-    fn shard(&self, topic: &str) -> &RwLock<HashMap<Arc<str>, u64>> {
+    fn shard(&self, topic: &str) -> &RwLock<HashMap<Arc<str>, Interest>> {
         &self.interest[self.hasher.hash_one(topic) as usize % SHARDS]
     }
 
-    /// Records whether `reactor` has subscribers for `topic`.
+    /// Records whether `reactor` has subscribers for `topic`; tells the listener when the
+    /// node as a whole gains or loses interest.
     fn set_interest(&self, topic: &Arc<str>, reactor: usize, on: bool) {
         let mut shard = self.shard(topic).write().expect("interest lock poisoned");
         let bit = 1u64 << reactor;
+        let listener = self.listener.get();
         if on {
-            *shard.entry(topic.clone()).or_insert(0) |= bit;
-        } else if let Some(mask) = shard.get_mut(&**topic) {
-            *mask &= !bit;
-            if *mask == 0 {
+            let entry = shard.entry(topic.clone()).or_insert_with(|| Interest {
+                reactors: 0,
+                confirmed: listener.is_none(),
+                waiting: 0,
+            });
+            if entry.reactors == 0 {
+                if let Some(listener) = listener {
+                    listener.changed(topic);
+                }
+            }
+            entry.reactors |= bit;
+        } else if let Some(entry) = shard.get_mut(&**topic) {
+            entry.reactors &= !bit;
+            if entry.reactors == 0 {
                 shard.remove(&**topic);
+                if let Some(listener) = listener {
+                    listener.changed(topic);
+                }
             }
         }
     }
@@ -121,8 +170,53 @@ impl Fanout {
             .read()
             .expect("interest lock poisoned")
             .get(topic)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |entry| entry.reactors)
+    }
+
+    /// Attaches the cluster bridge; must happen before any subscribe.
+    pub fn set_listener(&self, listener: Arc<dyn InterestListener>) {
+        assert!(
+            self.listener.set(listener).is_ok(),
+            "one listener per fan-out"
+        );
+    }
+
+    /// Marks `topic`'s node-wide subscription as in place (called by the bridge) and tells
+    /// the reactors that wait for it. A topic nobody wants any more is left alone.
+    pub fn confirm(&self, topic: &Arc<str>) {
+        let mut shard = self.shard(topic).write().expect("interest lock poisoned");
+        let Some(entry) = shard.get_mut(&**topic) else {
+            return;
+        };
+        entry.confirmed = true;
+        let mut waiting = std::mem::take(&mut entry.waiting);
+        while waiting != 0 {
+            let reactor = waiting.trailing_zeros() as usize;
+            waiting &= waiting - 1;
+            let _ = self.inboxes[reactor].confirmed.0.send(topic.clone());
+            self.wake(reactor);
+        }
+    }
+
+    /// Whether a subscribe to `topic` on `reactor` may be acknowledged now; if not, the
+    /// reactor is told through `take_confirmed` once it may.
+    pub fn confirmed_or_wait(&self, topic: &str, reactor: usize) -> bool {
+        if self.listener.get().is_none_or(|l| !l.confirming()) {
+            return true;
+        }
+        let mut shard = self.shard(topic).write().expect("interest lock poisoned");
+        match shard.get_mut(topic) {
+            Some(entry) if !entry.confirmed => {
+                entry.waiting |= 1u64 << reactor;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Topics confirmed for `reactor` since it last looked.
+    pub fn take_confirmed(&self, reactor: usize) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.inboxes[reactor].confirmed.1.try_iter()
     }
 
     /// Sends a publish to every other interested reactor; returns whether `from` itself
@@ -135,7 +229,19 @@ impl Fanout {
         published: Instant,
     ) -> bool {
         let mask = self.interested(topic);
-        let mut others = mask & !(1u64 << from);
+        self.send(mask & !(1u64 << from), topic, message, published);
+        mask & (1u64 << from) != 0
+    }
+
+    /// Hands a publish that came from outside the reactors (the cluster bridge) to every
+    /// interested reactor; returns how many.
+    pub fn publish_remote(&self, topic: &Arc<str>, message: &Prepared, published: Instant) -> u32 {
+        let mask = self.interested(topic);
+        self.send(mask, topic, message, published);
+        mask.count_ones()
+    }
+
+    fn send(&self, mut others: u64, topic: &Arc<str>, message: &Prepared, published: Instant) {
         while others != 0 {
             let reactor = others.trailing_zeros() as usize;
             others &= others - 1;
@@ -146,18 +252,21 @@ impl Fanout {
                 published,
             };
             match inbox.sender.try_send(delivery) {
-                Ok(()) => {
-                    if !inbox.wake_pending.swap(true, Ordering::AcqRel) {
-                        inbox.waker.wake();
-                    }
-                }
+                Ok(()) => self.wake(reactor),
                 Err(TrySendError::Full(_)) => {
                     inbox.overflows.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
-        mask & (1u64 << from) != 0
+    }
+
+    /// Wakes `reactor` unless a wake is already on its way.
+    fn wake(&self, reactor: usize) {
+        let inbox = &self.inboxes[reactor];
+        if !inbox.wake_pending.swap(true, Ordering::AcqRel) {
+            inbox.waker.wake();
+        }
     }
 
     /// Called by a reactor before it drains its inbox: later sends wake it again.
@@ -344,6 +453,67 @@ mod tests {
         }
         assert_eq!(rx[1].len(), 4, "bounded");
         assert_eq!(f.inbox(1).overflows.load(Ordering::Relaxed), 7);
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder {
+        changes: std::sync::Mutex<Vec<String>>,
+        connected: AtomicBool,
+    }
+
+    impl InterestListener for Recorder {
+        fn changed(&self, topic: &Arc<str>) {
+            self.changes.lock().unwrap().push(topic.to_string());
+        }
+
+        fn confirming(&self) -> bool {
+            self.connected.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn node_wide_interest_is_told_and_confirmed() {
+        let (f, _rx) = fanout(2);
+        let recorder = Arc::new(Recorder::default());
+        f.set_listener(recorder.clone());
+        let (mut t0, mut t1) = (Topics::default(), Topics::default());
+        let (a0, _) = t0.subscribe(&f, 0, "t", ConnId(1));
+        let (a1, _) = t1.subscribe(&f, 1, "t", ConnId(1));
+        assert_eq!(*recorder.changes.lock().unwrap(), ["t"], "only the first");
+        // Disconnected: nothing to wait for.
+        assert!(f.confirmed_or_wait("t", 0));
+        recorder.connected.store(true, Ordering::Relaxed);
+        assert!(!f.confirmed_or_wait("t", 0));
+        assert!(!f.confirmed_or_wait("t", 1));
+        assert_eq!(f.take_confirmed(0).count(), 0);
+        f.confirm(&Arc::from("t"));
+        assert_eq!(f.take_confirmed(0).collect::<Vec<_>>(), [Arc::from("t")]);
+        assert_eq!(f.take_confirmed(1).count(), 1);
+        assert!(f.confirmed_or_wait("t", 0), "confirmed stays confirmed");
+        t0.unsubscribe(&f, 0, a0, ConnId(1));
+        t1.unsubscribe(&f, 1, a1, ConnId(1));
+        assert_eq!(
+            *recorder.changes.lock().unwrap(),
+            ["t", "t"],
+            "and the last"
+        );
+        // A new first subscriber waits for a new confirmation.
+        t0.subscribe(&f, 0, "t", ConnId(2));
+        assert!(!f.confirmed_or_wait("t", 0));
+        f.confirm(&Arc::from("gone"));
+        assert_eq!(f.take_confirmed(0).count(), 0, "other topics do not count");
+    }
+
+    #[test]
+    fn remote_publishes_reach_every_interested_reactor() {
+        let (f, rx) = fanout(3);
+        let (mut t0, mut t2) = (Topics::default(), Topics::default());
+        t0.subscribe(&f, 0, "t", ConnId(0));
+        t2.subscribe(&f, 2, "t", ConnId(0));
+        let topic: Arc<str> = Arc::from("t");
+        let n = f.publish_remote(&topic, &prepare_delivery("t", b"1"), Instant::now());
+        assert_eq!(n, 2);
+        assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (1, 0, 1));
     }
 
     #[test]

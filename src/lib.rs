@@ -20,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod broadcast;
 pub mod buf;
+pub mod cluster;
 pub mod config;
 pub mod driver;
 pub mod limits;

@@ -23,6 +23,8 @@ pub struct Server {
     tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The NATS bridge thread, when clustered.
+    bridge: Option<JoinHandle<()>>,
     backend: &'static str,
 }
 
@@ -59,6 +61,10 @@ impl Server {
         };
         let threads = config.net.threads;
         let (shared, inboxes) = Shared::new(config, backend.name(), threads)?;
+        let bridge = match &shared.cluster {
+            Some(link) => Some(crate::cluster::spawn(shared.clone(), link.clone())?),
+            None => None,
+        };
         let mut threads = Vec::with_capacity(listeners.len());
         // Each driver is built on its reactor's thread (an io_uring ring with SINGLE_ISSUER
         // accepts submissions only from the thread that created it); `ready` reports it.
@@ -104,6 +110,7 @@ impl Server {
             tls_addr,
             shared,
             threads,
+            bridge,
             backend: backend.name(),
         };
         match failed {
@@ -147,6 +154,10 @@ impl Server {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a reactor panicked")),
             }
+        }
+        if let (Some(link), Some(bridge)) = (&self.shared.cluster, self.bridge) {
+            link.stop();
+            let _ = bridge.join();
         }
         result
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use crate::broadcast::{Delivery, Fanout};
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::limits::Table;
 use crate::metrics::ReactorMetrics;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub fanout: Fanout,
     /// The I/O backend the reactors run.
     pub io: &'static str,
+    /// The NATS bridge's handle, when `cluster_urls` is set (`server` starts its thread).
+    pub cluster: Option<Arc<Link>>,
     /// Open connections and connection rate per client IP (`[rate]` settings).
     pub clients: Table,
     /// HTTP publishes per bearer token (`publish_rate_per_token`).
@@ -46,6 +49,13 @@ impl Shared {
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
         let (fanout, inboxes) = Fanout::new(&wakers, config.pubsub.inbox_capacity);
+        let cluster = config
+            .cluster
+            .enabled()
+            .then(|| Arc::new(Link::new(&config.cluster)));
+        if let Some(link) = &cluster {
+            fanout.set_listener(link.clone());
+        }
         let shared = Arc::new(Self {
             config,
             draining: AtomicBool::new(false),
@@ -53,6 +63,7 @@ impl Shared {
             metrics: (0..reactors).map(|_| ReactorMetrics::default()).collect(),
             fanout,
             io,
+            cluster,
             clients: Table::new(std::time::Instant::now()),
             publishers: Table::new(std::time::Instant::now()),
             wakers,

@@ -100,6 +100,8 @@ pub struct Live {
 pub struct ThreadResult {
     pub counters: Counters,
     pub hist: Histogram<u64>,
+    /// Subscribers' latency by the `Plan::targets` index they connected to.
+    pub per_target: Vec<Histogram<u64>>,
     pub cpu_ns: u64,
     pub loop_lag_max_ns: u64,
     pub send_lag_max_ns: u64,
@@ -197,6 +199,8 @@ struct Conn {
     gen: u64,
     role: Role,
     id: u32,
+    /// Index in `Plan::targets`.
+    target: u16,
     st: St,
     /// The `Sec-WebSocket-Key` sent, which the response must answer.
     key: String,
@@ -264,6 +268,7 @@ pub struct Worker {
     gen: u64,
     c: Counters,
     hist: Histogram<u64>,
+    per_target: Vec<Histogram<u64>>,
     interval: Histogram<u64>,
     /// Connections still to open, in order, and when the next one is due.
     todo: VecDeque<ConnSpec>,
@@ -312,6 +317,7 @@ impl Worker {
             }
             _ => 0,
         };
+        let targets = plan.targets.len();
         Ok(Worker {
             idx,
             todo: plan.conns[idx].iter().copied().collect(),
@@ -328,6 +334,7 @@ impl Worker {
             gen: 0,
             c: Counters::default(),
             hist: new_hist(),
+            per_target: (0..targets).map(|_| new_hist()).collect(),
             interval: new_hist(),
             senders: Vec::new(),
             rr: 0,
@@ -442,6 +449,7 @@ impl Worker {
         ThreadResult {
             counters: self.c,
             hist: self.hist,
+            per_target: self.per_target,
             cpu_ns: self.cpu_ns.unwrap_or(0),
             loop_lag_max_ns: self.loop_lag_max,
             send_lag_max_ns: self.send_lag_max,
@@ -517,6 +525,7 @@ impl Worker {
                     role: Role::Churn,
                     id: 0,
                     source,
+                    target: 0,
                 };
                 self.c.sent += 1;
                 if self.in_window(t0) {
@@ -553,7 +562,8 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 self.c.err_connect += 1;
-                self.report_failed(format!("connect to {}: {e}", self.plan.addr));
+                let addr = self.plan.targets[spec.target as usize].1;
+                self.report_failed(format!("connect to {addr}: {e}"));
                 return;
             }
         };
@@ -564,6 +574,7 @@ impl Worker {
             gen,
             role: spec.role,
             id: spec.id,
+            target: spec.target,
             st: St::Connecting,
             key: String::new(),
             t0,
@@ -595,7 +606,7 @@ impl Worker {
     }
 
     fn socket(&self, spec: &ConnSpec) -> io::Result<Sock> {
-        let addr = self.plan.addr;
+        let addr = self.plan.targets[spec.target as usize].1;
         let s = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking(),
@@ -1054,6 +1065,7 @@ impl Worker {
                 }
                 let lat = now.saturating_sub(s.ts).max(1);
                 self.hist.saturating_record(lat);
+                self.per_target[conn.target as usize].saturating_record(lat);
                 if self.plan.progress {
                     self.interval.saturating_record(lat);
                 }

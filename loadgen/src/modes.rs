@@ -15,8 +15,10 @@ use crate::stamp::STAMP_LEN;
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Target, ws:// or wss:// [default: ws://127.0.0.1:8080/echo for echo, /ws otherwise].
+    /// Repeat for several wsgate nodes sharing topics (fanout): publishers connect to the
+    /// first, subscribers round-robin to all, and the summary has latency per URL.
     #[arg(long)]
-    pub url: Option<String>,
+    pub url: Vec<String>,
     /// wss://: PEM file of the CA certificates to trust.
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -222,6 +224,7 @@ pub fn parse_sources(s: &str) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
@@ -274,11 +277,22 @@ fn check_size(size: usize) -> Result<()> {
 }
 
 fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -> Result<Plan> {
-    let url = c
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("ws://127.0.0.1:8080{default_path}"));
-    let t = parse_url(&url)?;
+    let urls = match c.url.as_slice() {
+        [] => vec![format!("ws://127.0.0.1:8080{default_path}")],
+        urls => urls.to_vec(),
+    };
+    if urls.len() > 1 && mode != Mode::Fanout {
+        bail!("--url may be repeated only in fanout mode");
+    }
+    let parsed = urls
+        .iter()
+        .map(|u| parse_url(u))
+        .collect::<Result<Vec<_>>>()?;
+    let t = parsed[0].clone();
+    if parsed.iter().any(|p| p.secure != t.secure) {
+        bail!("--url: every target must be ws://, or every target wss://");
+    }
+    let targets = parsed.into_iter().map(|p| (p.url, p.addr)).collect();
     let tls = if t.secure {
         Some(crate::tls::TlsClient::new(
             &t.host,
@@ -308,6 +322,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         mode,
         url: t.url,
         addr: t.addr,
+        targets,
         host: t.host,
         tls,
         threads,
@@ -336,9 +351,18 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
 }
 
 fn place(plan: &mut Plan, i: usize, role: Role, id: u32) {
+    place_on(plan, i, role, id, 0);
+}
+
+fn place_on(plan: &mut Plan, i: usize, role: Role, id: u32, target: u16) {
     let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
     let t = i % plan.threads;
-    plan.conns[t].push(ConnSpec { role, id, source });
+    plan.conns[t].push(ConnSpec {
+        role,
+        id,
+        source,
+        target,
+    });
 }
 
 pub fn echo_plan(a: &EchoArgs, progress: bool) -> Result<Plan> {
@@ -427,8 +451,15 @@ pub fn fanout_plan(a: &FanoutArgs, progress: bool) -> Result<Plan> {
     for j in 0..a.publishers {
         place(&mut p, j, pub_role, j as u32);
     }
+    let nodes = p.targets.len();
     for i in 0..a.subscribers {
-        place(&mut p, a.publishers + i, Role::Subscriber, 0);
+        place_on(
+            &mut p,
+            a.publishers + i,
+            Role::Subscriber,
+            0,
+            (i % nodes) as u16,
+        );
     }
     Ok(p)
 }

@@ -42,6 +42,8 @@ pub struct ConnSpec {
     /// Publisher id for publishers; unused otherwise.
     pub id: u32,
     pub source: Option<IpAddr>,
+    /// Index in `Plan::targets` of the node it connects to.
+    pub target: u16,
 }
 
 #[derive(Debug)]
@@ -49,6 +51,9 @@ pub struct Plan {
     pub mode: Mode,
     pub url: String,
     pub addr: SocketAddr,
+    /// Every `--url` given (several: wsgate nodes sharing topics); the first is `url`/`addr`.
+    /// Publishers connect to the first, subscribers round-robin to all.
+    pub targets: Vec<(String, SocketAddr)>,
     /// Host header value.
     pub host: String,
     /// wss://: how to reach the server over TLS.

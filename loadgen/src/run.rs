@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
 use crate::plan::{Mode, Plan};
-use crate::stats::{new_hist, Client, Counters, Errors, Fanout, Latency, Summary};
+use crate::stats::{new_hist, Client, Counters, Errors, Fanout, Latency, Summary, UrlLatency};
 use crate::sys;
 
 pub struct Timing {
@@ -280,12 +280,16 @@ fn summarize(
 ) -> Outcome {
     let mut c = Counters::default();
     let mut hist = new_hist();
+    let mut per_target: Vec<_> = plan.targets.iter().map(|_| new_hist()).collect();
     let mut thread_cpu = Vec::new();
     let (mut lag, mut send_lag) = (0u64, 0u64);
     let window_s = window_ns as f64 / 1e9;
     for r in &results {
         c += r.counters;
         hist.add(&r.hist).expect("same bounds");
+        for (sum, h) in per_target.iter_mut().zip(&r.per_target) {
+            sum.add(h).expect("same bounds");
+        }
         lag = lag.max(r.loop_lag_max_ns);
         send_lag = send_lag.max(r.send_lag_max_ns);
         thread_cpu.push(if window_ns > 0 {
@@ -340,6 +344,20 @@ fn summarize(
             duplicates: c.duplicates,
             reordered: c.reordered,
             gaps: c.gaps,
+            per_url: if plan.targets.len() > 1 {
+                plan.targets
+                    .iter()
+                    .zip(&per_target)
+                    .enumerate()
+                    .map(|(i, ((url, _), h))| UrlLatency {
+                        url: url.clone(),
+                        publishers_here: i == 0,
+                        latency_us: Latency::from_hist(h),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     });
     let connections = match plan.mode {

@@ -119,6 +119,19 @@ pub struct Fanout {
     pub reordered: u64,
     /// Missing sequence numbers seen as gaps, some of them filled later.
     pub gaps: u64,
+    /// With several `--url`s: delivery latency by the node each subscriber connected to
+    /// (publishers connect to the first, so the others' latency is cross-node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_url: Vec<UrlLatency>,
+}
+
+/// Deliveries received from one node.
+#[derive(Debug, Serialize)]
+pub struct UrlLatency {
+    pub url: String,
+    /// Whether the publishers connect to this node.
+    pub publishers_here: bool,
+    pub latency_us: Latency,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -215,6 +228,23 @@ impl Summary {
                 f.duplicates,
                 f.reordered
             )?;
+            for u in &f.per_url {
+                let l = &u.latency_us;
+                writeln!(
+                    w,
+                    "  {} ({}): p50 {:.1} p99 {:.1} max {:.1} us, {} deliveries",
+                    u.url,
+                    if u.publishers_here {
+                        "same node"
+                    } else {
+                        "cross-node"
+                    },
+                    l.p50,
+                    l.p99,
+                    l.max,
+                    l.count
+                )?;
+            }
         }
         let e = &self.errors;
         writeln!(

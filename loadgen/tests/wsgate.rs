@@ -121,3 +121,76 @@ fn connect_churn_against_wsgate() {
     assert!(v["received"].as_u64().unwrap() >= 40, "{v}");
     assert_eq!(errors_total(&v), 0, "{v}");
 }
+
+#[test]
+fn fanout_over_two_nodes_sharing_topics_through_nats() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is installed (apt-get install nats-server)");
+    let url = format!("nats://127.0.0.1:{port}");
+    let nodes: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Gateway::start(|c| {
+                c.cluster.urls = Some(vec![url.clone()]);
+                c.pubsub.client_publish = Some(vec!["*".into()]);
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !nodes.iter().all(|n| {
+        let shared = n.0.as_ref().unwrap().shared();
+        shared.cluster.as_ref().unwrap().is_connected()
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes connect to NATS"
+        );
+        std::thread::yield_now();
+    }
+    let (a, b) = (nodes[0].url("/ws"), nodes[1].url("/ws"));
+    let v = loadgen_ok(
+        "fanout",
+        &a,
+        &args(&[
+            "--url",
+            &b,
+            "--subscribers",
+            "10",
+            "--publishers",
+            "1",
+            "--rate",
+            "100",
+            "--subscribe-op",
+        ]),
+    );
+    let _ = nats.kill();
+    let _ = nats.wait();
+    let f = &v["fanout"];
+    assert_eq!(f["deliveries"], f["expected"], "{v}");
+    assert_eq!(f["lost"], 0, "{v}");
+    let per = f["per_url"].as_array().expect("latency per node");
+    assert_eq!(per.len(), 2, "{v}");
+    assert_eq!(
+        (per[0]["url"].as_str(), per[1]["url"].as_str()),
+        (Some(&*a), Some(&*b))
+    );
+    assert_eq!(per[0]["publishers_here"], true);
+    assert_eq!(per[1]["publishers_here"], false);
+    let counts: Vec<u64> = per
+        .iter()
+        .map(|u| u["latency_us"]["count"].as_u64().unwrap())
+        .collect();
+    assert!(counts.iter().all(|&c| c > 0), "{v}");
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        f["deliveries"].as_u64().unwrap()
+    );
+}

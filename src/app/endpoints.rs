@@ -40,7 +40,7 @@ pub fn respond(
                 .response_keep_alive(keep_alive)
         }
         Route::Health if draining => HttpError::new(503, "draining").response(),
-        Route::Health => http_response(200, "text/plain", &[], b"ok\n", keep_alive),
+        Route::Health => health(session.shared(), keep_alive),
         Route::Metrics => http_response(200, "text/plain", &[], b"", keep_alive),
         Route::NotFound => HttpError::new(404, "not found").response_keep_alive(keep_alive),
         Route::Echo | Route::PubSub => unreachable!("upgraded elsewhere"),
@@ -51,7 +51,7 @@ pub fn respond(
 fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
     let fanout = &shared.fanout;
     let n = shared.metrics.len();
-    let text = metrics::render(&metrics::Snapshot {
+    let mut text = metrics::render(&metrics::Snapshot {
         reactors: &shared.metrics,
         inbox_depth: (0..n).map(|i| fanout.inbox(i).depth()).collect(),
         inbox_overflows: (0..n)
@@ -71,6 +71,9 @@ fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
             .as_ref()
             .map(|a| a.certs().status()),
     });
+    if let Some(link) = &shared.cluster {
+        link.render(&mut text);
+    }
     http_response(
         200,
         "text/plain; version=0.0.4",
@@ -78,6 +81,31 @@ fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
         text.as_bytes(),
         keep_alive,
     )
+}
+
+/// `GET /healthz` while not draining: `ok`, and when clustered whether the NATS bridge is
+/// connected; a disconnected bridge is 503 if `cluster_required`.
+fn health(shared: &Shared, keep_alive: bool) -> Vec<u8> {
+    match &shared.cluster {
+        None => http_response(200, "text/plain", &[], b"ok\n", keep_alive),
+        Some(link) if link.is_connected() => http_response(
+            200,
+            "text/plain",
+            &[],
+            b"ok\ncluster: connected\n",
+            keep_alive,
+        ),
+        Some(_) if shared.config.cluster.required => {
+            HttpError::new(503, "cluster: disconnected").response_keep_alive(keep_alive)
+        }
+        Some(_) => http_response(
+            200,
+            "text/plain",
+            &[],
+            b"ok\ncluster: disconnected\n",
+            keep_alive,
+        ),
+    }
 }
 
 /// Checks a `POST /publish/{topic}`: method, bearer token (the static `publish_token`

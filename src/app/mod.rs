@@ -33,6 +33,11 @@ pub trait Session {
 
     fn unsubscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
 
+    /// Queues `reply` (a subscribe's `ok`) once the subscription to `topic` is in effect
+    /// node-wide, NATS included when clustered: at once, or when the bridge confirms it
+    /// (bounded by `cluster_confirm_timeout`).
+    fn send_when_subscribed(&mut self, topic: &str, reply: Vec<u8>);
+
     /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
     fn publish(&mut self, topic: &str, data: &[u8]);
 

@@ -47,6 +47,10 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
             session
                 .subscribe(&topic)
                 .map_err(|e| refused(c.id.clone(), e))?;
+            if let Some(request) = &c.id {
+                session.send_when_subscribed(&topic, control::ok(Some(request)));
+            }
+            return Ok(());
         }
         Op::Unsubscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;

@@ -31,6 +31,7 @@
 use std::path::PathBuf;
 
 pub mod auth;
+pub mod cluster;
 pub mod deflate;
 pub mod http;
 pub mod limits;
@@ -109,6 +110,8 @@ sections! {
     pubsub: PubSub,
     /// JWT on /ws: keys, issuer, audience, and whether a token is required.
     auth: Auth,
+    /// Several nodes sharing topics through NATS.
+    cluster: Cluster,
     /// Rate and connection limits per client (all off by default).
     rate: RateLimits,
     /// permessage-deflate: on or off, compression level, minimum size.
@@ -344,6 +347,40 @@ mod tests {
         ] {
             assert!(flags(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = Config::default();
+        assert!(!c.cluster.enabled(), "off by default");
+        assert_eq!(c.cluster.subject_prefix, "wsgate");
+        let c = toml(
+            "cluster_urls = [\"nats://127.0.0.1:4222\", \"tls://n2:4443\"]\n\
+             cluster_subject_prefix = \"org.gw\"\ncluster_user = \"u\"\n\
+             cluster_password = \"p\"\ncluster_confirm_timeout = \"500ms\"",
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.urls.len(), 2);
+        assert_eq!(c.cluster.confirm_timeout, Duration::from_millis(500));
+        let bad = |text: &str| toml(text).unwrap_err().to_string();
+        assert!(bad("cluster_subject_prefix = \"a.*\"").contains("`cluster_subject_prefix`"));
+        assert!(bad("cluster_subject_prefix = \"a..b\"").contains("`cluster_subject_prefix`"));
+        assert!(bad("cluster_urls = [\"nats://\"]").contains("`cluster_urls`"));
+        assert!(bad("cluster_token = \"t\"\ncluster_creds_file = \"f\"").contains("one of"));
+        assert!(bad("cluster_user = \"u\"").contains("go together"));
+        assert!(bad("cluster_tls_key_file = \"k\"").contains("go together"));
+        assert!(bad("cluster_confirm_timeout = \"0s\"").contains("`cluster_confirm_timeout`"));
+        let c = flags(&[
+            "--cluster-urls",
+            "nats://a:1,nats://b:2",
+            "--cluster-required",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.cluster.urls, ["nats://a:1", "nats://b:2"]);
+        assert!(c.cluster.required);
     }
 
     #[test]

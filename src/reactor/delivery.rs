@@ -1,6 +1,8 @@
 //! Fan-out into this reactor's queues: subscriptions, publishing, the inbox from other
-//! reactors, and delivery with the slow-consumer policy.
+//! reactors, and delivery with the slow-consumer policy; and the subscribe replies held
+//! until the cluster bridge confirms the node's interest.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +15,16 @@ use crate::broadcast;
 use crate::config::SlowConsumerPolicy;
 use crate::driver::ConnId;
 use crate::metrics::ReactorMetrics;
+
+/// A subscribe's `ok`, waiting for NATS to have the node's subscription to its topic.
+#[derive(Debug)]
+pub(super) struct Held {
+    conn: ConnId,
+    topic: Arc<str>,
+    reply: Vec<u8>,
+    /// Sent anyway from then on (`cluster_confirm_timeout`).
+    until: Instant,
+}
 
 impl Core {
     pub(super) fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), SubscribeError> {
@@ -49,6 +61,9 @@ impl Core {
 
     /// Unsubscribes a connection that left the WebSocket phase from all its topics.
     pub(super) fn leave_topics(&mut self, id: ConnId, subs: Subs) {
+        if !self.held.is_empty() {
+            self.held.retain(|h| h.conn != id);
+        }
         for topic in subs {
             self.topics
                 .unsubscribe(&self.shared.fanout, self.index, topic, id);
@@ -60,6 +75,9 @@ impl Core {
         let message = broadcast::prepare_delivery(topic, data);
         let name: Arc<str> = Arc::from(topic);
         ReactorMetrics::add(&self.metrics().publishes, 1);
+        if let Some(link) = &self.shared.cluster {
+            link.publish(topic, data);
+        }
         if self
             .shared
             .fanout
@@ -75,6 +93,53 @@ impl Core {
         self.shared.fanout.rearm(self.index);
         while let Ok(d) = self.inbox.try_recv() {
             self.deliver(&d.topic, &d.message.localize(), d.published);
+        }
+        if !self.held.is_empty() {
+            self.release_held();
+        }
+    }
+
+    /// Holds a subscribe's reply until the bridge confirms `topic` (or the timeout).
+    pub(super) fn hold(&mut self, conn: ConnId, topic: &str, reply: Vec<u8>) {
+        let timeout = self.shared.config.cluster.confirm_timeout;
+        self.held.push(Held {
+            conn,
+            topic: Arc::from(topic),
+            reply,
+            until: self.now + timeout,
+        });
+    }
+
+    /// When the first held reply is due at the latest.
+    pub(super) fn held_until(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.until).min()
+    }
+
+    /// Sends the held replies whose topic was confirmed, or whose time is up (counted).
+    fn release_held(&mut self) {
+        let confirmed: Vec<Arc<str>> = self.shared.fanout.take_confirmed(self.index).collect();
+        let now = self.now;
+        let mut late = 0;
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = &self.held[i];
+            let ready = confirmed.contains(&h.topic);
+            if !ready && now < h.until {
+                i += 1;
+                continue;
+            }
+            late += u64::from(!ready);
+            let h = self.held.swap_remove(i);
+            let Some(conn) = self.conns.get_mut(h.conn) else {
+                continue;
+            };
+            if let Phase::WebSocket { ws, .. } = &mut conn.phase {
+                ws.send_message(wsgate_proto::OpCode::Text, &h.reply, &mut conn.out);
+                self.schedule(h.conn);
+            }
+        }
+        if let (Some(link), 1..) = (&self.shared.cluster, late) {
+            link.stats.unconfirmed.fetch_add(late, Ordering::Relaxed);
         }
     }
 

@@ -40,6 +40,7 @@ use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use crate::transport::TransportError;
 use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
+use delivery::Held;
 use wsgate_proto::deflate::{Deflater, Inflater};
 use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
 
@@ -66,6 +67,8 @@ struct Core {
     corked_until: Option<Instant>,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
+    /// Subscribe replies waiting for the cluster bridge to confirm their topic.
+    held: Vec<Held>,
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
@@ -140,6 +143,7 @@ impl<D: Driver> Reactor<D> {
             corked: Vec::new(),
             corked_until: None,
             to_close: Vec::new(),
+            held: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
             inbound,
@@ -336,7 +340,7 @@ impl Core {
         if !self.deferred.is_empty() {
             return self.now;
         }
-        [self.drain_deadline, self.corked_until]
+        [self.drain_deadline, self.corked_until, self.held_until()]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
@@ -611,6 +615,19 @@ impl Session for Ctx<'_> {
         self.meter_op()?;
         self.core.unsubscribe(self.id, topic);
         Ok(())
+    }
+
+    fn send_when_subscribed(&mut self, topic: &str, reply: Vec<u8>) {
+        if self
+            .core
+            .shared
+            .fanout
+            .confirmed_or_wait(topic, self.core.index)
+        {
+            self.send(OpCode::Text, &reply);
+        } else {
+            self.core.hold(self.id, topic, reply);
+        }
     }
 
     fn publish(&mut self, topic: &str, data: &[u8]) {

@@ -497,6 +497,72 @@ fn write_delay_holds_deliveries_but_not_replies() {
     );
 }
 
+/// A clustered reactor whose bridge thread does not run: the test plays the bridge.
+fn clustered() -> Harness {
+    let h = Harness::new(|c| {
+        c.cluster.urls = vec!["nats://127.0.0.1:1".into()];
+        c.cluster.confirm_timeout = Duration::from_secs(2);
+    });
+    let link = h.reactor.core.shared.cluster.clone().expect("clustered");
+    link.stats
+        .connected
+        .store(true, std::sync::atomic::Ordering::Release);
+    h
+}
+
+#[test]
+fn a_subscribe_ok_waits_for_the_bridge_to_confirm() {
+    let mut h = clustered();
+    let (a, b) = (h.websocket("/ws"), h.websocket("/ws"));
+    h.send_text(a, r#"{"op":"subscribe","topic":"t","id":1}"#);
+    h.send_text(b, r#"{"op":"subscribe","topic":"t","id":2}"#);
+    h.turn();
+    h.turn();
+    assert!(h.texts(a).is_empty() && h.texts(b).is_empty(), "held");
+    // Other ops are answered meanwhile.
+    h.send_text(a, r#"{"op":"subscribe","topic":"u","id":3}"#);
+    h.send_text(a, r#"{"op":"unsubscribe","topic":"zz","id":4}"#);
+    h.turn();
+    assert_eq!(h.texts(a), [r#"{"op":"ok","id":4}"#]);
+    h.reactor.core.shared.fanout.confirm(&"t".into());
+    h.turn();
+    h.turn();
+    assert_eq!(h.texts(a), [r#"{"op":"ok","id":1}"#]);
+    assert_eq!(h.texts(b), [r#"{"op":"ok","id":2}"#]);
+    // Confirmed stays confirmed: the next subscriber is answered at once.
+    let c = h.websocket("/ws");
+    h.send_text(c, r#"{"op":"subscribe","topic":"t","id":5}"#);
+    h.turn();
+    assert_eq!(h.texts(c), [r#"{"op":"ok","id":5}"#]);
+    // Never confirmed: sent at the timeout, and counted.
+    h.advance(Duration::from_millis(1900));
+    assert!(h.texts(a).is_empty());
+    h.advance(Duration::from_millis(200));
+    assert_eq!(h.texts(a), [r#"{"op":"ok","id":3}"#]);
+    let link = h.reactor.core.shared.cluster.clone().unwrap();
+    assert_eq!(ReactorMetrics::get(&link.stats.unconfirmed), 1);
+}
+
+#[test]
+fn a_held_ok_is_dropped_with_its_connection_and_not_held_while_disconnected() {
+    let mut h = clustered();
+    let a = h.websocket("/ws");
+    h.send_text(a, r#"{"op":"subscribe","topic":"t","id":1}"#);
+    h.turn();
+    h.net.shutdown(a);
+    h.turn();
+    h.turn();
+    assert!(h.reactor.core.held.is_empty(), "gone with the connection");
+    let link = h.reactor.core.shared.cluster.clone().unwrap();
+    link.stats
+        .connected
+        .store(false, std::sync::atomic::Ordering::Release);
+    let b = h.websocket("/ws");
+    h.send_text(b, r#"{"op":"subscribe","topic":"v","id":2}"#);
+    h.turn();
+    assert_eq!(h.texts(b), [r#"{"op":"ok","id":2}"#], "nothing to wait for");
+}
+
 /// Issue 12: a /ws client over its message rate gets `rate_limited` replies, and is closed
 /// with 1008 when it keeps going; its neighbour on the same reactor loses nothing.
 #[test]

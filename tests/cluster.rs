@@ -1,0 +1,799 @@
+//! Several wsgate nodes sharing topics through real `nats-server` processes (started here on
+//! free loopback ports, killed on drop): delivery exactly once and in per-publisher order,
+//! the subscribe acknowledgement, interest-based NATS subscriptions, a NATS restart, a NATS
+//! cluster losing a server, a node killed, and every character a topic may hold.
+//!
+//! Needs `nats-server` on the PATH (Debian: `apt-get install nats-server`).
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::Message;
+use util::*;
+use wsgate::cluster::Link;
+use wsgate::config::IoBackend;
+
+/// One `nats-server` process; killed on drop.
+struct Nats {
+    port: u16,
+    monitor: u16,
+    cluster: Option<(u16, Vec<u16>)>,
+    /// Extra flags (authentication).
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    fn start() -> Self {
+        Self::spawn(free_port(), free_port(), None)
+    }
+
+    /// Three servers routed to each other.
+    fn cluster() -> Vec<Self> {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        routes
+            .iter()
+            .map(|&own| Self::spawn(free_port(), free_port(), Some((own, routes.clone()))))
+            .collect()
+    }
+
+    /// One server started with `extra` flags.
+    fn with(extra: &[&str]) -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            monitor: free_port(),
+            cluster: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn spawn(port: u16, monitor: u16, cluster: Option<(u16, Vec<u16>)>) -> Self {
+        let mut nats = Self {
+            port,
+            monitor,
+            cluster,
+            extra: Vec::new(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Starts the process (again, on the same ports) and waits until it serves.
+    fn restart(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((own, routes)) = &self.cluster {
+            let routes: Vec<String> = routes
+                .iter()
+                .filter(|&r| r != own)
+                .map(|r| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            cmd.args(["--cluster_name", "wsgate-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{own}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "nats-server is not installed: these tests need it on the PATH \
+                 (Debian/Ubuntu: apt-get install nats-server; .ci/run installs it)"
+            ),
+            Err(e) => panic!("cannot start nats-server: {e}"),
+        };
+        self.child = Some(child);
+        wait_until("nats-server to serve", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.get("/varz").is_some()
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A monitoring endpoint's JSON, or `None` if the server does not answer.
+    fn get(&self, path: &str) -> Option<Value> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
+        stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    }
+
+    /// How many client subscriptions this server holds on `subject` (routed ones excluded).
+    fn subscriptions(&self, subject: &str) -> usize {
+        let subsz = self.get("/subsz?subs=1&limit=100000").expect("subsz");
+        subsz["subscriptions_list"].as_array().map_or(0, |subs| {
+            subs.iter()
+                .filter(|s| s["subject"] == subject && s["account"] == "$G")
+                .count()
+        })
+    }
+
+    /// Names of the client connections on this server.
+    fn connection_names(&self) -> Vec<String> {
+        let connz = self.get("/connz?limit=1000").expect("connz");
+        connz["connections"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A wsgate node in this process, with its own bridge thread and NATS connection.
+fn node(urls: &[String], name: &str) -> TestServer {
+    let node = TestServer::start(IoBackend::Epoll, |c| {
+        c.cluster.urls = Some(urls.to_vec());
+        c.cluster.name = Some(Some(name.to_owned()));
+        c.pubsub.client_publish = Some(vec!["*".into()]);
+    });
+    wait_until("the node to connect to NATS", || link(&node).is_connected());
+    node
+}
+
+fn link(node: &TestServer) -> &Link {
+    node.server()
+        .shared()
+        .cluster
+        .as_deref()
+        .expect("clustered")
+}
+
+fn stat(node: &TestServer, counter: fn(&Link) -> &std::sync::atomic::AtomicU64) -> u64 {
+    counter(link(node)).load(Ordering::Relaxed)
+}
+
+/// The next text message as JSON (pings and pongs are skipped).
+fn next_json(ws: &mut Client) -> Value {
+    loop {
+        match recv(ws) {
+            Message::Text(text) => return serde_json::from_str(&text).expect("valid json"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+fn send_json(ws: &mut Client, value: Value) {
+    ws.send(Message::text(value.to_string())).unwrap();
+}
+
+/// Subscribes and waits for the `ok`: from then on, a publish on any node reaches `ws`.
+fn subscribe(ws: &mut Client, topic: &str) {
+    send_json(ws, json!({"op": "subscribe", "topic": topic, "id": 1}));
+    assert_eq!(next_json(ws), json!({"op": "ok", "id": 1}));
+}
+
+/// A keep-alive HTTP connection for publishing.
+struct Publisher(TcpStream);
+
+impl Publisher {
+    fn new(node: &TestServer) -> Self {
+        Self(tcp(node))
+    }
+
+    fn publish(&mut self, topic: &str, body: &str) {
+        let request = format!(
+            "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.0.write_all(request.as_bytes()).unwrap();
+        let response = read_response(&mut self.0);
+        assert_eq!(response.status, 202, "{}", response.body_text());
+    }
+}
+
+fn delivery(topic: &str, data: Value) -> Value {
+    json!({"topic": topic, "data": data})
+}
+
+#[test]
+fn every_subscriber_on_every_node_gets_every_message_once_in_order() {
+    const MESSAGES: usize = 200;
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let nodes: Vec<TestServer> = ["a", "b", "c"].iter().map(|n| node(&urls, n)).collect();
+    let mut subscribers: Vec<Client> = Vec::new();
+    for node in &nodes {
+        for _ in 0..3 {
+            let mut ws = connect(node, "/ws");
+            subscribe(&mut ws, "feed");
+            subscribers.push(ws);
+        }
+    }
+    // On every node one publisher over HTTP and one over /ws, all at once, right after
+    // the last ok.
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(n, node)| [(2 * n, node), (2 * n + 1, node)])
+        .map(|(p, node)| {
+            let (addr, url) = (node.addr, node.url("/ws"));
+            std::thread::spawn(move || {
+                if p % 2 == 0 {
+                    let stream = TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    let mut publisher = Publisher(stream);
+                    for s in 0..MESSAGES {
+                        publisher.publish("feed", &json!({"p": p, "s": s}).to_string());
+                    }
+                } else {
+                    let (mut ws, _) = tungstenite::connect(url).unwrap();
+                    for s in 0..MESSAGES {
+                        let op =
+                            json!({"op": "publish", "topic": "feed", "data": {"p": p, "s": s}});
+                        ws.send(Message::text(op.to_string())).unwrap();
+                    }
+                    ws.close(None).unwrap();
+                    while ws.read().is_ok() {}
+                }
+            })
+        })
+        .collect();
+    let count = publishers.len();
+    for ws in &mut subscribers {
+        let mut next = vec![0usize; count];
+        for _ in 0..count * MESSAGES {
+            let m = next_json(ws);
+            assert_eq!(m["topic"], "feed");
+            let p = m["data"]["p"].as_u64().unwrap() as usize;
+            let s = m["data"]["s"].as_u64().unwrap() as usize;
+            assert_eq!(s, next[p], "publisher {p}: in order, no loss, no duplicate");
+            next[p] += 1;
+        }
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    // Nothing extra arrives (a node hearing its own publish back would deliver it twice):
+    // the next messages are one marker from each node.
+    for (n, node) in nodes.iter().enumerate() {
+        Publisher::new(node).publish("feed", &format!("\"end {n}\""));
+        for ws in &mut subscribers {
+            assert_eq!(next_json(ws), delivery("feed", json!(format!("end {n}"))));
+        }
+    }
+    for node in &nodes {
+        assert_eq!(
+            stat(node, |l| &l.stats.messages_out),
+            2 * MESSAGES as u64 + 1
+        );
+        assert_eq!(
+            stat(node, |l| &l.stats.messages_in),
+            4 * MESSAGES as u64 + 2
+        );
+        let counters: [fn(&Link) -> &std::sync::atomic::AtomicU64; 3] = [
+            |l| &l.stats.dropped_in,
+            |l| &l.stats.dropped_out,
+            |l| &l.stats.unconfirmed,
+        ];
+        for counter in counters {
+            assert_eq!(stat(node, counter), 0);
+        }
+    }
+}
+
+#[test]
+fn a_publish_on_another_node_right_after_the_ok_arrives() {
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let mut publisher = Publisher::new(&b);
+    // Each topic is new, so each ok waits for NATS to have node a's subscription.
+    for i in 0..30 {
+        let topic = format!("race.{i}");
+        let mut ws = connect(&a, "/ws");
+        subscribe(&mut ws, &topic);
+        publisher.publish(&topic, &i.to_string());
+        assert_eq!(next_json(&mut ws), delivery(&topic, json!(i)));
+    }
+    assert_eq!(stat(&a, |l| &l.stats.unconfirmed), 0);
+}
+
+#[test]
+fn the_last_subscriber_leaving_removes_the_nodes_nats_subscription() {
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let subject = "wsgate.leave.x";
+    // Several subscribers, over both reactors (the kernel spreads connections by hash:
+    // open them until both have some): one NATS subscription for the node.
+    let reactors = || {
+        a.server()
+            .shared()
+            .fanout
+            .interested("leave.x")
+            .count_ones()
+    };
+    let mut subs: Vec<Client> = Vec::new();
+    while subs.len() < 4 || reactors() < 2 {
+        assert!(subs.len() < 64, "64 connections all on one reactor");
+        let mut ws = connect(&a, "/ws");
+        subscribe(&mut ws, "leave.x");
+        subs.push(ws);
+    }
+    assert_eq!(nats.subscriptions(subject), 1);
+    let mut on_b = connect(&b, "/ws");
+    subscribe(&mut on_b, "leave.x");
+    assert_eq!(nats.subscriptions(subject), 2, "one per node");
+    while subs.len() > 1 {
+        let mut ws = subs.pop().unwrap();
+        send_json(
+            &mut ws,
+            json!({"op": "unsubscribe", "topic": "leave.x", "id": 2}),
+        );
+        assert_eq!(next_json(&mut ws), json!({"op": "ok", "id": 2}));
+    }
+    assert_eq!(nats.subscriptions(subject), 2, "a subscriber is left on a");
+    drop(subs.pop());
+    wait_until("a's NATS subscription to go", || {
+        nats.subscriptions(subject) == 1
+    });
+    drop(on_b);
+    wait_until("b's NATS subscription to go", || {
+        nats.subscriptions(subject) == 0
+    });
+    // And back: a new first subscriber subscribes again.
+    let mut again = connect(&a, "/ws");
+    subscribe(&mut again, "leave.x");
+    assert_eq!(nats.subscriptions(subject), 1);
+    Publisher::new(&b).publish("leave.x", "7");
+    assert_eq!(next_json(&mut again), delivery("leave.x", json!(7)));
+}
+
+#[test]
+fn a_nats_restart_loses_only_the_outage_and_counts_it() {
+    let mut nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let (mut on_a, mut on_b) = (connect(&a, "/ws"), connect(&b, "/ws"));
+    subscribe(&mut on_a, "r");
+    subscribe(&mut on_b, "r");
+    let mut publisher = Publisher::new(&a);
+    publisher.publish("r", "\"before\"");
+    assert_eq!(next_json(&mut on_a), delivery("r", json!("before")));
+    assert_eq!(next_json(&mut on_b), delivery("r", json!("before")));
+
+    nats.kill();
+    wait_until("both nodes to see the outage", || {
+        !link(&a).is_connected() && !link(&b).is_connected()
+    });
+    let health = http(&a, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        (health.status, health.body_text()),
+        (200, "ok\ncluster: disconnected\n".into())
+    );
+    // Local fan-out goes on; what node b would have got is dropped and counted.
+    let dropped = stat(&a, |l| &l.stats.dropped_out);
+    for i in 0..10 {
+        publisher.publish("r", &i.to_string());
+        assert_eq!(next_json(&mut on_a), delivery("r", json!(i)));
+    }
+    wait_until("the bridge to count what it could not send", || {
+        stat(&a, |l| &l.stats.dropped_out) == dropped + 10
+    });
+    // A subscribe during the outage is acknowledged at once (there is nothing to wait for).
+    let mut late = connect(&b, "/ws");
+    subscribe(&mut late, "r2");
+
+    nats.restart();
+    wait_until("both nodes to reconnect and re-subscribe", || {
+        link(&a).is_connected() && link(&b).is_connected()
+    });
+    assert!(stat(&a, |l| &l.stats.reconnects) >= 1);
+    assert!(stat(&b, |l| &l.stats.reconnects) >= 1);
+    publisher.publish("r", "\"after\"");
+    publisher.publish("r2", "\"new\"");
+    assert_eq!(next_json(&mut on_a), delivery("r", json!("after")));
+    assert_eq!(
+        next_json(&mut on_b),
+        delivery("r", json!("after")),
+        "nothing from the outage arrives late"
+    );
+    assert_eq!(next_json(&mut late), delivery("r2", json!("new")));
+    let metrics = http(&a, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body_text();
+    assert!(metrics.contains("wsgate_cluster_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "wsgate_cluster_dropped_total{{direction=\"out\"}} {}",
+            dropped + 10
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_required_cluster_makes_a_disconnected_node_unhealthy() {
+    let mut nats = Nats::start();
+    let node = TestServer::start(IoBackend::Epoll, |c| {
+        c.cluster.urls = Some(vec![nats.url()]);
+        c.cluster.required = Some(true);
+    });
+    wait_until("connected", || link(&node).is_connected());
+    let health = http(&node, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        (health.status, health.body_text()),
+        (200, "ok\ncluster: connected\n".into())
+    );
+    nats.kill();
+    wait_until("disconnected", || !link(&node).is_connected());
+    let health = http(&node, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(health.status, 503, "{}", health.body_text());
+    assert!(health.body_text().contains("cluster: disconnected"));
+}
+
+#[test]
+fn nodes_fail_over_when_a_nats_cluster_server_dies() {
+    let mut servers = Nats::cluster();
+    let urls: Vec<String> = servers.iter().map(Nats::url).collect();
+    wait_until("the NATS cluster to form", || {
+        servers.iter().all(|s| {
+            s.get("/routez")
+                .is_some_and(|r| r["num_routes"].as_u64() == Some(2))
+        })
+    });
+    let nodes: Vec<TestServer> = ["fa", "fb", "fc"].iter().map(|n| node(&urls, n)).collect();
+    let mut subs: Vec<Client> = nodes.iter().map(|n| connect(n, "/ws")).collect();
+    for ws in &mut subs {
+        subscribe(ws, "fo");
+    }
+    let subject = "wsgate.fo";
+    // Subscriptions travel between NATS servers on their own time: a publish through
+    // another server reaches a node once that server knows of the node's interest.
+    let routed = |servers: &[Nats]| {
+        wait_until("interest to reach every NATS server", || {
+            interest_routed(servers, subject)
+        })
+    };
+    routed(&servers);
+    let round = |nodes: &[TestServer], subs: &mut [Client], tag: &str| {
+        for (n, node) in nodes.iter().enumerate() {
+            Publisher::new(node).publish("fo", &format!("\"{tag} {n}\""));
+            for ws in subs.iter_mut() {
+                assert_eq!(next_json(ws), delivery("fo", json!(format!("{tag} {n}"))));
+            }
+        }
+    };
+    round(&nodes, &mut subs, "before");
+    // Kill the server node fa is connected to.
+    let victim = servers
+        .iter()
+        .position(|s| s.connection_names().iter().any(|n| n == "fa"))
+        .expect("fa is connected somewhere");
+    servers[victim].kill();
+    let survivors: Vec<Nats> = servers
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, _)| i != victim)
+        .map(|(_, s)| s)
+        .collect();
+    wait_until("every node on a surviving server", || {
+        let names: Vec<String> = survivors.iter().flat_map(Nats::connection_names).collect();
+        ["fa", "fb", "fc"]
+            .iter()
+            .all(|n| names.iter().any(|m| m == n))
+            && nodes.iter().all(|n| link(n).is_connected())
+    });
+    routed(&survivors);
+    round(&nodes, &mut subs, "after");
+    assert!(stat(&nodes[0], |l| &l.stats.reconnects) >= 1);
+}
+
+/// Whether every server has heard, over its routes, of each other server's local
+/// subscriptions on `subject` (routes carry one interest per subject and server).
+fn interest_routed(servers: &[Nats], subject: &str) -> bool {
+    let ids: Vec<Value> = servers
+        .iter()
+        .map(|s| s.get("/varz").expect("varz")["server_id"].clone())
+        .collect();
+    servers.iter().enumerate().all(|(i, server)| {
+        let routes = server.get("/routez?subs=1").expect("routez");
+        let heard_from = |id: &Value| {
+            routes["routes"].as_array().is_some_and(|routes| {
+                routes.iter().any(|r| {
+                    r["remote_id"] == *id
+                        && r["subscriptions_list"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|s| s == subject))
+                })
+            })
+        };
+        servers
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .all(|(j, (other, id))| i == j || other.subscriptions(subject) == 0 || heard_from(id))
+    })
+}
+
+/// A wsgate node as its own process, so that it can be killed.
+struct NodeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(nats: &Nats) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(["--pin", "false", "--io", "epoll"])
+            .args(["--cluster-urls", &nats.url(), "--cluster-name", "doomed"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wsgate runs");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("wsgate listening on ").nth(1) {
+                addr = Some(rest.split(',').next().unwrap().parse().unwrap());
+            }
+            if line.contains("cluster: connected") {
+                break;
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            addr: addr.expect("the node says where it listens"),
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_killed_node_leaves_the_others_unaffected() {
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let mut doomed = NodeProcess::start(&nats);
+    let stream = TcpStream::connect(doomed.addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut on_doomed, _) = tungstenite::client("ws://x/ws", stream).unwrap();
+    subscribe(&mut on_doomed, "k");
+    let (mut on_a, mut on_b) = (connect(&a, "/ws"), connect(&b, "/ws"));
+    subscribe(&mut on_a, "k");
+    subscribe(&mut on_b, "k");
+    Publisher::new(&a).publish("k", "1");
+    for ws in [&mut on_doomed, &mut on_a, &mut on_b] {
+        assert_eq!(next_json(ws), delivery("k", json!(1)));
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    wait_until("NATS to drop the dead node's subscription", || {
+        nats.subscriptions("wsgate.k") == 2
+    });
+    for (i, node) in [&a, &b].iter().enumerate() {
+        Publisher::new(node).publish("k", &i.to_string());
+        assert_eq!(next_json(&mut on_a), delivery("k", json!(i)));
+        assert_eq!(next_json(&mut on_b), delivery("k", json!(i)));
+    }
+    assert!(link(&a).is_connected() && link(&b).is_connected());
+    assert_eq!(stat(&a, |l| &l.stats.dropped_out), 0);
+}
+
+#[test]
+fn a_topic_with_every_allowed_character_crosses_nodes() {
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let topic = ".aZ09-_:/@..x.";
+    let mut ws = connect(&a, "/ws");
+    subscribe(&mut ws, topic);
+    assert_eq!(nats.subscriptions("wsgate.~.aZ09-_:/@.~.x.~"), 1);
+    // A topic differing only in the escaped dots is another subject.
+    let mut other = connect(&a, "/ws");
+    subscribe(&mut other, "aZ09-_:/@.x");
+    Publisher::new(&b).publish(topic, "\"http\"");
+    let mut publisher = connect(&b, "/ws");
+    send_json(
+        &mut publisher,
+        json!({"op": "publish", "topic": topic, "data": "ws", "id": 5}),
+    );
+    assert_eq!(next_json(&mut publisher), json!({"op": "ok", "id": 5}));
+    assert_eq!(next_json(&mut ws), delivery(topic, json!("http")));
+    assert_eq!(next_json(&mut ws), delivery(topic, json!("ws")));
+    Publisher::new(&b).publish("aZ09-_:/@.x", "1");
+    assert_eq!(next_json(&mut other), delivery("aZ09-_:/@.x", json!(1)));
+}
+
+/// A raw NATS client (the text protocol over TCP): another publisher on the subjects.
+fn raw_nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let mut out = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    stream.write_all(&out).unwrap();
+    let mut pong = String::new();
+    reader.read_line(&mut pong).unwrap();
+    assert_eq!(pong, "PONG\r\n");
+}
+
+#[test]
+fn messages_from_other_nats_clients_are_checked_like_a_publish() {
+    let nats = Nats::start();
+    let a = node(&[nats.url()], "a");
+    let mut ws = connect(&a, "/ws");
+    subscribe(&mut ws, "ext");
+    for bad in [&b"not json"[..], b"", b"{\"a\":1} 2", &[b'1'; 70_000][..]] {
+        raw_nats_publish(&nats, "wsgate.ext", bad);
+    }
+    raw_nats_publish(&nats, "wsgate.ext", b" {\"ok\": true} ");
+    assert_eq!(next_json(&mut ws), delivery("ext", json!({"ok": true})));
+    assert_eq!(stat(&a, |l| &l.stats.messages_in), 5);
+    assert_eq!(stat(&a, |l| &l.stats.dropped_in), 4);
+}
+
+#[test]
+fn a_node_starts_while_nats_is_down_and_connects_later() {
+    let mut nats = Nats::start();
+    nats.kill();
+    let started = Instant::now();
+    let node = TestServer::start(IoBackend::Epoll, |c| {
+        c.cluster.urls = Some(vec![nats.url()]);
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!link(&node).is_connected());
+    let mut ws = connect(&node, "/ws");
+    subscribe(&mut ws, "early");
+    Publisher::new(&node).publish("early", "1");
+    assert_eq!(
+        next_json(&mut ws),
+        delivery("early", json!(1)),
+        "local fan-out"
+    );
+    nats.restart();
+    wait_until("connected", || link(&node).is_connected());
+    raw_nats_publish(&nats, "wsgate.early", b"2");
+    assert_eq!(next_json(&mut ws), delivery("early", json!(2)));
+}
+
+#[test]
+fn credentials_reach_nats_and_wrong_ones_keep_the_node_out() {
+    for (flags, good, bad) in [
+        (
+            &["--auth", "s3cret"][..],
+            (|c: &mut wsgate::config::RawConfig| c.cluster.token = Some(Some("s3cret".into())))
+                as fn(&mut wsgate::config::RawConfig),
+            (|c: &mut wsgate::config::RawConfig| c.cluster.token = Some(Some("wrong".into())))
+                as fn(&mut wsgate::config::RawConfig),
+        ),
+        (
+            &["--user", "gw", "--pass", "pw"][..],
+            |c| {
+                c.cluster.user = Some(Some("gw".into()));
+                c.cluster.password = Some(Some("pw".into()));
+            },
+            |c| {
+                c.cluster.user = Some(Some("gw".into()));
+                c.cluster.password = Some(Some("nope".into()));
+            },
+        ),
+    ] {
+        let nats = Nats::with(flags);
+        let start = |tweak: fn(&mut wsgate::config::RawConfig)| {
+            let url = nats.url();
+            TestServer::start(IoBackend::Epoll, move |c| {
+                c.cluster.urls = Some(vec![url]);
+                tweak(c);
+            })
+        };
+        let (a, b) = (start(good), start(good));
+        wait_until("both nodes to authenticate", || {
+            link(&a).is_connected() && link(&b).is_connected()
+        });
+        let mut ws = connect(&a, "/ws");
+        subscribe(&mut ws, "auth");
+        Publisher::new(&b).publish("auth", "1");
+        assert_eq!(next_json(&mut ws), delivery("auth", json!(1)));
+        let refused = start(bad);
+        // The server refuses it (and keeps refusing its retries): it never counts as
+        // connected.
+        wait_until("NATS to refuse the bad credentials", || {
+            nats.get("/connz?state=closed").is_some_and(|c| {
+                c["connections"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["reason"] == "Authentication Failure"))
+            })
+        });
+        assert_eq!(nats.connection_names().len(), 2, "{flags:?}");
+        assert!(!link(&refused).is_connected(), "{flags:?}");
+    }
+}
+
+#[test]
+fn tls_to_nats_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("a certificate");
+    let dir = std::env::temp_dir().join(format!("wsgate-cluster-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let nats = Nats::with(&["--tls", "--tlscert", cert_path, "--tlskey", key_path]);
+    let start = |ca: Option<&str>| {
+        let url = nats.url();
+        let ca = ca.map(str::to_owned);
+        TestServer::start(IoBackend::Epoll, move |c| {
+            c.cluster.urls = Some(vec![url]);
+            c.cluster.tls = Some(true);
+            c.cluster.tls_ca_file = Some(ca);
+        })
+    };
+    let (a, b) = (start(Some(cert_path)), start(Some(cert_path)));
+    wait_until("both nodes to connect over TLS", || {
+        link(&a).is_connected() && link(&b).is_connected()
+    });
+    let tls = nats.get("/connz?limit=10").expect("connz");
+    let conns = tls["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{tls}");
+    assert!(conns.iter().all(|c| c["tls_version"].is_string()), "{tls}");
+    let mut ws = connect(&a, "/ws");
+    subscribe(&mut ws, "tls");
+    Publisher::new(&b).publish("tls", "1");
+    assert_eq!(next_json(&mut ws), delivery("tls", json!(1)));
+    // Without the CA, the server's certificate is not trusted: never connected.
+    let untrusting = start(None);
+    wait_until("NATS to see the failed handshake", || {
+        nats.get("/connz?state=closed")
+            .is_some_and(|c| c["connections"].as_array().is_some_and(|c| !c.is_empty()))
+    });
+    assert!(!link(&untrusting).is_connected());
+    let _ = std::fs::remove_dir_all(&dir);
+}
