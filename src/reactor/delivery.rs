@@ -120,14 +120,14 @@ impl Core {
             if conn.scheduled != Scheduled::No {
                 continue;
             }
-            if config.pubsub.write_delay.is_zero() {
+            let delay = self.batch.delay();
+            if delay.is_zero() {
                 conn.scheduled = Scheduled::Flush;
                 self.flush.push(id);
             } else {
                 conn.scheduled = Scheduled::Corked;
                 self.corked.push(id);
-                self.corked_until
-                    .get_or_insert(self.now + config.pubsub.write_delay);
+                self.corked_until.get_or_insert(self.now + delay);
             }
         }
         for id in abort {
@@ -135,6 +135,7 @@ impl Core {
         }
         let m = &self.shared.metrics[self.index];
         ReactorMetrics::add(&m.deliveries, delivered);
+        self.batch.queued(delivered);
         ReactorMetrics::add(&m.dropped, dropped);
         ReactorMetrics::add(&m.slow_consumer_closes, closed);
         if delivered > 0 {

@@ -8,7 +8,8 @@
 //!                                   │ Sent / Eof / Failed / Released: lifecycle (conn.rs)
 //!   inbox (other reactors' publishes) ─▶ delivery with the slow-consumer policy (delivery.rs)
 //!   timers (sweep) ─▶ pings, timeouts, close deadlines
-//!   flush: one vectored send per connection with output queued this turn (corking)
+//!   flush: one vectored send per connection with output queued this turn (corking);
+//!          under load, deliveries wait up to the batching delay (batch.rs) first
 //! ```
 //!
 //! The files split the loop by concern: this one is the loop and the driver glue,
@@ -16,6 +17,7 @@
 //! HTTP request phase (parse, route, upgrade), `delivery.rs` fan-out into the local
 //! queues. Applications see a connection only through `app::Session`, which `Ctx` implements.
 
+mod batch;
 mod conn;
 mod delivery;
 mod request;
@@ -36,6 +38,7 @@ use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
+use batch::Batching;
 use conn::{Conns, Phase, Recv, Scheduled, Send};
 use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
 
@@ -57,9 +60,11 @@ struct Core {
     events: Vec<Event>,
     /// Connections with output queued or a state change this turn.
     flush: Vec<ConnId>,
-    /// Subscribers holding deliveries until `corked_until` (`write_delay`).
+    /// Subscribers holding deliveries until `corked_until` (the batching delay, counted
+    /// from the first delivery that waits: no frame waits longer).
     corked: Vec<ConnId>,
     corked_until: Option<Instant>,
+    batch: Batching,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
     /// Publish instants of what was delivered this turn, for the latency histogram.
@@ -75,15 +80,17 @@ struct Core {
 
 impl<D: Driver> Reactor<D> {
     pub fn new(index: usize, driver: D, shared: Arc<Shared>, inbox: Receiver<Delivery>) -> Self {
-        Self::with_clock(index, driver, shared, inbox, Instant::now)
+        Self::with_clock(index, driver, shared, inbox, Instant::now, thread_cpu)
     }
 
+    /// With the clocks the loop reads the time and its thread's CPU time from.
     fn with_clock(
         index: usize,
         driver: D,
         shared: Arc<Shared>,
         inbox: Receiver<Delivery>,
         clock: fn() -> Instant,
+        cpu: fn() -> Duration,
     ) -> Self {
         let config = &shared.config;
         let shortest = [
@@ -98,6 +105,7 @@ impl<D: Driver> Reactor<D> {
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let inbound = Budget::new(config.limits.max_buffered_bytes / config.net.threads as u64);
         let now = clock();
+        let batch = Batching::new(config.pubsub.max_batch_delay, now, cpu);
         let core = Core {
             index,
             shared,
@@ -108,6 +116,7 @@ impl<D: Driver> Reactor<D> {
             flush: Vec::new(),
             corked: Vec::new(),
             corked_until: None,
+            batch,
             to_close: Vec::new(),
             published: Vec::new(),
             latency: metrics::new_histogram(),
@@ -164,7 +173,15 @@ impl<D: Driver> Reactor<D> {
         self.core.uncork();
         self.flush();
         self.close_pending();
-        self.core.record_latency((self.clock)());
+        let end = (self.clock)();
+        self.core.record_latency(end);
+        if let Some(delay) = self.core.batch.update(end) {
+            let gauge = &self.core.metrics().batch_delay_us;
+            gauge.store(
+                delay.as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         match self.core.drain_deadline {
             Some(deadline) => self.core.conns.is_empty() || self.core.now >= deadline,
             None => false,
@@ -223,6 +240,7 @@ impl<D: Driver> Reactor<D> {
     /// and finishes closes.
     fn flush(&mut self) {
         let cap = self.core.shared.config.limits.max_outbound_bytes;
+        let mut writes = 0;
         while let Some(id) = self.core.flush.pop() {
             let Some(conn) = self.core.conns.get_mut(id) else {
                 continue;
@@ -234,6 +252,7 @@ impl<D: Driver> Reactor<D> {
             if conn.send == Send::Idle && !conn.transport.is_idle(&conn.out) {
                 self.driver.send(id, conn.transport.outgoing(&mut conn.out));
                 conn.send = Send::InFlight;
+                writes += 1;
             }
             // Backpressure on echo: stop reading while the queue is over the cap, resume at
             // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
@@ -260,6 +279,8 @@ impl<D: Driver> Reactor<D> {
                 }
             }
         }
+        self.core.batch.wrote(writes);
+        ReactorMetrics::add(&self.core.metrics().writes, writes);
     }
 
     /// After the drain: closes what is left and publishes the last latency samples.
@@ -280,7 +301,7 @@ impl Core {
     }
 
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
-    /// the end of a write delay.
+    /// the end of a batching delay.
     fn wake_at(&self) -> Instant {
         [self.drain_deadline, self.corked_until]
             .into_iter()
@@ -370,6 +391,11 @@ impl Core {
         }
         self.latency.reset();
     }
+}
+
+/// The reactor thread's CPU time.
+fn thread_cpu() -> Duration {
+    Duration::from_nanos(crate::sys::thread_cpu_ns())
 }
 
 /// The protocol limits of a route: /ws messages are bounded by the publish size.

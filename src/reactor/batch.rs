@@ -1,0 +1,123 @@
+//! Write batching under load: how long fan-out deliveries may wait so that several frames
+//! leave in one write. Each write costs a syscall and the kernel's TCP send (about a
+//! microsecond on loopback) whatever it carries, so a busy reactor that holds frames for
+//! a few milliseconds spends several times less per delivery, while an idle one would only
+//! add latency.
+//!
+//! A controller on the reactor thread's own CPU time (which counts the kernel's work in its
+//! writes, on both drivers) picks the delay once per window: off while the reactor is
+//! mostly idle (deliveries leave in the turn that queued them, as without batching);
+//! started and doubled while it is busy; halved as it calms; never past `max_batch_delay`;
+//! and switched off for a while when the frames per write show that subscribers receive
+//! too rarely for any delay within the bound to put two frames in one write.
+
+use std::time::{Duration, Instant};
+
+/// How often the load is measured and the delay adjusted.
+const WINDOW: Duration = Duration::from_millis(50);
+/// Load (share of wall time the thread was on the CPU) at which the delay grows ...
+const BUSY: f64 = 0.6;
+/// ... and under which it shrinks.
+const CALM: f64 = 0.25;
+/// The first delay tried, and the shortest kept.
+const FIRST: Duration = Duration::from_millis(1);
+/// How long batching stays off once it proved useless at the current rates.
+const HOLD_OFF: Duration = Duration::from_secs(2);
+
+/// The reactor's batching state.
+pub(super) struct Batching {
+    max: Duration,
+    delay: Duration,
+    /// Where the thread's CPU time is read (a test clock in tests).
+    cpu: fn() -> Duration,
+    window_start: Instant,
+    cpu_start: Duration,
+    /// Smoothed load over the last windows, 0 to 1.
+    load: f64,
+    /// No batching before this (it did not help).
+    hold_off: Option<Instant>,
+    /// Frames queued to connections and writes handed to the driver in this window.
+    frames: u64,
+    writes: u64,
+}
+
+impl Batching {
+    pub fn new(max: Duration, now: Instant, cpu: fn() -> Duration) -> Self {
+        Self {
+            max,
+            delay: Duration::ZERO,
+            cpu,
+            window_start: now,
+            cpu_start: cpu(),
+            load: 0.0,
+            hold_off: None,
+            frames: 0,
+            writes: 0,
+        }
+    }
+
+    /// How long a delivery to a connection with nothing waiting may wait now (0: not at all).
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    pub fn queued(&mut self, frames: u64) {
+        self.frames += frames;
+    }
+
+    pub fn wrote(&mut self, writes: u64) {
+        self.writes += writes;
+    }
+
+    /// Once a window has passed: measures the load and adjusts the delay. Returns the new
+    /// delay when it changed.
+    pub fn update(&mut self, now: Instant) -> Option<Duration> {
+        let wall = now.saturating_duration_since(self.window_start);
+        if wall < WINDOW || self.max.is_zero() {
+            return None;
+        }
+        let cpu = (self.cpu)();
+        let used = cpu.saturating_sub(self.cpu_start).as_secs_f64();
+        self.load = 0.5 * self.load + 0.5 * (used / wall.as_secs_f64()).min(1.0);
+        let per_write = self.frames as f64 / self.writes.max(1) as f64;
+        let before = self.delay;
+        self.delay = self.next_delay(now, per_write);
+        self.window_start = now;
+        self.cpu_start = cpu;
+        self.frames = 0;
+        self.writes = 0;
+        (self.delay != before).then_some(self.delay)
+    }
+
+    fn next_delay(&mut self, now: Instant, per_write: f64) -> Duration {
+        let busy = self.load >= BUSY;
+        if self.delay.is_zero() {
+            let held = self.hold_off.is_some_and(|until| now < until);
+            return if busy && !held {
+                FIRST.min(self.max)
+            } else {
+                Duration::ZERO
+            };
+        }
+        // A window of `delay` gathered `per_write - 1` extra frames per connection; at the
+        // longest delay it would gather proportionally more. Under half a frame: useless
+        // (judged once the delay is long enough for the count to mean something).
+        let extra_at_max =
+            (per_write - 1.0).max(0.0) * self.max.as_secs_f64() / self.delay.as_secs_f64();
+        if self.delay >= self.max / 4 && extra_at_max < 0.5 {
+            self.hold_off = Some(now + HOLD_OFF);
+            Duration::ZERO
+        } else if busy {
+            (self.delay * 2).min(self.max)
+        } else if self.load < CALM {
+            let half = self.delay / 2;
+            if half < FIRST {
+                Duration::ZERO
+            } else {
+                half
+            }
+        } else {
+            self.delay
+        }
+    }
+}
