@@ -458,7 +458,7 @@ impl Worker {
         live.counters = self.c;
         live.outstanding = self.outstanding;
         live.open = self.conns.len() as u64;
-        if self.plan.progress {
+        if self.plan.intervals {
             match &mut live.interval {
                 Some(h) => {
                     h.add(&self.interval).expect("same bounds");
@@ -847,7 +847,7 @@ impl Worker {
                 self.c.received_window += 1;
                 let lat = now.saturating_sub(t0).max(1);
                 self.hist.saturating_record(lat);
-                if plan.progress {
+                if plan.intervals {
                     self.interval.saturating_record(lat);
                 }
             }
@@ -983,7 +983,7 @@ impl Worker {
                 }
                 let lat = now.saturating_sub(s.ts).max(1);
                 self.hist.saturating_record(lat);
-                if self.plan.progress {
+                if self.plan.intervals {
                     self.interval.saturating_record(lat);
                 }
             }
@@ -999,7 +999,7 @@ impl Worker {
                     self.c.received_window += 1;
                     let lat = now.saturating_sub(s.ts).max(1);
                     self.hist.saturating_record(lat);
-                    if self.plan.progress {
+                    if self.plan.intervals {
                         self.interval.saturating_record(lat);
                     }
                 }

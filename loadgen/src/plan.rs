@@ -79,6 +79,8 @@ pub struct Plan {
     pub publishers: usize,
     pub hold_ns: u64,
     pub progress: bool,
+    /// Workers hand over per-interval histograms (progress line, --hlog, the time plot).
+    pub intervals: bool,
 }
 
 impl Plan {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_millis(50);
 /// Load (share of wall time the thread was on the CPU) at which the delay grows ...
 const BUSY: f64 = 0.6;
-/// ... and under which it shrinks.
-const CALM: f64 = 0.25;
+/// ... and under which it is halved (at most doubling the writes: back under `BUSY`).
+const CALM: f64 = 0.3;
 /// The first delay tried, and the shortest kept.
 const FIRST: Duration = Duration::from_millis(1);
 /// How long batching stays off once it proved useless at the current rates.
