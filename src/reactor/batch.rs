@@ -4,9 +4,11 @@
 //! a few milliseconds spends several times less per delivery, while an idle one would only
 //! add latency.
 //!
-//! A controller on the reactor thread's own CPU time (which counts the kernel's work in its
-//! writes, on both drivers) picks the delay once per window: off while the reactor is
-//! mostly idle (deliveries leave in the turn that queued them, as without batching);
+//! A controller on the reactor's load picks the delay once per window. The load is the
+//! larger of two shares of the window's wall time: the thread's CPU time (which counts the
+//! kernel's work in its writes, on both drivers, even inside io_uring's submit) and the
+//! time its turns took (which also counts time the thread was runnable but preempted:
+//! long turns). The delay is off while the reactor is mostly idle (deliveries leave in the turn that queued them, as without batching);
 //! started and doubled while it is busy; halved as it calms; never past `max_batch_delay`;
 //! and switched off for a while when the frames per write show that subscribers receive
 //! too rarely for any delay within the bound to put two frames in one write.
@@ -39,6 +41,8 @@ pub(super) struct Batching {
     /// Frames queued to connections and writes handed to the driver in this window.
     frames: u64,
     writes: u64,
+    /// Wall time spent in turns (outside the driver's wait) in this window.
+    turns: Duration,
 }
 
 impl Batching {
@@ -53,6 +57,7 @@ impl Batching {
             hold_off: None,
             frames: 0,
             writes: 0,
+            turns: Duration::ZERO,
         }
     }
 
@@ -69,16 +74,18 @@ impl Batching {
         self.writes += writes;
     }
 
-    /// Once a window has passed: measures the load and adjusts the delay. Returns the new
+    /// After each turn, with its start (when the driver's wait returned) and its end:
+    /// once a window has passed, measures the load and adjusts the delay. Returns the new
     /// delay when it changed.
-    pub fn update(&mut self, now: Instant) -> Option<Duration> {
+    pub fn update(&mut self, start: Instant, now: Instant) -> Option<Duration> {
+        self.turns += now.saturating_duration_since(start);
         let wall = now.saturating_duration_since(self.window_start);
         if wall < WINDOW || self.max.is_zero() {
             return None;
         }
         let cpu = (self.cpu)();
-        let used = cpu.saturating_sub(self.cpu_start).as_secs_f64();
-        self.load = 0.5 * self.load + 0.5 * (used / wall.as_secs_f64()).min(1.0);
+        let used = cpu.saturating_sub(self.cpu_start).max(self.turns);
+        self.load = 0.5 * self.load + 0.5 * (used.as_secs_f64() / wall.as_secs_f64()).min(1.0);
         let per_write = self.frames as f64 / self.writes.max(1) as f64;
         let before = self.delay;
         self.delay = self.next_delay(now, per_write);
@@ -86,6 +93,7 @@ impl Batching {
         self.cpu_start = cpu;
         self.frames = 0;
         self.writes = 0;
+        self.turns = Duration::ZERO;
         (self.delay != before).then_some(self.delay)
     }
 
@@ -119,5 +127,39 @@ impl Batching {
         } else {
             self.delay
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_cpu() -> Duration {
+        Duration::ZERO
+    }
+
+    /// A reactor preempted in the middle of its turns uses little CPU, but its turns run
+    /// long: that is load too.
+    #[test]
+    fn long_turns_count_as_load_without_cpu_time() {
+        let ms = Duration::from_millis(1);
+        let mut t = Instant::now();
+        let mut b = Batching::new(20 * ms, t, no_cpu);
+        for _ in 0..4 {
+            b.queued(10);
+            b.wrote(2);
+            let start = t;
+            t += 60 * ms;
+            b.update(start, t);
+        }
+        assert!(b.delay() >= 2 * ms, "{:?}", b.delay());
+        // Short turns again: the delay winds down to nothing.
+        for _ in 0..10 {
+            b.queued(10);
+            b.wrote(2);
+            t += 60 * ms;
+            b.update(t, t);
+        }
+        assert_eq!(b.delay(), Duration::ZERO);
     }
 }

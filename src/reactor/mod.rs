@@ -175,7 +175,7 @@ impl<D: Driver> Reactor<D> {
         self.close_pending();
         let end = (self.clock)();
         self.core.record_latency(end);
-        if let Some(delay) = self.core.batch.update(end) {
+        if let Some(delay) = self.core.batch.update(self.core.now, end) {
             let gauge = &self.core.metrics().batch_delay_us;
             gauge.store(
                 delay.as_micros() as u64,
