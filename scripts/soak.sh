@@ -72,10 +72,12 @@ ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-# Every metric family, summed over its labels (histogram buckets left out), as "name value".
+# Every metric family, summed over its labels (histogram buckets left out), as "name value";
+# results labelled "timeout" also apart, as name_timeout (the server's handshake timeouts).
 scrape() {
   curl -sf --max-time 2 "http://127.0.0.1:$1/metrics" |
-    awk '!/^#/ && NF >= 2 && $1 !~ /_bucket($|\{)/ {n = $1; sub(/\{.*/, "", n); s[n] += $NF}
+    awk '!/^#/ && NF >= 2 && $1 !~ /_bucket($|\{)/ {n = $1; sub(/\{.*/, "", n); s[n] += $NF
+         if ($1 ~ /result="timeout"/) s[n "_timeout"] += $NF}
          END {for (n in s) printf "%s %.0f\n", n, s[n]}' | sort
 }
 
@@ -206,7 +208,9 @@ try:
     c = json.load(open(f"{d}/churn.json"))
     bad = {k: c["errors"][k] for k in ("connect", "handshake", "reset", "protocol", "timeout")
            if c["errors"].get(k)}
-    print(f"  churn: {c['received']} handshakes, p99 {c['latency_us']['p99']} us, errors {bad or 0}")
+    server_timeouts = rows[-1].get("wsgate_handshakes_total_timeout", "?") if rows else "?"
+    print(f"  churn: {c['received']} handshakes, p99 {c['latency_us']['p99']} us, errors {bad or 0}"
+          f" (server-side handshake timeouts: {server_timeouts})")
     if c["received"] == 0 or bad:
         failures.append(f"churn: {c['received']} handshakes, errors {bad}")
 except (OSError, ValueError, KeyError) as e:

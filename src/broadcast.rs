@@ -228,6 +228,11 @@ impl Topics {
         self.by_name.get(name).copied()
     }
 
+    /// The name of a topic that has subscribers here.
+    pub fn name(&self, id: TopicId) -> Option<&str> {
+        self.topics.get(id.0 as usize).map(|t| &*t.name)
+    }
+
     /// The local subscribers of a topic (empty if none).
     pub fn subscribers(&self, name: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.find(name)

@@ -22,6 +22,7 @@ pub mod broadcast;
 pub mod buf;
 pub mod config;
 pub mod driver;
+pub mod limits;
 pub mod metrics;
 pub mod reactor;
 pub mod server;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 use wsgate::config::RawConfig;
@@ -74,7 +74,8 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
             config.net.threads
         );
     }
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let (threads, pin) = (config.net.threads, config.net.pin);
     let server = Server::start(config.clone())
         .with_context(|| format!("starting on {}", config.net.listen))?;
@@ -90,6 +91,10 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload_keys(&shared);
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal, "draining: closing connections with 1001");
@@ -103,4 +108,14 @@ fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {
     server.join().context("reactor failed")?;
     tracing::info!("drained, exiting");
     Ok(())
+}
+
+/// SIGHUP: the JWT keys are read again; if a file is now bad, the keys in use stay.
+fn reload_keys(shared: &wsgate::shared::Shared) {
+    if let Some(verifier) = &shared.config.auth.verifier {
+        match verifier.reload() {
+            Ok(keys) => tracing::info!(keys, "jwt keys reloaded"),
+            Err(e) => tracing::warn!("jwt keys not reloaded, the old ones stay: {e}"),
+        }
+    }
 }

@@ -50,6 +50,22 @@ pub struct ReactorMetrics {
     pub over_budget_closes: AtomicU64,
     /// /ws upgrades refused with 401: a missing or bad token.
     pub auth_failures: AtomicU64,
+    /// /ws messages refused with `rate_limited` (message or byte rate).
+    pub messages_rate_limited: AtomicU64,
+    /// /ws subscribe and unsubscribe ops refused with `rate_limited`.
+    pub ops_rate_limited: AtomicU64,
+    /// /ws connections closed with 1008 for going on past the rate limit.
+    pub rate_limit_closes: AtomicU64,
+    /// Connections refused with 429: their IP is at `max_connections_per_ip`.
+    pub ip_limited: AtomicU64,
+    /// Connections refused with 429: their IP is over `connection_rate_per_ip`.
+    pub ip_rate_limited: AtomicU64,
+    /// HTTP publishes refused with 429: their token is over `publish_rate_per_token`.
+    pub publish_rate_limited: AtomicU64,
+    /// /ws tokens replaced by a `refresh` op.
+    pub token_refreshes: AtomicU64,
+    /// /ws connections closed with 1008 at their token's expiry.
+    pub token_expired_closes: AtomicU64,
     /// Publish-to-write latency in microseconds, folded in by the reactor at each sweep.
     pub latency_us: Mutex<Histogram<u64>>,
 }
@@ -75,6 +91,14 @@ impl Default for ReactorMetrics {
             buffered_bytes: AtomicU64::new(0),
             over_budget_closes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            messages_rate_limited: AtomicU64::new(0),
+            ops_rate_limited: AtomicU64::new(0),
+            rate_limit_closes: AtomicU64::new(0),
+            ip_limited: AtomicU64::new(0),
+            ip_rate_limited: AtomicU64::new(0),
+            publish_rate_limited: AtomicU64::new(0),
+            token_refreshes: AtomicU64::new(0),
+            token_expired_closes: AtomicU64::new(0),
             latency_us: Mutex::new(new_histogram()),
         }
     }
@@ -262,6 +286,62 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "/ws upgrades refused with 401: a missing or bad token.",
         &get(|m| &m.auth_failures),
+    );
+    per_reactor(
+        &mut out,
+        "messages_rate_limited_total",
+        "counter",
+        "/ws messages refused with rate_limited (message or byte rate).",
+        &get(|m| &m.messages_rate_limited),
+    );
+    per_reactor(
+        &mut out,
+        "ops_rate_limited_total",
+        "counter",
+        "/ws subscribe and unsubscribe ops refused with rate_limited.",
+        &get(|m| &m.ops_rate_limited),
+    );
+    per_reactor(
+        &mut out,
+        "rate_limit_closes_total",
+        "counter",
+        "/ws connections closed with 1008 for going on past the rate limit.",
+        &get(|m| &m.rate_limit_closes),
+    );
+    per_reactor(
+        &mut out,
+        "ip_limited_total",
+        "counter",
+        "Connections refused with 429: their IP is at max_connections_per_ip.",
+        &get(|m| &m.ip_limited),
+    );
+    per_reactor(
+        &mut out,
+        "ip_rate_limited_total",
+        "counter",
+        "Connections refused with 429: their IP is over connection_rate_per_ip.",
+        &get(|m| &m.ip_rate_limited),
+    );
+    per_reactor(
+        &mut out,
+        "publish_rate_limited_total",
+        "counter",
+        "HTTP publishes refused with 429: their token is over publish_rate_per_token.",
+        &get(|m| &m.publish_rate_limited),
+    );
+    per_reactor(
+        &mut out,
+        "token_refreshes_total",
+        "counter",
+        "/ws tokens replaced by a refresh op.",
+        &get(|m| &m.token_refreshes),
+    );
+    per_reactor(
+        &mut out,
+        "token_expired_closes_total",
+        "counter",
+        "/ws connections closed with 1008 at their token's expiry.",
+        &get(|m| &m.token_expired_closes),
     );
     per_reactor(
         &mut out,

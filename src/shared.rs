@@ -9,6 +9,7 @@ use crossbeam_channel::Receiver;
 
 use crate::broadcast::{Delivery, Fanout};
 use crate::config::Config;
+use crate::limits::Table;
 use crate::metrics::ReactorMetrics;
 use crate::sys::EventFd;
 
@@ -27,6 +28,10 @@ pub struct Shared {
     pub fanout: Fanout,
     /// The I/O backend the reactors run.
     pub io: &'static str,
+    /// Open connections and connection rate per client IP (`[rate]` settings).
+    pub clients: Table,
+    /// HTTP publishes per bearer token (`publish_rate_per_token`).
+    pub publishers: Table,
     wakers: Vec<Arc<EventFd>>,
 }
 
@@ -48,6 +53,8 @@ impl Shared {
             metrics: (0..reactors).map(|_| ReactorMetrics::default()).collect(),
             fanout,
             io,
+            clients: Table::new(std::time::Instant::now()),
+            publishers: Table::new(std::time::Instant::now()),
             wakers,
         });
         Ok((shared, inboxes))

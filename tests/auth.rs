@@ -50,7 +50,17 @@ impl Keys {
 
     /// A gateway that verifies with all four keys and checks issuer and audience.
     fn server(&self, io: IoBackend, required: bool) -> TestServer {
+        self.server_with(io, required, |_| {})
+    }
+
+    fn server_with(
+        &self,
+        io: IoBackend,
+        required: bool,
+        tweak: impl FnOnce(&mut wsgate::config::RawConfig),
+    ) -> TestServer {
         TestServer::start(io, |c| {
+            tweak(c);
             c.auth = wsgate::config::auth::Raw {
                 auth_required: Some(required),
                 jwt_secret_file: Some(Some(self.path("secret"))),
@@ -61,8 +71,18 @@ impl Keys {
                 ]),
                 jwt_issuer: Some(Some(ISSUER.into())),
                 jwt_audience: Some(Some(AUDIENCE.into())),
+                ..Default::default()
             };
         })
+    }
+
+    /// `POST /publish/{topic}` with `token` as the bearer token, on a new connection.
+    fn publish(server: &TestServer, topic: &str, token: Option<&str>) -> Response {
+        let auth = token.map(bearer).unwrap_or_default();
+        let request = format!(
+            "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\n7"
+        );
+        http(server, &request)
     }
 
     fn sign(&self, alg: Algorithm, claims: &Value) -> String {
@@ -293,6 +313,98 @@ for_each_driver! {
         assert_eq!(text(&mut ws)["code"], "forbidden");
         send(&mut ws, json!({"op": "publish", "topic": "room.2", "data": 1, "id": 2}));
         assert_eq!(text(&mut ws), json!({"op": "ok", "id": 2}));
+    }
+
+    fn http_publish_takes_a_jwt_scoped_by_its_publish_claim(io: IoBackend) {
+        let keys = Keys::new(&format!("http-{io:?}"));
+        let server = keys.server_with(io, true, |c| {
+            c.http.publish_token = Some(Some("s3cret".into()));
+            c.rate.publish_rate_per_token = Some(3);
+        });
+        let jwt = keys.sign(Algorithm::ES256, &claims());
+        let mut reader = connect_bearer(&server, "/ws?subscribe=room.1,news.a", &jwt);
+        let publish = |topic: &str, token: Option<&str>| Keys::publish(&server, topic, token);
+        let status = |topic: &str, token: Option<&str>| publish(topic, token).status;
+        assert_eq!(status("room.1", Some(&jwt)), 202);
+        assert_eq!(text(&mut reader), json!({"topic": "room.1", "data": 7}));
+        // Outside the `publish` claim: 403 (and not charged to the token's rate).
+        let r = publish("news.a", Some(&jwt));
+        assert_eq!(r.status, 403);
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body, json!({"error": "forbidden", "message": "publishing to this topic is not allowed"}));
+        // A bad JWT: 401 with its reason; no token or a wrong static one: 401 as before.
+        let expired = keys.sign(Algorithm::HS256, &with(claims(), "exp", json!(now() - 3600)));
+        let r = publish("room.1", Some(&expired));
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["message"], "token expired");
+        assert_eq!(status("room.1", None), 401);
+        // The static token publishes anywhere.
+        assert_eq!(status("news.a", Some("s3cret")), 202);
+        assert_eq!(text(&mut reader), json!({"topic": "news.a", "data": 7}));
+        // 3 publishes per second per token: the JWT's third is refused, the static
+        // token's bucket is its own.
+        assert_eq!(status("room.1", Some(&jwt)), 202);
+        assert_eq!(status("room.1", Some(&jwt)), 202);
+        let r = publish("room.1", Some(&jwt));
+        assert_eq!((r.status, r.header("retry-after")), (429, Some("1")), "{}", r.body_text());
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body, json!({"error": "rate_limited", "message": "too many publishes for this token"}));
+        assert_eq!(status("room.1", Some("s3cret")), 202);
+        let metrics = &server.server().shared().metrics;
+        let limited: u64 = metrics
+            .iter()
+            .map(|m| wsgate::metrics::ReactorMetrics::get(&m.publish_rate_limited))
+            .sum();
+        assert_eq!(limited, 1);
+        // Without a static token, auth_required asks HTTP publishers for a JWT too.
+        let strict = keys.server(io, true);
+        let r = Keys::publish(&strict, "room.1", None);
+        assert_eq!(r.status, 401);
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["message"], "missing token");
+        assert_eq!(Keys::publish(&strict, "room.1", Some(&jwt)).status, 202);
+        // Nor is a JWT needed where nothing is required.
+        let open = keys.server(io, false);
+        assert_eq!(Keys::publish(&open, "room.1", None).status, 202);
+        assert_eq!(Keys::publish(&open, "news.a", Some(&jwt)).status, 403);
+    }
+
+    fn tokens_expire_mid_connection_unless_refreshed(io: IoBackend) {
+        let keys = Keys::new(&format!("expiry-{io:?}"));
+        let server = keys.server(io, true);
+        // Valid at the upgrade only thanks to the leeway, and for one or two seconds more.
+        let leeway = wsgate::auth::LEEWAY_SECS as i64;
+        let short = with(claims(), "exp", json!(now() - leeway + 2));
+        let mut expiring = connect_bearer(&server, "/ws", &keys.sign(Algorithm::HS256, &short));
+        let mut refreshed = connect_bearer(&server, "/ws", &keys.sign(Algorithm::ES256, &short));
+        let fresh = keys.sign(Algorithm::EdDSA, &claims());
+        send(&mut refreshed, json!({"op": "refresh", "token": fresh, "id": 1}));
+        assert_eq!(text(&mut refreshed), json!({"op": "ok", "id": 1}));
+        let other = keys.sign(Algorithm::HS256, &with(claims(), "sub", json!("mallory")));
+        send(&mut refreshed, json!({"op": "refresh", "token": other, "id": 2}));
+        assert_eq!(
+            text(&mut refreshed),
+            json!({"op": "error", "id": 2, "code": "unauthorized", "message": "token names another subject"})
+        );
+        // The reader blocks until the server closes (within the read timeout).
+        match recv(&mut expiring) {
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, tungstenite::protocol::frame::coding::CloseCode::Policy);
+                assert_eq!(frame.reason, "token expired");
+            }
+            other => panic!("expected close 1008, got {other:?}"),
+        }
+        // By then the refreshed one's old token has expired too: it is still served.
+        send(&mut refreshed, json!({"op": "subscribe", "topic": "news.a", "id": 3}));
+        assert_eq!(text(&mut refreshed), json!({"op": "ok", "id": 3}));
+        let metrics = &server.server().shared().metrics;
+        let count = |f: fn(&wsgate::metrics::ReactorMetrics) -> &std::sync::atomic::AtomicU64| {
+            metrics.iter().map(|m| wsgate::metrics::ReactorMetrics::get(f(m))).sum::<u64>()
+        };
+        assert_eq!(count(|m| &m.token_expired_closes), 1);
+        assert_eq!(count(|m| &m.token_refreshes), 1);
     }
 }
 

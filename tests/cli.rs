@@ -155,3 +155,103 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
     drop(ws);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// SIGHUP reads the JWT key files again: a rotated secret takes effect without a restart,
+/// connections already open stay.
+#[test]
+fn sighup_reloads_the_jwt_keys() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "first secret\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--pin",
+            "false",
+        ])
+        .args([
+            "--auth-required",
+            "--jwt-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap());
+    let line = lines
+        .find(|l| l.contains("listening on"))
+        .expect("start-up line");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = |secret: &[u8]| {
+        let exp = wsgate::auth::unix_now() + 600;
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        let claims = serde_json::json!({"exp": exp, "subscribe": ["*"]});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    // The upgrade's status: 101 and the socket, or the refusal's status.
+    let open = |token: &str| match tungstenite::connect(format!("ws://{addr}/ws?token={token}")) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("upgrade failed: {e}"),
+    };
+    let mut before = open(&token(b"first secret")).expect("the first secret's token");
+    std::fs::write(&secret, "second secret\n").unwrap();
+    let hup = |child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup(&child);
+    let line = lines
+        .find(|l| l.contains("jwt keys"))
+        .expect("a reload line");
+    assert!(line.contains("jwt keys reloaded"), "{line}");
+    assert_eq!(open(&token(b"first secret")).err(), Some(401));
+    open(&token(b"second secret")).expect("the second secret's token");
+    before
+        .send(Message::text(r#"{"op":"subscribe","topic":"t","id":1}"#))
+        .unwrap();
+    assert_eq!(
+        before.read().unwrap(),
+        Message::text(r#"{"op":"ok","id":1}"#)
+    );
+    // A bad file is refused and the keys in use stay.
+    std::fs::write(&secret, "").unwrap();
+    hup(&child);
+    let line = lines
+        .find(|l| l.contains("jwt keys"))
+        .expect("a reload line");
+    assert!(
+        line.contains("not reloaded") && line.contains("the secret is empty"),
+        "{line}"
+    );
+    open(&token(b"second secret")).expect("still the second secret");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    drop(before);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -384,6 +384,12 @@ impl Worker {
             if phase == RUN {
                 self.send_due(now);
             }
+            if self.timer_due(now) {
+                // A timeout only counts for what has not arrived: what the sockets already
+                // hold is read first, so a stall of this loop (descheduled, a busy machine)
+                // between the last poll and now is not blamed on the server.
+                self.poll_ready(&mut events);
+            }
             self.expire(now);
             if phase == STOP && self.stopping.is_none() {
                 self.stopping = Some(now + CLOSE_TIMEOUT_NS);
@@ -434,6 +440,22 @@ impl Worker {
             cpu_ns: self.cpu_ns.unwrap_or(0),
             loop_lag_max_ns: self.loop_lag_max,
             send_lag_max_ns: self.send_lag_max,
+        }
+    }
+
+    /// Whether a connect or close timeout is due at `now`.
+    fn timer_due(&self, now: u64) -> bool {
+        [&self.timeouts, &self.closes]
+            .iter()
+            .any(|q| q.front().is_some_and(|&(t, _, _)| t <= now))
+    }
+
+    /// Handles the events the sockets have ready, without waiting.
+    fn poll_ready(&mut self, events: &mut Events) {
+        if self.poll.poll(events, Some(Duration::ZERO)).is_ok() {
+            for ev in events.iter() {
+                self.on_event(ev.token().0);
+            }
         }
     }
 
@@ -664,12 +686,13 @@ impl Worker {
         } else {
             &plan.path
         };
+        let authorization = plan.authorization.as_deref().map(|a| ("Authorization", a));
         client::Request {
             host: &plan.host,
             path,
             key: &conn.key,
             protocols: &[],
-            headers: &[],
+            headers: authorization.as_slice(),
         }
         .encode(&mut conn.out);
         conn.st = St::Handshaking;
@@ -1212,7 +1235,15 @@ impl Worker {
         let gen = conn.gen;
         close_frame(&mut conn.out, 1000, mask);
         conn.st = St::Closing;
-        self.closes.push_back((now + CLOSE_TIMEOUT_NS, key, gen));
+        // A churned connection's close handshake gets the same patience as its opening one:
+        // on a loaded machine the server's answer can take over a second, which is a slow
+        // server, not a missing answer.
+        let patience = if self.plan.mode == Mode::Connect {
+            self.plan.connect_timeout_ns
+        } else {
+            CLOSE_TIMEOUT_NS
+        };
+        self.closes.push_back((now + patience, key, gen));
         self.flush(key);
     }
 

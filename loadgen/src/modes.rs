@@ -38,7 +38,8 @@ pub struct Common {
     /// New connections per second while connecting (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub connect_rate: f64,
-    /// Give up on a connection not open (and subscribed) after this long.
+    /// Give up on a connection not open (and subscribed) after this long; in connect mode
+    /// also on a close handshake not answered after this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Write the full summary as JSON.
@@ -134,6 +135,13 @@ pub struct ConnectArgs {
     /// How long each connection stays open before a close handshake.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub hold: Duration,
+    /// Bearer token (a JWT) sent in `Authorization` on every upgrade.
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored); keeps it out of
+    /// the process list.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -302,6 +310,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         subscribers: 0,
         publishers: 0,
         hold_ns: 0,
+        authorization: None,
         progress: !quiet,
         intervals: !quiet || c.hlog.is_some() || c.plot.is_some(),
     })
@@ -412,6 +421,21 @@ pub fn connect_plan(a: &ConnectArgs, progress: bool) -> Result<Plan> {
     let mut p = base(&a.common, Mode::Connect, "/ws", 0, !progress)?;
     p.rate = a.rate;
     p.hold_ns = a.hold.as_nanos() as u64;
+    let token = match &a.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => a.token.clone(),
+    };
+    if let Some(token) = token {
+        if token.is_empty() || token.contains(['\r', '\n']) {
+            bail!("the token must be one non-empty line");
+        }
+        p.authorization = Some(format!("Bearer {token}"));
+    }
     Ok(p)
 }
 

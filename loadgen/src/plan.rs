@@ -78,6 +78,8 @@ pub struct Plan {
     pub subscribers: usize,
     pub publishers: usize,
     pub hold_ns: u64,
+    /// `Authorization` value sent on every WebSocket upgrade (`--token`).
+    pub authorization: Option<String>,
     pub progress: bool,
     /// Workers hand over per-interval histograms (progress line, --hlog, the time plot).
     pub intervals: bool,

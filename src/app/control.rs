@@ -4,6 +4,7 @@
 //! → {"op":"subscribe","topic":"prices","id":1}      ← {"op":"ok","id":1}
 //! → {"op":"unsubscribe","topic":"prices"}          ← {"op":"ok"}
 //! → {"op":"publish","topic":"prices","data":{...}}  (where config allows client publish)
+//! → {"op":"refresh","token":"<JWT>","id":2}         ← {"op":"ok","id":2}
 //! ← {"op":"error","id":1,"code":"bad_request","message":"..."}
 //! ```
 //!
@@ -26,6 +27,8 @@ pub enum Op<'t> {
         /// The JSON text of `data` exactly as sent: validated, never re-encoded.
         data: &'t [u8],
     },
+    /// Replaces the connection's token (JWT) before it expires.
+    Refresh(Cow<'t, str>),
 }
 
 /// A parsed control message.
@@ -54,6 +57,10 @@ pub enum ErrorCode {
     Forbidden,
     /// `data` over `max_publish_bytes`.
     TooLarge,
+    /// Over a rate limit (messages, bytes or subscription ops per second).
+    RateLimited,
+    /// A `refresh` token that is not valid, or names another subject.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -67,6 +74,8 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::Forbidden => "forbidden",
             Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
@@ -92,6 +101,7 @@ struct Fields {
     topic: Option<Range<usize>>,
     id: Option<Range<usize>>,
     data: Option<Range<usize>>,
+    token: Option<Range<usize>>,
     repeated: Option<&'static str>,
 }
 
@@ -118,6 +128,7 @@ pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
             "topic" => (&mut fields.topic, "duplicate field topic"),
             "id" => (&mut fields.id, "duplicate field id"),
             "data" => (&mut fields.data, "duplicate field data"),
+            "token" => (&mut fields.token, "duplicate field token"),
             _ => return,
         };
         if slot.replace(value).is_some() {
@@ -167,11 +178,18 @@ pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
                 data: &text[data],
             }
         }
+        "refresh" => match fields.token {
+            None => return Err(bad(id, "missing field token")),
+            Some(span) => match string(span) {
+                Some(token) => Op::Refresh(token),
+                None => return Err(bad(id, "token must be a string")),
+            },
+        },
         _ => {
             return Err(ControlError::new(
                 id,
                 ErrorCode::UnknownOp,
-                "op must be subscribe, unsubscribe or publish",
+                "op must be subscribe, unsubscribe, publish or refresh",
             ))
         }
     };
@@ -224,6 +242,8 @@ mod tests {
         let c = parse_str(r#"{"op":"unsubscribe","topic":"prices","id":"a\"b"}"#).unwrap();
         assert_eq!(c.op, Op::Unsubscribe("prices".into()));
         assert_eq!(c.id.as_deref(), Some(r#""a\"b""#), "ids are echoed as sent");
+        let c = parse_str(r#"{"op":"refresh","token":"a.b.c","id":2}"#).unwrap();
+        assert_eq!(c.op, Op::Refresh("a.b.c".into()));
         let c = parse_str(r#"{"op":"subscribe","topic":"t","id":1.50e0}"#).unwrap();
         assert_eq!(c.id.as_deref(), Some("1.50e0"));
         // Escaped names and values mean what they decode to.
@@ -299,6 +319,10 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(code(r#"{"op":"dance","topic":"t"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"refresh"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"refresh","token":1}"#), ErrorCode::BadRequest);
+        let err = parse_str(r#"{"op":"refresh","token":"a","token":"b"}"#).unwrap_err();
+        assert_eq!(err.message, "duplicate field token");
         assert_eq!(code(r#"{"op":"\ud800","topic":"t"}"#), ErrorCode::UnknownOp);
         for id in [r#"{"x":1}"#, "[1]", "true", "null"] {
             let text = format!(r#"{{"op":"subscribe","topic":"t","id":{id}}}"#);
@@ -335,6 +359,8 @@ mod tests {
             (ErrorCode::TooManySubscriptions, "too_many_subscriptions"),
             (ErrorCode::Forbidden, "forbidden"),
             (ErrorCode::TooLarge, "too_large"),
+            (ErrorCode::RateLimited, "rate_limited"),
+            (ErrorCode::Unauthorized, "unauthorized"),
         ];
         for (code, wire) in codes {
             assert_eq!(code.as_str(), wire);

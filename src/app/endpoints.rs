@@ -2,17 +2,18 @@
 //! what a `/ws` upgrade asks for: its token (`Authorization: Bearer` or `?token=`) and
 //! its `?subscribe=` query.
 
-use std::sync::Arc;
-
 use wsgate_proto::handshake::{HttpError, Method, Request};
 use wsgate_proto::outgoing::http_response;
 
+use std::sync::Arc;
+
 use super::control::ErrorCode;
 use super::{json, Route, Session};
-use crate::auth::{AuthError, Permissions};
+use crate::auth::{AuthError, Claims, Permissions};
 use crate::broadcast;
 use crate::config::Config;
-use crate::metrics;
+use crate::limits;
+use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 
 /// Answers a plain HTTP request (not an upgrade) on `route`.
@@ -25,7 +26,7 @@ pub fn respond(
 ) -> Vec<u8> {
     let draining = session.draining();
     match route {
-        Route::Publish => match check_publish(req, body, &session.shared().config) {
+        Route::Publish => match check_publish(session, req, body) {
             Ok((topic, data)) => {
                 session.publish(&topic, data);
                 published(&topic, keep_alive)
@@ -73,35 +74,50 @@ fn metrics(shared: &Shared, keep_alive: bool) -> Vec<u8> {
     )
 }
 
-/// Checks a `POST /publish/{topic}`: method, bearer token, topic, and that the body is
-/// JSON. Returns the topic and the `data` to deliver: the body's one JSON value as sent,
-/// without the whitespace around it, exactly what a `/ws` publish of the same value delivers.
-/// Or the error response to send (the connection stays usable); its codes are `/ws`'s.
+/// Checks a `POST /publish/{topic}`: method, bearer token (the static `publish_token`
+/// or a JWT whose `publish` claim covers the topic), topic, the token's publish rate, and
+/// that the body is JSON. Returns the topic and the `data` to deliver: the body's one JSON
+/// value as sent, without the whitespace around it, exactly what a `/ws` publish of the
+/// same value delivers. Or the error response to send (the connection stays usable); its
+/// codes are `/ws`'s.
 fn check_publish<'b>(
+    session: &impl Session,
     req: &Request,
     body: &'b [u8],
-    config: &Config,
 ) -> Result<(String, &'b [u8]), Vec<u8>> {
+    let config = &session.shared().config;
     let fail = |err: HttpError| err.response_keep_alive(req.keep_alive);
     if req.method != Method::Post {
         return Err(fail(
             HttpError::new(405, "use POST").with_header("Allow", "POST"),
         ));
     }
-    if let Some(token) = &config.http.publish_token {
-        let given = req.authorization.as_deref().and_then(bearer_token);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return Err(fail(
-                HttpError::new(401, "missing or wrong bearer token")
-                    .with_header("WWW-Authenticate", "Bearer"),
-            ));
-        }
-    }
+    let token = req.authorization.as_deref().and_then(bearer_token);
+    let permissions = publisher(token, config, session.unix_now()).map_err(fail)?;
     let topic = &req.path["/publish/".len()..];
     if let Err(reason) = broadcast::check_topic(topic, config.limits.max_topic_len) {
         return Err(fail(
             HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str()),
         ));
+    }
+    if permissions.is_some_and(|p| !p.may_publish(topic)) {
+        return Err(fail(HttpError::new(
+            403,
+            "publishing to this topic is not allowed",
+        )));
+    }
+    if let (Some(token), Some(rate)) = (token, config.rate.publishes) {
+        let publishers = &session.shared().publishers;
+        let key = publishers.secret_key(token.as_bytes());
+        if let Err(refusal) = publishers.take(key, session.now(), rate) {
+            ReactorMetrics::add(&session.metrics().publish_rate_limited, 1);
+            let retry_after = limits::retry_after_header(refusal.retry_after());
+            return Err(fail(
+                HttpError::new(429, "too many publishes for this token")
+                    .with_code(ErrorCode::RateLimited.as_str())
+                    .with_header("Retry-After", retry_after),
+            ));
+        }
     }
     let Ok(data) = json::document(body) else {
         return Err(fail(
@@ -109,6 +125,34 @@ fn check_publish<'b>(
         ));
     };
     Ok((topic.to_owned(), data))
+}
+
+/// Who may publish over HTTP: with a `publish_token`, the holder of that token; with JWT
+/// keys, the holder of a valid JWT (its permissions returned: its `publish` claim scopes
+/// the topics); without either, anyone (unless `auth_required`). A refused token gets 401.
+fn publisher(
+    token: Option<&str>,
+    config: &Config,
+    now: u64,
+) -> Result<Option<Arc<Permissions>>, HttpError> {
+    let static_token = config.http.publish_token.as_deref();
+    if let (Some(given), Some(expected)) = (token, static_token) {
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Ok(None);
+        }
+    }
+    match (token, &config.auth.verifier) {
+        (Some(token), Some(verifier)) => verifier
+            .verify(token, now)
+            .map(|claims| Some(claims.permissions))
+            .map_err(unauthorized),
+        (None, Some(_)) if static_token.is_none() && config.auth.auth_required => {
+            Err(unauthorized(AuthError::Missing))
+        }
+        _ if static_token.is_some() => Err(HttpError::new(401, "missing or wrong bearer token")
+            .with_header("WWW-Authenticate", "Bearer")),
+        _ => Ok(None),
+    }
 }
 
 /// `202 Accepted` for a publish.
@@ -123,14 +167,10 @@ pub fn unauthorized(err: AuthError) -> HttpError {
         .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
 }
 
-/// The permissions of a /ws upgrade's token, from `Authorization: Bearer` or else
+/// The claims of a /ws upgrade's token, from `Authorization: Bearer` or else
 /// `?token=` (another `Authorization` scheme is ignored): `None` when no token is given
 /// and none is required. The token is never logged.
-pub fn authorize(
-    req: &Request,
-    config: &Config,
-    now: u64,
-) -> Result<Option<Arc<Permissions>>, AuthError> {
+pub fn authorize(req: &Request, config: &Config, now: u64) -> Result<Option<Claims>, AuthError> {
     let from_query;
     let token = match req.authorization.as_deref().and_then(bearer_token) {
         Some(token) => Some(token),
@@ -146,7 +186,7 @@ pub fn authorize(
     match (token, &auth.verifier) {
         (None, _) if auth.auth_required => Err(AuthError::Missing),
         (None, _) => Ok(None),
-        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?.permissions)),
+        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?)),
         // A token where no key is configured cannot be checked.
         (Some(_), None) => Err(AuthError::Algorithm),
     }

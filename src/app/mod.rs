@@ -10,11 +10,14 @@ pub mod endpoints;
 pub mod json;
 pub mod pubsub;
 
+use std::time::Instant;
+
 use wsgate_proto::handshake::Request;
 use wsgate_proto::OpCode;
 
-use crate::auth::Permissions;
+use crate::auth::{AuthError, Permissions};
 use crate::config::Config;
+use crate::metrics::ReactorMetrics;
 use crate::shared::Shared;
 
 /// What an application may do on the connection it runs on: the narrow interface between
@@ -28,7 +31,7 @@ pub trait Session {
     /// Subscribes this connection to `topic` (a valid name).
     fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
 
-    fn unsubscribe(&mut self, topic: &str);
+    fn unsubscribe(&mut self, topic: &str) -> Result<(), SubscribeError>;
 
     /// Publishes `data` (valid JSON) to `topic` (a valid name) on every reactor.
     fn publish(&mut self, topic: &str, data: &[u8]);
@@ -36,8 +39,22 @@ pub trait Session {
     /// The topic permissions of the connection's token; `None` without a token.
     fn permissions(&self) -> Option<&Permissions>;
 
+    /// Replaces the connection's token with `token` (a JWT naming the same subject):
+    /// its expiry and permissions become the new token's; subscriptions the new
+    /// permissions do not allow are dropped.
+    fn refresh(&mut self, token: &str) -> Result<(), RefreshError>;
+
     /// Whether the server is draining (side endpoints answer differently).
     fn draining(&self) -> bool;
+
+    /// The reactor's time (its clock: fixed in tests).
+    fn now(&self) -> Instant;
+
+    /// Seconds since the Unix epoch by the reactor's clock (tokens' `exp` and `nbf`).
+    fn unix_now(&self) -> u64;
+
+    /// The counters of the reactor this connection runs on.
+    fn metrics(&self) -> &ReactorMetrics;
 }
 
 /// Why a subscribe was refused.
@@ -45,6 +62,19 @@ pub trait Session {
 pub enum SubscribeError {
     #[error("subscription limit reached")]
     TooMany,
+    #[error("too many subscribe and unsubscribe ops; slow down")]
+    RateLimited,
+}
+
+/// Why a `refresh` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the connection has no token to refresh")]
+    NoToken,
+    #[error("token names another subject")]
+    Subject,
+    #[error("{0}")]
+    Invalid(AuthError),
 }
 
 /// What a request asks for.

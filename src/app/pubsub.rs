@@ -4,7 +4,7 @@
 use wsgate_proto::OpCode;
 
 use super::control::{self, Control, ControlError, ErrorCode, Op};
-use super::{Session, SubscribeError};
+use super::{RefreshError, Session, SubscribeError};
 use crate::broadcast;
 
 /// A message on /ws: one control op, answered on the same connection.
@@ -46,17 +46,13 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
             }
             session
                 .subscribe(&topic)
-                .map_err(|SubscribeError::TooMany| {
-                    ControlError::new(
-                        c.id.clone(),
-                        ErrorCode::TooManySubscriptions,
-                        "subscription limit reached",
-                    )
-                })?;
+                .map_err(|e| refused(c.id.clone(), e))?;
         }
         Op::Unsubscribe(topic) => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
-            session.unsubscribe(&topic);
+            session
+                .unsubscribe(&topic)
+                .map_err(|e| refused(c.id.clone(), e))?;
         }
         Op::Publish { topic, data } => {
             broadcast::check_topic(&topic, max_topic_len).map_err(|m| invalid(&c.id, m))?;
@@ -85,9 +81,36 @@ fn apply(session: &mut impl Session, c: Control<'_>) -> Result<(), ControlError>
             session.publish(&topic, data);
             return Ok(());
         }
+        Op::Refresh(token) => session.refresh(&token).map_err(|err| {
+            let (code, message) = match err {
+                RefreshError::NoToken => (
+                    ErrorCode::BadRequest,
+                    "the connection has no token to refresh",
+                ),
+                RefreshError::Subject => (ErrorCode::Unauthorized, "token names another subject"),
+                RefreshError::Invalid(err) => (ErrorCode::Unauthorized, err.reason()),
+            };
+            ControlError::new(c.id.clone(), code, message)
+        })?,
     }
     if let Some(request) = &c.id {
         session.send(OpCode::Text, &control::ok(Some(request)));
     }
     Ok(())
+}
+
+/// The `error` reply to a refused subscribe or unsubscribe.
+fn refused(id: Option<String>, err: SubscribeError) -> ControlError {
+    match err {
+        SubscribeError::TooMany => ControlError::new(
+            id,
+            ErrorCode::TooManySubscriptions,
+            "subscription limit reached",
+        ),
+        SubscribeError::RateLimited => ControlError::new(
+            id,
+            ErrorCode::RateLimited,
+            "too many subscribe and unsubscribe ops; slow down",
+        ),
+    }
 }

@@ -1,5 +1,6 @@
 //! Section `auth`: who may open /ws: JWT verification keys, issuer and audience, and
-//! whether a token is required. The keys are read here, once, at start.
+//! whether a token is required. The keys are read here at start (and again on SIGHUP, by
+//! `auth::Verifier::reload`).
 
 use std::sync::Arc;
 
@@ -21,6 +22,11 @@ section! {
         /// (Ed25519) tokens; the key type sets the algorithm.
         #[arg(value_name = "LIST")]
         jwt_public_keys: Vec<String> = "";
+        /// JWKS file (RFC 7517, as an identity provider publishes it): its RSA (RS256),
+        /// P-256 (ES256), Ed25519 (EdDSA) and `oct` (HS*) keys; a token's `kid` picks
+        /// among them.
+        #[arg(value_name = "FILE")]
+        jwt_jwks_file: Option<String> = "";
         /// Required `iss` claim; none: not checked.
         jwt_issuer: Option<String> = "";
         /// Required `aud` claim (one of the token's audiences); none: not checked.
@@ -38,7 +44,7 @@ impl Finish for Auth {
         if self.auth_required && self.verifier.is_none() {
             return Err(ConfigError::invalid(
                 "auth_required",
-                "needs jwt_secret_file or jwt_public_keys",
+                "needs jwt_secret_file, jwt_public_keys or jwt_jwks_file",
             ));
         }
         Ok(self)

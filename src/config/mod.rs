@@ -35,6 +35,7 @@ pub mod http;
 pub mod limits;
 pub mod net;
 pub mod pubsub;
+pub mod rate;
 pub mod setting;
 pub mod uring;
 
@@ -106,6 +107,8 @@ sections! {
     pubsub: PubSub,
     /// JWT on /ws: keys, issuer, audience, and whether a token is required.
     auth: Auth,
+    /// Rate and connection limits per client (all off by default).
+    rate: RateLimits,
 }
 
 impl Default for Config {

@@ -11,6 +11,8 @@
 //! ```
 
 use std::mem;
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::ops::{Index, IndexMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::app::Route;
 use crate::auth::Permissions;
 use crate::broadcast::TopicId;
 use crate::driver::ConnId;
+use crate::limits::{self, Meter};
 use crate::metrics::ReactorMetrics;
 use crate::transport::Transport;
 
@@ -42,6 +45,53 @@ pub(super) struct Conn {
     pub admission: Admission,
 }
 
+/// A /ws connection's token: its permissions (interned: shared by every connection with
+/// the same pattern sets), expiry and subject. Boxed in the phase, so a connection without
+/// a token pays 8 bytes for it and one with a token 8 more and a 16-byte allocation.
+#[derive(Debug)]
+pub(super) struct Token {
+    pub permissions: Arc<Permissions>,
+    /// `exp`, in seconds since the Unix epoch; 0 once closed at its expiry.
+    pub expires: u32,
+    /// `Claims::subject`: the keyed hash of `sub`.
+    pub subject: u32,
+}
+
+impl Token {
+    pub fn of(claims: crate::auth::Claims) -> Box<Self> {
+        Box::new(Self {
+            expires: claims.expires.clamp(1, u32::MAX.into()) as u32,
+            subject: claims.subject,
+            permissions: claims.permissions,
+        })
+    }
+
+    /// Whether the token has expired at `now` (Unix seconds), with the same leeway as
+    /// at the upgrade.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires != 0 && u64::from(self.expires) + crate::auth::LEEWAY_SECS <= now
+    }
+}
+
+/// A connection's rate buckets and the key it is counted under in `Shared::clients`:
+/// 24 bytes, kept in `Core::limited` beside the slots only when a `[rate]` limit other
+/// than the HTTP publish rate is configured, so the slot itself does not grow.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limited {
+    pub meter: Meter,
+    pub client: Option<NonZeroU64>,
+}
+
+impl Limited {
+    /// An entry no connection uses yet.
+    pub fn idle() -> Self {
+        Self {
+            meter: Meter::new(0),
+            client: None,
+        }
+    }
+}
+
 pub(super) enum Phase {
     /// Reading an HTTP request head (and body); `head` holds a split one, `chunked` a
     /// parsed head whose chunked body is still arriving.
@@ -50,12 +100,11 @@ pub(super) enum Phase {
         chunked: Option<Box<ChunkedBody>>,
         deadline: Instant,
     },
-    /// `subs` is empty except on /ws; `permissions` are those of the /ws token, if any
-    /// (shared with every connection holding the same sets: one pointer here).
+    /// `subs` is empty except on /ws; `token` is the /ws connection's, if any.
     WebSocket {
         ws: Connection,
         subs: Subs,
-        permissions: Option<Arc<Permissions>>,
+        token: Option<Box<Token>>,
     },
     /// Flushing the last bytes, then FIN, then waiting for the peer's FIN.
     Closing { deadline: Instant, fin_sent: bool },
@@ -95,6 +144,10 @@ pub(super) enum Admission {
     Admitted,
     /// Over `max_connections`: its request is answered 503.
     OverLimit,
+    /// Over a per-IP limit: its request is answered 429 with this `Retry-After`.
+    ClientLimited {
+        retry_after: u8,
+    },
 }
 
 /// A connection's topics: up to four inline, so most subscribers allocate nothing.
@@ -176,17 +229,21 @@ impl IndexMut<ConnId> for Conns {
 }
 
 impl Core {
-    pub(super) fn accept(&mut self, id: ConnId) {
+    pub(super) fn accept(&mut self, id: ConnId, ip: IpAddr) {
         let shared = &self.shared;
         let open = shared.open.fetch_add(1, Ordering::Relaxed);
         let metrics = &shared.metrics[self.index];
         ReactorMetrics::add(&metrics.connections, 1);
         ReactorMetrics::add(&metrics.accepted, 1);
-        let admission = if open >= shared.config.limits.max_connections {
-            Admission::OverLimit
+        let (admission, client) = if open >= shared.config.limits.max_connections {
+            (Admission::OverLimit, None)
         } else {
-            Admission::Admitted
+            match self.admit_client(ip) {
+                Ok(client) => (Admission::Admitted, client),
+                Err(retry_after) => (Admission::ClientLimited { retry_after }, None),
+            }
         };
+        let shared = &self.shared;
         self.conns.insert(
             id,
             Conn {
@@ -204,6 +261,51 @@ impl Core {
                 route: Route::NotFound,
             },
         );
+        if self.limits_on {
+            let slot = id.index();
+            if self.limited.len() <= slot {
+                self.limited.resize(slot + 1, Limited::idle());
+            }
+            self.limited[slot] = Limited {
+                meter: Meter::new(self.micros()),
+                client,
+            };
+        }
+    }
+
+    /// Counts a new connection from `ip` against the per-IP limits: the key it is counted
+    /// under (none when the limits are off), or the `Retry-After` of its 429.
+    fn admit_client(&self, ip: IpAddr) -> Result<Option<NonZeroU64>, u8> {
+        let rate = &self.shared.config.rate;
+        if rate.max_connections_per_ip == 0 && rate.connects.is_none() {
+            return Ok(None);
+        }
+        let key = limits::client_key(ip, rate.ipv6_prefix);
+        let clients = &self.shared.clients;
+        match clients.open(
+            key.get(),
+            self.now,
+            rate.max_connections_per_ip,
+            rate.connects,
+        ) {
+            Ok(()) => Ok(Some(key)),
+            Err(refusal) => {
+                let metrics = &self.shared.metrics[self.index];
+                let counter = match refusal {
+                    limits::Refusal::TooMany => &metrics.ip_limited,
+                    limits::Refusal::TooFast(_) => &metrics.ip_rate_limited,
+                };
+                ReactorMetrics::add(counter, 1);
+                Err(refusal.retry_after())
+            }
+        }
+    }
+
+    /// Sweeps the next shard of the tables shared by the reactors.
+    pub(super) fn sweep_tables(&mut self) {
+        self.shared.clients.sweep(self.sweeps, self.now);
+        self.shared.publishers.sweep(self.sweeps, self.now);
+        self.sweeps = self.sweeps.wrapping_add(1);
     }
 
     /// The driver released the connection: forget it.
@@ -211,6 +313,11 @@ impl Core {
         if self.conns.remove(id).is_some() {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             ReactorMetrics::sub(&self.metrics().connections, 1);
+            if let Some(limited) = self.limited.get_mut(id.index()) {
+                if let Some(key) = limited.client.take() {
+                    self.shared.clients.close(key.get(), self.now);
+                }
+            }
         }
     }
 
@@ -338,19 +445,30 @@ impl Core {
     pub(super) fn sweep(&mut self) {
         self.fold_latency();
         let now = self.now;
+        let now_us = self.micros();
+        let unix_now = self.unix_now();
         let mut due = Vec::new();
         let mut timed_out = Vec::new();
         let mut expired = Vec::new();
+        let mut tokens_expired = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
+
             match &mut conn.phase {
                 Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
-                Phase::WebSocket { ws, .. } => {
+                Phase::WebSocket { ws, token, .. } => {
                     ws.release_idle();
                     let limits = limits(&self.shared, conn.route);
+                    if let Some(token) = token.as_mut().filter(|t| t.expired(unix_now)) {
+                        token.expires = 0;
+                        let reason = "token expired";
+                        ws.close(now, limits, CloseCode::POLICY, reason, &mut conn.out);
+                        tokens_expired.push(id);
+                        continue;
+                    }
                     if ws.poll_timeout(limits).is_some_and(|t| now >= t) {
                         ws.handle_timeout(now, limits, &mut conn.out);
                         due.push((id, ws.is_closed()));
@@ -366,6 +484,14 @@ impl Core {
         }
         for id in expired {
             self.close_now(id);
+        }
+        let closes = tokens_expired.len() as u64;
+        ReactorMetrics::add(&self.metrics().token_expired_closes, closes);
+        for id in tokens_expired {
+            self.schedule(id);
+        }
+        for limited in &mut self.limited {
+            limited.meter.settle(now_us);
         }
         for (id, closed) in due {
             if closed {

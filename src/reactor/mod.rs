@@ -32,15 +32,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
-use crate::app::{self, Route, Session, SubscribeError};
+use crate::app::control::{self, ControlError, ErrorCode};
+use crate::app::{self, RefreshError, Route, Session, SubscribeError};
 use crate::auth::Permissions;
 use crate::broadcast::{Delivery, Topics};
 use crate::driver::{Completion, ConnId, Driver};
+use crate::limits::{self as rate, Verdict};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use batch::Batching;
-use conn::{Conns, Phase, Recv, Scheduled, Send};
-use wsgate_proto::{Budget, Event, OpCode, ProtocolError};
+use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
+use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
 pub struct Reactor<D: Driver> {
@@ -76,6 +78,16 @@ struct Core {
     tick: Duration,
     next_sweep: Instant,
     now: Instant,
+    /// When the reactor started: the origin of its connections' rate buckets.
+    epoch: Instant,
+    /// The wall-clock time at `epoch` (since the Unix epoch), for token expiry.
+    unix_epoch: Duration,
+    /// Timer sweeps so far: which shard of the shared limit tables to sweep next.
+    sweeps: usize,
+    /// Whether a per-connection or per-IP limit is configured: then `limited` holds each
+    /// connection's buckets, indexed like the connections; otherwise it stays empty.
+    limits_on: bool,
+    limited: Vec<Limited>,
 }
 
 impl<D: Driver> Reactor<D> {
@@ -104,6 +116,12 @@ impl<D: Driver> Reactor<D> {
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let inbound = Budget::new(config.limits.max_buffered_bytes / config.net.threads as u64);
+        let rate = &config.rate;
+        let limits_on = rate.messages.is_some()
+            || rate.bytes.is_some()
+            || rate.subscribe_ops.is_some()
+            || rate.connects.is_some()
+            || rate.max_connections_per_ip > 0;
         let now = clock();
         let batch = Batching::new(config.pubsub.max_batch_delay, now, cpu);
         let core = Core {
@@ -125,6 +143,13 @@ impl<D: Driver> Reactor<D> {
             tick,
             next_sweep: now + tick,
             now,
+            epoch: now,
+            unix_epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            sweeps: 0,
+            limits_on,
+            limited: Vec::new(),
         };
         Self {
             driver,
@@ -167,6 +192,7 @@ impl<D: Driver> Reactor<D> {
         self.core.drain_inbox();
         if self.core.now >= self.core.next_sweep {
             self.core.sweep();
+            self.core.sweep_tables();
             self.driver.release_idle_memory(self.core.now);
             self.core.next_sweep = self.core.now + self.core.tick;
         }
@@ -196,7 +222,7 @@ impl<D: Driver> Reactor<D> {
                     self.driver.close(conn);
                 } else {
                     tracing::trace!(%peer, "accepted");
-                    core.accept(conn);
+                    core.accept(conn, peer.ip());
                 }
             }
             Completion::Received { conn, buf, len } => {
@@ -320,8 +346,9 @@ impl Core {
 
     fn on_frame_bytes(&mut self, id: ConnId, mut bytes: &mut [u8]) {
         let mut messages = 0;
+        let mut over_rate = false;
         let mut events = mem::take(&mut self.events);
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !over_rate {
             let conn = &mut self.conns[id];
             let Phase::WebSocket { ws, .. } = &mut conn.phase else {
                 break;
@@ -341,7 +368,13 @@ impl Core {
                 match event {
                     Event::Message { opcode, data } => {
                         messages += 1;
-                        app::on_message(route, &mut Ctx { core: self, id }, opcode, data);
+                        match self.meter_message(id, route, data.len()) {
+                            Verdict::Pass => {
+                                app::on_message(route, &mut Ctx { core: self, id }, opcode, data)
+                            }
+                            Verdict::Refuse => {}
+                            Verdict::Close => over_rate = true,
+                        }
                     }
                     Event::PeerClosed(_) => {}
                     Event::Failed(ProtocolError::OverBudget) => {
@@ -362,10 +395,59 @@ impl Core {
             .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
         let conn = &self.conns[id];
         match &conn.phase {
-            Phase::WebSocket { ws, .. } if ws.is_closed() => self.begin_closing(id),
+            // Past the rate limit: what the client still sends is read and dropped.
+            Phase::WebSocket { ws, .. } if ws.is_closed() || over_rate => self.begin_closing(id),
             _ if !conn.out.is_empty() => self.schedule(id),
             _ => {}
         }
+    }
+
+    /// The reactor's time in its connections' rate buckets.
+    fn micros(&self) -> u32 {
+        rate::micros(self.now, self.epoch)
+    }
+
+    /// Seconds since the Unix epoch by the reactor's clock (tokens' `exp` and `nbf`).
+    fn unix_now(&self) -> u64 {
+        (self.unix_epoch + self.now.saturating_duration_since(self.epoch)).as_secs()
+    }
+
+    /// Charges a message to a /ws connection's meter. Refused: answered `rate_limited`
+    /// (without the request's id: the message is not parsed); past `max_rate_limited`
+    /// refusals in a row, closed with 1008.
+    fn meter_message(&mut self, id: ConnId, route: Route, len: usize) -> Verdict {
+        if route != Route::PubSub {
+            return Verdict::Pass;
+        }
+        let now_us = self.micros();
+        let Some(limited) = self.limited.get_mut(id.index()) else {
+            return Verdict::Pass;
+        };
+        let verdict = limited.meter.message(&self.shared.config.rate, now_us, len);
+        let conn = &mut self.conns[id];
+        let Phase::WebSocket { ws, .. } = &mut conn.phase else {
+            return verdict;
+        };
+        let metrics = &self.shared.metrics[self.index];
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::Refuse => {
+                ReactorMetrics::add(&metrics.messages_rate_limited, 1);
+                let err = ControlError::new(
+                    None,
+                    ErrorCode::RateLimited,
+                    "message rate limit exceeded; slow down",
+                );
+                ws.send_message(OpCode::Text, &control::error(&err), &mut conn.out);
+            }
+            Verdict::Close => {
+                ReactorMetrics::add(&metrics.rate_limit_closes, 1);
+                let limits = &self.shared.config.limits.pubsub;
+                let reason = "rate limit exceeded";
+                ws.close(self.now, limits, CloseCode::POLICY, reason, &mut conn.out);
+            }
+        }
+        verdict
     }
 
     /// Publish-to-write latency of this turn's deliveries (their frames were just handed
@@ -413,6 +495,22 @@ struct Ctx<'a> {
     id: ConnId,
 }
 
+impl Ctx<'_> {
+    /// Charges a subscribe or unsubscribe op to the connection's meter.
+    fn meter_op(&mut self) -> Result<(), SubscribeError> {
+        let now_us = self.core.micros();
+        let Some(limited) = self.core.limited.get_mut(self.id.index()) else {
+            return Ok(());
+        };
+        if limited.meter.op(&self.core.shared.config.rate, now_us) {
+            return Ok(());
+        }
+        let metrics = &self.core.shared.metrics[self.core.index];
+        ReactorMetrics::add(&metrics.ops_rate_limited, 1);
+        Err(SubscribeError::RateLimited)
+    }
+}
+
 impl Session for Ctx<'_> {
     fn shared(&self) -> &Shared {
         &self.core.shared
@@ -426,11 +524,14 @@ impl Session for Ctx<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        self.meter_op()?;
         self.core.subscribe(self.id, topic)
     }
 
-    fn unsubscribe(&mut self, topic: &str) {
+    fn unsubscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        self.meter_op()?;
         self.core.unsubscribe(self.id, topic);
+        Ok(())
     }
 
     fn publish(&mut self, topic: &str, data: &[u8]) {
@@ -439,12 +540,60 @@ impl Session for Ctx<'_> {
 
     fn permissions(&self) -> Option<&Permissions> {
         match &self.core.conns[self.id].phase {
-            Phase::WebSocket { permissions, .. } => permissions.as_deref(),
+            Phase::WebSocket { token, .. } => token.as_deref().map(|t| &*t.permissions),
             _ => None,
         }
     }
 
+    fn refresh(&mut self, token: &str) -> Result<(), RefreshError> {
+        let core = &mut *self.core;
+        let now = core.unix_now();
+        let verifier = core.shared.config.auth.verifier.as_ref();
+        let Phase::WebSocket {
+            subs, token: held, ..
+        } = &mut core.conns[self.id].phase
+        else {
+            return Err(RefreshError::NoToken);
+        };
+        let (Some(verifier), Some(held)) = (verifier, held.as_mut().filter(|t| t.expires != 0))
+        else {
+            return Err(RefreshError::NoToken);
+        };
+        if held.expired(now) {
+            // Closed at the next sweep.
+            return Err(RefreshError::Invalid(crate::auth::AuthError::Expired));
+        }
+        let claims = verifier.verify(token, now).map_err(RefreshError::Invalid)?;
+        if claims.subject != held.subject {
+            return Err(RefreshError::Subject);
+        }
+        let dropped: Vec<String> = subs
+            .iter()
+            .filter_map(|&t| core.topics.name(t))
+            .filter(|name| !claims.permissions.may_subscribe(name))
+            .map(str::to_owned)
+            .collect();
+        *held = conn::Token::of(claims);
+        for topic in dropped {
+            core.unsubscribe(self.id, &topic);
+        }
+        ReactorMetrics::add(&core.shared.metrics[core.index].token_refreshes, 1);
+        Ok(())
+    }
+
     fn draining(&self) -> bool {
         self.core.drain_deadline.is_some()
+    }
+
+    fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.core.unix_now()
+    }
+
+    fn metrics(&self) -> &ReactorMetrics {
+        self.core.metrics()
     }
 }

@@ -8,11 +8,11 @@ use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
 use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
-use super::conn::{Admission, Phase, Subs};
+use super::conn::{Admission, Phase, Subs, Token};
 use super::{Core, Ctx};
 use crate::app::{self, Route};
-use crate::auth;
 use crate::driver::ConnId;
+use crate::limits;
 use crate::metrics::ReactorMetrics;
 
 /// A request whose chunked body is still arriving: the head, the decoder, the payload so far.
@@ -127,6 +127,14 @@ impl Core {
     fn dispatch(&mut self, id: ConnId, req: &Request, body: &[u8]) -> Next {
         let route = Route::of(req, &self.shared.config);
         let draining = self.drain_deadline.is_some();
+        if let Admission::ClientLimited { retry_after } = self.conns[id].admission {
+            let retry_after = limits::retry_after_header(retry_after);
+            let err = HttpError::new(429, "too many connections from this address")
+                .with_code("rate_limited")
+                .with_header("Retry-After", retry_after);
+            self.conns[id].out.push(err.response().into());
+            return Next::Close;
+        }
         if self.conns[id].admission == Admission::OverLimit || (draining && route.is_websocket()) {
             let reason = if draining {
                 "server shutting down"
@@ -159,29 +167,30 @@ impl Core {
             allowed_origins: config.http.allowed_origins.as_deref(),
         };
         let mut auth_failed = false;
+        let unix_now = self.unix_now();
         let checked = handshake::validate_upgrade(req, &policy).and_then(|upgrade| {
             if route != Route::PubSub {
                 return Ok((upgrade, None, Vec::new()));
             }
-            let permissions =
-                app::endpoints::authorize(req, config, auth::unix_now()).map_err(|err| {
-                    auth_failed = true;
-                    app::endpoints::unauthorized(err)
-                })?;
-            let topics = app::endpoints::subscribe_query(req, config, permissions.as_deref())?;
-            Ok((upgrade, permissions, topics))
+            let claims = app::endpoints::authorize(req, config, unix_now).map_err(|err| {
+                auth_failed = true;
+                app::endpoints::unauthorized(err)
+            })?;
+            let permissions = claims.as_ref().map(|c| &*c.permissions);
+            let topics = app::endpoints::subscribe_query(req, config, permissions)?;
+            Ok((upgrade, claims, topics))
         });
         let metrics = &self.shared.metrics[self.index];
         let conn = &mut self.conns[id];
         match checked {
-            Ok((upgrade, permissions, topics)) => {
+            Ok((upgrade, claims, topics)) => {
                 ReactorMetrics::add(&metrics.handshakes_ok, 1);
                 conn.out.push(upgrade.response().into());
                 conn.route = route;
                 conn.phase = Phase::WebSocket {
                     ws: Connection::server(self.now),
                     subs: Subs::new(),
-                    permissions,
+                    token: claims.map(Token::of),
                 };
                 for topic in &topics {
                     // Within the limit: `subscribe_query` checked the count.

@@ -443,13 +443,16 @@ fn deliveries_of_one_turn_leave_in_one_send() {
 }
 
 /// An idle connection costs its table slot and its subscriptions, nothing else: keep the
-/// slot small (216 bytes, 8 of them the pointer to a /ws token's shared permissions: the
-/// idle-memory target is under 300 bytes of RSS per connection with the
-/// driver's own per-connection state).
+/// slot small (208 bytes, 8 of them the pointer to a /ws token: its shared permissions,
+/// expiry and subject, 16 bytes on the heap; the rate buckets and client key, 24 bytes, sit
+/// beside the slots only when limits are configured; the idle-memory target is under 300
+/// bytes of RSS per connection with the driver's own per-connection state).
 #[test]
 fn idle_connection_footprint() {
     let slot = std::mem::size_of::<Option<super::conn::Conn>>();
     assert!(slot <= 208, "{slot} bytes");
+    assert_eq!(std::mem::size_of::<super::conn::Token>(), 16);
+    assert_eq!(std::mem::size_of::<super::conn::Limited>(), 24);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
 }
 
@@ -638,4 +641,248 @@ fn zero_max_batch_delay_never_batches() {
         assert_eq!(h.texts(id), [delivery("t", i)]);
     }
     assert_eq!(h.batch_delay(), Duration::ZERO);
+}
+
+/// Issue 12: a /ws client over its message rate gets `rate_limited` replies, and is closed
+/// with 1008 when it keeps going; its neighbour on the same reactor loses nothing.
+#[test]
+fn a_flooding_client_is_limited_then_closed_and_its_neighbour_unaffected() {
+    let mut h = Harness::new(|c| {
+        c.pubsub.client_publish = vec!["*".into()];
+        c.rate.messages = crate::limits::Rate::new(10, 3);
+        c.rate.max_rate_limited = 2;
+    });
+    let neighbour = subscribe(&mut h, "t");
+    let flooder = h.websocket("/ws");
+    for i in 0..6 {
+        h.send_text(
+            flooder,
+            &format!(r#"{{"op":"publish","topic":"t","data":{i}}}"#),
+        );
+    }
+    h.send_text(neighbour, r#"{"op":"subscribe","topic":"u","id":7}"#);
+    h.turn();
+    h.turn();
+    let frames = h.frames(flooder);
+    let limited = r#"{"op":"error","code":"rate_limited","message":"message rate limit exceeded; slow down"}"#;
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[0], (OpCode::Text, limited.as_bytes().to_vec()));
+    assert_eq!(frames[1], (OpCode::Text, limited.as_bytes().to_vec()));
+    assert_eq!(frames[2].0, OpCode::Close);
+    assert_eq!(close_code(&frames[2].1), 1008);
+    assert_eq!(&frames[2].1[2..], b"rate limit exceeded");
+    assert_eq!(
+        h.texts(neighbour),
+        [
+            r#"{"topic":"t","data":0}"#,
+            r#"{"topic":"t","data":1}"#,
+            r#"{"topic":"t","data":2}"#,
+            r#"{"op":"ok","id":7}"#,
+        ]
+    );
+    assert_eq!(ReactorMetrics::get(&h.metrics().messages_rate_limited), 2);
+    assert_eq!(ReactorMetrics::get(&h.metrics().rate_limit_closes), 1);
+    // What the flooder sends after the close is dropped unread.
+    h.send_text(flooder, r#"{"op":"publish","topic":"t","data":9}"#);
+    h.turn();
+    assert!(h.net.fin(flooder), "FIN after the close frame");
+    assert!(h.texts(neighbour).is_empty());
+}
+
+/// Back under the rate, a client's messages pass again and its refusals are forgotten.
+#[test]
+fn the_message_rate_refills_with_the_clock() {
+    let mut h = Harness::new(|c| {
+        c.rate.messages = crate::limits::Rate::new(10, 1);
+        c.rate.max_rate_limited = 1;
+    });
+    let id = h.websocket("/ws");
+    let op = |i: u32| format!(r#"{{"op":"subscribe","topic":"t{i}","id":{i}}}"#);
+    for i in 0..10 {
+        h.send_text(id, &op(2 * i));
+        h.send_text(id, &op(2 * i + 1));
+        h.turn();
+        let texts = h.texts(id);
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts[0], format!(r#"{{"op":"ok","id":{}}}"#, 2 * i));
+        assert!(texts[1].contains("rate_limited"), "{texts:?}");
+        h.advance(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn subscribe_ops_are_rate_limited_with_their_id() {
+    let mut h = Harness::new(|c| c.rate.subscribe_ops = crate::limits::Rate::new(2, 2));
+    let id = h.websocket("/ws?subscribe=a,b,c");
+    h.send_text(id, r#"{"op":"subscribe","topic":"x","id":1}"#);
+    h.send_text(id, r#"{"op":"unsubscribe","topic":"a","id":2}"#);
+    h.send_text(id, r#"{"op":"subscribe","topic":"y","id":3}"#);
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"ok","id":1}"#,
+            r#"{"op":"ok","id":2}"#,
+            r#"{"op":"error","id":3,"code":"rate_limited","message":"too many subscribe and unsubscribe ops; slow down"}"#,
+        ],
+        "?subscribe= at the upgrade is not charged"
+    );
+    assert!(h.reactor.core.topics.find("y").is_none());
+    assert_eq!(ReactorMetrics::get(&h.metrics().ops_rate_limited), 1);
+    h.advance(Duration::from_millis(500));
+    h.send_text(id, r#"{"op":"subscribe","topic":"y","id":4}"#);
+    h.turn();
+    assert_eq!(h.texts(id), [r#"{"op":"ok","id":4}"#]);
+}
+
+/// Issue 12: connections per client IP (the memory driver's peers are all 127.0.0.1).
+#[test]
+fn connections_per_ip_get_429_and_closing_frees_a_slot() {
+    let mut h = Harness::new(|c| c.rate.max_connections_per_ip = 2);
+    let a = h.websocket("/ws");
+    let _b = h.websocket("/echo");
+    let refused = h.net.connect();
+    h.net
+        .send(refused, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.turn();
+    let response = String::from_utf8(h.net.read(refused)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(response.contains("\r\nRetry-After: 1\r\n"), "{response}");
+    assert!(response.ends_with(
+        r#"{"error":"rate_limited","message":"too many connections from this address"}"#
+    ));
+    assert_eq!(ReactorMetrics::get(&h.metrics().ip_limited), 1);
+    // The refused one was never counted; closing a counted one frees its slot.
+    h.net.shutdown(a);
+    for _ in 0..4 {
+        h.turn();
+    }
+    assert!(h.net.closed(a));
+    h.websocket("/ws");
+    assert_eq!(h.reactor.core.shared.clients.len(), 1);
+}
+
+#[test]
+fn new_connections_per_ip_per_second_get_429_with_retry_after() {
+    let mut h = Harness::new(|c| c.rate.connects = crate::limits::Rate::new(2, 2));
+    h.websocket("/ws");
+    h.websocket("/ws");
+    let refused = h.net.connect();
+    h.net
+        .send(refused, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.turn();
+    let response = String::from_utf8(h.net.read(refused)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(response.contains("\r\nRetry-After: 1\r\n"), "{response}");
+    assert_eq!(ReactorMetrics::get(&h.metrics().ip_rate_limited), 1);
+    // One more fits 500 ms on (the table's clock started a moment after the harness's).
+    h.advance(Duration::from_millis(600));
+    h.websocket("/ws");
+}
+
+const SECRET: &[u8] = b"reactor test secret";
+
+/// Verifies HS256 tokens signed with `SECRET`; no pings (the test peers do not answer).
+fn with_tokens(c: &mut Config, test: &str) {
+    let path = std::env::temp_dir().join(format!("wsgate-{}-{test}", std::process::id()));
+    std::fs::write(&path, SECRET).unwrap();
+    let mut auth = c.auth.clone();
+    auth.jwt_secret_file = Some(path.to_str().unwrap().to_owned());
+    c.auth.verifier = crate::auth::Verifier::from_config(&auth)
+        .unwrap()
+        .map(std::sync::Arc::new);
+    std::fs::remove_file(path).unwrap();
+    c.limits.pubsub.idle_timeout = None;
+}
+
+fn sign(claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// A token for `sub` valid for `secs` more seconds (by the wall clock), that may
+/// subscribe to `topics`.
+fn token(sub: &str, secs: i64, topics: &[&str]) -> String {
+    let exp = crate::auth::unix_now() as i64 + secs;
+    sign(serde_json::json!({"sub": sub, "exp": exp, "subscribe": topics}))
+}
+
+/// Issue 12: at `exp` (plus the leeway) the timer sweep closes the connection with 1008.
+#[test]
+fn a_connection_is_closed_when_its_token_expires() {
+    let mut h = Harness::new(|c| with_tokens(c, "expiry"));
+    let id = h.websocket(&format!("/ws?token={}", token("alice", 100, &["a"])));
+    let other = h.websocket("/ws");
+    let leeway = crate::auth::LEEWAY_SECS;
+    h.advance(Duration::from_secs(100 + leeway - 2));
+    assert!(h.frames(id).is_empty(), "still valid within the leeway");
+    h.advance(Duration::from_secs(2));
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(close_code(&frames[0].1), 1008);
+    assert_eq!(&frames[0].1[2..], b"token expired");
+    assert_eq!(ReactorMetrics::get(&h.metrics().token_expired_closes), 1);
+    h.advance(Duration::from_secs(1));
+    assert!(h.frames(id).is_empty(), "closed once");
+    assert!(
+        h.frames(other).is_empty(),
+        "a connection without a token stays"
+    );
+}
+
+/// A refresh before `exp` extends the connection; its permissions become the new token's.
+#[test]
+fn a_refresh_extends_the_connection_and_replaces_its_permissions() {
+    let mut h = Harness::new(|c| with_tokens(c, "refresh"));
+    let id = h.websocket(&format!(
+        "/ws?subscribe=a,b&token={}",
+        token("alice", 100, &["a", "b"])
+    ));
+    h.advance(Duration::from_secs(90));
+    let refresh = |t: &str, id: u32| format!(r#"{{"op":"refresh","token":"{t}","id":{id}}}"#);
+    h.send_text(id, &refresh(&token("alice", 1000, &["b", "c"]), 1));
+    h.send_text(id, &refresh(&token("bob", 1000, &["a"]), 2));
+    h.send_text(id, &refresh("not.a.jwt", 3));
+    h.send_text(id, &refresh(&token("alice", -3600, &["a"]), 4));
+    h.send_text(id, r#"{"op":"subscribe","topic":"a","id":5}"#);
+    h.send_text(id, r#"{"op":"subscribe","topic":"c","id":6}"#);
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"ok","id":1}"#,
+            r#"{"op":"error","id":2,"code":"unauthorized","message":"token names another subject"}"#,
+            r#"{"op":"error","id":3,"code":"unauthorized","message":"malformed token"}"#,
+            r#"{"op":"error","id":4,"code":"unauthorized","message":"token expired"}"#,
+            r#"{"op":"error","id":5,"code":"forbidden","message":"subscribing to this topic is not allowed"}"#,
+            r#"{"op":"ok","id":6}"#,
+        ]
+    );
+    assert!(
+        h.reactor.core.topics.find("a").is_none(),
+        "no longer allowed: dropped"
+    );
+    assert!(h.reactor.core.topics.find("b").is_some());
+    assert_eq!(ReactorMetrics::get(&h.metrics().token_refreshes), 1);
+    // Past the first token's expiry the connection stays; past the second's it closes.
+    h.advance(Duration::from_secs(100));
+    assert!(h.frames(id).is_empty());
+    h.advance(Duration::from_secs(1000));
+    let frames = h.frames(id);
+    assert_eq!(close_code(&frames[0].1), 1008);
+}
+
+#[test]
+fn a_refresh_needs_a_token_to_replace() {
+    let mut h = Harness::new(|c| with_tokens(c, "no-token"));
+    let id = h.websocket("/ws");
+    let t = token("alice", 100, &["a"]);
+    h.send_text(id, &format!(r#"{{"op":"refresh","token":"{t}"}}"#));
+    h.turn();
+    assert_eq!(
+        h.texts(id),
+        [
+            r#"{"op":"error","code":"bad_request","message":"the connection has no token to refresh"}"#
+        ]
+    );
 }
