@@ -10,8 +10,8 @@
 //! time its turns took (which also counts time the thread was runnable but preempted:
 //! long turns). The delay is off while the reactor is mostly idle (deliveries leave in the turn that queued them, as without batching);
 //! started and doubled while it is busy; halved as it calms; never past `max_batch_delay`;
-//! and switched off for a while when the frames per write show that subscribers receive
-//! too rarely for any delay within the bound to put two frames in one write.
+//! and switched off for a while when the batches show that subscribers receive too rarely
+//! for any delay within the bound to put two frames in one write.
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,10 @@ pub(super) struct Batching {
     load: f64,
     /// No batching before this (it did not help).
     hold_off: Option<Instant>,
-    /// Frames queued to connections and writes handed to the driver in this window.
-    frames: u64,
-    writes: u64,
+    /// Batches opened in this window (a connection's first waiting frame), and frames that
+    /// joined one already open.
+    opened: u64,
+    joined: u64,
     /// Wall time spent in turns (outside the driver's wait) in this window.
     turns: Duration,
 }
@@ -55,8 +56,8 @@ impl Batching {
             cpu_start: cpu(),
             load: 0.0,
             hold_off: None,
-            frames: 0,
-            writes: 0,
+            opened: 0,
+            joined: 0,
             turns: Duration::ZERO,
         }
     }
@@ -66,12 +67,14 @@ impl Batching {
         self.delay
     }
 
-    pub fn queued(&mut self, frames: u64) {
-        self.frames += frames;
+    /// A connection's first frame starts waiting.
+    pub fn opened(&mut self) {
+        self.opened += 1;
     }
 
-    pub fn wrote(&mut self, writes: u64) {
-        self.writes += writes;
+    /// A frame joins a connection's waiting ones.
+    pub fn joined(&mut self) {
+        self.joined += 1;
     }
 
     /// After each turn, with its start (when the driver's wait returned) and its end:
@@ -86,18 +89,19 @@ impl Batching {
         let cpu = (self.cpu)();
         let used = cpu.saturating_sub(self.cpu_start).max(self.turns);
         self.load = 0.5 * self.load + 0.5 * (used.as_secs_f64() / wall.as_secs_f64()).min(1.0);
-        let per_write = self.frames as f64 / self.writes.max(1) as f64;
+        // Frames per batch beyond the first; none without batches to judge by.
+        let extra = (self.opened > 0).then(|| self.joined as f64 / self.opened as f64);
         let before = self.delay;
-        self.delay = self.next_delay(now, per_write);
+        self.delay = self.next_delay(now, extra);
         self.window_start = now;
         self.cpu_start = cpu;
-        self.frames = 0;
-        self.writes = 0;
+        self.opened = 0;
+        self.joined = 0;
         self.turns = Duration::ZERO;
         (self.delay != before).then_some(self.delay)
     }
 
-    fn next_delay(&mut self, now: Instant, per_write: f64) -> Duration {
+    fn next_delay(&mut self, now: Instant, extra: Option<f64>) -> Duration {
         let busy = self.load >= BUSY;
         if self.delay.is_zero() {
             let held = self.hold_off.is_some_and(|until| now < until);
@@ -107,12 +111,11 @@ impl Batching {
                 Duration::ZERO
             };
         }
-        // A window of `delay` gathered `per_write - 1` extra frames per connection; at the
-        // longest delay it would gather proportionally more. Under half a frame: useless
-        // (judged once the delay is long enough for the count to mean something).
-        let extra_at_max =
-            (per_write - 1.0).max(0.0) * self.max.as_secs_f64() / self.delay.as_secs_f64();
-        if self.delay >= self.max / 4 && extra_at_max < 0.5 {
+        // A batch of `delay` gathered `extra` frames after its first; at the longest delay
+        // it would gather proportionally more. Under half a frame: useless (judged once
+        // the delay is long enough for the count to mean something).
+        let at_max = extra.map(|e| e * self.max.as_secs_f64() / self.delay.as_secs_f64());
+        if self.delay >= self.max / 4 && at_max.is_some_and(|f| f < 0.5) {
             self.hold_off = Some(now + HOLD_OFF);
             Duration::ZERO
         } else if busy {
@@ -146,8 +149,8 @@ mod tests {
         let mut t = Instant::now();
         let mut b = Batching::new(20 * ms, t, no_cpu);
         for _ in 0..4 {
-            b.queued(10);
-            b.wrote(2);
+            b.opened();
+            b.joined();
             let start = t;
             t += 60 * ms;
             b.update(start, t);
@@ -155,8 +158,6 @@ mod tests {
         assert!(b.delay() >= 2 * ms, "{:?}", b.delay());
         // Short turns again: the delay winds down to nothing.
         for _ in 0..10 {
-            b.queued(10);
-            b.wrote(2);
             t += 60 * ms;
             b.update(t, t);
         }

@@ -117,17 +117,20 @@ impl Core {
                     SlowConsumerPolicy::Close => {}
                 }
             }
-            if conn.scheduled != Scheduled::No {
-                continue;
-            }
-            let delay = self.batch.delay();
-            if delay.is_zero() {
-                conn.scheduled = Scheduled::Flush;
-                self.flush.push(id);
-            } else {
-                conn.scheduled = Scheduled::Corked;
-                self.corked.push(id);
-                self.corked_until.get_or_insert(self.now + delay);
+            match conn.scheduled {
+                Scheduled::Corked => self.batch.joined(),
+                Scheduled::Flush => {}
+                Scheduled::No if self.batch.delay().is_zero() => {
+                    conn.scheduled = Scheduled::Flush;
+                    self.flush.push(id);
+                }
+                Scheduled::No => {
+                    conn.scheduled = Scheduled::Corked;
+                    self.corked.push(id);
+                    self.batch.opened();
+                    self.corked_until
+                        .get_or_insert(self.now + self.batch.delay());
+                }
             }
         }
         for id in abort {
@@ -135,7 +138,6 @@ impl Core {
         }
         let m = &self.shared.metrics[self.index];
         ReactorMetrics::add(&m.deliveries, delivered);
-        self.batch.queued(delivered);
         ReactorMetrics::add(&m.dropped, dropped);
         ReactorMetrics::add(&m.slow_consumer_closes, closed);
         if delivered > 0 {

@@ -305,7 +305,6 @@ impl<D: Driver> Reactor<D> {
                 }
             }
         }
-        self.core.batch.wrote(writes);
         ReactorMetrics::add(&self.core.metrics().writes, writes);
     }
 
