@@ -59,13 +59,16 @@ wait_listening() {
 }
 metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
 
+# Each server and the loadgen run in a session of their own: with autogroup scheduling a
+# session shares one CPU weight across its processes, so a server in the loadgen's session
+# would get half the share a server in its own session gets on a busy machine. (And Bun
+# passes a SIGINT on to its process group, this script included.)
 start_server() { # system port log [rate for bare]
   case "$1" in
-    wsgate) taskset -c 0 "$gw" serve --listen "127.0.0.1:$2" --threads 1 --io "$io" \
+    wsgate) setsid taskset -c 0 "$gw" serve --listen "127.0.0.1:$2" --threads 1 --io "$io" \
       --client-publish '*' --idle-timeout 0s --max-connections 19000 ${WSGATE_ARGS:-} >"$3" 2>&1 & ;;
-    # Its own session: Bun passes a SIGINT on to its process group, this script included.
     bun) PORT="$2" setsid taskset -c 0 "$bun" benches/peers/bun-pubsub.js >"$3" 2>&1 & ;;
-    bare) taskset -c 0 "$lg" blast-server --listen "127.0.0.1:$2" --format delivery --size 64 \
+    bare) setsid taskset -c 0 "$lg" blast-server --listen "127.0.0.1:$2" --format delivery --size 64 \
       --batch 1 --rate "$4" --duration 60s >"$3" 2>&1 & ;;
   esac
   server=$!
@@ -82,7 +85,7 @@ run() { # system scenario subs rate secs
   local url="ws://127.0.0.1:$port/ws" pubs=(--publishers 1 --rate "$rate")
   conns=$((subs + 1))
   if [[ $system == bare ]]; then url="ws://127.0.0.1:$port/"; pubs=(--publishers 0); conns=$subs; fi
-  taskset -c 1 "$lg" fanout --url "$url" --subscribers "$subs" "${pubs[@]}" --size 64 \
+  setsid taskset -c 1 "$lg" fanout --url "$url" --subscribers "$subs" "${pubs[@]}" --size 64 \
     --threads 1 --connect-rate 20000 --warmup "${warm}s" --duration "${secs}s" --drain 1s \
     --quiet --json "$results/$name.json" >"$results/$name.txt" 2>&1 &
   load=$!
