@@ -539,7 +539,7 @@ impl Session for Ctx<'_> {
 
     fn permissions(&self) -> Option<&Permissions> {
         match &self.core.conns[self.id].phase {
-            Phase::WebSocket { token, .. } => token.as_deref().map(|t| &*t.permissions),
+            Phase::WebSocket { token, .. } => token.as_ref().map(|t| &*t.permissions),
             _ => None,
         }
     }
