@@ -40,6 +40,7 @@ fn receive_path(c: &mut Criterion) {
             let mut conn = Connection::server(Instant::now());
             let mut out = OutQueue::default();
             let mut budget = Budget::new(u64::MAX);
+            let mut inflater = wsgate_proto::deflate::Inflater::default();
             let mut events = Vec::with_capacity(count);
             let mut buf = wire.clone();
             let now = Instant::now();
@@ -47,8 +48,15 @@ fn receive_path(c: &mut Criterion) {
                 buf.copy_from_slice(wire);
                 let mut rest = &mut buf[..];
                 while !rest.is_empty() {
-                    let n =
-                        conn.handle_bytes(now, &limits, &mut budget, rest, &mut out, &mut events);
+                    let n = conn.handle_bytes(
+                        now,
+                        &limits,
+                        &mut budget,
+                        &mut inflater,
+                        rest,
+                        &mut out,
+                        &mut events,
+                    );
                     rest = &mut std::mem::take(&mut rest)[n..];
                     events.clear();
                 }

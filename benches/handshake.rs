@@ -38,6 +38,7 @@ fn handshake(c: &mut Criterion) {
     let policy = UpgradePolicy {
         subprotocols: &subprotocols,
         allowed_origins: Some(&origins),
+        deflate: false,
     };
 
     let mut group = c.benchmark_group("handshake");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, docs, unit and integration
-# tests, Miri and a short fuzz run where nightly allows, a loadgen smoke run, and the
-# Autobahn conformance run against /echo.
+# tests, Miri and a short fuzz run where nightly allows, a loadgen smoke run, real
+# clients (scripts/interop.sh), and the Autobahn conformance run against /echo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,6 +43,8 @@ if [[ -x scripts/loadgen-smoke.sh ]]; then
   step "loadgen smoke run"
   scripts/loadgen-smoke.sh
 fi
+step "interop: python websockets, node ws, chromium"
+scripts/interop.sh
 step "autobahn (epoll)"
 WSGATE_IO=epoll scripts/autobahn.sh
 step "autobahn (uring)"

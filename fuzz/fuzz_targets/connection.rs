@@ -75,7 +75,15 @@ impl Side {
             let before = events.len();
             let n =
                 self.conn
-                    .handle_bytes(now, limits, &mut self.budget, rest, &mut self.out, events);
+                    .handle_bytes(
+                        now,
+                        limits,
+                        &mut self.budget,
+                        &mut wsgate_proto::deflate::Inflater::default(),
+                        rest,
+                        &mut self.out,
+                        events,
+                    );
             assert_eq!(
                 self.budget.used(),
                 self.conn.reserved(),

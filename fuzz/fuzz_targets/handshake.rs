@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let policy = UpgradePolicy {
         subprotocols: if flags & 1 != 0 { &subprotocols } else { &[] },
         allowed_origins: (flags & 2 != 0).then_some(&origins[..]),
+        deflate: false,
     };
 
     let parsed = parse_request(buf, max);

@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
+use wsgate_proto::deflate::{self, Inflater};
 use wsgate_proto::handshake::client;
 use wsgate_proto::{frame, OpCode};
 
@@ -257,6 +258,8 @@ pub struct Worker {
     conns: Slab<Conn>,
     buf: Vec<u8>,
     rng: Rng,
+    /// permessage-deflate: one decompressor for all of this thread's connections.
+    inflater: Inflater,
     gen: u64,
     c: Counters,
     hist: Histogram<u64>,
@@ -320,6 +323,7 @@ impl Worker {
             conns: Slab::new(),
             buf: vec![0; READ_BUF],
             rng: Rng::new(),
+            inflater: Inflater::default(),
             gen: 0,
             c: Counters::default(),
             hist: new_hist(),
@@ -687,12 +691,16 @@ impl Worker {
             &plan.path
         };
         let authorization = plan.authorization.as_deref().map(|a| ("Authorization", a));
+        let extensions = plan
+            .deflate
+            .then_some(("Sec-WebSocket-Extensions", deflate::CLIENT_OFFER));
+        let headers: Vec<(&str, &str)> = authorization.into_iter().chain(extensions).collect();
         client::Request {
             host: &plan.host,
             path,
             key: &conn.key,
             protocols: &[],
-            headers: authorization.as_slice(),
+            headers: &headers,
         }
         .encode(&mut conn.out);
         conn.st = St::Handshaking;
@@ -771,7 +779,17 @@ impl Worker {
         if conn.st == St::Handshaking {
             let checked = client::Response::parse(data).and_then(|response| {
                 response
-                    .map(|r| r.check(&conn.key, &[]).map(|_| r.head_len))
+                    .map(|r| {
+                        let accepted = if self.plan.deflate {
+                            r.check_deflate(&conn.key, &[])
+                        } else {
+                            r.check(&conn.key, &[])
+                        };
+                        accepted.map(|a| {
+                            conn.dec.deflate = a.deflate.is_some();
+                            r.head_len
+                        })
+                    })
                     .transpose()
             });
             match checked {
@@ -912,8 +930,29 @@ impl Worker {
     fn on_frame(&mut self, key: usize, ev: Event<'_>, now: u64) {
         match ev {
             Event::Data {
-                opcode, fin, head, ..
+                opcode,
+                fin,
+                compressed,
+                head,
+                len,
             } => {
+                let inflated;
+                let head = if compressed {
+                    match self.inflater.inflate(head, 64 << 20, None) {
+                        Ok(data) => {
+                            inflated = data;
+                            &inflated[..]
+                        }
+                        Err(e) => {
+                            self.c.err_protocol += 1;
+                            self.fail(key, format!("inflate: {e}"));
+                            return;
+                        }
+                    }
+                } else {
+                    head
+                };
+                self.c.payload_in += if compressed { head.len() as u64 } else { len };
                 let conn = &mut self.conns[key];
                 if conn.st == St::Subscribing {
                     if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {

@@ -59,6 +59,10 @@ pub struct Common {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Offer permessage-deflate (no context takeover either way) and inflate compressed
+    /// messages before reading their stamp: latency includes the client's inflate.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +317,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         authorization: None,
         progress: !quiet,
         intervals: !quiet || c.hlog.is_some() || c.plot.is_some(),
+        deflate: c.deflate,
     })
 }
 

@@ -75,6 +75,8 @@ pub struct Plan {
     pub http_head: Vec<u8>,
     /// wsgate `subscribe` op to send after the handshake, if any.
     pub subscribe_msg: Option<Vec<u8>>,
+    /// Offer permessage-deflate and inflate what arrives compressed.
+    pub deflate: bool,
     pub subscribers: usize,
     pub publishers: usize,
     pub hold_ns: u64,

@@ -407,6 +407,8 @@ fn summarize(
         },
         target_rate: plan.rate,
         size: plan.size,
+        wire_bytes_in: c.bytes_in,
+        payload_bytes_in: c.payload_in,
         latency_us: Latency::from_hist(&hist),
         errors: Errors {
             connect: c.err_connect,

@@ -34,6 +34,7 @@ counters!(
     received_window,
     received_other,
     bytes_in,
+    payload_in,
     handshakes,
     gaps,
     gaps_filled,
@@ -152,6 +153,10 @@ pub struct Summary {
     /// Offered rate, per s; 0 for closed loop.
     pub target_rate: f64,
     pub size: usize,
+    /// Bytes read off the sockets (handshakes included), and the data messages' payload
+    /// bytes among them after inflating: with --deflate, what compression saved.
+    pub wire_bytes_in: u64,
+    pub payload_bytes_in: u64,
     pub latency_us: Latency,
     pub errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +184,13 @@ impl Summary {
             "msg/s"
         };
         writeln!(w, "  throughput {:.1} {unit}", self.rate_per_s)?;
+        writeln!(
+            w,
+            "  bytes in: wire {} payload {} (wire/payload {:.3})",
+            self.wire_bytes_in,
+            self.payload_bytes_in,
+            self.wire_bytes_in as f64 / self.payload_bytes_in.max(1) as f64
+        )?;
         writeln!(w, "  latency (us)")?;
         writeln!(
             w,

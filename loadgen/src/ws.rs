@@ -6,6 +6,7 @@
 //!
 //! No sockets, no clock, no allocation: slices borrow the caller's read buffer.
 
+use wsgate_proto::deflate::RSV1;
 use wsgate_proto::{FrameHeader, OpCode, ProtocolError, Role};
 
 /// How many payload bytes of a data frame the decoder wants contiguous before it hands the
@@ -17,10 +18,12 @@ pub const PEEK: usize = 256;
 pub enum Event<'a> {
     /// The first frame of a data message. `head` is the frame's payload if it was all in the
     /// buffer, else at least its first [`PEEK`] bytes; the rest is skipped. `fin` says whether
-    /// the message is complete with this frame.
+    /// the message is complete with this frame. `compressed` (permessage-deflate): `head`
+    /// is the whole payload, to inflate.
     Data {
         opcode: OpCode,
         fin: bool,
+        compressed: bool,
         head: &'a [u8],
         len: u64,
     },
@@ -54,6 +57,8 @@ pub enum Step<'a> {
 pub struct Decoder {
     skip: u64,
     in_message: bool,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    pub deflate: bool,
 }
 
 impl Decoder {
@@ -69,6 +74,16 @@ impl Decoder {
         let Some((h, hl)) = FrameHeader::parse(buf)? else {
             return Ok(Step::NeedMore);
         };
+        // RFC 7692 §6: RSV1 on the first frame of a compressed message. wsgate sends a
+        // compressed message as one frame: it is taken whole (never skipped), to inflate.
+        let mut h = h;
+        let compressed = self.deflate && h.rsv & RSV1 != 0;
+        if compressed {
+            if !matches!(h.opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::MisplacedRsv1);
+            }
+            h.rsv &= !RSV1;
+        }
         // RSV bits, masking (RFC 6455 §5.1: a server MUST NOT mask), control frame rules.
         h.check(Role::Client)?;
         let avail = buf.len() - hl;
@@ -102,7 +117,11 @@ impl Decoder {
             }
             _ => {}
         }
-        let want = h.len.min(PEEK as u64) as usize;
+        let want = if compressed {
+            h.len as usize
+        } else {
+            h.len.min(PEEK as u64) as usize
+        };
         if avail < want {
             return Ok(Step::NeedMore);
         }
@@ -118,6 +137,7 @@ impl Decoder {
             Event::Data {
                 opcode: h.opcode,
                 fin: h.fin,
+                compressed,
                 head: &buf[hl..hl + take],
                 len: h.len,
             }
@@ -153,6 +173,38 @@ mod tests {
     }
 
     // RFC 6455 §5.7: unmasked "Hello" from a server.
+    /// RFC 7692: with deflate negotiated, an RSV1 data frame is handed out whole (to
+    /// inflate), even past `PEEK`; RSV1 elsewhere, or without deflate, is a protocol error.
+    #[test]
+    fn compressed_frames_are_taken_whole() {
+        let payload = vec![7u8; 300];
+        let mut frame = vec![0xc1, 126, 0x01, 0x2c];
+        frame.extend(&payload);
+        let mut d = Decoder {
+            deflate: true,
+            ..Decoder::default()
+        };
+        assert_eq!(d.decode(&frame[..200]), Ok(Step::NeedMore));
+        assert_eq!(
+            d.decode(&frame),
+            Ok(Step::Frame {
+                consumed: frame.len(),
+                event: Event::Data {
+                    opcode: OpCode::Text,
+                    fin: true,
+                    compressed: true,
+                    head: &payload,
+                    len: 300
+                }
+            })
+        );
+        assert_eq!(
+            Decoder::default().decode(&frame),
+            Err(ProtocolError::ReservedBits)
+        );
+        assert_eq!(d.decode(&[0xc9, 0x00]), Err(ProtocolError::MisplacedRsv1));
+    }
+
     #[test]
     fn decode_unmasked_text() {
         let f = frames(&[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
@@ -161,6 +213,7 @@ mod tests {
             [format!(
                 "{:?}",
                 Event::Data {
+                    compressed: false,
                     opcode: OpCode::Text,
                     fin: true,
                     head: b"Hello",

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use super::close::{self, CloseCode, CloseFrame};
+use super::deflate::{self, Agreed, Deflater, Inflater};
 use super::error::ProtocolError;
 use super::frame::{self, FrameHeader, OpCode, Role, MAX_HEADER_LEN};
 use super::mask;
@@ -150,6 +151,11 @@ pub struct Connection {
     message: Vec<u8>,
     /// Opcode of the message in progress, `None` between messages.
     message_opcode: Option<OpCode>,
+    /// The message in progress is compressed (RSV1 on its first frame): `message` holds
+    /// deflate data, inflated and validated when it is complete.
+    compressed: bool,
+    /// permessage-deflate, if negotiated (2 bytes).
+    deflate: Option<Agreed>,
     utf8: Utf8Validator,
     /// Payload of the control frame in progress (at most 125 bytes).
     control: ControlPayload,
@@ -179,11 +185,26 @@ impl Connection {
             rx: RX_START,
             message: Vec::new(),
             message_opcode: None,
+            compressed: false,
+            deflate: None,
             utf8: Utf8Validator::new(),
             control: ControlPayload::default(),
             reserved: 0,
             timer: now,
         }
+    }
+
+    /// With permessage-deflate as negotiated in the handshake: compressed messages are
+    /// accepted (and inflated with the caller's [`Inflater`]), and
+    /// [`Connection::send_compressible`] and [`Connection::send_prepared`] compress.
+    pub fn with_deflate(mut self, agreed: Option<Agreed>) -> Self {
+        self.deflate = agreed;
+        self
+    }
+
+    /// permessage-deflate, if negotiated.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     pub fn role(&self) -> Role {
@@ -206,12 +227,15 @@ impl Connection {
     /// Handles bytes read from the socket, unmasking them in place if masked. Pushes events to
     /// `events` and frames to `out`, and returns how many bytes it consumed: all of them
     /// (a partial header is kept inside), except that it returns right after a complete
-    /// message, so that the caller can answer it before the rest is parsed.
+    /// message, so that the caller can answer it before the rest is parsed. A compressed
+    /// message is inflated with `inflater`, which any number of connections may share.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_bytes(
         &mut self,
         now: Instant,
         limits: &Limits,
         budget: &mut Budget,
+        inflater: &mut Inflater,
         buf: &mut [u8],
         out: &mut OutQueue,
         events: &mut Vec<Event>,
@@ -228,7 +252,7 @@ impl Connection {
                 Rx::Header { .. } => match self.read_header(limits, budget, buf, &mut pos) {
                     // An empty frame has no payload step: it ends right here.
                     Ok(Some(header)) if header.len == 0 => {
-                        self.handle_frame_end(header, budget, out, events)
+                        self.handle_frame_end(header, limits, budget, inflater, out, events)
                     }
                     Ok(_) => Ok(()),
                     Err(err) => Err(err),
@@ -247,7 +271,7 @@ impl Connection {
                     self.handle_payload(header, chunk).and_then(|()| {
                         if header.len == 0 {
                             self.rx = RX_START;
-                            self.handle_frame_end(header, budget, out, events)
+                            self.handle_frame_end(header, limits, budget, inflater, out, events)
                         } else {
                             Ok(())
                         }
@@ -318,6 +342,18 @@ impl Connection {
         budget: &mut Budget,
         header: &FrameHeader,
     ) -> Result<(), ProtocolError> {
+        // RFC 7692 §6: with the extension, RSV1 marks the first frame of a compressed
+        // message, and nothing else.
+        let mut header = *header;
+        if header.rsv & deflate::RSV1 != 0 && self.deflate.is_some() {
+            if !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::MisplacedRsv1);
+            }
+            header.rsv &= !deflate::RSV1;
+            self.compressed = true;
+        } else if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            self.compressed = false;
+        }
         // RSV bits, masking for our role, control frame rules.
         header.check(self.role())?;
         if header.opcode.is_control() {
@@ -360,7 +396,7 @@ impl Connection {
             // RFC 6455 §5.5.1: after sending a close frame, data may be discarded.
             return Ok(());
         }
-        if self.message_opcode == Some(OpCode::Text) {
+        if self.message_opcode == Some(OpCode::Text) && !self.compressed {
             // RFC 6455 §8.1: fail as soon as invalid UTF-8 is seen, not at the end.
             self.utf8
                 .feed(chunk)
@@ -373,7 +409,9 @@ impl Connection {
     fn handle_frame_end(
         &mut self,
         header: FrameHeader,
+        limits: &Limits,
         budget: &mut Budget,
+        inflater: &mut Inflater,
         out: &mut OutQueue,
         events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
@@ -403,8 +441,13 @@ impl Connection {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if header.fin {
                     let opcode = self.message_opcode.take().expect("checked at the header");
-                    let data = std::mem::take(&mut self.message);
+                    let mut data = std::mem::take(&mut self.message);
                     budget.give(u64::from(std::mem::take(&mut self.reserved)));
+                    if std::mem::take(&mut self.compressed) && self.is_open() {
+                        // RFC 7692 §7.2.2; the limit applies to the inflated size.
+                        let utf8 = (opcode == OpCode::Text).then_some(&mut self.utf8);
+                        data = inflater.inflate(&data, limits.max_message_size, utf8)?;
+                    }
                     if opcode == OpCode::Text {
                         self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
@@ -453,6 +496,7 @@ impl Connection {
             // RFC 6455 §5.5.1: the rest of a message in progress is discarded, unchecked.
             self.message = Vec::new();
             self.utf8 = Utf8Validator::new();
+            self.compressed = false;
         }
     }
 
@@ -466,15 +510,46 @@ impl Connection {
         }
     }
 
+    /// Queues a data message as one frame, compressed with `deflater` if this connection
+    /// negotiated permessage-deflate and that pays (see [`Deflater::server_frame`]); false
+    /// when the connection is no longer open. A client sends it plain.
+    pub fn send_compressible(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        deflater: &mut Deflater,
+        out: &mut OutQueue,
+    ) -> bool {
+        let frame = match (self.side, self.deflate) {
+            (Side::Server, Some(agreed)) if agreed.fits(payload.len()) => {
+                deflater.server_frame(opcode, payload)
+            }
+            _ => None,
+        };
+        match frame {
+            Some(frame) if self.is_open() => {
+                out.push(frame);
+                true
+            }
+            _ => self.send_message(opcode, payload, out),
+        }
+    }
+
     /// Queues a prepared message (a server's broadcast) in the variant this connection
-    /// takes; false when no longer open.
-    pub fn send_prepared(&mut self, message: &Prepared, out: &mut OutQueue) -> bool {
+    /// takes: compressed (made with `deflater` at the first connection that takes it) if it
+    /// negotiated permessage-deflate, plain otherwise; false when no longer open.
+    pub fn send_prepared(
+        &mut self,
+        message: &Prepared,
+        deflater: &mut Deflater,
+        out: &mut OutQueue,
+    ) -> bool {
         debug_assert!(
             matches!(self.side, Side::Server),
             "broadcasts are server frames"
         );
         if self.is_open() {
-            out.push(message.frame().clone());
+            out.push(message.frame_for(self.deflate, deflater).clone());
             true
         } else {
             false

@@ -8,6 +8,14 @@ use super::close::CloseCode;
 pub enum ProtocolError {
     #[error("reserved bits set without a negotiated extension")]
     ReservedBits,
+    /// RFC 7692 §6: RSV1 belongs on the first frame of a data message only.
+    #[error("rsv1 on a control or continuation frame")]
+    MisplacedRsv1,
+    #[error("invalid compressed data")]
+    BadCompressedData,
+    /// RFC 7692 §7.2.1: a compressed message ends on a deflate block boundary.
+    #[error("compressed message does not end its deflate block")]
+    UnendedCompressedData,
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
     #[error("unmasked client frame")]
@@ -46,7 +54,10 @@ impl ProtocolError {
     /// The status code to close with (RFC 6455 §7.4.1).
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_DATA,
+            Self::InvalidUtf8
+            | Self::InvalidCloseReason
+            | Self::BadCompressedData
+            | Self::UnendedCompressedData => CloseCode::INVALID_DATA,
             Self::FrameTooLarge(_) | Self::MessageTooLarge => CloseCode::TOO_BIG,
             Self::OverBudget => CloseCode::TRY_AGAIN,
             _ => CloseCode::PROTOCOL,

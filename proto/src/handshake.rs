@@ -22,6 +22,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
 
+use crate::deflate::{self, Agreed};
+
 pub mod client;
 
 /// Most header fields one request (or, for a client, response) head may carry; one more is
@@ -113,7 +115,7 @@ pub struct UpgradeHeaders {
     pub origin: Option<String>,
     /// Every `Sec-WebSocket-Extensions` element with its parameters (`permessage-deflate;
     /// client_max_window_bits`), over all fields, in order. Commas inside quoted parameter
-    /// values do not split. No extension is negotiated yet; this is for logs and metrics.
+    /// values do not split. [`crate::deflate::negotiate`] picks from them.
     pub extensions: Vec<String>,
 }
 
@@ -197,6 +199,8 @@ pub struct UpgradePolicy<'a> {
     /// `None`: any `Origin` (or none). `Some(list)`: `Origin` must equal one entry, compared
     /// ASCII-case-insensitively as the whole `scheme://host[:port]` (RFC 6454 §6.1).
     pub allowed_origins: Option<&'a [String]>,
+    /// Whether to accept a permessage-deflate offer (RFC 7692).
+    pub deflate: bool,
 }
 
 /// A validated upgrade: what the `101` response says.
@@ -206,11 +210,13 @@ pub struct Upgrade {
     pub accept: String,
     /// The selected subprotocol, spelled as configured (and as offered: matching is exact).
     pub protocol: Option<String>,
+    /// permessage-deflate, when allowed and a valid offer was made.
+    pub deflate: Option<Agreed>,
 }
 
 impl Upgrade {
-    /// The `101 Switching Protocols` response bytes (RFC 6455 §4.2.2 item 5). No
-    /// `Sec-WebSocket-Extensions`: no extension is negotiated.
+    /// The `101 Switching Protocols` response bytes (RFC 6455 §4.2.2 item 5), with
+    /// `Sec-WebSocket-Extensions` when permessage-deflate was agreed.
     pub fn response(&self) -> Vec<u8> {
         const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
             Upgrade: websocket\r\n\
@@ -227,6 +233,10 @@ impl Upgrade {
         if let Some(protocol) = &self.protocol {
             out.extend_from_slice(PROTOCOL);
             out.extend_from_slice(protocol.as_bytes());
+        }
+        if let Some(agreed) = &self.deflate {
+            out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+            out.extend_from_slice(agreed.response().as_bytes());
         }
         out.extend_from_slice(b"\r\n\r\n");
         out
@@ -298,9 +308,15 @@ pub fn validate_upgrade(req: &Request, policy: &UpgradePolicy<'_>) -> Result<Upg
         .iter()
         .find(|ours| up.protocols.iter().any(|theirs| theirs == *ours))
         .cloned();
+    // RFC 7692 §5, §7.1: the first acceptable permessage-deflate offer.
+    let deflate = policy
+        .deflate
+        .then(|| deflate::negotiate(&up.extensions))
+        .flatten();
     Ok(Upgrade {
         accept: accept_key(key.as_bytes()),
         protocol,
+        deflate,
     })
 }
 
@@ -1065,6 +1081,52 @@ mod tests {
         );
     }
 
+    /// RFC 7692 §5, §7.1: every offer over every field is considered, in order; a bad one is
+    /// declined and the next taken; nothing is negotiated unless the policy allows it.
+    #[test]
+    fn permessage_deflate_takes_the_first_valid_offer() {
+        let text = std::str::from_utf8(SAMPLE).unwrap().replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: x-foo; a=\"b,c\", \
+             permessage-deflate; server_max_window_bits=20\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"11\"; \
+             client_max_window_bits, permessage-deflate\r\n\r\n",
+        );
+        let req = parse(text.as_bytes());
+        let on = UpgradePolicy {
+            deflate: true,
+            ..UpgradePolicy::default()
+        };
+        let upgrade = validate_upgrade(&req, &on).unwrap();
+        assert_eq!(
+            upgrade.deflate,
+            Some(Agreed {
+                server_max_window_bits: Some(11)
+            })
+        );
+        let response = String::from_utf8(upgrade.response()).unwrap();
+        assert!(
+            response.ends_with(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover; server_max_window_bits=11\r\n\r\n"
+            ),
+            "{response}"
+        );
+        assert_eq!(validate(text.as_bytes()).unwrap().deflate, None);
+        // Chromium's offer.
+        let chromium = std::str::from_utf8(SAMPLE).unwrap().replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        );
+        let upgrade = validate_upgrade(&parse(chromium.as_bytes()), &on).unwrap();
+        assert_eq!(
+            upgrade.deflate,
+            Some(Agreed {
+                server_max_window_bits: None
+            })
+        );
+    }
+
     #[test]
     fn subprotocol_follows_server_preference() {
         let req = parse(SAMPLE); // offers "chat, superchat"
@@ -1073,6 +1135,7 @@ mod tests {
             let policy = UpgradePolicy {
                 subprotocols: &ours,
                 allowed_origins: None,
+                deflate: false,
             };
             validate_upgrade(&req, &policy).unwrap().protocol
         };
@@ -1088,6 +1151,7 @@ mod tests {
         let policy = UpgradePolicy {
             subprotocols: &ours,
             allowed_origins: None,
+            deflate: false,
         };
         let req = parse(&without(SAMPLE, "Sec-WebSocket-Protocol"));
         let upgrade = validate_upgrade(&req, &policy).unwrap();
@@ -1102,6 +1166,7 @@ mod tests {
         let policy = UpgradePolicy {
             subprotocols: &[],
             allowed_origins: Some(&allowed),
+            deflate: false,
         };
         for origin in [
             "https://app.example.com",
@@ -1280,6 +1345,7 @@ mod tests {
         let policy = UpgradePolicy {
             subprotocols: &[],
             allowed_origins: Some(&allowed),
+            deflate: false,
         };
         for origin in [
             "https://app.example.com:443",
@@ -1295,6 +1361,7 @@ mod tests {
         let policy = UpgradePolicy {
             subprotocols: &[],
             allowed_origins: Some(&[]),
+            deflate: false,
         };
         let buf = upgrade_request("Origin: https://app.example.com\r\n");
         assert_upgrade_fails(&buf, &policy, 403, "origin not allowed", None);

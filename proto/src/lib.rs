@@ -19,6 +19,7 @@
 
 pub mod close;
 mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

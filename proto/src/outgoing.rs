@@ -3,16 +3,20 @@
 //! they wait in until the driver writes them.
 //!
 //! A broadcast is a [`Prepared`] message: its frame is encoded once and shared (`Bytes`)
-//! by every subscriber's queue on every reactor. Variants of a message (a compressed one,
-//! with permessage-deflate) belong here too, so that the reactor only ever asks a prepared
-//! message for the frame a given connection should get.
+//! by every subscriber's queue on every reactor. Its compressed variant (permessage-deflate)
+//! is made at most once per message, when the first subscriber that negotiated the
+//! extension takes it, on whichever reactor that is; the reactor only ever asks a prepared
+//! message for the frame a given connection should get ([`Prepared::frame_for`]).
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::deflate::{Agreed, Deflater};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Length of an unmasked (server) frame header for a payload of `len` bytes.
@@ -21,6 +25,15 @@ pub fn server_header_len(len: usize) -> usize {
         0..=125 => 2,
         126..=0xffff => 4,
         _ => 10,
+    }
+}
+
+/// The header length of a complete unmasked frame (its second byte says it).
+fn server_header_len_of(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
     }
 }
 
@@ -55,6 +68,12 @@ pub fn frame_from_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
 pub struct Prepared {
     /// The complete uncompressed frame.
     plain: Bytes,
+    /// The compressed frame, shared by every reactor's copy of the message: made once, by
+    /// the first reactor that has a subscriber for it; `None` inside when compression does
+    /// not pay (too small, incompressible).
+    deflated: Arc<OnceLock<Option<Bytes>>>,
+    /// This reactor's copy of `deflated` (see [`Prepared::localize`]).
+    local: OnceCell<Option<Bytes>>,
 }
 
 impl Prepared {
@@ -62,12 +81,38 @@ impl Prepared {
     pub fn text(parts: &[&[u8]]) -> Self {
         Self {
             plain: frame_from_parts(OpCode::Text, parts),
+            deflated: Arc::default(),
+            local: OnceCell::new(),
         }
     }
 
-    /// The frame to queue for a receiver.
+    /// The uncompressed frame.
     pub fn frame(&self) -> &Bytes {
         &self.plain
+    }
+
+    /// The frame for a receiver that negotiated `deflate` (or not): the compressed one when
+    /// it has one, compression pays, and the receiver's window admits it (a client that
+    /// asked for a window under 32 KiB gets it only for a message no longer than its
+    /// window); the plain one otherwise.
+    pub fn frame_for(&self, deflate: Option<Agreed>, deflater: &mut Deflater) -> &Bytes {
+        let payload = &self.plain[server_header_len_of(&self.plain)..];
+        if !deflate.is_some_and(|a| a.fits(payload.len())) || payload.len() < deflater.min_size() {
+            return &self.plain;
+        }
+        let local = self.local.get_or_init(|| {
+            let shared = self.deflated.get_or_init(|| {
+                let opcode = if self.plain[0] & 0x0f == OpCode::Binary as u8 {
+                    OpCode::Binary
+                } else {
+                    OpCode::Text
+                };
+                deflater.server_frame(opcode, payload)
+            });
+            // A copy in this reactor's memory, as `localize` does for the plain frame.
+            shared.as_ref().map(|b| Bytes::copy_from_slice(b))
+        });
+        local.as_ref().unwrap_or(&self.plain)
     }
 
     /// Wire bytes of the frame a receiver gets.
@@ -84,6 +129,8 @@ impl Prepared {
     pub fn localize(&self) -> Self {
         Self {
             plain: Bytes::copy_from_slice(&self.plain),
+            deflated: self.deflated.clone(),
+            local: OnceCell::new(),
         }
     }
 }

@@ -34,6 +34,7 @@ struct Peer {
     conn: Connection,
     limits: Limits,
     budget: Budget,
+    inflater: deflate::Inflater,
     out: OutQueue,
     now: Instant,
 }
@@ -55,6 +56,7 @@ impl Peer {
             conn: conn(now),
             limits: Limits::default(),
             budget: Budget::new(u64::MAX),
+            inflater: deflate::Inflater::default(),
             out: OutQueue::default(),
             now,
         }
@@ -78,6 +80,7 @@ impl Peer {
                 self.now,
                 &self.limits,
                 &mut self.budget,
+                &mut self.inflater,
                 rest,
                 &mut self.out,
                 &mut events,
@@ -412,6 +415,7 @@ fn returns_after_each_message_so_replies_keep_their_order() {
         p.now,
         &p.limits,
         &mut p.budget,
+        &mut p.inflater,
         &mut buf,
         &mut p.out,
         &mut events,
@@ -425,6 +429,7 @@ fn returns_after_each_message_so_replies_keep_their_order() {
         p.now,
         &p.limits,
         &mut p.budget,
+        &mut p.inflater,
         &mut buf[n..],
         &mut p.out,
         &mut events,
@@ -787,8 +792,15 @@ fn budget_is_shared_and_a_dropped_connection_gives_back_its_part() {
     let feed = |p: &mut Peer, bytes: &[u8], budget: &mut Budget| {
         let mut buf = bytes.to_vec();
         let mut events = Vec::new();
-        p.conn
-            .handle_bytes(p.now, &p.limits, budget, &mut buf, &mut p.out, &mut events);
+        p.conn.handle_bytes(
+            p.now,
+            &p.limits,
+            budget,
+            &mut p.inflater,
+            &mut buf,
+            &mut p.out,
+            &mut events,
+        );
         events
     };
     assert!(feed(&mut a, &client_frame(false, 0, 0x2, &[0; 600]), &mut budget).is_empty());
@@ -814,4 +826,158 @@ fn data_after_our_close_is_not_charged() {
     p.feed(&client_frame(true, 0, 0x2, &[0; 90]));
     p.feed(&client_frame(true, 0, 0x2, &[0; 90]));
     assert_eq!(p.budget.used(), 0);
+}
+
+// RFC 7692: permessage-deflate on a connection.
+
+fn deflating() -> Peer {
+    Peer::with(|now| {
+        Connection::server(now).with_deflate(deflate::negotiate(&["permessage-deflate"]))
+    })
+}
+
+fn compressed(payload: &[u8]) -> Vec<u8> {
+    deflate::Deflater::new(6, 0)
+        .compress(payload)
+        .expect("compressible")
+        .to_vec()
+}
+
+#[test]
+fn compressed_messages_whole_fragmented_and_split_at_every_byte() {
+    let text = "{\"topic\":\"a\",\"data\":\"é".repeat(40) + "\"}";
+    let body = compressed(text.as_bytes());
+    let mut wire = client_frame(true, 0b100, 0x1, &body);
+    // RSV1 on the first frame only; the continuation carries the rest of the stream.
+    let (a, b) = body.split_at(body.len() / 2);
+    wire.extend(client_frame(false, 0b100, 0x2, a));
+    wire.extend(client_frame(true, 0, 0x0, b));
+    // Uncompressed messages still work beside compressed ones.
+    wire.extend(client_frame(true, 0, 0x1, b"plain"));
+    let expected = vec![
+        message(OpCode::Text, text.as_bytes()),
+        message(OpCode::Binary, text.as_bytes()),
+        message(OpCode::Text, b"plain"),
+    ];
+    assert_eq!(deflating().feed(&wire), expected);
+    assert_eq!(deflating().feed_bytewise(&wire), expected);
+}
+
+#[test]
+fn rsv1_where_it_does_not_belong_fails_with_1002() {
+    let body = compressed(&[b'a'; 100]);
+    // Without the extension.
+    Peer::new().assert_fails(&client_frame(true, 0b100, 0x1, &body), CloseCode::PROTOCOL);
+    // On control frames and continuations.
+    deflating().assert_fails(&client_frame(true, 0b100, 0x9, b""), CloseCode::PROTOCOL);
+    deflating().assert_fails(&client_frame(true, 0b100, 0x8, b""), CloseCode::PROTOCOL);
+    let mut p = deflating();
+    assert!(p.feed(&client_frame(false, 0, 0x1, b"a")).is_empty());
+    p.assert_fails(&client_frame(true, 0b100, 0x0, b"b"), CloseCode::PROTOCOL);
+    // RSV2 and RSV3 stay reserved.
+    deflating().assert_fails(&client_frame(true, 0b110, 0x1, &body), CloseCode::PROTOCOL);
+}
+
+#[test]
+fn hostile_compressed_messages_fail_with_a_reason() {
+    // A bomb: 4 MiB of zeros in ≈ 4 KiB; the limit holds for the inflated size.
+    let mut p = deflating();
+    p.limits.max_message_size = 64 << 10;
+    p.assert_fails(
+        &client_frame(true, 0b100, 0x2, &compressed(&vec![0; 4 << 20])),
+        CloseCode::TOO_BIG,
+    );
+    // Garbage, a block that never ends, bad UTF-8 inside.
+    deflating().assert_fails(
+        &client_frame(true, 0b100, 0x2, &[0xff; 8]),
+        CloseCode::INVALID_DATA,
+    );
+    deflating().assert_fails(
+        &client_frame(true, 0b100, 0x2, &[0x00, 100, 0, !100, 0xff, b'a']),
+        CloseCode::INVALID_DATA,
+    );
+    let mut bad = vec![b'a'; 100];
+    bad.extend([0xc3, 0x28]);
+    deflating().assert_fails(
+        &client_frame(true, 0b100, 0x1, &compressed(&bad)),
+        CloseCode::INVALID_DATA,
+    );
+    // The reason says what was wrong.
+    let mut p = deflating();
+    p.feed(&client_frame(true, 0b100, 0x2, &[0xff; 8]));
+    let sent = p.sent();
+    assert!(
+        String::from_utf8_lossy(&sent).contains("invalid compressed data"),
+        "{sent:x?}"
+    );
+}
+
+/// Frames a server sends to a connection: (rsv, opcode, payload as sent).
+fn raw_frames(sent: &[u8]) -> Vec<(u8, OpCode, Vec<u8>)> {
+    let mut rest = sent;
+    let mut frames = Vec::new();
+    while !rest.is_empty() {
+        let (h, n) = FrameHeader::parse(rest).unwrap().unwrap();
+        let end = n + h.len as usize;
+        frames.push((h.rsv, h.opcode, rest[n..end].to_vec()));
+        rest = &rest[end..];
+    }
+    frames
+}
+
+#[test]
+fn replies_and_broadcasts_go_compressed_only_where_negotiated() {
+    let mut deflater = deflate::Deflater::new(6, 64);
+    let mut inflater = deflate::Inflater::default();
+    let big = "{\"price\":42000.5,\"side\":\"buy\"}".repeat(20);
+    let small = b"{\"ok\":true}";
+    let mut plain = Peer::new();
+    let mut zipped = deflating();
+    let mut narrow = Peer::with(|now| {
+        Connection::server(now).with_deflate(deflate::negotiate(&[
+            "permessage-deflate; server_max_window_bits=9",
+        ]))
+    });
+    for p in [&mut plain, &mut zipped, &mut narrow] {
+        assert!(p
+            .conn
+            .send_compressible(OpCode::Text, big.as_bytes(), &mut deflater, &mut p.out));
+        assert!(p
+            .conn
+            .send_compressible(OpCode::Text, small, &mut deflater, &mut p.out));
+    }
+    let prepared = Prepared::text(&[big.as_bytes()]);
+    let other_reactor = prepared.localize();
+    assert!(plain
+        .conn
+        .send_prepared(&prepared, &mut deflater, &mut plain.out));
+    assert!(zipped
+        .conn
+        .send_prepared(&other_reactor, &mut deflater, &mut zipped.out));
+    assert!(narrow
+        .conn
+        .send_prepared(&prepared, &mut deflater, &mut narrow.out));
+
+    let plain = raw_frames(&plain.sent());
+    assert!(plain.iter().all(|(rsv, _, _)| *rsv == 0));
+    assert_eq!(plain[0].2, big.as_bytes());
+    assert_eq!(plain[2].2, big.as_bytes());
+
+    let zipped = raw_frames(&zipped.sent());
+    assert_eq!(
+        zipped.iter().map(|f| f.0).collect::<Vec<_>>(),
+        [0b100, 0, 0b100]
+    );
+    for at in [0, 2] {
+        assert!(zipped[at].2.len() < big.len() / 4);
+        assert_eq!(
+            inflater.inflate(&zipped[at].2, 1 << 20, None).unwrap(),
+            big.as_bytes()
+        );
+    }
+    assert_eq!(zipped[1].2, small, "under the minimum size: plain");
+
+    // A window of 512 bytes is smaller than the 600-byte message: plain.
+    let narrow = raw_frames(&narrow.sent());
+    assert!(narrow.iter().all(|(rsv, _, _)| *rsv == 0), "{narrow:?}");
 }

@@ -31,6 +31,7 @@
 use std::path::PathBuf;
 
 pub mod auth;
+pub mod deflate;
 pub mod http;
 pub mod limits;
 pub mod net;
@@ -109,6 +110,8 @@ sections! {
     auth: Auth,
     /// Rate and connection limits per client (all off by default).
     rate: RateLimits,
+    /// permessage-deflate: on or off, compression level, minimum size.
+    deflate: Deflate,
 }
 
 impl Default for Config {

@@ -93,7 +93,7 @@ impl Core {
             };
             let pending = conn.transport.pending(&conn.out);
             if pending + message.len() <= cap {
-                if ws.send_prepared(message, &mut conn.out) {
+                if ws.send_prepared(message, &mut self.deflater, &mut conn.out) {
                     delivered += 1;
                 }
             } else {

@@ -42,6 +42,7 @@ use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use batch::Batching;
 use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
+use wsgate_proto::deflate::{Deflater, Inflater};
 use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
 
 /// One core's event loop.
@@ -74,6 +75,10 @@ struct Core {
     latency: Histogram<u64>,
     /// Memory for partial WebSocket messages, shared by this reactor's connections.
     inbound: Budget,
+    /// permessage-deflate: one decompressor and one compressor for all connections, each
+    /// message on its own (no context takeover); allocated at their first use.
+    inflater: Inflater,
+    deflater: Deflater,
     drain_deadline: Option<Instant>,
     tick: Duration,
     next_sweep: Instant,
@@ -116,6 +121,7 @@ impl<D: Driver> Reactor<D> {
         .expect("non-empty");
         let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let inbound = Budget::new(config.limits.max_buffered_bytes / config.net.threads as u64);
+        let deflater = Deflater::new(config.deflate.level, config.deflate.min_size);
         let rate = &config.rate;
         let limits_on = rate.messages.is_some()
             || rate.bytes.is_some()
@@ -139,6 +145,8 @@ impl<D: Driver> Reactor<D> {
             published: Vec::new(),
             latency: metrics::new_histogram(),
             inbound,
+            inflater: Inflater::default(),
+            deflater,
             drain_deadline: None,
             tick,
             next_sweep: now + tick,
@@ -358,6 +366,7 @@ impl Core {
                 self.now,
                 limits,
                 &mut self.inbound,
+                &mut self.inflater,
                 bytes,
                 &mut conn.out,
                 &mut events,
@@ -518,7 +527,7 @@ impl Session for Ctx<'_> {
     fn send(&mut self, opcode: OpCode, payload: &[u8]) {
         let conn = &mut self.core.conns[self.id];
         if let Phase::WebSocket { ws, .. } = &mut conn.phase {
-            ws.send_message(opcode, payload, &mut conn.out);
+            ws.send_compressible(opcode, payload, &mut self.core.deflater, &mut conn.out);
         }
     }
 

@@ -165,6 +165,7 @@ impl Core {
         let policy = UpgradePolicy {
             subprotocols: &config.http.subprotocols,
             allowed_origins: config.http.allowed_origins.as_deref(),
+            deflate: config.deflate.enabled,
         };
         let mut auth_failed = false;
         let unix_now = self.unix_now();
@@ -188,7 +189,7 @@ impl Core {
                 conn.out.push(upgrade.response().into());
                 conn.route = route;
                 conn.phase = Phase::WebSocket {
-                    ws: Connection::server(self.now),
+                    ws: Connection::server(self.now).with_deflate(upgrade.deflate),
                     subs: Subs::new(),
                     token: claims.map(Token::of),
                 };

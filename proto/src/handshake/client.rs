@@ -18,6 +18,7 @@ use std::io::Write as _;
 use base64::Engine as _;
 
 use super::{accept_key, list, BASE64, MAX_HEADERS, VERSION};
+use crate::deflate::{self, Agreed};
 
 /// Longest response head accepted, in bytes; a longer one is [`HandshakeError::TooLarge`].
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -164,6 +165,22 @@ impl Response {
     /// A server that selects no subprotocol is not an error here (RFC 6455 §4.2.2): the
     /// caller decides whether it can go on without one.
     pub fn check(&self, key: &str, protocols: &[&str]) -> Result<Accepted, HandshakeError> {
+        self.check_offer(key, protocols, false)
+    }
+
+    /// [`Response::check`] for a request that also offered [`deflate::CLIENT_OFFER`] in
+    /// `Sec-WebSocket-Extensions`: the server may accept it (checked by
+    /// [`deflate::accept_response`], failing with `Extension`) or not.
+    pub fn check_deflate(&self, key: &str, protocols: &[&str]) -> Result<Accepted, HandshakeError> {
+        self.check_offer(key, protocols, true)
+    }
+
+    fn check_offer(
+        &self,
+        key: &str,
+        protocols: &[&str],
+        deflate_offered: bool,
+    ) -> Result<Accepted, HandshakeError> {
         // Item 1: anything but 101 is plain HTTP (a redirect, 401, 426 ...).
         if self.status != 101 {
             return Err(HandshakeError::Status {
@@ -196,10 +213,15 @@ impl Response {
         if accept.trim_matches([' ', '\t']) != accept_key(key.as_bytes()) {
             return Err(HandshakeError::BadAccept);
         }
-        // Item 5: we offer no extension, so none may be in use.
-        if let Some(extension) = lists("sec-websocket-extensions").next() {
-            return Err(HandshakeError::UnexpectedExtension(extension.to_owned()));
-        }
+        // Item 5: only an extension we offered may be in use.
+        let extensions: Vec<&str> = lists("sec-websocket-extensions").collect();
+        let deflate = match extensions.first() {
+            None => None,
+            Some(extension) if !deflate_offered => {
+                return Err(HandshakeError::UnexpectedExtension((*extension).to_owned()))
+            }
+            Some(_) => deflate::accept_response(&extensions).map_err(HandshakeError::Extension)?,
+        };
         // Item 6: the server selects at most one of the offered subprotocols.
         let mut selected = lists("sec-websocket-protocol");
         let protocol = selected.next();
@@ -215,6 +237,7 @@ impl Response {
         }
         Ok(Accepted {
             protocol: protocol.map(str::to_owned),
+            deflate,
         })
     }
 }
@@ -224,6 +247,8 @@ impl Response {
 pub struct Accepted {
     /// The subprotocol it selected, one of those offered.
     pub protocol: Option<String>,
+    /// permessage-deflate, if offered and accepted.
+    pub deflate: Option<Agreed>,
 }
 
 /// A response that does not complete the handshake. Messages are lowercase, one line; a
@@ -246,6 +271,8 @@ pub enum HandshakeError {
     BadAccept,
     #[error("server selected extension {0:?}, which was not offered")]
     UnexpectedExtension(String),
+    #[error("permessage-deflate response: {0}")]
+    Extension(&'static str),
     #[error("server selected subprotocol {0:?}, which was not offered")]
     UnexpectedProtocol(String),
 }
@@ -367,6 +394,7 @@ mod tests {
         let policy = UpgradePolicy {
             subprotocols: &ours,
             allowed_origins: None,
+            deflate: false,
         };
         let upgrade = validate_upgrade(&req, &policy).expect("valid upgrade");
         let response = upgrade.response();
@@ -375,8 +403,63 @@ mod tests {
         assert_eq!(
             parsed.check(&key([7; 16]), &offered),
             Ok(Accepted {
-                protocol: Some("v2".into())
+                protocol: Some("v2".into()),
+                deflate: None
             })
+        );
+    }
+
+    /// RFC 7692: our offer passes our server, which answers with both contexts off; with
+    /// deflate off on the server, no extension and no error.
+    #[test]
+    fn deflate_offer_agrees_with_the_server_side() {
+        for (on, window) in [(true, None), (true, Some(10)), (false, None)] {
+            let offer = match window {
+                Some(bits) => format!("{}; server_max_window_bits={bits}", deflate::CLIENT_OFFER),
+                None => deflate::CLIENT_OFFER.to_owned(),
+            };
+            let mut out = Vec::new();
+            let k = key([9; 16]);
+            Request {
+                host: "gw",
+                path: "/ws",
+                key: &k,
+                protocols: &[],
+                headers: &[("Sec-WebSocket-Extensions", &offer)],
+            }
+            .encode(&mut out);
+            let req = parse_request(&out, 8192).unwrap().unwrap();
+            let policy = UpgradePolicy {
+                deflate: on,
+                ..UpgradePolicy::default()
+            };
+            let response = validate_upgrade(&req, &policy).unwrap().response();
+            let text = String::from_utf8(response.clone()).unwrap();
+            assert_eq!(text.contains("Sec-WebSocket-Extensions"), on, "{text}");
+            let parsed = Response::parse(&response).unwrap().unwrap();
+            let agreed = on.then_some(Agreed {
+                server_max_window_bits: window,
+            });
+            assert_eq!(parsed.check_deflate(&k, &[]).map(|a| a.deflate), Ok(agreed));
+            if on {
+                // Without the offer, the extension is unexpected.
+                assert!(matches!(
+                    parsed.check(&k, &[]),
+                    Err(HandshakeError::UnexpectedExtension(_))
+                ));
+            }
+        }
+        // A server that keeps its context is refused.
+        let parsed = Response::parse(
+            response("Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            parsed.check_deflate(KEY, &[]),
+            Err(HandshakeError::Extension(
+                "server keeps a compression context"
+            ))
         );
     }
 
@@ -393,7 +476,13 @@ mod tests {
             (101, "Switching Protocols")
         );
         assert_eq!(parsed.header("SEC-websocket-accept"), Some(ACCEPT));
-        assert_eq!(parsed.check(KEY, &[]), Ok(Accepted { protocol: None }));
+        assert_eq!(
+            parsed.check(KEY, &[]),
+            Ok(Accepted {
+                protocol: None,
+                deflate: None
+            })
+        );
     }
 
     #[test]
@@ -414,7 +503,13 @@ mod tests {
         let text = response("")
             .replace("Upgrade: websocket", "upgrade: WebSocket")
             .replace("Connection: Upgrade", "CONNECTION: keep-alive, UPGRADE");
-        assert_eq!(check(&text, &[]), Ok(Accepted { protocol: None }));
+        assert_eq!(
+            check(&text, &[]),
+            Ok(Accepted {
+                protocol: None,
+                deflate: None
+            })
+        );
         let padded = response("").replace(ACCEPT, &format!(" {ACCEPT}\t"));
         assert!(
             check(&padded, &[]).is_ok(),
@@ -428,7 +523,8 @@ mod tests {
         assert_eq!(
             check(&chosen, &["superchat", "chat"]),
             Ok(Accepted {
-                protocol: Some("chat".into())
+                protocol: Some("chat".into()),
+                deflate: None
             })
         );
         assert_eq!(
@@ -448,7 +544,10 @@ mod tests {
         // Offered but none selected: for the caller to judge.
         assert_eq!(
             check(&response(""), &["chat"]),
-            Ok(Accepted { protocol: None })
+            Ok(Accepted {
+                protocol: None,
+                deflate: None
+            })
         );
         let two = response("Sec-WebSocket-Protocol: chat, superchat\r\n");
         assert_eq!(
