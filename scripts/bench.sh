@@ -10,7 +10,7 @@
 #   fanout-10k-100  10,000 subscribers x 100/s
 #   idle-10k        RSS per idle subscribed connection at 10,000
 # env: WSGATE_IO=epoll|uring (default epoll), BENCH_SECS (measured seconds, default 10),
-#      WSGATE_ARGS (extra server flags, e.g. "--write-delay 2ms")
+#      WSGATE_ARGS (extra server flags, e.g. "--max-batch-delay 0" for no batching)
 #
 # CPU per delivery is measured between two scrapes in the steady state: the change in the
 # server's utime+stime (/proc/PID/stat) over the change in wsgate_deliveries_total.

@@ -38,6 +38,10 @@ pub struct ReactorMetrics {
     pub publishes: AtomicU64,
     /// Frames queued to subscribers.
     pub deliveries: AtomicU64,
+    /// Vectored writes handed to the driver (deliveries / writes = frames per write).
+    pub writes: AtomicU64,
+    /// The write-batching delay in force, in microseconds (0: frames leave in their turn).
+    pub batch_delay_us: AtomicU64,
     /// Deliveries skipped under the `drop` slow-consumer policy.
     pub dropped: AtomicU64,
     /// Subscribers closed under the `close` slow-consumer policy.
@@ -94,6 +98,8 @@ impl Default for ReactorMetrics {
             bytes_out: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            batch_delay_us: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             buffered_bytes: AtomicU64::new(0),
@@ -253,6 +259,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Frames queued to subscribers.",
         &get(|m| &m.deliveries),
+    );
+    per_reactor(
+        &mut out,
+        "writes_total",
+        "counter",
+        "Vectored writes handed to the driver.",
+        &get(|m| &m.writes),
+    );
+    per_reactor(
+        &mut out,
+        "batch_delay_microseconds",
+        "gauge",
+        "How long deliveries may wait to share a write now (0: they leave in their turn).",
+        &get(|m| &m.batch_delay_us),
     );
     per_reactor(
         &mut out,

@@ -1,5 +1,6 @@
-//! Thin wrappers over the few libc calls std and socket2 do not cover: eventfd wakers and
-//! the open-files limit. Every call goes through `syscall!`, so the unsafe surface is here.
+//! Thin wrappers over the few libc calls std and socket2 do not cover: eventfd wakers,
+//! the open-files limit and CPU clocks. Every call goes through `syscall!`, so the unsafe
+//! surface is here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -102,6 +103,19 @@ pub fn process_cpu_ns() -> u64 {
         tv_nsec: 0,
     };
     match syscall!(clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)) {
+        Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        Err(_) => 0,
+    }
+}
+
+/// CPU time the calling thread has used (user + system, including the kernel's work in its
+/// syscalls), in nanoseconds; 0 if the clock is unavailable.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match syscall!(clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts)) {
         Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
         Err(_) => 0,
     }

@@ -91,7 +91,7 @@ fn help_documents_every_setting_with_its_default() {
         "--max-topic-len",
         "--max-publish-bytes",
         "--inbox-capacity",
-        "--write-delay",
+        "--max-batch-delay",
         "--socket-send-buffer",
         "--config",
     ] {

@@ -493,7 +493,7 @@ impl Worker {
         live.counters = self.c;
         live.outstanding = self.outstanding;
         live.open = self.conns.len() as u64;
-        if self.plan.progress {
+        if self.plan.intervals {
             match &mut live.interval {
                 Some(h) => {
                     h.add(&self.interval).expect("same bounds");
@@ -908,7 +908,7 @@ impl Worker {
                 self.c.received_window += 1;
                 let lat = now.saturating_sub(t0).max(1);
                 self.hist.saturating_record(lat);
-                if plan.progress {
+                if plan.intervals {
                     self.interval.saturating_record(lat);
                 }
             }
@@ -1066,7 +1066,7 @@ impl Worker {
                 let lat = now.saturating_sub(s.ts).max(1);
                 self.hist.saturating_record(lat);
                 self.per_target[conn.target as usize].saturating_record(lat);
-                if self.plan.progress {
+                if self.plan.intervals {
                     self.interval.saturating_record(lat);
                 }
             }
@@ -1082,7 +1082,7 @@ impl Worker {
                     self.c.received_window += 1;
                     let lat = now.saturating_sub(s.ts).max(1);
                     self.hist.saturating_record(lat);
-                    if self.plan.progress {
+                    if self.plan.intervals {
                         self.interval.saturating_record(lat);
                     }
                 }

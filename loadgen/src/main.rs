@@ -4,11 +4,12 @@
 //! ```text
 //! main (CLI) → run (coordinator: phases, progress, Ctrl-C) → engine ×threads (mio loop,
 //!   connections, wsgate-proto client side + ws reading policy, stamps, histograms)
-//!   → stats (table, JSON, .hgrm) + plot
+//!   → stats (table, JSON, .hgrm) + plot, hlog (interval logs; `merge` combines them)
 //! ```
 
 mod blast;
 mod engine;
+mod hlog;
 mod modes;
 mod plan;
 mod plot;
@@ -41,6 +42,8 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// Handshakes per second and handshake latency, with connect-hold-close churn.
     Connect(ConnectArgs),
+    /// Combines interval logs (--hlog) from several runs into one set of percentiles.
+    Merge(hlog::MergeArgs),
     /// A trivially cheap frame blaster to measure the loadgen's own ceiling.
     #[command(hide = true)]
     BlastServer(blast::BlastArgs),
@@ -67,6 +70,7 @@ fn real_main() -> Result<()> {
                 };
                 return blast::run(a);
             }
+            Cmd::Merge(a) => return hlog::merge(a),
         }
     };
     match sys::raise_nofile() {
@@ -105,6 +109,11 @@ fn real_main() -> Result<()> {
             out.summary.mode, out.summary.url, out.summary.connections, out.summary.rate_per_s
         );
         plot::write(&out.hist, &title, path)?;
+        let line = hlog::timeline(&[(hlog::epoch_s(out.start), &out.intervals[..])]);
+        plot::write_timeline(&line, &title, &plot::timeline_path(path))?;
+    }
+    if let Some(path) = &common.hlog {
+        hlog::write(path, out.start, &out.intervals)?;
     }
     Ok(())
 }

@@ -56,9 +56,14 @@ pub struct Common {
     /// Write the latency distribution in HdrHistogram's .hgrm text format (microseconds).
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
-    /// Plot latency by percentile: FILE.svg or FILE.png.
+    /// Plot latency by percentile: FILE.svg or FILE.png; latency over time (p50, p99 and
+    /// max per second) goes beside it, as FILE-time.svg.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write an interval log in HdrHistogram's standard format (one histogram per second,
+    /// nanoseconds); combine several with `wsgate-loadgen merge`.
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -346,6 +351,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         hold_ns: 0,
         authorization: None,
         progress: !quiet,
+        intervals: !quiet || c.hlog.is_some() || c.plot.is_some(),
         deflate: c.deflate,
     })
 }

@@ -90,6 +90,8 @@ pub struct Plan {
     /// `Authorization` value sent on every WebSocket upgrade (`--token`).
     pub authorization: Option<String>,
     pub progress: bool,
+    /// Workers hand over per-interval histograms (progress line, --hlog, the time plot).
+    pub intervals: bool,
 }
 
 impl Plan {

@@ -1,5 +1,6 @@
 //! Latency-by-percentile plot, as HdrHistogram's plotter draws it: x is 1/(1-p) on a log
-//! scale (ticks at 0%, 90%, 99%, 99.9%, ...), y is latency in microseconds.
+//! scale (ticks at 0%, 90%, 99%, 99.9%, ...), y is latency in microseconds; and beside it
+//! latency over time (p50, p99 and max per second of the run).
 //!
 //! `.svg` carries text labels; `.png` is drawn without a font engine (no labels), to keep the
 //! dependency tree small, so prefer `.svg`.
@@ -55,6 +56,79 @@ pub fn write(h: &Histogram<u64>, title: &str, path: &Path) -> Result<()> {
         _ => bail!("--plot: unknown file type {:?}, use .svg or .png", path),
     }
     .with_context(|| format!("writing plot {}", path.display()))
+}
+
+/// Where the latency-over-time plot goes beside `path`: `out.svg` → `out-time.svg`.
+pub fn timeline_path(path: &Path) -> std::path::PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("svg");
+    path.with_file_name(format!("{stem}-time.{ext}"))
+}
+
+/// Latency over time: `line` holds (second, p50, p99, max) in microseconds.
+pub fn write_timeline(line: &crate::hlog::Timeline, title: &str, path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let size = (1000, 600);
+    match ext.as_str() {
+        "svg" => draw_timeline(SVGBackend::new(path, size).into_drawing_area(), line, title),
+        "png" => draw_timeline(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            line,
+            title,
+        ),
+        _ => bail!("--plot: unknown file type {:?}, use .svg or .png", path),
+    }
+    .with_context(|| format!("writing plot {}", path.display()))
+}
+
+fn draw_timeline<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    line: &crate::hlog::Timeline,
+    title: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
+    let x_max = line.iter().map(|p| p.0 + 1.0).fold(1.0f64, f64::max);
+    let y_max = line.iter().map(|p| p.3).fold(1.0f64, f64::max) * 1.1;
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{title}: latency over time"), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("latency (us)")
+        .draw()
+        .map_err(err)?;
+    for (column, color, label) in [(1, BLUE, "p50"), (2, RED, "p99"), (3, BLACK, "max")] {
+        let pick = |p: &(f64, f64, f64, f64)| [p.0, p.1, p.2, p.3][column];
+        chart
+            .draw_series(LineSeries::new(
+                line.iter().map(|p| (p.0, pick(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
 }
 
 fn draw<DB: DrawingBackend>(

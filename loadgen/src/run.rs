@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
+use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
 use crate::stats::{new_hist, Client, Counters, Errors, Fanout, Latency, Summary, UrlLatency};
 use crate::sys;
@@ -23,6 +24,10 @@ pub struct Timing {
 pub struct Outcome {
     pub summary: Summary,
     pub hist: hdrhistogram::Histogram<u64>,
+    /// Wall-clock start of the warm-up, and the latencies per second since (when the plan
+    /// asked for intervals).
+    pub start: SystemTime,
+    pub intervals: Vec<Interval>,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -57,22 +62,18 @@ impl Progress {
         }
     }
 
-    /// Once a second: rate, p50 and p99 of the last interval.
-    fn update(&mut self, shared: &Shared, phase: &str) {
+    /// Once a second: rate, p50 and p99 of the last interval (`h`).
+    fn update(&mut self, shared: &Shared, phase: &str, h: &hdrhistogram::Histogram<u64>) {
         let Some(bar) = &self.bar else {
             return;
         };
         let now = sys::mono_ns();
         let mut c = Counters::default();
-        let mut h = new_hist();
         let mut open = 0;
         for live in &shared.live {
-            let mut l = live.lock().expect("not poisoned");
+            let l = live.lock().expect("not poisoned");
             c += l.counters;
             open += l.open;
-            if let Some(i) = l.interval.take() {
-                h.add(&i).expect("same bounds");
-            }
         }
         let received = c.received;
         let dt = (now - self.last_t) as f64 / 1e9;
@@ -179,6 +180,13 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
 
     // Warm-up and measured window.
     let t = sys::mono_ns();
+    let start = SystemTime::now();
+    let mut intervals = Intervals {
+        t0: t,
+        last: t,
+        list: Vec::new(),
+        on: plan.intervals,
+    };
     let mstart = t + timing.warmup.as_nanos() as u64;
     let mend = mstart + timing.duration.as_nanos() as u64;
     shared.mstart.store(mstart, Ordering::Release);
@@ -204,7 +212,8 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
             break;
         }
         if now >= next_report {
-            prog.update(&shared, if now < mstart { "warm-up" } else { "run" });
+            let h = intervals.take(&shared, now);
+            prog.update(&shared, if now < mstart { "warm-up" } else { "run" }, &h);
             next_report += 1_000_000_000;
         }
         let wake = next_report.min(mend).min(if cpu_start.is_none() {
@@ -224,6 +233,10 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         let drain_end = sys::mono_ns() + timing.drain.as_nanos() as u64;
         while sys::mono_ns() < drain_end && !sigint.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
+            if sys::mono_ns() >= next_report {
+                intervals.take(&shared, sys::mono_ns());
+                next_report += 1_000_000_000;
+            }
             if drained(&plan, &shared) {
                 break;
             }
@@ -233,13 +246,14 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     prog.say("closing".into());
     let results = join(workers);
     prog.finish();
+    intervals.take(&shared, sys::mono_ns());
 
     let window_ns = end.saturating_sub(mstart);
     let cpu_ns = match (cpu_start, cpu_end) {
         (Some(a), Some(b)) => b - a,
         _ => 0,
     };
-    Ok(summarize(
+    let mut out = summarize(
         &plan,
         &shared,
         results,
@@ -247,7 +261,39 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         cpu_ns,
         &timing,
         interrupted,
-    ))
+    );
+    out.start = start;
+    out.intervals = intervals.list;
+    Ok(out)
+}
+
+/// The per-second histograms the workers hand over, in order.
+struct Intervals {
+    t0: u64,
+    last: u64,
+    list: Vec<Interval>,
+    on: bool,
+}
+
+impl Intervals {
+    /// Takes what the workers recorded since the last call; keeps it unless empty.
+    fn take(&mut self, shared: &Shared, now: u64) -> hdrhistogram::Histogram<u64> {
+        let mut h = new_hist();
+        for live in &shared.live {
+            if let Some(i) = live.lock().expect("not poisoned").interval.take() {
+                h.add(&i).expect("same bounds");
+            }
+        }
+        if self.on && !h.is_empty() {
+            self.list.push(Interval {
+                start: Duration::from_nanos(self.last - self.t0),
+                length: Duration::from_nanos(now.saturating_sub(self.last)),
+                hist: h.clone(),
+            });
+        }
+        self.last = now;
+        h
+    }
 }
 
 /// Everything sent in the window has come back (echo) or been delivered (fanout).
@@ -405,5 +451,10 @@ fn summarize(
         },
         interrupted,
     };
-    Outcome { summary, hist }
+    Outcome {
+        summary,
+        hist,
+        start: SystemTime::now(),
+        intervals: Vec::new(),
+    }
 }

@@ -197,3 +197,88 @@ fn outputs_hgrm_and_plot() {
     let _ = std::fs::remove_file(hgrm);
     let _ = std::fs::remove_file(svg);
 }
+
+#[test]
+fn interval_logs_of_two_processes_merge_into_one_distribution() {
+    let url = echo_server();
+    let logs = [tmp("a.hlog"), tmp("b.hlog")];
+    let svg = tmp("run.svg");
+    let runs: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = logs
+            .iter()
+            .enumerate()
+            .map(|(i, log)| {
+                let (url, svg) = (&url, &svg);
+                s.spawn(move || {
+                    let mut extra =
+                        vec!["--connections", "4", "--rate", "1000", "--duration", "2s"];
+                    extra.extend(["--hlog", log.to_str().unwrap()]);
+                    if i == 0 {
+                        extra.extend(["--plot", svg.to_str().unwrap()]);
+                    }
+                    let mut a = vec!["--warmup", "200ms", "--drain", "1s"];
+                    a.extend(extra);
+                    loadgen_ok("echo", url, &a)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The standard format: a header, then one line per interval (start, length, max, data).
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        text.contains("#[StartTime: ") && text.contains("#[BaseTime: "),
+        "{text}"
+    );
+    let lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('"'))
+        .count();
+    assert!(
+        (2..=5).contains(&lines),
+        "{lines} intervals for a 2 s window:\n{text}"
+    );
+    let time_svg = std::fs::read_to_string(tmp("run-time.svg")).unwrap();
+    assert!(time_svg.contains("<svg") && time_svg.contains("p99"));
+
+    let json = tmp("merged.json");
+    let out = std::process::Command::new(BIN)
+        .arg("merge")
+        .args(&logs)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let count = |v: &serde_json::Value| v["latency_us"]["count"].as_u64().unwrap();
+    assert_eq!(count(&m), count(&runs[0]) + count(&runs[1]), "{m}");
+    let p99 = m["latency_us"]["p99"].as_f64().unwrap();
+    let lo = runs
+        .iter()
+        .map(|r| r["latency_us"]["p99"].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    let hi = runs
+        .iter()
+        .map(|r| r["latency_us"]["p99"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        lo * 0.99 <= p99 && p99 <= hi * 1.01,
+        "merged p99 {p99} outside [{lo}, {hi}]"
+    );
+    assert!(m["timeline"].as_array().unwrap().len() >= 2, "{m}");
+    // Not a log: a clear error.
+    let bad = std::process::Command::new(BIN)
+        .arg("merge")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    for f in logs.iter().chain([&svg, &json, &tmp("run-time.svg")]) {
+        let _ = std::fs::remove_file(f);
+    }
+}

@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(c.http.allowed_origins, None);
         assert_eq!(c.http.publish_token, None);
         assert_eq!(c.pubsub.slow_consumer, SlowConsumerPolicy::Close);
-        assert_eq!(c.pubsub.write_delay, Duration::ZERO);
+        assert_eq!(c.pubsub.max_batch_delay, Duration::from_millis(20));
         assert!(
             !c.auth.auth_required && c.auth.verifier.is_none(),
             "no auth"
@@ -319,7 +319,7 @@ mod tests {
             "",
             "--publish-token",
             "",
-            "--write-delay",
+            "--max-batch-delay",
             "2ms",
             "--echo",
             "false",
@@ -336,11 +336,11 @@ mod tests {
             "an empty list allows any origin"
         );
         assert_eq!(c.http.publish_token, None, "an empty token is none");
-        assert_eq!(c.pubsub.write_delay, Duration::from_millis(2));
+        assert_eq!(c.pubsub.max_batch_delay, Duration::from_millis(2));
         assert!(!c.http.echo);
         for bad in [
             &["--threads", "x"][..],
-            &["--write-delay", "soon"],
+            &["--max-batch-delay", "soon"],
             &["--io", "kqueue"],
             &["--pin", "maybe"],
             &["--threads", "1", "--threads", "2"],

@@ -27,11 +27,12 @@ section! {
         client_publish: Vec<String> = "";
         /// Deliveries queued between two reactors before further ones are dropped (counted).
         inbox_capacity: usize = "65536", check positive;
-        /// How long fan-out deliveries may wait so that several leave in one write: trades
-        /// that much added latency for far fewer syscalls at high rates; replies and echo are
-        /// never delayed.
+        /// Longest a fan-out delivery may wait so that several leave in one write. Only a
+        /// busy reactor makes them wait (the delay adapts to its load, up to this); an idle
+        /// one writes them in the turn that queued them. Replies and echo never wait. 0 turns
+        /// batching off.
         #[arg(value_name = "DURATION")]
-        write_delay: Duration = "0ms";
+        max_batch_delay: Duration = "20ms";
     }
 }
 

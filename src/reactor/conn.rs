@@ -133,7 +133,7 @@ pub(super) enum Recv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Scheduled {
     No,
-    /// Deliveries wait in `Core::corked` until `write_delay` is up.
+    /// Deliveries wait in `Core::corked` until the batching delay is up.
     Corked,
     /// In `Core::flush`: written at the end of this turn.
     Flush,
@@ -375,7 +375,7 @@ impl Core {
     }
 
     /// Queues the connection for this turn's flush (a corked one too: a reply does not
-    /// wait for the write delay, and takes the corked deliveries with it).
+    /// wait for the batching delay, and takes the corked deliveries with it).
     pub(super) fn schedule(&mut self, id: ConnId) {
         let conn = &mut self.conns[id];
         if conn.scheduled != Scheduled::Flush {
@@ -392,7 +392,14 @@ impl Core {
         conn.send = Send::Idle;
         transport.sent(&mut conn.out, bytes);
         ReactorMetrics::add(&self.shared.metrics[self.index].bytes_out, bytes as u64);
-        self.schedule(id);
+        // The flush writes what came meanwhile, resumes reading, or finishes a close;
+        // deliveries that came meanwhile and wait for their batch keep waiting.
+        let work = !transport.is_idle(&conn.out)
+            || conn.recv == Recv::Paused
+            || matches!(conn.phase, Phase::Closing { .. });
+        if work && conn.scheduled != Scheduled::Corked {
+            self.schedule(id);
+        }
     }
 
     /// Moves to the closing phase: flush, FIN, wait for the peer's FIN until `deadline`.

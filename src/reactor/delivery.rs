@@ -184,17 +184,20 @@ impl Core {
                     SlowConsumerPolicy::Close => {}
                 }
             }
-            if conn.scheduled != Scheduled::No {
-                continue;
-            }
-            if config.pubsub.write_delay.is_zero() {
-                conn.scheduled = Scheduled::Flush;
-                self.flush.push(id);
-            } else {
-                conn.scheduled = Scheduled::Corked;
-                self.corked.push(id);
-                self.corked_until
-                    .get_or_insert(self.now + config.pubsub.write_delay);
+            match conn.scheduled {
+                Scheduled::Corked => self.batch.joined(),
+                Scheduled::Flush => {}
+                Scheduled::No if self.batch.delay().is_zero() => {
+                    conn.scheduled = Scheduled::Flush;
+                    self.flush.push(id);
+                }
+                Scheduled::No => {
+                    conn.scheduled = Scheduled::Corked;
+                    self.corked.push(id);
+                    self.batch.opened();
+                    self.corked_until
+                        .get_or_insert(self.now + self.batch.delay());
+                }
             }
         }
         for id in abort {

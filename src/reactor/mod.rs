@@ -8,7 +8,8 @@
 //!                                   │ Sent / Eof / Failed / Released: lifecycle (conn.rs)
 //!   inbox (other reactors' publishes) ─▶ delivery with the slow-consumer policy (delivery.rs)
 //!   timers (sweep) ─▶ pings, timeouts, close deadlines
-//!   flush: one vectored send per connection with output queued this turn (corking)
+//!   flush: one vectored send per connection with output queued this turn (corking);
+//!          under load, deliveries wait up to the batching delay (batch.rs) first
 //! ```
 //!
 //! The files split the loop by concern: this one is the loop and the driver glue,
@@ -16,6 +17,7 @@
 //! HTTP request phase (parse, route, upgrade), `delivery.rs` fan-out into the local
 //! queues. Applications see a connection only through `app::Session`, which `Ctx` implements.
 
+mod batch;
 mod conn;
 mod delivery;
 mod request;
@@ -39,6 +41,7 @@ use crate::limits::{self as rate, Verdict};
 use crate::metrics::{self, ReactorMetrics};
 use crate::shared::Shared;
 use crate::transport::TransportError;
+use batch::Batching;
 use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
 use delivery::Held;
 use wsgate_proto::deflate::{Deflater, Inflater};
@@ -62,9 +65,11 @@ struct Core {
     events: Vec<Event>,
     /// Connections with output queued or a state change this turn.
     flush: Vec<ConnId>,
-    /// Subscribers holding deliveries until `corked_until` (`write_delay`).
+    /// Subscribers holding deliveries until `corked_until` (the batching delay, counted
+    /// from the first delivery that waits: no frame waits longer).
     corked: Vec<ConnId>,
     corked_until: Option<Instant>,
+    batch: Batching,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
     /// Subscribe replies waiting for the cluster bridge to confirm their topic.
@@ -102,15 +107,17 @@ struct Core {
 
 impl<D: Driver> Reactor<D> {
     pub fn new(index: usize, driver: D, shared: Arc<Shared>, inbox: Receiver<Delivery>) -> Self {
-        Self::with_clock(index, driver, shared, inbox, Instant::now)
+        Self::with_clock(index, driver, shared, inbox, Instant::now, thread_cpu)
     }
 
+    /// With the clocks the loop reads the time and its thread's CPU time from.
     fn with_clock(
         index: usize,
         driver: D,
         shared: Arc<Shared>,
         inbox: Receiver<Delivery>,
         clock: fn() -> Instant,
+        cpu: fn() -> Duration,
     ) -> Self {
         let config = &shared.config;
         let shortest = [
@@ -132,6 +139,7 @@ impl<D: Driver> Reactor<D> {
             || rate.connects.is_some()
             || rate.max_connections_per_ip > 0;
         let now = clock();
+        let batch = Batching::new(config.pubsub.max_batch_delay, now, cpu);
         let core = Core {
             index,
             shared,
@@ -142,6 +150,7 @@ impl<D: Driver> Reactor<D> {
             flush: Vec::new(),
             corked: Vec::new(),
             corked_until: None,
+            batch,
             to_close: Vec::new(),
             held: Vec::new(),
             published: Vec::new(),
@@ -214,7 +223,15 @@ impl<D: Driver> Reactor<D> {
         self.core.uncork();
         self.flush();
         self.close_pending();
-        self.core.record_latency((self.clock)());
+        let end = (self.clock)();
+        self.core.record_latency(end);
+        if let Some(delay) = self.core.batch.update(self.core.now, end) {
+            let gauge = &self.core.metrics().batch_delay_us;
+            gauge.store(
+                delay.as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         match self.core.drain_deadline {
             Some(deadline) => self.core.conns.is_empty() || self.core.now >= deadline,
             None => false,
@@ -269,6 +286,7 @@ impl<D: Driver> Reactor<D> {
     /// and finishes closes.
     fn flush(&mut self) {
         let cap = self.core.shared.config.limits.max_outbound_bytes;
+        let mut writes = 0;
         while let Some(id) = self.core.flush.pop() {
             let Some((conn, transport)) = self.core.conns.with_transport(id) else {
                 continue;
@@ -282,6 +300,7 @@ impl<D: Driver> Reactor<D> {
                 if !wire.is_empty() {
                     self.driver.send(id, wire);
                     conn.send = Send::InFlight;
+                    writes += 1;
                 }
             }
             // Backpressure on echo: stop reading while the queue is over the cap, resume at
@@ -315,6 +334,7 @@ impl<D: Driver> Reactor<D> {
                 }
             }
         }
+        ReactorMetrics::add(&self.core.metrics().writes, writes);
     }
 
     /// After the drain: closes what is left and publishes the last latency samples.
@@ -335,7 +355,7 @@ impl Core {
     }
 
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
-    /// the end of a write delay.
+    /// the end of a batching delay.
     fn wake_at(&self) -> Instant {
         if !self.deferred.is_empty() {
             return self.now;
@@ -561,6 +581,11 @@ impl Core {
         }
         self.latency.reset();
     }
+}
+
+/// The reactor thread's CPU time.
+fn thread_cpu() -> Duration {
+    Duration::from_nanos(crate::sys::thread_cpu_ns())
 }
 
 /// The protocol limits of a route: /ws messages are bounded by the publish size.

@@ -16,10 +16,16 @@ use crate::shared::Shared;
 
 thread_local! {
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The reactor thread's CPU time as the batching controller sees it.
+    static CPU: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 fn clock() -> Instant {
     NOW.with(|now| now.get().expect("the harness set the clock"))
+}
+
+fn cpu() -> Duration {
+    CPU.with(Cell::get)
 }
 
 /// One reactor on the in-memory driver, with a clock that moves only when told.
@@ -32,13 +38,14 @@ struct Harness {
 impl Harness {
     fn new(tweak: impl FnOnce(&mut Config)) -> Self {
         NOW.with(|now| now.set(Some(Instant::now())));
+        CPU.with(|cpu| cpu.set(Duration::ZERO));
         let mut config = RawConfig::default().validate().expect("defaults are valid");
         config.net.threads = 1;
         tweak(&mut config);
         let (shared, mut inboxes) = Shared::new(config, "memory", 1).expect("eventfd");
         let (driver, net) = MemoryDriver::new();
         let inbox = inboxes.remove(0);
-        let reactor = Reactor::with_clock(0, driver, shared, inbox, clock);
+        let reactor = Reactor::with_clock(0, driver, shared, inbox, clock, cpu);
         Self {
             reactor,
             net,
@@ -55,6 +62,23 @@ impl Harness {
     fn advance(&mut self, by: Duration) {
         NOW.with(|now| now.set(Some(now.get().expect("set") + by)));
         self.turn();
+    }
+
+    /// Moves the clock forward with the reactor on the CPU for `busy` of it, then runs a turn.
+    fn advance_busy(&mut self, by: Duration, busy: Duration) {
+        CPU.with(|cpu| cpu.set(cpu.get() + busy));
+        self.advance(by);
+    }
+
+    fn batch_delay(&self) -> Duration {
+        self.reactor.core.batch.delay()
+    }
+
+    /// Every publish-to-write sample so far (folded into /metrics or not yet).
+    fn publish_to_write(&self) -> hdrhistogram::Histogram<u64> {
+        let mut all = self.metrics().latency_us.lock().unwrap().clone();
+        all.add(&self.reactor.core.latency).unwrap();
+        all
     }
 
     fn metrics(&self) -> &ReactorMetrics {
@@ -471,30 +495,154 @@ fn stalled_partial_messages_are_bounded_by_the_budget() {
     assert_eq!(h.reactor.core.inbound.used(), 60_000);
 }
 
+/// A keep-alive HTTP publisher: each call queues one publish, handled at the next turn.
+fn publish_on(h: &mut Harness, publisher: ConnId, topic: &str, body: &str) {
+    let _responses = h.net.read(publisher);
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    h.net.send(publisher, request.as_bytes());
+}
+
+fn delivery(topic: &str, i: usize) -> String {
+    format!(r#"{{"topic":"{topic}","data":{i}}}"#)
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Publishes every millisecond with the reactor on the CPU all the time, for `n` ms.
+fn busy_stream(h: &mut Harness, publisher: ConnId, from: usize, n: usize) {
+    for i in from..from + n {
+        publish_on(h, publisher, "t", &i.to_string());
+        h.advance_busy(MS, MS);
+    }
+}
+
 #[test]
-fn write_delay_holds_deliveries_but_not_replies() {
-    let mut h = Harness::new(|c| c.pubsub.write_delay = Duration::from_millis(10));
+fn light_load_writes_every_delivery_in_its_turn() {
+    let mut h = Harness::new(|_| {});
     let id = subscribe(&mut h, "t");
-    http_publish(&mut h, "t", "1");
+    let publisher = h.net.connect();
+    // 100 publishes/s for 2 s with the reactor on the CPU 10% of the time.
+    for i in 0..200 {
+        publish_on(&mut h, publisher, "t", &i.to_string());
+        h.advance_busy(10 * MS, MS);
+        assert_eq!(h.texts(id), [delivery("t", i)], "written in its own turn");
+        assert_eq!(h.batch_delay(), Duration::ZERO);
+    }
+    let latency = h.publish_to_write();
+    assert_eq!(latency.len(), 200);
+    assert_eq!(latency.max(), 1, "no sample waited (1 µs is the floor)");
+}
+
+#[test]
+fn busy_reactor_batches_within_the_bound_and_loses_nothing() {
+    let max = 20 * MS;
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = max);
+    let subs: Vec<ConnId> = (0..3).map(|_| subscribe(&mut h, "t")).collect();
+    let sends_before: Vec<usize> = subs.iter().map(|&id| h.net.sends(id)).collect();
+    let publisher = h.net.connect();
+    let mut most = Duration::ZERO;
+    for second in 0..2 {
+        for i in 0..1000 {
+            busy_stream(&mut h, publisher, second * 1000 + i, 1);
+            most = most.max(h.batch_delay());
+        }
+    }
+    // The stream stops; what still waits leaves by its deadline, no later: the loop
+    // wakes up for it.
+    let wake = h.reactor.core.wake_at();
+    assert!(wake <= clock() + max);
+    h.advance(wake - clock());
+    assert!(most > Duration::ZERO && most <= max, "{most:?}");
+    let expected: Vec<String> = (0..2000).map(|i| delivery("t", i)).collect();
+    for (&id, before) in subs.iter().zip(sends_before) {
+        assert_eq!(h.texts(id), expected, "every delivery, in order");
+        let writes = h.net.sends(id) - before;
+        assert!(writes * 4 < 2000, "{writes} writes for 2,000 frames");
+    }
+    let latency = h.publish_to_write();
+    assert_eq!(latency.len(), 2000);
+    assert!(latency.max() > 1, "frames did wait");
+    assert!(
+        latency.max() <= latency.highest_equivalent(max.as_micros() as u64),
+        "a frame waited {} µs, over the bound",
+        latency.max()
+    );
+    let gauge = ReactorMetrics::get(&h.metrics().batch_delay_us);
+    assert_eq!(gauge, h.batch_delay().as_micros() as u64);
+    // Calm again: batching winds down and deliveries leave in their turn.
+    for _ in 0..20 {
+        h.advance(50 * MS);
+    }
+    assert_eq!(h.batch_delay(), Duration::ZERO);
+    publish_on(&mut h, publisher, "t", "2000");
     h.turn();
-    assert!(h.net.read(id).is_empty(), "corked for the write delay");
-    // A ping's pong leaves at once and takes the corked delivery with it.
+    for &id in &subs {
+        assert_eq!(h.texts(id), [delivery("t", 2000)]);
+    }
+}
+
+#[test]
+fn batching_gives_up_when_subscribers_receive_too_rarely() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = 20 * MS);
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    // Busy with something else; this topic gets a publish every 50 ms: no delay within
+    // 20 ms could put two of its frames in one write.
+    let mut tried = false;
+    for i in 0..40 {
+        publish_on(&mut h, publisher, "t", &i.to_string());
+        h.advance_busy(MS, MS);
+        for _ in 0..49 {
+            h.advance_busy(MS, MS);
+        }
+        tried |= h.batch_delay() > Duration::ZERO;
+        assert_eq!(h.texts(id), [delivery("t", i)]);
+    }
+    assert!(tried, "busy: batching was tried");
+    // It stops once the delay reaches a quarter of the bound (4 windows of 50 ms), then
+    // holds off for 2 s: of these 2 s, only those windows delayed anything.
+    assert_eq!(h.batch_delay(), Duration::ZERO);
+    let latency = h.publish_to_write();
+    assert_eq!(latency.len(), 40);
+    let waited = latency.count_between(2, u64::MAX);
+    assert!(waited <= 6, "{waited} of 40 deliveries waited");
+}
+
+#[test]
+fn replies_do_not_wait_for_the_batching_delay() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = 20 * MS);
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    busy_stream(&mut h, publisher, 0, 200);
+    assert!(h.batch_delay() > Duration::ZERO, "busy: batching");
+    h.advance(20 * MS);
+    let _ = h.texts(id);
+    publish_on(&mut h, publisher, "t", "1");
+    h.turn();
+    assert!(h.net.read(id).is_empty(), "the delivery waits");
+    // A ping's pong leaves at once and takes the waiting delivery with it.
     h.send_frame(id, 0x9, b"p");
     h.turn();
     let frames = h.frames(id);
     assert_eq!(frames.len(), 2, "{frames:?}");
-    assert_eq!(frames[0].1, br#"{"topic":"t","data":1}"#);
+    assert_eq!(frames[0].1, delivery("t", 1).as_bytes());
     assert_eq!(frames[1], (OpCode::Pong, b"p".to_vec()));
-    h.turn(); // the send's completion
-    http_publish(&mut h, "t", "2");
-    h.turn();
-    assert!(h.net.read(id).is_empty());
-    h.advance(Duration::from_millis(11));
-    assert_eq!(
-        h.texts(id),
-        [r#"{"topic":"t","data":2}"#],
-        "out once the delay is up"
-    );
+}
+
+#[test]
+fn zero_max_batch_delay_never_batches() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = Duration::ZERO);
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    for i in 0..300 {
+        publish_on(&mut h, publisher, "t", &i.to_string());
+        h.advance_busy(MS, MS);
+        assert_eq!(h.texts(id), [delivery("t", i)]);
+    }
+    assert_eq!(h.batch_delay(), Duration::ZERO);
 }
 
 /// A clustered reactor whose bridge thread does not run: the test plays the bridge.
