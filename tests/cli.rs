@@ -156,10 +156,10 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
-/// SIGHUP reads the JWT key files again: a rotated secret takes effect without a restart,
-/// connections already open stay.
+/// SIGHUP, or a change of the file, reads the JWT key files again: a rotated secret takes
+/// effect without a restart, connections already open stay.
 #[test]
-fn sighup_reloads_the_jwt_keys() {
+fn sighup_or_a_file_change_reloads_the_jwt_keys() {
     let dir = std::env::temp_dir().join(format!("wsgate-cli-hup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
@@ -245,6 +245,13 @@ fn sighup_reloads_the_jwt_keys() {
         "{line}"
     );
     open(&token(b"second secret")).expect("still the second secret");
+    // A changed file is reloaded without a signal (the reloader looks once a second).
+    std::fs::write(&secret, "third secret\n").unwrap();
+    lines
+        .find(|l| l.contains("jwt keys reloaded"))
+        .expect("a reload line after the file changed");
+    assert_eq!(open(&token(b"second secret")).err(), Some(401));
+    open(&token(b"third secret")).expect("the third secret's token");
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
