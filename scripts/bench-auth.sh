@@ -17,16 +17,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rate="${RATE:-3000}"
 secs="${BENCH_SECS:-5}"
 io="${WSGATE_IO:-epoll}"
-tick=$(getconf CLK_TCK)
 dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+source scripts/lib/common.sh
+cleanup() { stop_pids; rm -rf "$dir"; }
 trap cleanup EXIT
 
-cargo build --release --quiet --workspace --bins
-gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
-lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
-ulimit -n "$(ulimit -Hn)"
+build_release
 
 # Keys and tokens (valid for an hour, a typical claim set).
 head -c 32 /dev/urandom | base64 >"$dir/secret"

@@ -19,12 +19,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-all}"
 secs="${BENCH_SECS:-8}"
 runs="${RUNS:-3}"
-tick=$(getconf CLK_TCK)
 results="bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$(git rev-parse --short HEAD)-cluster"
 mkdir -p "$results"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source scripts/lib/common.sh
+trap stop_pids EXIT
 ulimit -n "$(ulimit -Hn)"
 
 command -v nats-server >/dev/null || { echo "nats-server is needed (apt-get install nats-server)" >&2; exit 1; }

@@ -25,23 +25,15 @@ scenarios=("$@")
 io="${WSGATE_IO:-epoll}"
 secs="${BENCH_SECS:-8}"
 bun="${BUN:-$HOME/.cache/wsgate-npm/node_modules/.bin/bun}"
-tick=$(getconf CLK_TCK)
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 results="bench-results/$stamp-$(git rev-parse --short HEAD)-tls-$io"
 mkdir -p "$results"
 certs=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$certs"
-}
+source scripts/lib/common.sh
+cleanup() { stop_pids; rm -rf "$certs"; }
 trap cleanup EXIT
 
-cargo build --release --quiet -p wsgate -p wsgate-loadgen
-gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
-lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
-ulimit -n "$(ulimit -Hn)"
+build_release
 
 # Self-signed leaf certificates for localhost, one per key type (not kept).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
@@ -49,10 +41,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -s
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$certs/rsa.key" -out "$certs/rsa.pem" 2>/dev/null
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_healthy() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done; echo "server did not start" >&2; exit 1; }
 
 start_server() { # system name keytype
   local system=$1 name=$2 key=${3:-ecdsa}

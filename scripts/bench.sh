@@ -22,24 +22,14 @@ scenarios=("$@")
 io="${WSGATE_IO:-epoll}"
 secs="${BENCH_SECS:-10}"
 warm=3
-tick=$(getconf CLK_TCK)
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 results="bench-results/$stamp-$(git rev-parse --short HEAD)-$io"
 mkdir -p "$results"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source scripts/lib/common.sh
+trap stop_pids EXIT
 
-cargo build --release --quiet --workspace --bins
-gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
-lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
-ulimit -n "$(ulimit -Hn)"
+build_release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-deliveries() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliveries_total/ {s += $2} END {print s + 0}'; }
-wait_healthy() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done; echo "server did not start" >&2; exit 1; }
 
 start_gateway() {
   port=$(free_port)

@@ -28,26 +28,19 @@ secs="${SECS:-8}"
 io="${WSGATE_IO:-epoll}"
 rise_rates=(${RISE_RATES:-1000 2000 3000 4000 6000 8000 12000 16000})
 warm=2
-tick=$(getconf CLK_TCK)
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 results="bench-results/$stamp-$(git rev-parse --short HEAD)-compare"
 mkdir -p "$results"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source scripts/lib/common.sh
+trap stop_pids EXIT
 
 npm_dir="$HOME/.cache/wsgate-npm"
 bun="$npm_dir/node_modules/.bin/bun"
 if [[ ! -x "$bun" ]]; then
   npm install --prefix "$npm_dir" --silent --no-audit --no-fund bun >/dev/null
 fi
-cargo build --release --quiet --workspace --bins
-gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
-lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
-ulimit -n "$(ulimit -Hn)"
+build_release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 wait_listening() {
   for _ in $(seq 100); do

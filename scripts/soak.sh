@@ -57,19 +57,11 @@ secs=$(secs_of "$duration")
 
 results="bench-results/soak-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$results"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+source scripts/lib/common.sh
+trap stop_pids EXIT
 
-cargo build --release --quiet --workspace --bins
-gw="${CARGO_TARGET_DIR:-target}/release/wsgate"
-lg="${CARGO_TARGET_DIR:-target}/release/wsgate-loadgen"
-ulimit -n "$(ulimit -Hn)"
+build_release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 # Every metric family, summed over its labels (histogram buckets left out), as "name value";

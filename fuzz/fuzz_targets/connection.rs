@@ -73,17 +73,15 @@ impl Side {
         let mut rest = &mut buf[..];
         while !rest.is_empty() {
             let before = events.len();
-            let n =
-                self.conn
-                    .handle_bytes(
-                        now,
-                        limits,
-                        &mut self.budget,
-                        &mut wsgate_proto::deflate::Inflater::default(),
-                        rest,
-                        &mut self.out,
-                        events,
-                    );
+            let n = self.conn.handle_bytes(
+                now,
+                limits,
+                &mut self.budget,
+                &mut wsgate_proto::deflate::Inflater::default(),
+                rest,
+                &mut self.out,
+                events,
+            );
             assert_eq!(
                 self.budget.used(),
                 self.conn.reserved(),
