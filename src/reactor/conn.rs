@@ -127,6 +127,11 @@ pub(super) enum Recv {
     Paused,
     /// The peer sent FIN.
     Eof,
+    /// Closed for flooding: the driver is told at the next flush to stop reading
+    /// (`Stopped`), so what the client still sends costs nothing but its TCP window, and
+    /// the close deadline ends the connection.
+    Stopping,
+    Stopped,
 }
 
 /// Whether the connection is waiting for this turn's flush.

@@ -315,6 +315,10 @@ impl<D: Driver> Reactor<D> {
                     conn.recv = Recv::On;
                     self.driver.set_receiving(id, true);
                 }
+                Recv::Stopping => {
+                    conn.recv = Recv::Stopped;
+                    self.driver.set_receiving(id, false);
+                }
                 _ => {}
             }
             if let Phase::Closing { fin_sent, .. } = &mut conn.phase {
@@ -501,9 +505,13 @@ impl Core {
         self.metrics()
             .buffered_bytes
             .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
-        let conn = &self.conns[id];
+        let conn = &mut self.conns[id];
+        if over_rate {
+            // Past the rate limit: what the client still sends is left unread (reading and
+            // dropping a flood would still cost this reactor a syscall and a copy per read).
+            conn.recv = Recv::Stopping;
+        }
         match &conn.phase {
-            // Past the rate limit: what the client still sends is read and dropped.
             Phase::WebSocket { ws, .. } if ws.is_closed() || over_rate => self.begin_closing(id),
             _ if !conn.out.is_empty() => self.schedule(id),
             _ => {}

@@ -750,7 +750,11 @@ fn a_flooding_client_is_limited_then_closed_and_its_neighbour_unaffected() {
     );
     assert_eq!(ReactorMetrics::get(&h.metrics().messages_rate_limited), 2);
     assert_eq!(ReactorMetrics::get(&h.metrics().rate_limit_closes), 1);
-    // What the flooder sends after the close is dropped unread.
+    // What the flooder sends after the close is left unread: the server stops reading it.
+    assert!(
+        !h.net.receiving(flooder),
+        "still reading a flooder after its close"
+    );
     h.send_text(flooder, r#"{"op":"publish","topic":"t","data":9}"#);
     h.turn();
     assert!(h.net.fin(flooder), "FIN after the close frame");
