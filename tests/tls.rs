@@ -482,7 +482,16 @@ for_each_driver! {
 
     fn a_turns_deliveries_to_a_subscriber_share_records(io: IoBackend) {
         let pki = Pki::new(&format!("records-{io:?}"));
-        let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
+        let certs = vec![pki.leaf("localhost", &["localhost"], false)];
+        // One reactor, so that the publisher's messages and the subscriber's deliveries are
+        // one turn's work (across reactors they would arrive in as many turns as wake-ups).
+        let server = TestServer::start(io, |raw| {
+            raw.net.threads = Some(1);
+            raw.pubsub.client_publish = Some(vec!["*".into()]);
+            raw.tls.listen = Some(Some("127.0.0.1:0".into()));
+            raw.tls.certs = Some(certs);
+        });
+        let addr = server.server().tls_addr().expect("a TLS listener");
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let records = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -491,11 +500,12 @@ for_each_driver! {
         let conn = ClientConnection::new(pki.client(BOTH), name).unwrap();
         let url = format!("wss://localhost:{}/ws?subscribe=t", addr.port());
         let (mut ws, _) = tungstenite::client(url, StreamOwned::new(conn, counter)).unwrap();
-        // Twenty publishes in one request burst: one turn's deliveries on the server.
-        let one = "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n7";
-        let mut publisher = tcp(&server);
+        // Twenty publishes in one write from a /ws publisher: one read, one turn's
+        // deliveries on the server.
+        let one = client_frame(true, 1, br#"{"op":"publish","topic":"t","data":7}"#);
+        let mut publisher = raw_upgrade(&server, "/ws");
         let before = records.load(std::sync::atomic::Ordering::Relaxed);
-        publisher.write_all(one.repeat(20).as_bytes()).unwrap();
+        publisher.write_all(&one.repeat(20)).unwrap();
         for _ in 0..20 {
             assert_eq!(recv(&mut ws), Message::text(r#"{"topic":"t","data":7}"#));
         }
