@@ -6,14 +6,13 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use util::*;
 use wsgate_proto::deflate::{self, Agreed, Deflater, Inflater};
-use wsgate_proto::frame::{encode_client_raw, MAX_HEADER_LEN};
+use wsgate_proto::frame::encode_client_raw;
 use wsgate_proto::handshake::client;
-use wsgate_proto::FrameHeader;
 
 const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
@@ -44,20 +43,8 @@ fn upgrade(server: &TestServer, path: &str, offer: Option<&str>) -> (TcpStream, 
 
 /// Reads one server frame as it is on the wire: (rsv, opcode, payload). Unmasked and final.
 fn read_raw(stream: &mut TcpStream) -> (u8, u8, Vec<u8>) {
-    let mut head = [0u8; MAX_HEADER_LEN];
-    let mut len = 0;
-    let header = loop {
-        stream
-            .read_exact(&mut head[len..len + 1])
-            .expect("frame header");
-        len += 1;
-        if let Some((header, _)) = FrameHeader::parse(&head[..len]).expect("valid header") {
-            break header;
-        }
-    };
+    let (header, payload) = read_wire_frame(stream);
     assert!(header.mask.is_none() && header.fin, "{header:?}");
-    let mut payload = vec![0; header.len as usize];
-    stream.read_exact(&mut payload).expect("frame payload");
     (header.rsv, header.opcode as u8, payload)
 }
 

@@ -255,6 +255,16 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Reads one server frame from a raw stream, checked as a client must (unmasked, no RSV bits,
 /// control frames whole and short): (fin, opcode, payload).
 pub fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let (header, payload) = read_wire_frame(stream);
+    header
+        .check(Role::Client)
+        .expect("a frame a server may send");
+    (header.fin, header.opcode as u8, payload)
+}
+
+/// Reads one server frame from a raw stream as it is on the wire, unchecked: its header
+/// and payload (for tests that look at RSV bits themselves).
+pub fn read_wire_frame(stream: &mut TcpStream) -> (FrameHeader, Vec<u8>) {
     let mut head = [0u8; MAX_HEADER_LEN];
     let mut len = 0;
     let header = loop {
@@ -266,12 +276,9 @@ pub fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
             break header;
         }
     };
-    header
-        .check(Role::Client)
-        .expect("a frame a server may send");
     let mut payload = vec![0; header.len as usize];
     stream.read_exact(&mut payload).expect("frame payload");
-    (header.fin, header.opcode as u8, payload)
+    (header, payload)
 }
 
 /// Upgrades a raw stream on `path` and checks the 101 as a client must.
