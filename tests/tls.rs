@@ -230,6 +230,31 @@ for_each_driver! {
         assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 2);
     }
 
+    fn a_session_resumes_with_its_ticket_and_not_with_another_servers(io: IoBackend) {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let pki = Pki::new(&format!("resume-{io:?}"));
+        let certs = vec![pki.leaf("localhost", &["localhost"], false)];
+        let (server, addr) = tls_server(io, certs.clone());
+        let (other, other_addr) = tls_server(io, certs);
+        for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+            // One client config: its session cache keeps the tickets it was given.
+            let client = pki.client(versions);
+            let mut kinds = Vec::new();
+            for to in [addr, addr, other_addr, other_addr] {
+                let mut ws = wss(to, client.clone(), "/echo");
+                kinds.push(ws.get_ref().conn.handshake_kind());
+                ws.send(Message::text("again")).unwrap();
+                assert_eq!(recv(&mut ws), Message::text("again"));
+            }
+            // The other gateway cannot read the first one's ticket: a full handshake,
+            // then its own ticket resumes.
+            let expected = [Full, Resumed, Full, Resumed].map(Some);
+            assert_eq!(kinds, expected, "{versions:?}");
+        }
+        assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 4);
+        assert_eq!(tls_metric(&other, |m| &m.tls_handshakes), 4);
+    }
+
     fn pubsub_over_wss_with_a_plain_publisher(io: IoBackend) {
         let pki = Pki::new(&format!("pubsub-{io:?}"));
         let certs = vec![pki.leaf("localhost", &["localhost"], false)];
