@@ -201,6 +201,34 @@ impl Write for RecordCounter {
     }
 }
 
+/// Writes what `tls` has to say and reads (answering as rustls needs) until `until` holds
+/// for the plaintext read, or the server closes; returns whether it said close_notify.
+fn exchange(
+    tls: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    plain: &mut Vec<u8>,
+    until: &dyn Fn(&[u8]) -> bool,
+) -> bool {
+    while !until(plain) {
+        while tls.wants_write() {
+            tls.write_tls(tcp).unwrap();
+        }
+        if tls.read_tls(tcp).unwrap() == 0 {
+            return false;
+        }
+        tls.process_new_packets().unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+    }
+    false
+}
+
 for_each_driver! {
     fn echo_over_wss_tls13_and_tls12(io: IoBackend) {
         let pki = Pki::new(&format!("echo-{io:?}"));
@@ -305,6 +333,39 @@ for_each_driver! {
         let tls = ws.get_mut();
         let mut byte = [0u8; 1];
         assert_eq!(tls.read(&mut byte).expect("close_notify before the FIN"), 0);
+    }
+
+    fn a_wss_connection_takes_three_writes(io: IoBackend) {
+        let pki = Pki::new(&format!("writes-{io:?}"));
+        let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let config = pki.client(&[&rustls::version::TLS13]);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = ClientConnection::new(config, name).unwrap();
+        // Queued now, the request leaves with the client's Finished, in one write.
+        let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        tls.writer().write_all(request.as_bytes()).unwrap();
+        let mut plain = Vec::new();
+        let head_done = |p: &[u8]| p.windows(4).any(|w| w == b"\r\n\r\n");
+        exchange(&mut tls, &mut tcp, &mut plain, &head_done);
+        assert!(plain.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&plain));
+        plain.clear();
+        // A masked close frame (1000), then the reply, close_notify and the FIN.
+        let mask = [1, 2, 3, 4];
+        let mut close = vec![0x88, 0x82];
+        close.extend_from_slice(&mask);
+        close.extend([0x03 ^ mask[0], 0xe8 ^ mask[1]]);
+        tls.writer().write_all(&close).unwrap();
+        let closed = exchange(&mut tls, &mut tcp, &mut plain, &|_| false);
+        assert!(closed, "close_notify before the FIN");
+        assert_eq!(plain, [0x88, 0x02, 0x03, 0xe8], "the close reply");
+        // The server's flight; the session ticket with the 101; the close reply with
+        // close_notify.
+        assert_eq!(tls_metric(&server, |m| &m.writes), 3);
     }
 
     fn drain_closes_wss_with_1001(io: IoBackend) {
