@@ -20,6 +20,10 @@ use wsgate::transport::tls::{Acceptor, CertFiles, MinVersion};
 use wsgate::transport::Transport;
 use wsgate_proto::OutQueue;
 
+/// Heap an idle session may hold: 3,385 B measured with rustls 0.23.46 (TLS 1.3; docs/tls.md
+/// lists the blocks), 3,281 B of them rustls' own. A change that keeps more fails here.
+const MAX_IDLE: usize = 3400;
+
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
@@ -225,7 +229,7 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
             session.bytes, session.blocks, elsewhere.bytes, elsewhere.blocks
         );
         assert_eq!(kind, Full);
-        assert!(session.bytes <= 3400, "{name}: {session:?}");
+        assert!(session.bytes <= MAX_IDLE, "{name}: {session:?}");
         assert_eq!(
             elsewhere.bytes, 0,
             "{name}: the server keeps nothing per session"
@@ -239,7 +243,7 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
             session.bytes, session.blocks
         );
         assert_eq!(kind, Resumed, "{name}");
-        assert!(session.bytes <= 3400, "{name}, resumed: {session:?}");
+        assert!(session.bytes <= MAX_IDLE, "{name}, resumed: {session:?}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
