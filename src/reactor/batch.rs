@@ -72,6 +72,9 @@ pub(super) struct Batching {
     settling: bool,
     /// No batching before this (it did not help).
     hold_off: Option<Instant>,
+    /// Frames per write without a delay (several publishes in one turn share a write
+    /// anyway), as last measured.
+    unbatched_frames: f64,
     /// Batches opened in this window (a connection's first waiting frame), and frames that
     /// joined one already open.
     opened: u64,
@@ -92,6 +95,7 @@ impl Batching {
             judged: 0,
             settling: false,
             hold_off: None,
+            unbatched_frames: 1.0,
             opened: 0,
             joined: 0,
             turns: Duration::ZERO,
@@ -103,12 +107,12 @@ impl Batching {
         self.delay
     }
 
-    /// A connection's first frame starts waiting.
+    /// A connection's first frame of a write is queued (it waits, or leaves this turn).
     pub fn opened(&mut self) {
         self.opened += 1;
     }
 
-    /// A frame joins a connection's waiting ones.
+    /// A frame joins the ones queued for a connection's next write.
     pub fn joined(&mut self) {
         self.joined += 1;
     }
@@ -148,36 +152,40 @@ impl Batching {
     }
 
     fn next_delay(&mut self, now: Instant, opened: u64, joined: u64) -> Duration {
+        // Frames per write the window's delay gave.
+        let frames = 1.0 + joined as f64 / opened.max(1) as f64;
         if self.delay.is_zero() {
+            if opened > 0 {
+                self.unbatched_frames = frames;
+            }
             let held = self.hold_off.is_some_and(|until| now < until);
-            return if self.load >= START && !held {
+            return if self.load >= START && aim(self.load, frames) < self.load && !held {
                 FIRST.min(self.max)
             } else {
                 Duration::ZERO
             };
         }
         if opened == 0 {
-            // Busy, but not with deliveries that waited: nothing for batching to save.
+            // Busy, but not with deliveries: nothing for batching to save.
             return self.give_up(now);
         }
+        let f0 = self.unbatched_frames;
         let delay = self.delay.as_secs_f64();
-        let extra = joined as f64 / opened as f64;
         // Extra frames a waiting connection gathers per second of delay.
-        let rate = extra / delay;
+        let rate = (frames - f0).max(0.0) / delay;
         let max = self.max.as_secs_f64();
-        if 1.0 + rate * max < WORTH && (opened >= 100 || self.delay >= self.max / 4) {
+        if f0 + rate * max < WORTH * f0 && (opened >= 100 || self.delay >= self.max / 4) {
             return self.give_up(now);
         }
-        let cost = |f: f64| (1.0 - WRITE_SHARE) + WRITE_SHARE / f;
-        let unbatched = self.load / cost(1.0 + extra);
-        if unbatched < STOP {
+        let unbatched = self.load * cost(f0) / cost(frames);
+        let aim = aim(self.load, frames);
+        if unbatched < STOP || aim >= unbatched {
             return Duration::ZERO;
         }
-        let aim = TARGET.max(OVER_FLOOR * unbatched * (1.0 - WRITE_SHARE));
-        // cost(f) = aim / unbatched, solved for f; then f = 1 + rate · delay for the delay.
-        let frames = WRITE_SHARE / (aim / unbatched - (1.0 - WRITE_SHARE));
+        // cost(f) = cost(frames) · aim / load, solved for f; then f = f0 + rate · delay.
+        let needed = WRITE_SHARE / (cost(frames) * aim / self.load - (1.0 - WRITE_SHARE));
         let wanted = if rate > 0.0 {
-            (frames - 1.0) / rate
+            (needed - f0) / rate
         } else {
             max
         };
@@ -192,6 +200,17 @@ impl Batching {
         self.hold_off = Some(now + HOLD_OFF);
         Duration::ZERO
     }
+}
+
+/// A delivery's cost at `frames` per write, relative to one frame per write.
+fn cost(frames: f64) -> f64 {
+    (1.0 - WRITE_SHARE) + WRITE_SHARE / frames
+}
+
+/// The load to aim for, from the load at `frames` per write: `TARGET`, or a quarter above
+/// the floor (every frame of a connection in one write), whichever is higher.
+fn aim(load: f64, frames: f64) -> f64 {
+    TARGET.max(OVER_FLOOR * load * (1.0 - WRITE_SHARE) / cost(frames))
 }
 
 #[cfg(test)]
@@ -214,12 +233,14 @@ mod tests {
         Duration::ZERO
     }
 
-    /// A reactor fanning out to `subscribers` that each receive `rate` frames a second;
-    /// a delivery costs `frame` plus `write` spread over the frames that share its write
-    /// (the model's shape, with a write share of 0.6 at one frame per write).
+    /// A reactor fanning out to `subscribers` that each receive `rate` frames a second,
+    /// `burst` of them in one turn; a delivery costs `frame` plus `write` spread over the
+    /// frames that share its write (the model's shape, with a write share of 0.6 at one
+    /// frame per write).
     struct Load {
         subscribers: f64,
         rate: f64,
+        burst: f64,
         frame: Duration,
         write: Duration,
     }
@@ -231,14 +252,20 @@ mod tests {
             Self {
                 subscribers: 1000.0,
                 rate,
+                burst: 1.0,
                 frame: Duration::from_nanos(320),
                 write: Duration::from_nanos(480),
             }
         }
 
+        /// Frames per write at a delay.
+        fn frames(&self, delay: Duration) -> f64 {
+            self.burst + self.rate * delay.as_secs_f64()
+        }
+
         /// The load a delay gives, in share of the core.
         fn at(&self, delay: Duration) -> f64 {
-            let f = 1.0 + self.rate * delay.as_secs_f64();
+            let f = self.frames(delay);
             let per = self.frame.as_secs_f64() + self.write.as_secs_f64() / f;
             (self.subscribers * self.rate * per).min(1.0)
         }
@@ -251,15 +278,12 @@ mod tests {
         for _ in 0..windows {
             let d = b.delay();
             let frames = load.subscribers * load.rate * WINDOW.as_secs_f64();
-            if !d.is_zero() {
-                let per_write = 1.0 + load.rate * d.as_secs_f64();
-                let batches = (frames / per_write).round() as u64;
-                for _ in 0..batches {
-                    b.opened();
-                }
-                for _ in 0..(frames.round() as u64).saturating_sub(batches) {
-                    b.joined();
-                }
+            let writes = (frames / load.frames(d)).round() as u64;
+            for _ in 0..writes {
+                b.opened();
+            }
+            for _ in 0..(frames.round() as u64).saturating_sub(writes) {
+                b.joined();
             }
             CPU.with(|c| c.set(c.get() + WINDOW.mul_f64(load.at(d))));
             let start = *t;
@@ -315,6 +339,7 @@ mod tests {
         let load = Load {
             subscribers: 10_000.0,
             rate: 100.0,
+            burst: 1.0,
             frame: Duration::from_nanos(400),
             write: Duration::from_nanos(600),
         };
@@ -347,6 +372,7 @@ mod tests {
         let load = Load {
             subscribers: 10_000.0,
             rate: 10.0,
+            burst: 1.0,
             frame: Duration::from_nanos(2000),
             write: Duration::from_nanos(4000),
         };
@@ -359,6 +385,23 @@ mod tests {
             "{batched} of 80 windows batched: {delays:?}"
         );
         assert!(delays.iter().all(|&d| d <= FIRST), "{delays:?}");
+    }
+
+    /// A publisher whose publishes arrive a dozen at a time (a late one catching up)
+    /// already puts 12 frames in each write without a delay: waiting would buy little,
+    /// so nothing waits even though the reactor is busy.
+    #[test]
+    fn publishes_that_arrive_in_bursts_need_no_delay() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load {
+            burst: 12.0,
+            frame: Duration::from_nanos(1200),
+            write: Duration::from_nanos(1800),
+            ..Load::thousand(1000.0)
+        };
+        assert!(load.at(Duration::ZERO) >= START);
+        let delays = run(&mut b, &mut t, &load, 40);
+        assert!(delays.iter().all(|d| d.is_zero()), "{delays:?}");
     }
 
     /// A reactor preempted in the middle of its turns uses little CPU, but its turns run
