@@ -201,6 +201,68 @@ impl Write for RecordCounter {
     }
 }
 
+/// A client session cache that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct TicketCounter {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tls13_tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for TicketCounter {
+    fn default() -> Self {
+        Self {
+            inner: rustls::client::ClientSessionMemoryCache::new(16),
+            tls13_tickets: Default::default(),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, v);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tls13_tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, v);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
 /// Writes what `tls` has to say and reads (answering as rustls needs) until `until` holds
 /// for the plaintext read, or the server closes; returns whether it said close_notify.
 fn exchange(
@@ -266,7 +328,10 @@ for_each_driver! {
         let (other, other_addr) = tls_server(io, certs);
         for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
             // One client config: its session cache keeps the tickets it was given.
-            let client = pki.client(versions);
+            let mut client = pki.client(versions);
+            let store = Arc::new(TicketCounter::default());
+            Arc::get_mut(&mut client).unwrap().resumption =
+                rustls::client::Resumption::store(store.clone());
             let mut kinds = Vec::new();
             for to in [addr, addr, other_addr, other_addr] {
                 let mut ws = wss(to, client.clone(), "/echo");
@@ -278,6 +343,10 @@ for_each_driver! {
             // then its own ticket resumes.
             let expected = [Full, Resumed, Full, Resumed].map(Some);
             assert_eq!(kinds, expected, "{versions:?}");
+            // TLS 1.3: one ticket per connection, not rustls' default two.
+            let tickets = store.tls13_tickets.load(std::sync::atomic::Ordering::Relaxed);
+            let one_each = if versions[0] == &rustls::version::TLS13 { 4 } else { 0 };
+            assert_eq!(tickets, one_each, "{versions:?}");
         }
         assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 4);
         assert_eq!(tls_metric(&other, |m| &m.tls_handshakes), 4);
