@@ -3,7 +3,7 @@
 # driver and compares every case with autobahn/expected-results.json: fails on any case that
 # does worse. By default the whole suite, 1.* to 13.* (517 cases; 12.* and 13.* are
 # permessage-deflate): about 7 minutes here, most of it the compression groups.
-# scripts/autobahn-ci.sh runs it on both drivers and over wss side by side, as CI does.
+# scripts/ci.sh runs it on both drivers and over wss on both, side by side (scripts/lib/together.sh).
 #
 # usage: scripts/autobahn.sh [--tls] [--update]
 #   --tls     over wss://: wsgate terminates TLS (`--tls-listen`) with a certificate made
