@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, docs, unit and integration
 # tests, Miri and a short fuzz run where nightly allows, a loadgen smoke run, real
-# clients (scripts/interop.sh), and the Autobahn conformance run against /echo.
+# clients (scripts/interop.sh), and the Autobahn conformance runs against /echo (ws and wss).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,10 +43,15 @@ if [[ -x scripts/loadgen-smoke.sh ]]; then
   step "loadgen smoke run"
   scripts/loadgen-smoke.sh
 fi
-step "interop: python websockets, node ws, chromium"
-scripts/interop.sh
-step "autobahn (epoll)"
-WSGATE_IO=epoll scripts/autobahn.sh
-step "autobahn (uring)"
-# Skipped, with the probe's reason, where the kernel or sandbox refuses io_uring.
-WSGATE_IO=uring AUTOBAHN_SKIP_UNAVAILABLE=1 scripts/autobahn.sh
+step "interop (python websockets, node ws, chromium) and autobahn, side by side"
+# Real clients, the whole Autobahn suite (1.* to 13.*) and 1.* to 10.* over wss on each
+# driver, at the same time (scripts/lib/together.sh: one log per job, printed whole at the end).
+# io_uring runs are skipped, with the probe's reason, where the kernel refuses io_uring.
+cargo build --release --quiet --bin wsgate
+source scripts/lib/together.sh
+together \
+  interop 'scripts/interop.sh' \
+  autobahn-epoll 'WSGATE_IO=epoll scripts/autobahn.sh' \
+  autobahn-uring 'WSGATE_IO=uring AUTOBAHN_SKIP_UNAVAILABLE=1 scripts/autobahn.sh' \
+  autobahn-wss-epoll 'WSGATE_IO=epoll scripts/autobahn.sh --tls' \
+  autobahn-wss-uring 'WSGATE_IO=uring AUTOBAHN_SKIP_UNAVAILABLE=1 scripts/autobahn.sh --tls'
