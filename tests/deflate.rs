@@ -1,5 +1,6 @@
 //! permessage-deflate (RFC 7692) end to end, on both drivers: negotiation, compressed echo,
-//! a broadcast compressed once for mixed subscribers, and hostile compressed input. The
+//! a broadcast compressed once, on its publisher's reactor, for mixed subscribers on
+//! several reactors, and hostile compressed input. The
 //! client is a raw stream: frames are built and read here, byte for byte, so that RSV1 and
 //! what the server puts on the wire are checked, not hidden by a library. (Independent
 //! clients, Python `websockets`, Node `ws` and Chromium, are in tests/interop/.)
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::net::TcpStream;
 
 use util::*;
+use wsgate::metrics::ReactorMetrics;
 use wsgate_proto::deflate::{self, Agreed, Deflater, Inflater};
 use wsgate_proto::frame::encode_client_raw;
 use wsgate_proto::handshake::client;
@@ -107,7 +109,106 @@ fn publish(server: &TestServer, topic: &str, body: &str) {
     assert_eq!(response.status, 202, "{}", response.body_text());
 }
 
+/// Connects on `path` (offering `offer`) until there is one connection on each of the
+/// server's two reactors, told apart by which reactor counted the handshake; the others are
+/// closed. Returns them in reactor order.
+fn one_per_reactor(server: &TestServer, path: &str, offer: Option<&str>) -> Vec<TcpStream> {
+    let metrics = &server.server().shared().metrics;
+    let handshakes = || -> Vec<u64> {
+        metrics
+            .iter()
+            .map(|m| ReactorMetrics::get(&m.handshakes_ok))
+            .collect()
+    };
+    let mut slots: Vec<Option<TcpStream>> = vec![None, None];
+    for _ in 0..64 {
+        let before = handshakes();
+        let (s, _) = upgrade(server, path, offer);
+        let after = handshakes();
+        let reactor = (0..2)
+            .find(|&r| after[r] > before[r])
+            .expect("a reactor counted it");
+        if slots[reactor].is_none() {
+            slots[reactor] = Some(s);
+        }
+        if slots.iter().all(Option::is_some) {
+            return slots.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("64 connections all landed on one reactor");
+}
+
 for_each_driver! {
+    fn a_publish_is_compressed_once_by_the_reactor_it_was_published_on(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
+        let shared = server.server().shared();
+        let compressions = || -> Vec<u64> {
+            shared
+                .metrics
+                .iter()
+                .map(|m| ReactorMetrics::get(&m.deflate_compressions))
+                .collect()
+        };
+        // Subscribers of "t" with and without deflate, and of "p" without, on both
+        // reactors; a publisher (no subscriptions) on each.
+        let mut zipped = one_per_reactor(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER));
+        let mut plain = one_per_reactor(&server, "/ws?subscribe=t,p", None);
+        let mut publishers = one_per_reactor(&server, "/ws", None);
+        assert_eq!(shared.fanout.interest("t"), (0b11, 0b11));
+        assert_eq!(shared.fanout.interest("p"), (0b11, 0));
+        let data = json(1000);
+        let delivery = |topic: &str| format!("{{\"topic\":\"{topic}\",\"data\":{data}}}");
+        let publish_op = |topic: &str| {
+            let op = format!("{{\"op\":\"publish\",\"topic\":\"{topic}\",\"data\":{data}}}");
+            encode_client_raw(true, 0, 0x1, KEY, op.as_bytes())
+        };
+        let mut wire = Vec::new();
+        for (from, expected) in [(0, [1, 0]), (1, [1, 1])] {
+            publishers[from].write_all(&publish_op("t")).unwrap();
+            // Every deflate subscriber, whichever reactor it is on, gets the same frame.
+            for s in &mut zipped {
+                let frame = read_raw(s);
+                assert_eq!(frame.0, deflate::RSV1);
+                assert_eq!(payload(&frame), delivery("t").as_bytes());
+                wire.push(frame.2);
+            }
+            assert_eq!(wire[wire.len() - 1], wire[wire.len() - 2]);
+            for s in &mut plain {
+                assert_eq!(read_raw(s), (0, 0x1, delivery("t").into_bytes()));
+            }
+            // Counted before the deliveries left: once, by the publisher's reactor.
+            assert_eq!(compressions(), expected, "published on reactor {from}");
+        }
+        // A topic without deflate subscribers is never compressed, nor is an HTTP publish
+        // of it; an HTTP publish of "t" is compressed once, by the reactor it arrived on.
+        publishers[0].write_all(&publish_op("p")).unwrap();
+        publish(&server, "p", &data);
+        for _ in 0..2 {
+            for s in &mut plain {
+                assert_eq!(read_raw(s), (0, 0x1, delivery("p").into_bytes()));
+            }
+        }
+        assert_eq!(compressions(), [1, 1]);
+        publish(&server, "t", &data);
+        for s in &mut zipped {
+            assert_eq!(read_raw(s).0, deflate::RSV1);
+        }
+        for s in &mut plain {
+            assert_eq!(read_raw(s).0, 0);
+        }
+        assert_eq!(compressions().iter().sum::<u64>(), 3);
+        // Once the deflate subscribers are gone, "t" goes plain and uncompressed.
+        drop(zipped);
+        wait_until("the deflate subscribers to leave", || shared.fanout.interest("t") == (0b11, 0));
+        publishers[1].write_all(&publish_op("t")).unwrap();
+        for s in &mut plain {
+            assert_eq!(read_raw(s), (0, 0x1, delivery("t").into_bytes()));
+        }
+        assert_eq!(compressions().iter().sum::<u64>(), 3);
+        let text = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body_text();
+        assert!(text.contains("wsgate_deflate_compressions_total{reactor=\"1\"} "), "{text}");
+    }
+
     fn negotiation_follows_the_offer_and_the_setting(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         // Chromium's offer; Python websockets' offer with a window; a bad offer, then a good one.
