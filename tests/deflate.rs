@@ -14,34 +14,8 @@ use util::*;
 use wsgate::metrics::ReactorMetrics;
 use wsgate_proto::deflate::{self, Agreed, Deflater, Inflater};
 use wsgate_proto::frame::encode_client_raw;
-use wsgate_proto::handshake::client;
 
 const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
-
-/// Upgrades on `path` offering `offer` (none: no extension header); returns the stream and
-/// what the server agreed to, checked as a client must.
-fn upgrade(server: &TestServer, path: &str, offer: Option<&str>) -> (TcpStream, Option<Agreed>) {
-    let mut stream = tcp(server);
-    let key = client::key(*b"deflate test key");
-    let headers: Vec<(&str, &str)> = offer
-        .map(|o| ("Sec-WebSocket-Extensions", o))
-        .into_iter()
-        .collect();
-    let mut request = Vec::new();
-    client::Request {
-        host: &server.addr.to_string(),
-        path,
-        key: &key,
-        protocols: &[],
-        headers: &headers,
-    }
-    .encode(&mut request);
-    stream.write_all(&request).unwrap();
-    let accepted = read_head(&mut stream)
-        .check_deflate(&key, &[])
-        .expect("a valid 101");
-    (stream, accepted.deflate)
-}
 
 /// Reads one server frame as it is on the wire: (rsv, opcode, payload). Unmasked and final.
 fn read_raw(stream: &mut TcpStream) -> (u8, u8, Vec<u8>) {
@@ -123,7 +97,7 @@ fn one_per_reactor(server: &TestServer, path: &str, offer: Option<&str>) -> Vec<
     let mut slots: Vec<Option<TcpStream>> = vec![None, None];
     for _ in 0..64 {
         let before = handshakes();
-        let (s, _) = upgrade(server, path, offer);
+        let (s, _) = upgrade_offering(server, path, offer);
         let after = handshakes();
         let reactor = (0..2)
             .find(|&r| after[r] > before[r])
@@ -212,33 +186,33 @@ for_each_driver! {
     fn negotiation_follows_the_offer_and_the_setting(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         // Chromium's offer; Python websockets' offer with a window; a bad offer, then a good one.
-        let (_, chromium) = upgrade(&server, "/echo", Some("permessage-deflate; client_max_window_bits"));
+        let (_, chromium) = upgrade_offering(&server, "/echo", Some("permessage-deflate; client_max_window_bits"));
         assert_eq!(chromium, Some(Agreed { server_max_window_bits: None }));
-        let (_, windowed) = upgrade(
+        let (_, windowed) = upgrade_offering(
             &server,
             "/echo",
             Some("permessage-deflate; server_max_window_bits=10; client_max_window_bits"),
         );
         assert_eq!(windowed, Some(Agreed { server_max_window_bits: Some(10) }));
-        let (_, second) = upgrade(
+        let (_, second) = upgrade_offering(
             &server,
             "/ws",
             Some("permessage-deflate; server_max_window_bits=7, permessage-deflate; server_no_context_takeover"),
         );
         assert_eq!(second, Some(Agreed { server_max_window_bits: None }));
-        let (_, none) = upgrade(&server, "/echo", Some("permessage-deflate; bogus"));
+        let (_, none) = upgrade_offering(&server, "/echo", Some("permessage-deflate; bogus"));
         assert_eq!(none, None);
-        let (_, none) = upgrade(&server, "/echo", None);
+        let (_, none) = upgrade_offering(&server, "/echo", None);
         assert_eq!(none, None);
 
         let off = TestServer::start(io, |c| c.deflate.enabled = Some(false));
-        let (_, none) = upgrade(&off, "/echo", Some(deflate::CLIENT_OFFER));
+        let (_, none) = upgrade_offering(&off, "/echo", Some(deflate::CLIENT_OFFER));
         assert_eq!(none, None);
     }
 
     fn echo_replies_compressed_above_the_minimum_size(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
-        let (mut s, agreed) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+        let (mut s, agreed) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
         assert!(agreed.is_some());
         let big = json(2000);
         // Compressed in, compressed out.
@@ -266,13 +240,13 @@ for_each_driver! {
         let server = TestServer::start(io, |_| {});
         // Two reactors: several of each kind, so that both hold some.
         let mut zipped: Vec<TcpStream> = (0..4)
-            .map(|_| upgrade(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER)).0)
+            .map(|_| upgrade_offering(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER)).0)
             .collect();
         let mut plain: Vec<TcpStream> =
-            (0..4).map(|_| upgrade(&server, "/ws?subscribe=t", None).0).collect();
+            (0..4).map(|_| upgrade_offering(&server, "/ws?subscribe=t", None).0).collect();
         let narrow_offer = "permessage-deflate; server_max_window_bits=9";
         let mut narrow: Vec<TcpStream> = (0..2)
-            .map(|_| upgrade(&server, "/ws?subscribe=t", Some(narrow_offer)).0)
+            .map(|_| upgrade_offering(&server, "/ws?subscribe=t", Some(narrow_offer)).0)
             .collect();
         for size in [1000, 300, 50] {
             let data = json(size);
@@ -302,7 +276,7 @@ for_each_driver! {
 
     fn control_json_is_read_from_the_inflated_message(io: IoBackend) {
         let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
-        let (mut s, agreed) = upgrade(&server, "/ws", Some(deflate::CLIENT_OFFER));
+        let (mut s, agreed) = upgrade_offering(&server, "/ws", Some(deflate::CLIENT_OFFER));
         assert!(agreed.is_some());
         let op = "{\"op\":\"subscribe\",\"topic\":\"news\",\"id\":\"sub-1\"}";
         s.write_all(&encode_client_raw(true, 0b100, 0x1, KEY, &compressed(op.as_bytes()))).unwrap();
@@ -322,7 +296,7 @@ for_each_driver! {
     fn hostile_compressed_input_closes_with_a_reason(io: IoBackend) {
         let server = TestServer::start(io, |c| c.limits.max_message_size = Some(1 << 20));
         let case = |frame: Vec<u8>, code: u16, reason: &str| {
-            let (mut s, agreed) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+            let (mut s, agreed) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
             assert!(agreed.is_some());
             s.write_all(&frame).unwrap();
             assert_eq!(read_close(&mut s), (code, reason.to_owned()));
@@ -347,7 +321,7 @@ for_each_driver! {
             "invalid utf-8 in text message",
         );
         // RSV1 without the extension.
-        let (mut s, agreed) = upgrade(&server, "/echo", None);
+        let (mut s, agreed) = upgrade_offering(&server, "/echo", None);
         assert_eq!(agreed, None);
         s.write_all(&encode_client_raw(true, 0b100, 0x1, KEY, &compressed("hello ".repeat(30).as_bytes()))).unwrap();
         assert_eq!(
@@ -355,7 +329,7 @@ for_each_driver! {
             (1002, "reserved bits set without a negotiated extension".to_owned())
         );
         // The server is fine afterwards.
-        let (mut s, _) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+        let (mut s, _) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
         s.write_all(&encode_client_raw(true, 0, 0x1, KEY, b"still here")).unwrap();
         assert_eq!(read_raw(&mut s), (0, 0x1, b"still here".to_vec()));
     }
