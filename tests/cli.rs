@@ -2,10 +2,10 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tungstenite::Message;
+use util::GatewayProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
@@ -113,47 +113,25 @@ fn serves_from_a_config_file_and_drains_on_sigterm() {
         "listen = \"127.0.0.1:0\"\nthreads = 2\npin = false\nmax-outbound-bytes = 65536\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The start-up line (logs go to stderr) names the address, reactors, pinning and I/O backend.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("listening on"))
-        .expect("start-up line");
+    let gateway = GatewayProcess::start(&["--config", config.to_str().unwrap()]);
+    let line = &gateway.startup;
     assert!(
         line.contains("2 reactors") && line.contains("pinning off") && line.contains("io "),
         "{line}"
     );
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = gateway.addr.clone();
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/echo")).unwrap();
     ws.send(Message::text("before")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("before"));
     // SIGTERM: the client gets 1001, answers, and the process exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gateway.signal("TERM");
     match ws.read().unwrap() {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected close 1001, got {other:?}"),
     }
     drop(ws);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(gateway.wait(), Some(0));
 }
 
 /// SIGHUP, or a change of the file, reads the JWT key files again: a rotated secret takes
@@ -164,40 +142,12 @@ fn sighup_or_a_file_change_reloads_the_jwt_keys() {
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, "first secret\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--pin",
-            "false",
-        ])
-        .args([
-            "--auth-required",
-            "--jwt-secret-file",
-            secret.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map(|l| l.unwrap());
-    let line = lines
-        .find(|l| l.contains("listening on"))
-        .expect("start-up line");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let mut gateway = GatewayProcess::one_reactor(&[
+        "--auth-required",
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let addr = gateway.addr.clone();
     let token = |secret: &[u8]| {
         let exp = wsgate::auth::unix_now() + 600;
         let key = jsonwebtoken::EncodingKey::from_secret(secret);
@@ -212,18 +162,8 @@ fn sighup_or_a_file_change_reloads_the_jwt_keys() {
     };
     let mut before = open(&token(b"first secret")).expect("the first secret's token");
     std::fs::write(&secret, "second secret\n").unwrap();
-    let hup = |child: &std::process::Child| {
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    hup(&child);
-    let line = lines
-        .find(|l| l.contains("jwt keys"))
-        .expect("a reload line");
+    gateway.signal("HUP");
+    let line = gateway.wait_log("jwt keys");
     assert!(line.contains("jwt keys reloaded"), "{line}");
     assert_eq!(open(&token(b"first secret")).err(), Some(401));
     open(&token(b"second secret")).expect("the second secret's token");
@@ -236,10 +176,8 @@ fn sighup_or_a_file_change_reloads_the_jwt_keys() {
     );
     // A bad file is refused and the keys in use stay.
     std::fs::write(&secret, "").unwrap();
-    hup(&child);
-    let line = lines
-        .find(|l| l.contains("jwt keys"))
-        .expect("a reload line");
+    gateway.signal("HUP");
+    let line = gateway.wait_log("jwt keys");
     assert!(
         line.contains("not reloaded") && line.contains("the secret is empty"),
         "{line}"
@@ -247,18 +185,10 @@ fn sighup_or_a_file_change_reloads_the_jwt_keys() {
     open(&token(b"second secret")).expect("still the second secret");
     // A changed file is reloaded without a signal (the reloader looks once a second).
     std::fs::write(&secret, "third secret\n").unwrap();
-    lines
-        .find(|l| l.contains("jwt keys reloaded"))
-        .expect("a reload line after the file changed");
+    gateway.wait_log("jwt keys reloaded");
     assert_eq!(open(&token(b"second secret")).err(), Some(401));
     open(&token(b"third secret")).expect("the third secret's token");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
     drop(before);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    gateway.stop();
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -184,21 +184,6 @@ fn stat(node: &TestServer, counter: fn(&Link) -> &std::sync::atomic::AtomicU64) 
     counter(link(node)).load(Ordering::Relaxed)
 }
 
-/// The next text message as JSON (pings and pongs are skipped).
-fn next_json(ws: &mut Client) -> Value {
-    loop {
-        match recv(ws) {
-            Message::Text(text) => return serde_json::from_str(&text).expect("valid json"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-fn send_json(ws: &mut Client, value: Value) {
-    ws.send(Message::text(value.to_string())).unwrap();
-}
-
 /// Subscribes and waits for the `ok`: from then on, a publish on any node reaches `ws`.
 fn subscribe(ws: &mut Client, topic: &str) {
     send_json(ws, json!({"op": "subscribe", "topic": topic, "id": 1}));
@@ -547,47 +532,20 @@ fn interest_routed(servers: &[Nats], subject: &str) -> bool {
     })
 }
 
-/// A wsgate node as its own process, so that it can be killed.
-struct NodeProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(nats: &Nats) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
-            .args(["--pin", "false", "--io", "epoll"])
-            .args(["--cluster-urls", &nats.url(), "--cluster-name", "doomed"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wsgate runs");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut addr = None;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.split("wsgate listening on ").nth(1) {
-                addr = Some(rest.split(',').next().unwrap().parse().unwrap());
-            }
-            if line.contains("cluster: connected") {
-                break;
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            addr: addr.expect("the node says where it listens"),
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A wsgate node as its own process, so that it can be killed; returns once it has
+/// connected to NATS.
+fn node_process(nats: &Nats) -> GatewayProcess {
+    let url = nats.url();
+    let mut node = GatewayProcess::one_reactor(&[
+        "--io",
+        "epoll",
+        "--cluster-urls",
+        &url,
+        "--cluster-name",
+        "doomed",
+    ]);
+    node.wait_log("cluster: connected");
+    node
 }
 
 #[test]
@@ -595,8 +553,8 @@ fn a_killed_node_leaves_the_others_unaffected() {
     let nats = Nats::start();
     let urls = [nats.url()];
     let (a, b) = (node(&urls, "a"), node(&urls, "b"));
-    let mut doomed = NodeProcess::start(&nats);
-    let stream = TcpStream::connect(doomed.addr).unwrap();
+    let mut doomed = node_process(&nats);
+    let stream = TcpStream::connect(doomed.addr.as_str()).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let (mut on_doomed, _) = tungstenite::client("ws://x/ws", stream).unwrap();
     subscribe(&mut on_doomed, "k");
@@ -607,8 +565,7 @@ fn a_killed_node_leaves_the_others_unaffected() {
     for ws in [&mut on_doomed, &mut on_a, &mut on_b] {
         assert_eq!(next_json(ws), delivery("k", json!(1)));
     }
-    doomed.child.kill().unwrap();
-    doomed.child.wait().unwrap();
+    doomed.kill();
     wait_until("NATS to drop the dead node's subscription", || {
         nats.subscriptions("wsgate.k") == 2
     });

@@ -14,21 +14,6 @@ use tungstenite::Message;
 use util::*;
 use wsgate::metrics::ReactorMetrics;
 
-/// The next text message as JSON (pings and pongs are skipped).
-fn next_json(ws: &mut Client) -> Value {
-    loop {
-        match recv(ws) {
-            Message::Text(text) => return serde_json::from_str(&text).expect("valid json"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-fn send_json(ws: &mut Client, value: Value) {
-    ws.send(Message::text(value.to_string())).unwrap();
-}
-
 /// Sends a control message with an id and asserts the `ok`.
 fn op_ok(ws: &mut Client, mut value: Value) {
     value["id"] = json!(77);

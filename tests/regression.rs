@@ -3,81 +3,18 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+
+use util::{GatewayProcess, TIMEOUT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
-/// A start-up that takes longer than this is a failure, not a slow machine.
-const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `wsgate serve`, its log lines (stderr) read on a thread.
-struct Gateway {
-    child: Child,
-    /// Kept so that the reader thread drains the pipe for as long as the gateway runs.
-    _log: Receiver<String>,
-    /// The address from the start-up line.
-    addr: String,
-    /// Log lines before the start-up line.
-    before: Vec<String>,
-}
-
-impl Gateway {
-    /// Starts `wsgate serve ARGS` (epoll, unpinned) and waits for its start-up line.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--io", "epoll", "--pin", "false"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wsgate runs");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut before = Vec::new();
-        loop {
-            let Ok(line) = log.recv_timeout(TIMEOUT) else {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("no start-up line ({status:?}); log so far: {before:?}");
-            };
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split(',').next().expect("an address").to_owned();
-                return Self {
-                    child,
-                    _log: log,
-                    addr,
-                    before,
-                };
-            }
-            before.push(line);
-        }
-    }
-
-    /// SIGTERM, then the exit status must be 0 (drained).
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        assert_eq!(self.child.wait().unwrap().code(), Some(0));
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `wsgate serve ARGS` (epoll, unpinned) and waits for its start-up line.
+fn start(args: &[&str]) -> GatewayProcess {
+    let mut all = vec!["--io", "epoll", "--pin", "false"];
+    all.extend_from_slice(args);
+    GatewayProcess::start(&all)
 }
 
 /// Runs `wsgate serve ARGS`, which must exit (not start serving) within `TIMEOUT`.
@@ -105,7 +42,7 @@ fn run(args: &[&str]) -> Output {
 /// on every listener) and split the pub/sub traffic; it must fail, naming the address.
 #[test]
 fn second_instance_on_a_port_in_use_fails() {
-    let first = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
+    let first = start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
     for threads in ["1", "2"] {
         let out = run(&["--listen", &first.addr, "--threads", threads]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -124,8 +61,8 @@ fn second_instance_on_a_port_in_use_fails() {
 /// Issue 9, item 1: sharing a port stays possible when asked for (a handover), and only then.
 #[test]
 fn share_port_lets_two_instances_listen_together() {
-    let first = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--share-port"]);
-    let second = Gateway::start(&["--listen", &first.addr, "--threads", "1", "--share-port"]);
+    let first = start(&["--listen", "127.0.0.1:0", "--threads", "1", "--share-port"]);
+    let second = start(&["--listen", &first.addr, "--threads", "1", "--share-port"]);
     assert_eq!(second.addr, first.addr);
     let out = run(&["--listen", &first.addr, "--threads", "1"]);
     assert_eq!(
@@ -158,7 +95,7 @@ fn more_reactors_than_cores_is_warned_about() {
         eprintln!("skipping: {cores} cores leave no room above them under the 64-reactor cap");
         return;
     }
-    let over = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", &threads.to_string()]);
+    let over = start(&["--listen", "127.0.0.1:0", "--threads", &threads.to_string()]);
     let warning = over
         .before
         .iter()
@@ -174,7 +111,7 @@ fn more_reactors_than_cores_is_warned_about() {
     assert_eq!(ws.read().unwrap(), tungstenite::Message::text("ok"));
     drop(ws);
     over.stop();
-    let fits = Gateway::start(&["--listen", "127.0.0.1:0", "--threads", &cores.to_string()]);
+    let fits = start(&["--listen", "127.0.0.1:0", "--threads", &cores.to_string()]);
     assert!(
         !fits.before.iter().any(|l| l.contains("reactors but")),
         "no warning when they fit: {:?}",

@@ -581,31 +581,11 @@ fn bad_certificates_at_start_exit_2_naming_the_file() {
 /// SIGHUP reloads the certificates of the running binary.
 #[test]
 fn sighup_reloads_the_certificates() {
-    use std::io::BufRead;
     let pki = Pki::new("sighup");
     let pair = pki.leaf("site", &["localhost"], false);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--pin",
-            "false",
-        ])
-        .args(["--tls-listen", "127.0.0.1:0", "--tls-certs", &pair])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("listening for TLS (wss://) on "))
-        .expect("the TLS start-up line");
+    let mut gateway =
+        GatewayProcess::one_reactor(&["--tls-listen", "127.0.0.1:0", "--tls-certs", &pair]);
+    let line = gateway.wait_log("listening for TLS (wss://) on ");
     let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
     let leaf = |addr| {
         let tls = tls_connect(addr, pki.client(BOTH), "localhost").unwrap();
@@ -613,20 +593,9 @@ fn sighup_reloads_the_certificates() {
     };
     let old = leaf(addr);
     let _new = pki.leaf("site", &["localhost"], false);
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let reloaded = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("reloaded"))
-        .expect("a reload logged");
+    gateway.signal("HUP");
+    let reloaded = gateway.wait_log("reloaded");
     assert!(reloaded.contains("tls certificates"), "{reloaded}");
     assert_ne!(leaf(addr), old);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    gateway.stop();
 }

@@ -20,6 +20,10 @@ use wsgate_proto::frame::MAX_HEADER_LEN;
 use wsgate_proto::handshake::client;
 use wsgate_proto::{FrameHeader, Role};
 
+mod process;
+#[allow(unused_imports)] // only the tests that run the binary use it
+pub use process::GatewayProcess;
+
 /// Every blocking read in the tests gives up after this: a hang is a failure, not a stall.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -160,6 +164,22 @@ pub fn tcp(server: &TestServer) -> TcpStream {
 /// Reads the next message, skipping nothing: pings and pongs are returned too.
 pub fn recv(ws: &mut Client) -> Message {
     ws.read().expect("a message before the timeout")
+}
+
+/// The next text message as JSON (pings and pongs are skipped).
+pub fn next_json(ws: &mut Client) -> serde_json::Value {
+    loop {
+        match recv(ws) {
+            Message::Text(text) => return serde_json::from_str(&text).expect("valid json"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Sends `value` as a text message.
+pub fn send_json(ws: &mut Client, value: serde_json::Value) {
+    ws.send(Message::text(value.to_string())).unwrap();
 }
 
 /// An HTTP response read from a raw stream.
