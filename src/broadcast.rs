@@ -249,17 +249,19 @@ impl Fanout {
 
     /// Sends a publish to every other interested reactor, first compressing it with
     /// `deflater` when a subscriber of the topic on any reactor negotiated
-    /// permessage-deflate. A full inbox drops the delivery for that reactor and counts it.
+    /// permessage-deflate (counted in `compressions` before the message leaves). A full
+    /// inbox drops the delivery for that reactor and counts it.
     pub fn publish(
         &self,
         from: usize,
         topic: &Arc<str>,
         message: &mut Prepared,
         deflater: &mut Deflater,
+        compressions: &AtomicU64,
         published: Instant,
     ) -> Published {
         let (mask, deflate) = self.interest(topic);
-        let compressed = deflate != 0 && message.deflate(deflater);
+        let compressed = Self::compress(deflate, message, deflater, compressions);
         self.send(mask & !(1u64 << from), topic, message, published);
         Published {
             local: mask & (1u64 << from) != 0,
@@ -276,16 +278,31 @@ impl Fanout {
         topic: &Arc<str>,
         message: &mut Prepared,
         deflater: &mut Deflater,
+        compressions: &AtomicU64,
         published: Instant,
     ) -> Published {
         let (mask, deflate) = self.interest(topic);
-        let compressed = deflate != 0 && message.deflate(deflater);
+        let compressed = Self::compress(deflate, message, deflater, compressions);
         self.send(mask, topic, message, published);
         Published {
             local: false,
             reactors: mask.count_ones(),
             compressed,
         }
+    }
+
+    /// Compresses `message` when `deflate` (a mask of reactors) is not empty; counts it.
+    fn compress(
+        deflate: u64,
+        message: &mut Prepared,
+        deflater: &mut Deflater,
+        compressions: &AtomicU64,
+    ) -> bool {
+        let compressed = deflate != 0 && message.deflate(deflater);
+        if compressed {
+            compressions.fetch_add(1, Ordering::Relaxed);
+        }
+        compressed
     }
 
     fn send(&self, mut others: u64, topic: &Arc<str>, message: &Prepared, published: Instant) {
@@ -522,15 +539,16 @@ mod tests {
         let mut frame = prepare_delivery("t", b"1");
         let topic: Arc<str> = Arc::from("t");
         let mut deflater = Deflater::new(1, 0);
-        let sent = f.publish(0, &topic, &mut frame, &mut deflater, Instant::now());
+        let n = AtomicU64::new(0);
+        let sent = f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
         assert!(!sent.local, "reactor 0 has no subscribers");
         assert_eq!(sent.reactors, 1);
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (0, 1, 0));
-        let sent = f.publish(1, &topic, &mut frame, &mut deflater, Instant::now());
+        let sent = f.publish(1, &topic, &mut frame, &mut deflater, &n, Instant::now());
         assert!(sent.local, "local subscribers");
         assert_eq!(rx[1].len(), 1, "nothing sent to itself");
         for _ in 0..10 {
-            f.publish(0, &topic, &mut frame, &mut deflater, Instant::now());
+            f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
         }
         assert_eq!(rx[1].len(), 4, "bounded");
         assert_eq!(f.inbox(1).overflows.load(Ordering::Relaxed), 7);
@@ -594,7 +612,8 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         let mut deflater = Deflater::new(1, 0);
         let mut message = prepare_delivery("t", b"1");
-        let sent = f.publish_remote(&topic, &mut message, &mut deflater, Instant::now());
+        let n = AtomicU64::new(0);
+        let sent = f.publish_remote(&topic, &mut message, &mut deflater, &n, Instant::now());
         assert_eq!(sent.reactors, 2);
         assert!(!sent.compressed, "no subscriber negotiated deflate");
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (1, 0, 1));
@@ -612,9 +631,17 @@ mod tests {
             "{\"price\":42000.5,\"side\":\"buy\"},".repeat(20) + "1"
         );
         let mut deflater = Deflater::new(1, 128);
+        let n = AtomicU64::new(0);
         let mut publish = |from| {
             let mut message = prepare_delivery("t", data.as_bytes());
-            let sent = f.publish(from, &topic, &mut message, &mut deflater, Instant::now());
+            let sent = f.publish(
+                from,
+                &topic,
+                &mut message,
+                &mut deflater,
+                &n,
+                Instant::now(),
+            );
             (sent.compressed, message.deflated().is_some())
         };
         t0.subscribe(&f, 0, "t", ConnId(1), false);
@@ -654,14 +681,10 @@ mod tests {
         // Under the minimum size: not compressed, even with the mask set.
         t0.subscribe(&f, 0, "t", ConnId(5), true);
         let mut small = prepare_delivery("t", b"1");
-        let sent = f.publish(
-            0,
-            &topic,
-            &mut small,
-            &mut Deflater::new(1, 128),
-            Instant::now(),
-        );
+        let mut deflater = Deflater::new(1, 128);
+        let sent = f.publish(0, &topic, &mut small, &mut deflater, &n, Instant::now());
         assert!(!sent.compressed && small.deflated().is_none());
+        assert_eq!(n.load(Ordering::Relaxed), 1, "counted each compression");
     }
 
     #[test]

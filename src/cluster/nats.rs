@@ -255,13 +255,13 @@ async fn relay(
         };
         let mut prepared = broadcast::prepare_delivery(&topic, data);
         let mut deflater = deflater.lock().expect("deflater lock poisoned");
-        let sent =
-            shared
-                .fanout
-                .publish_remote(&topic, &mut prepared, &mut deflater, Instant::now());
-        if sent.compressed {
-            link.stats.compressions.fetch_add(1, Ordering::Relaxed);
-        }
+        shared.fanout.publish_remote(
+            &topic,
+            &mut prepared,
+            &mut deflater,
+            &link.stats.compressions,
+            Instant::now(),
+        );
     }
 }
 

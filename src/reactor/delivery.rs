@@ -85,11 +85,9 @@ impl Core {
             &name,
             &mut message,
             &mut self.deflater,
+            &self.shared.metrics[self.index].deflate_compressions,
             self.now,
         );
-        if sent.compressed {
-            ReactorMetrics::add(&self.metrics().deflate_compressions, 1);
-        }
         if sent.local {
             self.deliver(topic, &message, self.now);
         }
