@@ -1,5 +1,13 @@
 //! The server-side connection state machine over a sequence of [`Op`]s: peer bytes split at
-//! arbitrary points, time passing, server closes, sends and partial writes.
+//! arbitrary points, time passing, server closes, sends and partial writes; with
+//! permessage-deflate negotiated or not (the `deflate` and `connection` targets).
+//!
+//! With deflate, an [`Op::Frame`] whose head has RSV1 and RSV3 (0x50) set and FIN is a
+//! compressed message made by an independent compressor (miniz_oxide, level from the key's
+//! first byte) and sent with RSV1 alone: the model expects its original payload. Any other
+//! RSV1 frame (arbitrary deflate data: garbage, bombs, unended blocks, RSV1 on a control
+//! frame or a continuation) leaves the model, and only the invariants below are checked.
+//! Echoes and sends are compressed (`send_compressible`) where that pays.
 //!
 //! Checked after every step:
 //! - `handle_bytes` consumes all it is given, or stops right after a message;
@@ -12,20 +20,20 @@
 //! - a due timer makes progress, an early one does nothing;
 //! - what the connection holds of its memory budget is exactly what the budget lent it
 //!   (nothing leaks or is given back twice), and never more than one message's limit;
-//! - the bytes written are valid server frames: FIN, unmasked, no RSV, control payloads of
-//!   at most 125 bytes, at most one close frame (valid code, UTF-8 reason) and nothing after
-//!   it; messages delivered are within the limit and text is UTF-8.
-#![no_main]
+//! - the bytes written are valid server frames: FIN, unmasked, no RSV but RSV1 on a data
+//!   frame of a deflate connection (whose payload the independent decompressor inflates,
+//!   to UTF-8 for text), control payloads of at most 125 bytes, at most one close frame
+//!   (valid code, UTF-8 reason) and nothing after it; messages delivered are within the
+//!   limit and text is UTF-8.
 
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
-use libfuzzer_sys::fuzz_target;
-use wsgate_fuzz::{Input, Op, Setup};
+use wsgate_proto::deflate::{self, Agreed, Deflater, Inflater};
 use wsgate_proto::frame::{self, FrameHeader};
 use wsgate_proto::{Budget, CloseCode, CloseFrame, Connection, Event, Limits, OpCode, OutQueue};
 
-fuzz_target!(|input: Input| run(input));
+use crate::{Input, Op, Setup};
 
 /// Codes the application closes with.
 const SERVER_CODES: [CloseCode; 6] = [
@@ -54,16 +62,28 @@ struct Side {
     budget: Budget,
     out: OutQueue,
     sent: Vec<u8>,
+    /// A reactor's: one of each, for all its connections.
+    inflater: Inflater,
+    deflater: Deflater,
 }
 
 impl Side {
-    fn new(now: Instant, limits: &Limits) -> Self {
+    fn new(now: Instant, limits: &Limits, deflate: Option<Agreed>) -> Self {
         Self {
-            conn: Connection::server(now),
+            conn: Connection::server(now).with_deflate(deflate),
             budget: Budget::new(limits.max_message_size as u64),
             out: OutQueue::default(),
             sent: Vec::new(),
+            inflater: Inflater::default(),
+            // A low minimum size, so that small echoes are compressed too.
+            deflater: Deflater::new(1, 8),
         }
+    }
+
+    /// Queues a message as the applications do: compressed where negotiated and it pays.
+    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
+        self.conn
+            .send_compressible(opcode, payload, &mut self.deflater, &mut self.out)
     }
 
     /// Feeds `piece` as one read, as the reactor does: again after each message, answering
@@ -77,7 +97,7 @@ impl Side {
                 now,
                 limits,
                 &mut self.budget,
-                &mut wsgate_proto::deflate::Inflater::default(),
+                &mut self.inflater,
                 rest,
                 &mut self.out,
                 events,
@@ -99,8 +119,9 @@ impl Side {
                 let Some(Event::Message { opcode, data }) = events.last() else {
                     unreachable!()
                 };
+                let (opcode, data) = (*opcode, data.clone());
                 let open = self.conn.is_open();
-                assert_eq!(self.conn.send_message(*opcode, data, &mut self.out), open);
+                assert_eq!(self.send(opcode, &data), open);
             }
             rest = &mut std::mem::take(&mut rest)[n..];
         }
@@ -149,14 +170,16 @@ impl Model {
         }
     }
 
-    fn frame(&mut self, limits: &Limits, head: u8, payload: &[u8]) {
+    /// A frame of `wire_len` payload bytes on the wire carrying `payload` (the same bytes,
+    /// or those a compressed frame inflates to, with `head`'s RSV bits cleared).
+    fn frame(&mut self, limits: &Limits, head: u8, payload: &[u8], wire_len: usize) {
         if !self.valid || self.peer_closed {
             return;
         }
-        self.valid = self.accept(limits, head, payload);
+        self.valid = self.accept(limits, head, payload, wire_len);
     }
 
-    fn accept(&mut self, limits: &Limits, head: u8, payload: &[u8]) -> bool {
+    fn accept(&mut self, limits: &Limits, head: u8, payload: &[u8], wire_len: usize) -> bool {
         let fin = head & 0x80 != 0;
         let opcode = match head & 0x0f {
             0x0 => OpCode::Continuation,
@@ -200,7 +223,7 @@ impl Model {
             }
             return true;
         }
-        if payload.len() as u64 > limits.max_frame_size {
+        if wire_len as u64 > limits.max_frame_size {
             return false;
         }
         let (kind, mut data) = match (opcode, self.message.take()) {
@@ -229,12 +252,16 @@ impl Model {
     }
 }
 
-fn run(input: Input) {
+/// Runs one session; `deflate`: the connection negotiated permessage-deflate.
+pub fn run(input: Input, deflate: bool) {
     let limits = limits(input.setup);
     let mut now = Instant::now();
+    let agreed = deflate.then_some(Agreed {
+        server_max_window_bits: None,
+    });
     // Fed in pieces, and the reference fed each read whole.
-    let mut split = Side::new(now, &limits);
-    let mut whole = Side::new(now, &limits);
+    let mut split = Side::new(now, &limits, agreed);
+    let mut whole = Side::new(now, &limits, agreed);
     let mut model = Model {
         valid: true,
         ..Model::default()
@@ -249,8 +276,27 @@ fn run(input: Input) {
                 model.raw(&bytes);
                 wire.extend_from_slice(&bytes);
             }
+            Op::Frame { head, key, payload }
+                if deflate && head & 0xf0 == 0xd0 && matches!(head & 0x0f, 1 | 2) =>
+            {
+                let compressed = oracle::compress(key[0] % 10, &payload);
+                if compressed.len() > limits.max_message_size {
+                    // Held compressed while it arrives, the message is over the limit
+                    // already (1009): not modelled.
+                    model.raw(&compressed);
+                } else {
+                    model.frame(&limits, head & !0x70, &payload, compressed.len());
+                }
+                wire.extend(frame::encode_client_raw(
+                    true,
+                    deflate::RSV1,
+                    head & 0x0f,
+                    key,
+                    &compressed,
+                ));
+            }
             Op::Frame { head, key, payload } => {
-                model.frame(&limits, head, &payload);
+                model.frame(&limits, head, &payload, payload.len());
                 wire.extend(frame::encode_client_raw(
                     head & 0x80 != 0,
                     (head >> 4) & 0x7,
@@ -348,10 +394,7 @@ fn run(input: Input) {
                 };
                 for side in [&mut split, &mut whole] {
                     let open = side.conn.is_open();
-                    assert_eq!(
-                        side.conn.send_message(opcode, &payload, &mut side.out),
-                        open
-                    );
+                    assert_eq!(side.send(opcode, &payload), open);
                 }
             }
             Op::Write(n) => split.write(n.into()),
@@ -380,7 +423,7 @@ fn run(input: Input) {
     }
     split.flush();
     assert_eq!(split.sent, whole.sent, "split reads change the output");
-    check_output(&whole.sent);
+    check_output(&whole.sent, deflate);
 }
 
 fn check_events(limits: &Limits, events: &[Event]) {
@@ -401,19 +444,35 @@ fn check_events(limits: &Limits, events: &[Event]) {
 }
 
 /// The server's whole output is valid frames, with nothing after a close frame.
-fn check_output(mut bytes: &[u8]) {
+fn check_output(mut bytes: &[u8], deflate: bool) {
     let mut closed = false;
     while !bytes.is_empty() {
         assert!(!closed, "bytes after the close frame");
         let (header, n) = FrameHeader::parse(bytes)
             .expect("valid server frame")
             .expect("complete server frame");
+        let compressed = header.rsv == deflate::RSV1;
         assert!(
-            header.fin && header.rsv == 0 && header.mask.is_none(),
+            header.fin
+                && header.mask.is_none()
+                && (header.rsv == 0 || compressed && deflate && !header.opcode.is_control()),
             "{header:?}"
         );
         let end = n + usize::try_from(header.len).expect("fits");
         let payload = &bytes[n..end];
+        if compressed {
+            let inflated = oracle::inflate(payload).expect("the server's deflate data inflates");
+            assert!(
+                inflated.len() > payload.len(),
+                "compressed only when it pays"
+            );
+            if header.opcode == OpCode::Text {
+                assert!(
+                    std::str::from_utf8(&inflated).is_ok(),
+                    "compressed text is utf-8"
+                );
+            }
+        }
         if header.opcode.is_control() {
             assert!(payload.len() <= 125, "control payload {}", payload.len());
         }
@@ -427,5 +486,39 @@ fn check_output(mut bytes: &[u8]) {
             }
         }
         bytes = &bytes[end..];
+    }
+}
+
+/// An implementation of deflate independent of the one under test (miniz_oxide, where
+/// wsgate-proto uses flate2 on zlib-rs), to make and check compressed messages.
+mod oracle {
+    use miniz_oxide::deflate::core::{
+        compress as deflate, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush,
+        TDEFLStatus,
+    };
+
+    /// `data` as raw deflate ending in a sync flush, the `00 00 ff ff` tail removed (RFC
+    /// 7692 §7.2.1).
+    pub fn compress(level: u8, data: &[u8]) -> Vec<u8> {
+        let mut c = CompressorOxide::new(create_comp_flags_from_zip_params(level.into(), 0, 0));
+        let mut out = vec![0; data.len() * 2 + 1024];
+        let (status, read, written) = deflate(&mut c, data, &mut out, TDEFLFlush::Sync);
+        assert_eq!(
+            (status, read),
+            (TDEFLStatus::Okay, data.len()),
+            "room enough"
+        );
+        out.truncate(written);
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]), "a sync flush ends so");
+        out.truncate(written - 4);
+        out
+    }
+
+    /// A message's payload inflated (§7.2.2: the tail appended, then an empty final block,
+    /// so the message must end on a block boundary).
+    pub fn inflate(payload: &[u8]) -> Option<Vec<u8>> {
+        let mut data = payload.to_vec();
+        data.extend_from_slice(&[0, 0, 0xff, 0xff, 0x01, 0, 0, 0xff, 0xff]);
+        miniz_oxide::inflate::decompress_to_vec(&data).ok()
     }
 }
