@@ -393,9 +393,13 @@ pub fn enum_arg<E: ValueEnum + Clone + Send + Sync + 'static>(arg: Arg) -> Arg {
         .action(ArgAction::Set)
 }
 
-/// Parses "250ms", "10s", "5m", "1h" (a number and a unit).
+/// Parses "250ms", "10s", "5m", "1h" (a number and a unit), and "0" (zero needs none:
+/// the settings where 0 turns something off say so).
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
@@ -451,6 +455,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("00"), None);
         assert_eq!(parse_duration("10 parsecs"), None);
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("1e300h"), None);

@@ -1,28 +1,58 @@
 //! Write batching under load: how long fan-out deliveries may wait so that several frames
 //! leave in one write. Each write costs a syscall and the kernel's TCP send (about a
 //! microsecond on loopback) whatever it carries, so a busy reactor that holds frames for
-//! a few milliseconds spends several times less per delivery, while an idle one would only
-//! add latency.
+//! a few milliseconds spends less per delivery, while an idle one would only add latency.
 //!
-//! A controller on the reactor's load picks the delay once per window. The load is the
-//! larger of two shares of the window's wall time: the thread's CPU time (which counts the
+//! The controller looks for the *smallest* delay that brings the reactor's load down to
+//! a target, not the longest it may take. Once per window it measures the load: the larger
+//! of two shares of the window's wall time, the thread's CPU time (which counts the
 //! kernel's work in its writes, on both drivers, even inside io_uring's submit) and the
-//! time its turns took (which also counts time the thread was runnable but preempted:
-//! long turns). The delay is off while the reactor is mostly idle (deliveries leave in the turn that queued them, as without batching);
-//! started and doubled while it is busy; halved as it calms; never past `max_batch_delay`;
-//! and switched off for a while when the batches show that subscribers receive too rarely
-//! for any delay within the bound to put two frames in one write.
+//! time its turns took (which also counts time the thread was runnable but preempted).
+//! From the window's batches it knows the frames per write `f` the current delay gave,
+//! and how fast a waiting connection gathers more (extra frames per batch over the
+//! delay); a model of the cost per delivery, a fixed part plus a per-write part spread
+//! over `f` frames, then says what load each delay would give:
+//!
+//! ```text
+//!   cost(f) ∝ (1 − WRITE_SHARE) + WRITE_SHARE / f        f(delay) = 1 + rate · delay
+//!   load(delay) = load_now · cost(f(delay)) / cost(f_now)
+//! ```
+//!
+//! and it steps to the delay whose load is the aim (`TARGET`, or a quarter above the
+//! floor no delay can go below, if that is higher: frames beyond that buy little CPU for
+//! their latency). After each change it waits a window before judging (that window
+//! still holds frames corked under the old delay). Off while the reactor is mostly idle
+//! (deliveries leave in the turn that queued them), and switched off for a while when the
+//! batches show that subscribers receive too rarely for any delay within
+//! `max_batch_delay` to put two frames in one write, or when nothing waited at all.
 
 use std::time::{Duration, Instant};
 
 /// How often the load is measured and the delay adjusted.
 const WINDOW: Duration = Duration::from_millis(50);
-/// Load (share of wall time the thread was on the CPU) at which the delay grows ...
-const BUSY: f64 = 0.6;
-/// ... and under which it is halved (at most doubling the writes: back under `BUSY`).
-const CALM: f64 = 0.3;
-/// The first delay tried, and the shortest kept.
+/// Load (share of wall time the thread was busy) at which batching starts ...
+const START: f64 = 0.5;
+/// ... and under which, estimated without batching, it stops again.
+const STOP: f64 = 0.4;
+/// The load the delay aims for.
+const TARGET: f64 = 0.35;
+/// The aim is at least this much above the floor (the load with every frame of a
+/// connection in one write), whatever `TARGET` says.
+const OVER_FLOOR: f64 = 1.25;
+/// Share of a delivery's cost at one frame per write that is the write's (syscall, TCP
+/// send, wake-up of the receiver) rather than the frame's: measured on loopback at 1,000
+/// subscribers, see the README's batching section.
+const WRITE_SHARE: f64 = 0.6;
+/// The delay tried first, to learn how fast frames gather.
 const FIRST: Duration = Duration::from_millis(1);
+/// The shortest delay kept.
+const SHORTEST: Duration = Duration::from_micros(250);
+/// A change smaller than this share of the delay is not worth a window of settling.
+const DEAD_BAND: f64 = 0.2;
+/// One step changes the delay by at most this factor either way.
+const MAX_STEP: f64 = 4.0;
+/// Frames per write the full bound must promise for batching to be worth it.
+const WORTH: f64 = 1.5;
 /// How long batching stays off once it proved useless at the current rates.
 const HOLD_OFF: Duration = Duration::from_secs(2);
 
@@ -34,10 +64,17 @@ pub(super) struct Batching {
     cpu: fn() -> Duration,
     window_start: Instant,
     cpu_start: Duration,
-    /// Smoothed load over the last windows, 0 to 1.
+    /// Load averaged over the windows judged since the delay last changed, 0 to 1.
     load: f64,
+    /// Windows averaged into `load`.
+    judged: u32,
+    /// The window after a change is not judged: it still holds frames of the old delay.
+    settling: bool,
     /// No batching before this (it did not help).
     hold_off: Option<Instant>,
+    /// Frames per write without a delay (several publishes in one turn share a write
+    /// anyway), as last measured.
+    unbatched_frames: f64,
     /// Batches opened in this window (a connection's first waiting frame), and frames that
     /// joined one already open.
     opened: u64,
@@ -55,7 +92,10 @@ impl Batching {
             window_start: now,
             cpu_start: cpu(),
             load: 0.0,
+            judged: 0,
+            settling: false,
             hold_off: None,
+            unbatched_frames: 1.0,
             opened: 0,
             joined: 0,
             turns: Duration::ZERO,
@@ -67,12 +107,12 @@ impl Batching {
         self.delay
     }
 
-    /// A connection's first frame starts waiting.
+    /// A connection's first frame of a write is queued (it waits, or leaves this turn).
     pub fn opened(&mut self) {
         self.opened += 1;
     }
 
-    /// A frame joins a connection's waiting ones.
+    /// A frame joins the ones queued for a connection's next write.
     pub fn joined(&mut self) {
         self.joined += 1;
     }
@@ -88,79 +128,310 @@ impl Batching {
         }
         let cpu = (self.cpu)();
         let used = cpu.saturating_sub(self.cpu_start).max(self.turns);
-        self.load = 0.5 * self.load + 0.5 * (used.as_secs_f64() / wall.as_secs_f64()).min(1.0);
-        // Frames per batch beyond the first; none without batches to judge by.
-        let extra = (self.opened > 0).then(|| self.joined as f64 / self.opened as f64);
-        let before = self.delay;
-        self.delay = self.next_delay(now, extra);
+        let load = (used.as_secs_f64() / wall.as_secs_f64()).min(1.0);
+        let (opened, joined) = (self.opened, self.joined);
         self.window_start = now;
         self.cpu_start = cpu;
         self.opened = 0;
         self.joined = 0;
         self.turns = Duration::ZERO;
-        (self.delay != before).then_some(self.delay)
+        if std::mem::take(&mut self.settling) {
+            return None;
+        }
+        self.judged += 1;
+        self.load += (load - self.load) / f64::from(self.judged.min(4));
+        let next = self.next_delay(now, opened, joined);
+        if next == self.delay {
+            return None;
+        }
+        self.delay = next;
+        self.settling = true;
+        self.judged = 0;
+        self.load = 0.0;
+        Some(next)
     }
 
-    fn next_delay(&mut self, now: Instant, extra: Option<f64>) -> Duration {
-        let busy = self.load >= BUSY;
+    fn next_delay(&mut self, now: Instant, opened: u64, joined: u64) -> Duration {
+        // Frames per write the window's delay gave.
+        let frames = 1.0 + joined as f64 / opened.max(1) as f64;
         if self.delay.is_zero() {
+            if opened > 0 {
+                self.unbatched_frames = frames;
+            }
             let held = self.hold_off.is_some_and(|until| now < until);
-            return if busy && !held {
+            return if self.load >= START && aim(self.load, frames) < self.load && !held {
                 FIRST.min(self.max)
             } else {
                 Duration::ZERO
             };
         }
-        // A batch of `delay` gathered `extra` frames after its first; at the longest delay
-        // it would gather proportionally more. Under half a frame: useless (judged once
-        // the delay is long enough for the count to mean something).
-        let at_max = extra.map(|e| e * self.max.as_secs_f64() / self.delay.as_secs_f64());
-        if self.delay >= self.max / 4 && at_max.is_some_and(|f| f < 0.5) {
-            self.hold_off = Some(now + HOLD_OFF);
-            Duration::ZERO
-        } else if busy {
-            (self.delay * 2).min(self.max)
-        } else if self.load < CALM {
-            let half = self.delay / 2;
-            if half < FIRST {
-                Duration::ZERO
-            } else {
-                half
-            }
-        } else {
-            self.delay
+        if opened == 0 {
+            // Busy, but not with deliveries: nothing for batching to save.
+            return self.give_up(now);
         }
+        let f0 = self.unbatched_frames;
+        let delay = self.delay.as_secs_f64();
+        // Extra frames a waiting connection gathers per second of delay.
+        let rate = (frames - f0).max(0.0) / delay;
+        let max = self.max.as_secs_f64();
+        if f0 + rate * max < WORTH * f0 && (opened >= 100 || self.delay >= self.max / 4) {
+            return self.give_up(now);
+        }
+        let unbatched = self.load * cost(f0) / cost(frames);
+        let aim = aim(self.load, frames);
+        if unbatched < STOP || aim >= unbatched {
+            return Duration::ZERO;
+        }
+        // cost(f) = cost(frames) · aim / load, solved for f; then f = f0 + rate · delay.
+        let needed = WRITE_SHARE / (cost(frames) * aim / self.load - (1.0 - WRITE_SHARE));
+        let wanted = if rate > 0.0 {
+            (needed - f0) / rate
+        } else {
+            max
+        };
+        let wanted = wanted.clamp(delay / MAX_STEP, delay * MAX_STEP);
+        if (wanted - delay).abs() <= DEAD_BAND * delay {
+            return self.delay;
+        }
+        Duration::from_secs_f64(wanted).clamp(SHORTEST.min(self.max), self.max)
     }
+
+    fn give_up(&mut self, now: Instant) -> Duration {
+        self.hold_off = Some(now + HOLD_OFF);
+        Duration::ZERO
+    }
+}
+
+/// A delivery's cost at `frames` per write, relative to one frame per write.
+fn cost(frames: f64) -> f64 {
+    (1.0 - WRITE_SHARE) + WRITE_SHARE / frames
+}
+
+/// The load to aim for, from the load at `frames` per write: `TARGET`, or a quarter above
+/// the floor (every frame of a connection in one write), whichever is higher.
+fn aim(load: f64, frames: f64) -> f64 {
+    TARGET.max(OVER_FLOOR * load * (1.0 - WRITE_SHARE) / cost(frames))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    thread_local! {
+        static CPU: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    fn cpu() -> Duration {
+        CPU.with(Cell::get)
+    }
 
     fn no_cpu() -> Duration {
         Duration::ZERO
+    }
+
+    /// A reactor fanning out to `subscribers` that each receive `rate` frames a second,
+    /// `burst` of them in one turn; a delivery costs `frame` plus `write` spread over the
+    /// frames that share its write (the model's shape, with a write share of 0.6 at one
+    /// frame per write).
+    struct Load {
+        subscribers: f64,
+        rate: f64,
+        burst: f64,
+        frame: Duration,
+        write: Duration,
+    }
+
+    impl Load {
+        /// 1,000 subscribers at `rate` frames a second each, 0.8 of a core unbatched at
+        /// 1,000/s.
+        fn thousand(rate: f64) -> Self {
+            Self {
+                subscribers: 1000.0,
+                rate,
+                burst: 1.0,
+                frame: Duration::from_nanos(320),
+                write: Duration::from_nanos(480),
+            }
+        }
+
+        /// Frames per write at a delay.
+        fn frames(&self, delay: Duration) -> f64 {
+            self.burst + self.rate * delay.as_secs_f64()
+        }
+
+        /// The load a delay gives, in share of the core.
+        fn at(&self, delay: Duration) -> f64 {
+            let f = self.frames(delay);
+            let per = self.frame.as_secs_f64() + self.write.as_secs_f64() / f;
+            (self.subscribers * self.rate * per).min(1.0)
+        }
+    }
+
+    /// Runs the controller against `load` for `windows` windows of 50 ms, one turn each;
+    /// returns the delay after each window.
+    fn run(b: &mut Batching, t: &mut Instant, load: &Load, windows: usize) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        for _ in 0..windows {
+            let d = b.delay();
+            let frames = load.subscribers * load.rate * WINDOW.as_secs_f64();
+            let writes = (frames / load.frames(d)).round() as u64;
+            for _ in 0..writes {
+                b.opened();
+            }
+            for _ in 0..(frames.round() as u64).saturating_sub(writes) {
+                b.joined();
+            }
+            CPU.with(|c| c.set(c.get() + WINDOW.mul_f64(load.at(d))));
+            let start = *t;
+            *t += WINDOW;
+            b.update(start, start);
+            delays.push(b.delay());
+        }
+        delays
+    }
+
+    fn fresh(max: Duration) -> (Batching, Instant) {
+        CPU.with(|c| c.set(Duration::ZERO));
+        let t = Instant::now();
+        (Batching::new(max, t, cpu), t)
+    }
+
+    /// 1,000 subscribers × 1,000/s, 0.8 of a core unbatched: the delay settles at the few
+    /// milliseconds that bring the load to the aim, far below the 20 ms it may take.
+    #[test]
+    fn settles_at_the_smallest_delay_that_reaches_the_aim() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load::thousand(1000.0);
+        assert!((load.at(Duration::ZERO) - 0.8).abs() < 1e-9);
+        let delays = run(&mut b, &mut t, &load, 40);
+        let last = *delays.last().unwrap();
+        assert!(last >= 2 * MS && last <= 6 * MS, "{delays:?}");
+        // The aim: a quarter above the floor of 0.32 (0.4), or under it.
+        assert!(load.at(last) <= 0.43, "load {} at {last:?}", load.at(last));
+        // Settled: the last second changed nothing.
+        assert!(delays[20..].iter().all(|&d| d == last), "{delays:?}");
+        // Each change waits a window before it is judged.
+        for w in delays.windows(3) {
+            assert!(!(w[0] != w[1] && w[1] != w[2]), "{delays:?}");
+        }
+    }
+
+    /// The same reactor at a quarter of the rate is not busy enough to batch at all.
+    #[test]
+    fn light_load_never_batches() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load::thousand(250.0);
+        assert!(load.at(Duration::ZERO) < START);
+        let delays = run(&mut b, &mut t, &load, 40);
+        assert!(delays.iter().all(|d| d.is_zero()), "{delays:?}");
+    }
+
+    /// Saturated and each subscriber receives only 100/s: the aim needs more than the
+    /// bound, so the delay goes to the bound, never past it; when the load goes away,
+    /// batching ends.
+    #[test]
+    fn saturated_takes_the_bound_and_no_more_then_stops() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load {
+            subscribers: 10_000.0,
+            rate: 100.0,
+            burst: 1.0,
+            frame: Duration::from_nanos(400),
+            write: Duration::from_nanos(600),
+        };
+        let delays = run(&mut b, &mut t, &load, 30);
+        assert!(delays.iter().all(|&d| d <= 20 * MS), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), 20 * MS, "{delays:?}");
+        let calm = Load { rate: 10.0, ..load };
+        let delays = run(&mut b, &mut t, &calm, 10);
+        assert_eq!(*delays.last().unwrap(), Duration::ZERO, "{delays:?}");
+    }
+
+    /// The rate falls while batching: the delay shrinks with it rather than staying long.
+    #[test]
+    fn follows_a_falling_load_down() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let delays = run(&mut b, &mut t, &Load::thousand(1000.0), 30);
+        let high = *delays.last().unwrap();
+        let delays = run(&mut b, &mut t, &Load::thousand(700.0), 30);
+        let lower = *delays.last().unwrap();
+        assert!(lower < high, "{high:?} then {lower:?}");
+        let delays = run(&mut b, &mut t, &Load::thousand(300.0), 10);
+        assert_eq!(*delays.last().unwrap(), Duration::ZERO, "{delays:?}");
+    }
+
+    /// Busy, but each subscriber receives 10/s: no delay within 20 ms puts two frames in a
+    /// write. Batching is tried once, then held off for 2 s at a time.
+    #[test]
+    fn gives_up_when_subscribers_receive_too_rarely() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load {
+            subscribers: 10_000.0,
+            rate: 10.0,
+            burst: 1.0,
+            frame: Duration::from_nanos(2000),
+            write: Duration::from_nanos(4000),
+        };
+        assert!(load.at(Duration::ZERO) >= START);
+        let delays = run(&mut b, &mut t, &load, 80);
+        let batched = delays.iter().filter(|d| !d.is_zero()).count();
+        assert!(batched > 0, "tried");
+        assert!(
+            batched <= 2 * 3,
+            "{batched} of 80 windows batched: {delays:?}"
+        );
+        assert!(delays.iter().all(|&d| d <= FIRST), "{delays:?}");
+    }
+
+    /// A publisher whose publishes arrive a dozen at a time (a late one catching up)
+    /// already puts 12 frames in each write without a delay: waiting would buy little,
+    /// so nothing waits even though the reactor is busy.
+    #[test]
+    fn publishes_that_arrive_in_bursts_need_no_delay() {
+        let (mut b, mut t) = fresh(20 * MS);
+        let load = Load {
+            burst: 12.0,
+            frame: Duration::from_nanos(1200),
+            write: Duration::from_nanos(1800),
+            ..Load::thousand(1000.0)
+        };
+        assert!(load.at(Duration::ZERO) >= START);
+        let delays = run(&mut b, &mut t, &load, 40);
+        assert!(delays.iter().all(|d| d.is_zero()), "{delays:?}");
     }
 
     /// A reactor preempted in the middle of its turns uses little CPU, but its turns run
     /// long: that is load too.
     #[test]
     fn long_turns_count_as_load_without_cpu_time() {
-        let ms = Duration::from_millis(1);
         let mut t = Instant::now();
-        let mut b = Batching::new(20 * ms, t, no_cpu);
+        let mut b = Batching::new(20 * MS, t, no_cpu);
         for _ in 0..4 {
-            b.opened();
-            b.joined();
+            for _ in 0..10 {
+                b.opened();
+                b.joined();
+            }
             let start = t;
-            t += 60 * ms;
+            t += 60 * MS;
             b.update(start, t);
         }
-        assert!(b.delay() >= 2 * ms, "{:?}", b.delay());
-        // Short turns again: the delay winds down to nothing.
+        assert!(b.delay() > Duration::ZERO, "{:?}", b.delay());
+        // Short turns again: batching ends.
         for _ in 0..10 {
-            t += 60 * ms;
+            t += 60 * MS;
             b.update(t, t);
         }
         assert_eq!(b.delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn zero_bound_never_batches() {
+        let (mut b, mut t) = fresh(Duration::ZERO);
+        let delays = run(&mut b, &mut t, &Load::thousand(1000.0), 20);
+        assert!(delays.iter().all(|d| d.is_zero()), "{delays:?}");
     }
 }

@@ -191,11 +191,11 @@ impl Core {
                 }
             }
             match conn.scheduled {
-                Scheduled::Corked => self.batch.joined(),
-                Scheduled::Flush => {}
+                Scheduled::Corked | Scheduled::Flush => self.batch.joined(),
                 Scheduled::No if self.batch.delay().is_zero() => {
                     conn.scheduled = Scheduled::Flush;
                     self.flush.push(id);
+                    self.batch.opened();
                 }
                 Scheduled::No => {
                     conn.scheduled = Scheduled::Corked;
