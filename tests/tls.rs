@@ -201,6 +201,96 @@ impl Write for RecordCounter {
     }
 }
 
+/// A client session cache that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct TicketCounter {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tls13_tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for TicketCounter {
+    fn default() -> Self {
+        Self {
+            inner: rustls::client::ClientSessionMemoryCache::new(16),
+            tls13_tickets: Default::default(),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, v);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tls13_tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, v);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// Writes what `tls` has to say and reads (answering as rustls needs) until `until` holds
+/// for the plaintext read, or the server closes; returns whether it said close_notify.
+fn exchange(
+    tls: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    plain: &mut Vec<u8>,
+    until: &dyn Fn(&[u8]) -> bool,
+) -> bool {
+    while !until(plain) {
+        while tls.wants_write() {
+            tls.write_tls(tcp).unwrap();
+        }
+        if tls.read_tls(tcp).unwrap() == 0 {
+            return false;
+        }
+        tls.process_new_packets().unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+    }
+    false
+}
+
 for_each_driver! {
     fn echo_over_wss_tls13_and_tls12(io: IoBackend) {
         let pki = Pki::new(&format!("echo-{io:?}"));
@@ -228,6 +318,38 @@ for_each_driver! {
         plain.send(Message::text("plain")).unwrap();
         assert_eq!(recv(&mut plain), Message::text("plain"));
         assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 2);
+    }
+
+    fn a_session_resumes_with_its_ticket_and_not_with_another_servers(io: IoBackend) {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let pki = Pki::new(&format!("resume-{io:?}"));
+        let certs = vec![pki.leaf("localhost", &["localhost"], false)];
+        let (server, addr) = tls_server(io, certs.clone());
+        let (other, other_addr) = tls_server(io, certs);
+        for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+            // One client config: its session cache keeps the tickets it was given.
+            let mut client = pki.client(versions);
+            let store = Arc::new(TicketCounter::default());
+            Arc::get_mut(&mut client).unwrap().resumption =
+                rustls::client::Resumption::store(store.clone());
+            let mut kinds = Vec::new();
+            for to in [addr, addr, other_addr, other_addr] {
+                let mut ws = wss(to, client.clone(), "/echo");
+                kinds.push(ws.get_ref().conn.handshake_kind());
+                ws.send(Message::text("again")).unwrap();
+                assert_eq!(recv(&mut ws), Message::text("again"));
+            }
+            // The other gateway cannot read the first one's ticket: a full handshake,
+            // then its own ticket resumes.
+            let expected = [Full, Resumed, Full, Resumed].map(Some);
+            assert_eq!(kinds, expected, "{versions:?}");
+            // TLS 1.3: one ticket per connection, not rustls' default two.
+            let tickets = store.tls13_tickets.load(std::sync::atomic::Ordering::Relaxed);
+            let one_each = if versions[0] == &rustls::version::TLS13 { 4 } else { 0 };
+            assert_eq!(tickets, one_each, "{versions:?}");
+        }
+        assert_eq!(tls_metric(&server, |m| &m.tls_handshakes), 4);
+        assert_eq!(tls_metric(&other, |m| &m.tls_handshakes), 4);
     }
 
     fn pubsub_over_wss_with_a_plain_publisher(io: IoBackend) {
@@ -280,6 +402,40 @@ for_each_driver! {
         let tls = ws.get_mut();
         let mut byte = [0u8; 1];
         assert_eq!(tls.read(&mut byte).expect("close_notify before the FIN"), 0);
+    }
+
+    fn a_wss_connection_takes_three_writes(io: IoBackend) {
+        let pki = Pki::new(&format!("writes-{io:?}"));
+        let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let config = pki.client(&[&rustls::version::TLS13]);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = ClientConnection::new(config, name).unwrap();
+        // Queued now, the request leaves with the client's Finished, in one write.
+        let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        tls.writer().write_all(request.as_bytes()).unwrap();
+        let mut plain = Vec::new();
+        let head_done = |p: &[u8]| p.windows(4).any(|w| w == b"\r\n\r\n");
+        exchange(&mut tls, &mut tcp, &mut plain, &head_done);
+        assert!(plain.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&plain));
+        plain.clear();
+        // A masked close frame (1000), then the reply, close_notify and the FIN.
+        let mask = [1, 2, 3, 4];
+        let mut close = vec![0x88, 0x82];
+        close.extend_from_slice(&mask);
+        close.extend([0x03 ^ mask[0], 0xe8 ^ mask[1]]);
+        tls.writer().write_all(&close).unwrap();
+        let closed = exchange(&mut tls, &mut tcp, &mut plain, &|_| false);
+        assert!(closed, "close_notify before the FIN");
+        assert_eq!(plain, [0x88, 0x02, 0x03, 0xe8], "the close reply");
+        // The server's flight; the session ticket with the 101; the close reply with
+        // close_notify. (A flush counts its writes once it has made them all.)
+        wait_until("the writes counted", || tls_metric(&server, |m| &m.writes) >= 3);
+        assert_eq!(tls_metric(&server, |m| &m.writes), 3);
     }
 
     fn drain_closes_wss_with_1001(io: IoBackend) {

@@ -296,6 +296,21 @@ impl<D: Driver> Reactor<D> {
                 continue;
             }
             if conn.send == Send::Idle && !transport.is_idle(&conn.out) {
+                let fin_next = matches!(
+                    conn.phase,
+                    Phase::Closing {
+                        fin_sent: false,
+                        ..
+                    }
+                ) && conn.recv != Recv::Eof;
+                if fin_next {
+                    // The last frames of a clean close take TLS close_notify along: one
+                    // write, not two.
+                    transport.outgoing(&mut conn.out, &mut self.core.scratch);
+                    if conn.out.is_empty() {
+                        transport.close();
+                    }
+                }
                 let wire = transport.outgoing(&mut conn.out, &mut self.core.scratch);
                 if !wire.is_empty() {
                     self.driver.send(id, wire);
@@ -327,11 +342,13 @@ impl<D: Driver> Reactor<D> {
                         self.core.close_now(id);
                     } else if !*fin_sent {
                         *fin_sent = true;
-                        // A clean TLS close says close_notify before the FIN.
+                        // A clean TLS close says close_notify before the FIN (unless it
+                        // left with the last frames).
                         if transport.close() {
                             let wire = transport.outgoing(&mut conn.out, &mut self.core.scratch);
                             self.driver.send(id, wire);
                             conn.send = Send::InFlight;
+                            writes += 1;
                         }
                         self.driver.shutdown_write(id);
                     }

@@ -1,0 +1,249 @@
+//! What an idle TLS session holds, counted: dhat as the global allocator, the gateway's
+//! own `Acceptor` and `Transport` on the server side and a rustls client, in memory (no
+//! sockets: the bytes are handed across). After a full handshake, an upgrade's worth of
+//! application data both ways and the idle sweep (`release_idle`), what dropping the
+//! session frees is what an idle connection costs on the heap: bounded here.
+//!
+//! `WSGATE_TLS_MEMORY_PROFILE=/tmp/idle.json cargo test --test tls_memory` writes a dhat
+//! profile instead, taken with the session still open and everything else dropped: each
+//! allocation the session holds with the frames that made it (`eb`/`ebk`, bytes and blocks
+//! at the end; docs/tls.md lists them).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedCipherSuite};
+use wsgate::transport::tls::{Acceptor, CertFiles, MinVersion};
+use wsgate::transport::Transport;
+use wsgate_proto::OutQueue;
+
+/// Heap an idle session may hold: 3,385 B measured with rustls 0.23.46 (TLS 1.3; docs/tls.md
+/// lists the blocks), 3,281 B of them rustls' own. A change that keeps more fails here.
+const MAX_IDLE: usize = 3400;
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+/// A certificate for `localhost` (ECDSA P-256) in a fresh directory, and the roots
+/// trusting it.
+fn setup(test: &str) -> (PathBuf, CertFiles, RootCertStore) {
+    let dir = std::env::temp_dir().join(format!("wsgate-tlsmem-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let files = CertFiles {
+        cert: dir.join("leaf.pem"),
+        key: dir.join("leaf.key"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.der().to_vec()))
+        .unwrap();
+    (dir, files, roots)
+}
+
+/// A client (with a session cache of its own) offering `suite` only.
+fn client(suite: SupportedCipherSuite, roots: &RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: vec![suite],
+        ..rustls::crypto::ring::default_provider()
+    });
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(client)
+}
+
+/// The client and the gateway's transport, bytes handed across in memory.
+struct Pair {
+    client: ClientConnection,
+    server: Transport,
+    /// The reactor's scratch and the connection's plaintext queue (not the session's).
+    scratch: Vec<u8>,
+    plain: OutQueue,
+    /// Plaintext the server received.
+    received: Vec<u8>,
+}
+
+impl Pair {
+    /// Moves bytes both ways until neither side has anything to say.
+    fn pump(&mut self) {
+        for _ in 0..16 {
+            let mut to_server = Vec::new();
+            while self.client.wants_write() {
+                self.client.write_tls(&mut to_server).unwrap();
+            }
+            let mut moved = !to_server.is_empty();
+            if moved {
+                self.scratch.clear();
+                let got = (self.server.receive(&mut to_server, &mut self.scratch))
+                    .expect("the server takes the client's records");
+                self.received.extend_from_slice(got.plain);
+            }
+            let mut to_client = Vec::new();
+            loop {
+                let wire = self.server.outgoing(&mut self.plain, &mut self.scratch);
+                let frames: Vec<u8> = wire.frames().flat_map(|f| f.to_vec()).collect();
+                if frames.is_empty() {
+                    break;
+                }
+                (self.server.sent(&mut self.plain, frames.len()));
+                to_client.extend_from_slice(&frames);
+            }
+            if !to_client.is_empty() {
+                moved = true;
+                let mut rd = &to_client[..];
+                while !rd.is_empty() {
+                    self.client.read_tls(&mut rd).unwrap();
+                    self.client.process_new_packets().unwrap();
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the two sides kept talking");
+    }
+}
+
+/// Heap bytes and blocks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    bytes: usize,
+    blocks: usize,
+}
+
+fn heap() -> Held {
+    let stats = dhat::HeapStats::get();
+    Held {
+        bytes: stats.curr_bytes,
+        blocks: stats.curr_blocks,
+    }
+}
+
+fn minus(a: Held, b: Held) -> Held {
+    Held {
+        bytes: a.bytes.saturating_sub(b.bytes),
+        blocks: a.blocks.saturating_sub(b.blocks),
+    }
+}
+
+/// After a handshake of `client` with `acceptor` and an upgrade's worth of data both
+/// ways, idle: what the session holds (freed when it is dropped), what the handshake left
+/// elsewhere (the resumption state, if the server kept any; the client's too unless
+/// `client` was the last reference to its config) and how it went. Checks that the data
+/// arrived.
+fn idle_session(
+    acceptor: &Acceptor,
+    client: Arc<ClientConfig>,
+    profile: Option<&str>,
+) -> (Held, Held, rustls::HandshakeKind) {
+    let name = ServerName::try_from("localhost").unwrap();
+    let profiler = match profile {
+        Some(file) => dhat::Profiler::builder().file_name(file).build(),
+        None => dhat::Profiler::builder().testing().build(),
+    };
+    let start = heap();
+    let mut pair = Pair {
+        client: ClientConnection::new(client, name).unwrap(),
+        server: Transport::Tls(Box::new(acceptor.session())),
+        scratch: Vec::with_capacity(1 << 16),
+        plain: OutQueue::default(),
+        received: Vec::new(),
+    };
+    pair.pump();
+    assert!(!pair.client.is_handshaking());
+    assert!(!pair.server.is_handshaking());
+    let kind = pair.client.handshake_kind().unwrap();
+    // The upgrade request and 101 response's worth, then a message each way.
+    let request = b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4);
+    pair.client.writer().write_all(&request).unwrap();
+    pair.plain.push(vec![b'r'; 129].into());
+    pair.pump();
+    pair.plain.push(vec![b'm'; 20].into());
+    pair.pump();
+    assert_eq!(pair.received, request);
+    let mut got = Vec::new();
+    let _ = pair.client.reader().read_to_end(&mut got);
+    assert_eq!(got.len(), 149, "the client got both writes");
+    pair.server.release_idle();
+
+    let Pair {
+        client,
+        server,
+        scratch,
+        plain,
+        received,
+    } = pair;
+    drop((client, scratch, plain, received, request, got));
+    if profile.is_some() {
+        // The profile is written now, the session still open.
+        drop(profiler);
+        return (Held::default(), Held::default(), kind);
+    }
+    let open = heap();
+    drop(server);
+    let closed = heap();
+    (minus(open, closed), minus(closed, start), kind)
+}
+
+/// One test, so that nothing else allocates meanwhile (the heap is counted process-wide).
+#[test]
+fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
+    use rustls::crypto::ring::cipher_suite::*;
+    use rustls::HandshakeKind::{Full, Resumed};
+    let (dir, files, roots) = setup("idle");
+    let acceptor = Acceptor::new(vec![files], MinVersion::Tls12).unwrap();
+    if let Ok(file) = std::env::var("WSGATE_TLS_MEMORY_PROFILE") {
+        idle_session(
+            &acceptor,
+            client(TLS13_AES_128_GCM_SHA256, &roots),
+            Some(&file),
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    // Once, for what the first handshake sets up for good.
+    idle_session(&acceptor, client(TLS13_AES_128_GCM_SHA256, &roots), None);
+    for suite in [
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ] {
+        let name = format!("{:?}", suite.suite());
+        let (session, elsewhere, kind) = idle_session(&acceptor, client(suite, &roots), None);
+        println!(
+            "idle session, {name}: {} B in {} blocks; left elsewhere: {} B in {} blocks",
+            session.bytes, session.blocks, elsewhere.bytes, elsewhere.blocks
+        );
+        assert_eq!(kind, Full);
+        assert!(session.bytes <= MAX_IDLE, "{name}: {session:?}");
+        assert_eq!(
+            elsewhere.bytes, 0,
+            "{name}: the server keeps nothing per session"
+        );
+        // The same client again resumes with its ticket, and holds no more.
+        let again = client(suite, &roots);
+        idle_session(&acceptor, again.clone(), None);
+        let (session, _, kind) = idle_session(&acceptor, again, None);
+        println!(
+            "idle session, {name}, resumed: {} B in {} blocks",
+            session.bytes, session.blocks
+        );
+        assert_eq!(kind, Resumed, "{name}");
+        assert!(session.bytes <= MAX_IDLE, "{name}, resumed: {session:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
