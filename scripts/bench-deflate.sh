@@ -5,14 +5,15 @@
 #   wsgate-on    wsgate, subscribers with --deflate (the loadgen inflates every delivery)
 #   bun-on       Bun's server.publish(topic, msg, compress=true), perMessageDeflate: true,
 #                same loadgen with --deflate (raw dialect: every message is broadcast)
-# and idle memory per connection with and without deflate (5,000 subscribers).
+# and idle memory per connection with and without deflate (IDLE_CONNS subscribers, 5,000).
 # Prints server CPU ns per delivery (utime+stime over the window / the server's own count of
 # deliveries over the same window: wsgate_deliveries_total, which scripts/bun-broadcast.js
 # imitates), wire bytes per delivery (from the loadgen's wire/payload ratio), p50/p99 (the
 # loadgen's, in the window), and the medians. Results in bench-results/.
 #
 # usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (1000), WSGATE_IO (epoll),
-#                                        IDLE (1: also the idle-memory runs)
+#                                        IDLE (1: also the idle-memory runs), IDLE_CONNS (5000)
+#   idle memory alone: ROUNDS=0 IDLE_CONNS=10000 scripts/bench-deflate.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -83,18 +84,19 @@ print(f"{name:12} {row['deliveries_per_s']:>9,}/s {row['server_ns_per_delivery']
 PY
 }
 
-idle() { # name [loadgen args...]: RSS per idle subscribed connection, 5,000 of them
+idle() { # name [loadgen args...]: RSS per idle subscribed connection, IDLE_CONNS of them
   name=$1; shift
+  local conns="${IDLE_CONNS:-5000}"
   start wsgate
   local before after open=0
   before=$(rss_kb "$server")
-  taskset -c 1 "$lg" fanout --url "ws://127.0.0.1:$port/ws" --publishers 0 --subscribers 5000 \
+  taskset -c 1 "$lg" fanout --url "ws://127.0.0.1:$port/ws" --publishers 0 --subscribers "$conns" \
     --threads 1 --connect-rate 20000 --warmup 1s --duration 8s --quiet "$@" >"$results/$name.txt" 2>&1 &
   local load=$!
   pids+=("$load")
   for _ in $(seq 100); do
     open=$(curl -sf "http://127.0.0.1:$port/metrics" | awk '/^wsgate_connections/ {s += $2} END {print s + 0}')
-    ((open >= 5001)) && break
+    ((open >= conns + 1)) && break
     sleep 0.1
   done
   sleep 3

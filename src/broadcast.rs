@@ -9,6 +9,15 @@
 //! delivery. A reactor updates it before it acknowledges a subscribe, so a publish that
 //! follows the acknowledgement reaches the new subscriber.
 //!
+//! Beside each topic's reactors, the table keeps the reactors that have a subscriber of
+//! it that negotiated permessage-deflate (updated the same way, at a reactor's first and
+//! last such subscriber). When that mask is not empty, the publishing point compresses
+//! the message once, before it leaves (`Fanout::publish` with the reactor's `Deflater`,
+//! `publish_remote` with the bridge's), and the message carries both variants to every
+//! reactor. A subscriber that negotiated deflate after the check (its subscribe raced
+//! a message already on its way) gets that message plain, which RFC 7692 allows: no
+//! reactor ever compresses someone else's publish, so none waits on another.
+//!
 //! The same table is the node-wide interest a cluster bridge (`crate::cluster`) subscribes
 //! by: it is told when a topic gains its first subscriber on any reactor or loses its last,
 //! and confirms a topic once NATS has its subscription; a reactor holding a subscribe's
@@ -22,12 +31,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use indexmap::IndexSet;
+use indexmap::IndexMap;
 use slab::Slab;
 
 use crate::config::net::MAX_REACTORS;
 use crate::driver::ConnId;
 use crate::sys::EventFd;
+use wsgate_proto::deflate::Deflater;
 use wsgate_proto::Prepared;
 
 const SHARDS: usize = 64;
@@ -78,6 +88,9 @@ pub trait InterestListener: Send + Sync + std::fmt::Debug {
 struct Interest {
     /// Bitmask of reactors with at least one subscriber.
     reactors: u64,
+    /// Bitmask of reactors with at least one subscriber that negotiated permessage-deflate
+    /// (a subset of `reactors`).
+    deflate: u64,
     /// The cluster bridge has the node's subscription in place (always, without a bridge).
     confirmed: bool,
     /// Reactors holding a subscribe's `ok` until `confirmed`.
@@ -135,15 +148,18 @@ impl Fanout {
         &self.interest[self.hasher.hash_one(topic) as usize % SHARDS]
     }
 
-    /// Records whether `reactor` has subscribers for `topic`; tells the listener when the
-    /// node as a whole gains or loses interest.
-    fn set_interest(&self, topic: &Arc<str>, reactor: usize, on: bool) {
+    /// Records whether `reactor` has subscribers for `topic`, and whether some of them
+    /// negotiated permessage-deflate; tells the listener when the node as a whole gains or
+    /// loses interest.
+    fn set_interest(&self, topic: &Arc<str>, reactor: usize, on: bool, deflate: bool) {
+        debug_assert!(on || !deflate, "deflate subscribers are subscribers");
         let mut shard = self.shard(topic).write().expect("interest lock poisoned");
         let bit = 1u64 << reactor;
         let listener = self.listener.get();
         if on {
             let entry = shard.entry(topic.clone()).or_insert_with(|| Interest {
                 reactors: 0,
+                deflate: 0,
                 confirmed: listener.is_none(),
                 waiting: 0,
             });
@@ -153,8 +169,14 @@ impl Fanout {
                 }
             }
             entry.reactors |= bit;
+            if deflate {
+                entry.deflate |= bit;
+            } else {
+                entry.deflate &= !bit;
+            }
         } else if let Some(entry) = shard.get_mut(&**topic) {
             entry.reactors &= !bit;
+            entry.deflate &= !bit;
             if entry.reactors == 0 {
                 shard.remove(&**topic);
                 if let Some(listener) = listener {
@@ -166,11 +188,17 @@ impl Fanout {
 
     /// Reactors with subscribers for `topic`.
     pub fn interested(&self, topic: &str) -> u64 {
+        self.interest(topic).0
+    }
+
+    /// Reactors with subscribers for `topic`, and those among them with a subscriber that
+    /// negotiated permessage-deflate.
+    pub fn interest(&self, topic: &str) -> (u64, u64) {
         self.shard(topic)
             .read()
             .expect("interest lock poisoned")
             .get(topic)
-            .map_or(0, |entry| entry.reactors)
+            .map_or((0, 0), |entry| (entry.reactors, entry.deflate))
     }
 
     /// Attaches the cluster bridge; must happen before any subscribe.
@@ -219,26 +247,62 @@ impl Fanout {
         self.inboxes[reactor].confirmed.1.try_iter()
     }
 
-    /// Sends a publish to every other interested reactor; returns whether `from` itself
-    /// has subscribers. A full inbox drops the delivery for that reactor and counts it.
+    /// Sends a publish to every other interested reactor, first compressing it with
+    /// `deflater` when a subscriber of the topic on any reactor negotiated
+    /// permessage-deflate (counted in `compressions` before the message leaves). A full
+    /// inbox drops the delivery for that reactor and counts it.
     pub fn publish(
         &self,
         from: usize,
         topic: &Arc<str>,
-        message: &Prepared,
+        message: &mut Prepared,
+        deflater: &mut Deflater,
+        compressions: &AtomicU64,
         published: Instant,
-    ) -> bool {
-        let mask = self.interested(topic);
+    ) -> Published {
+        let (mask, deflate) = self.interest(topic);
+        let compressed = Self::compress(deflate, message, deflater, compressions);
         self.send(mask & !(1u64 << from), topic, message, published);
-        mask & (1u64 << from) != 0
+        Published {
+            local: mask & (1u64 << from) != 0,
+            reactors: mask.count_ones(),
+            compressed,
+        }
     }
 
     /// Hands a publish that came from outside the reactors (the cluster bridge) to every
-    /// interested reactor; returns how many.
-    pub fn publish_remote(&self, topic: &Arc<str>, message: &Prepared, published: Instant) -> u32 {
-        let mask = self.interested(topic);
+    /// interested reactor, compressed first with `deflater` (the bridge's) as `publish`
+    /// does.
+    pub fn publish_remote(
+        &self,
+        topic: &Arc<str>,
+        message: &mut Prepared,
+        deflater: &mut Deflater,
+        compressions: &AtomicU64,
+        published: Instant,
+    ) -> Published {
+        let (mask, deflate) = self.interest(topic);
+        let compressed = Self::compress(deflate, message, deflater, compressions);
         self.send(mask, topic, message, published);
-        mask.count_ones()
+        Published {
+            local: false,
+            reactors: mask.count_ones(),
+            compressed,
+        }
+    }
+
+    /// Compresses `message` when `deflate` (a mask of reactors) is not empty; counts it.
+    fn compress(
+        deflate: u64,
+        message: &mut Prepared,
+        deflater: &mut Deflater,
+        compressions: &AtomicU64,
+    ) -> bool {
+        let compressed = deflate != 0 && message.deflate(deflater);
+        if compressed {
+            compressions.fetch_add(1, Ordering::Relaxed);
+        }
+        compressed
     }
 
     fn send(&self, mut others: u64, topic: &Arc<str>, message: &Prepared, published: Instant) {
@@ -277,6 +341,17 @@ impl Fanout {
     }
 }
 
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The publishing reactor has subscribers of its own to deliver to.
+    pub local: bool,
+    /// Reactors with subscribers (the publisher's included).
+    pub reactors: u32,
+    /// The message was compressed (once, here) for permessage-deflate subscribers.
+    pub compressed: bool,
+}
+
 /// Index of a topic in a reactor's `Topics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TopicId(pub u32);
@@ -284,7 +359,11 @@ pub struct TopicId(pub u32);
 #[derive(Debug)]
 struct Topic {
     name: Arc<str>,
-    subscribers: IndexSet<ConnId>,
+    /// Each subscriber, and whether it negotiated permessage-deflate (the flag fits in the
+    /// entry's padding: no memory per subscription).
+    subscribers: IndexMap<ConnId, bool>,
+    /// How many of them negotiated permessage-deflate.
+    deflate: u32,
 }
 
 /// One reactor's topics and their local subscribers.
@@ -295,7 +374,8 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Adds `conn` to `name`'s subscribers; the first local subscriber registers this
+    /// Adds `conn` to `name`'s subscribers (`deflate`: it negotiated permessage-deflate);
+    /// the first local subscriber, and the first that negotiated deflate, update this
     /// reactor's interest. Returns the topic's id, and false if already subscribed.
     pub fn subscribe(
         &mut self,
@@ -303,33 +383,50 @@ impl Topics {
         reactor: usize,
         name: &str,
         conn: ConnId,
+        deflate: bool,
     ) -> (TopicId, bool) {
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
+        let (id, new_topic) = match self.by_name.get(name) {
+            Some(&id) => (id, false),
             None => {
                 let name: Arc<str> = Arc::from(name);
                 let id = TopicId(self.topics.insert(Topic {
                     name: name.clone(),
-                    subscribers: IndexSet::new(),
+                    subscribers: IndexMap::new(),
+                    deflate: 0,
                 }) as u32);
-                self.by_name.insert(name.clone(), id);
-                fanout.set_interest(&name, reactor, true);
-                id
+                self.by_name.insert(name, id);
+                (id, true)
             }
         };
-        (id, self.topics[id.0 as usize].subscribers.insert(conn))
+        let topic = &mut self.topics[id.0 as usize];
+        let added = topic.subscribers.insert(conn, deflate).is_none();
+        if added && deflate {
+            topic.deflate += 1;
+        }
+        if new_topic || (added && deflate && topic.deflate == 1) {
+            fanout.set_interest(&topic.name, reactor, true, topic.deflate > 0);
+        }
+        (id, added)
     }
 
-    /// Removes `conn` from the topic; the last local subscriber withdraws the interest.
+    /// Removes `conn` from the topic; the last local subscriber withdraws the interest, the
+    /// last that negotiated deflate the deflate interest.
     pub fn unsubscribe(&mut self, fanout: &Fanout, reactor: usize, id: TopicId, conn: ConnId) {
         let Some(topic) = self.topics.get_mut(id.0 as usize) else {
             return;
         };
-        topic.subscribers.swap_remove(&conn);
+        let Some(deflate) = topic.subscribers.swap_remove(&conn) else {
+            return;
+        };
+        if deflate {
+            topic.deflate -= 1;
+        }
         if topic.subscribers.is_empty() {
             let topic = self.topics.remove(id.0 as usize);
             self.by_name.remove(&topic.name);
-            fanout.set_interest(&topic.name, reactor, false);
+            fanout.set_interest(&topic.name, reactor, false, false);
+        } else if deflate && topic.deflate == 0 {
+            fanout.set_interest(&topic.name, reactor, true, false);
         }
     }
 
@@ -346,7 +443,7 @@ impl Topics {
     pub fn subscribers(&self, name: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.find(name)
             .into_iter()
-            .flat_map(|id| self.topics[id.0 as usize].subscribers.iter().copied())
+            .flat_map(|id| self.topics[id.0 as usize].subscribers.keys().copied())
     }
 
     pub fn len(&self) -> usize {
@@ -419,10 +516,13 @@ mod tests {
     fn interest_follows_first_and_last_subscriber() {
         let (f, _rx) = fanout(3);
         let mut topics = Topics::default();
-        let (id, new) = topics.subscribe(&f, 2, "t", ConnId(1));
+        let (id, new) = topics.subscribe(&f, 2, "t", ConnId(1), false);
         assert!(new);
-        assert!(!topics.subscribe(&f, 2, "t", ConnId(1)).1, "twice is once");
-        topics.subscribe(&f, 2, "t", ConnId(5));
+        assert!(
+            !topics.subscribe(&f, 2, "t", ConnId(1), false).1,
+            "twice is once"
+        );
+        topics.subscribe(&f, 2, "t", ConnId(5), false);
         assert_eq!(f.interested("t"), 0b100);
         topics.unsubscribe(&f, 2, id, ConnId(1));
         assert_eq!(f.interested("t"), 0b100);
@@ -435,21 +535,20 @@ mod tests {
     fn publish_reaches_only_interested_reactors_and_counts_overflow() {
         let (f, rx) = fanout(3);
         let mut t1 = Topics::default();
-        t1.subscribe(&f, 1, "t", ConnId(0));
-        let frame = prepare_delivery("t", b"1");
+        t1.subscribe(&f, 1, "t", ConnId(0), false);
+        let mut frame = prepare_delivery("t", b"1");
         let topic: Arc<str> = Arc::from("t");
-        assert!(
-            !f.publish(0, &topic, &frame, Instant::now()),
-            "reactor 0 has no subscribers"
-        );
+        let mut deflater = Deflater::new(1, 0);
+        let n = AtomicU64::new(0);
+        let sent = f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
+        assert!(!sent.local, "reactor 0 has no subscribers");
+        assert_eq!(sent.reactors, 1);
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (0, 1, 0));
-        assert!(
-            f.publish(1, &topic, &frame, Instant::now()),
-            "local subscribers"
-        );
+        let sent = f.publish(1, &topic, &mut frame, &mut deflater, &n, Instant::now());
+        assert!(sent.local, "local subscribers");
         assert_eq!(rx[1].len(), 1, "nothing sent to itself");
         for _ in 0..10 {
-            f.publish(0, &topic, &frame, Instant::now());
+            f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
         }
         assert_eq!(rx[1].len(), 4, "bounded");
         assert_eq!(f.inbox(1).overflows.load(Ordering::Relaxed), 7);
@@ -477,8 +576,8 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         f.set_listener(recorder.clone());
         let (mut t0, mut t1) = (Topics::default(), Topics::default());
-        let (a0, _) = t0.subscribe(&f, 0, "t", ConnId(1));
-        let (a1, _) = t1.subscribe(&f, 1, "t", ConnId(1));
+        let (a0, _) = t0.subscribe(&f, 0, "t", ConnId(1), false);
+        let (a1, _) = t1.subscribe(&f, 1, "t", ConnId(1), false);
         assert_eq!(*recorder.changes.lock().unwrap(), ["t"], "only the first");
         // Disconnected: nothing to wait for.
         assert!(f.confirmed_or_wait("t", 0));
@@ -498,7 +597,7 @@ mod tests {
             "and the last"
         );
         // A new first subscriber waits for a new confirmation.
-        t0.subscribe(&f, 0, "t", ConnId(2));
+        t0.subscribe(&f, 0, "t", ConnId(2), false);
         assert!(!f.confirmed_or_wait("t", 0));
         f.confirm(&Arc::from("gone"));
         assert_eq!(f.take_confirmed(0).count(), 0, "other topics do not count");
@@ -508,12 +607,84 @@ mod tests {
     fn remote_publishes_reach_every_interested_reactor() {
         let (f, rx) = fanout(3);
         let (mut t0, mut t2) = (Topics::default(), Topics::default());
-        t0.subscribe(&f, 0, "t", ConnId(0));
-        t2.subscribe(&f, 2, "t", ConnId(0));
+        t0.subscribe(&f, 0, "t", ConnId(0), false);
+        t2.subscribe(&f, 2, "t", ConnId(0), false);
         let topic: Arc<str> = Arc::from("t");
-        let n = f.publish_remote(&topic, &prepare_delivery("t", b"1"), Instant::now());
-        assert_eq!(n, 2);
+        let mut deflater = Deflater::new(1, 0);
+        let mut message = prepare_delivery("t", b"1");
+        let n = AtomicU64::new(0);
+        let sent = f.publish_remote(&topic, &mut message, &mut deflater, &n, Instant::now());
+        assert_eq!(sent.reactors, 2);
+        assert!(!sent.compressed, "no subscriber negotiated deflate");
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (1, 0, 1));
+    }
+
+    /// The deflate mask follows each reactor's first and last deflate subscriber, and a
+    /// publish is compressed once, by its publisher, exactly when the mask is not empty.
+    #[test]
+    fn deflate_interest_decides_compression_at_the_publisher() {
+        let (f, rx) = fanout(3);
+        let (mut t0, mut t2) = (Topics::default(), Topics::default());
+        let topic: Arc<str> = Arc::from("t");
+        let data = format!(
+            "[{}]",
+            "{\"price\":42000.5,\"side\":\"buy\"},".repeat(20) + "1"
+        );
+        let mut deflater = Deflater::new(1, 128);
+        let n = AtomicU64::new(0);
+        let mut publish = |from| {
+            let mut message = prepare_delivery("t", data.as_bytes());
+            let sent = f.publish(
+                from,
+                &topic,
+                &mut message,
+                &mut deflater,
+                &n,
+                Instant::now(),
+            );
+            (sent.compressed, message.deflated().is_some())
+        };
+        t0.subscribe(&f, 0, "t", ConnId(1), false);
+        let (id2, _) = t2.subscribe(&f, 2, "t", ConnId(1), false);
+        assert_eq!(f.interest("t"), (0b101, 0));
+        assert_eq!(publish(1), (false, false), "nobody negotiated deflate");
+        t2.subscribe(&f, 2, "t", ConnId(2), true);
+        t2.subscribe(&f, 2, "t", ConnId(3), true);
+        assert!(
+            !t2.subscribe(&f, 2, "t", ConnId(3), true).1,
+            "twice is once"
+        );
+        assert_eq!(f.interest("t"), (0b101, 0b100));
+        assert_eq!(publish(1), (true, true));
+        // The message that reached reactor 0 carries the compressed variant too.
+        let d = rx[0].try_iter().last().unwrap();
+        assert!(d.message.deflated().is_some());
+        t2.unsubscribe(&f, 2, id2, ConnId(2));
+        assert_eq!(
+            f.interest("t"),
+            (0b101, 0b100),
+            "one deflate subscriber left"
+        );
+        t2.unsubscribe(&f, 2, id2, ConnId(3));
+        assert_eq!(f.interest("t"), (0b101, 0), "the last one withdraws it");
+        assert_eq!(publish(0), (false, false));
+        t2.unsubscribe(&f, 2, id2, ConnId(99));
+        assert_eq!(
+            f.interest("t"),
+            (0b101, 0),
+            "not a subscriber: nothing changes"
+        );
+        // A deflate subscriber that is a topic's first.
+        let mut t1 = Topics::default();
+        t1.subscribe(&f, 1, "u", ConnId(7), true);
+        assert_eq!(f.interest("u"), (0b010, 0b010));
+        // Under the minimum size: not compressed, even with the mask set.
+        t0.subscribe(&f, 0, "t", ConnId(5), true);
+        let mut small = prepare_delivery("t", b"1");
+        let mut deflater = Deflater::new(1, 128);
+        let sent = f.publish(0, &topic, &mut small, &mut deflater, &n, Instant::now());
+        assert!(!sent.compressed && small.deflated().is_none());
+        assert_eq!(n.load(Ordering::Relaxed), 1, "counted each compression");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct ReactorMetrics {
     pub publishes: AtomicU64,
     /// Frames queued to subscribers.
     pub deliveries: AtomicU64,
+    /// Publishes compressed for permessage-deflate subscribers (once each, here, on the
+    /// reactor they were published on).
+    pub deflate_compressions: AtomicU64,
     /// Vectored writes handed to the driver (deliveries / writes = frames per write).
     pub writes: AtomicU64,
     /// The write-batching delay in force, in microseconds (0: frames leave in their turn).
@@ -98,6 +101,7 @@ impl Default for ReactorMetrics {
             bytes_out: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            deflate_compressions: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             batch_delay_us: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -259,6 +263,14 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Frames queued to subscribers.",
         &get(|m| &m.deliveries),
+    );
+    per_reactor(
+        &mut out,
+        "deflate_compressions_total",
+        "counter",
+        "Publishes compressed for permessage-deflate subscribers, by the reactor they were \
+         published on (once each; the cluster bridge's are wsgate_cluster_compressions_total).",
+        &get(|m| &m.deflate_compressions),
     );
     per_reactor(
         &mut out,

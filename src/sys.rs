@@ -155,3 +155,68 @@ mod tests {
         assert!(soft >= 1024);
     }
 }
+
+/// The heap bytes each thread holds, counted by a global allocator in the library's own
+/// tests (`reactor::tests` measures a connection's memory with it: the reactor there runs
+/// on the test's thread). Forwards every call to the system allocator unchanged.
+#[cfg(test)]
+pub(crate) mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn add(n: isize) {
+        // No allocation and no destructor: usable at any point of a thread's life.
+        let _ = LIVE.try_with(|live| live.set(live.get() + n));
+    }
+
+    // SAFETY: every method forwards to `System` with the caller's arguments, whose contract
+    // is the same; the counting touches no memory the allocator hands out.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which is System's.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as for `alloc`.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from this allocator, hence from `System`, with `layout`.
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    /// Heap bytes allocated by this thread and not yet freed (since it started).
+    pub fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+}

@@ -754,3 +754,53 @@ fn tls_to_nats_with_a_private_ca() {
     assert!(!link(&untrusting).is_connected());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A message from NATS is compressed once, on the receiving node's bridge thread (its
+/// publishing point there), only for a topic with a subscriber that negotiated
+/// permessage-deflate; plain subscribers of the same topic get the plain frame.
+#[test]
+fn messages_from_nats_are_compressed_once_by_the_bridge_for_deflate_subscribers() {
+    use wsgate_proto::deflate::{self, Inflater};
+    let nats = Nats::start();
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let (mut zipped, agreed) =
+        upgrade_offering(&b, "/ws?subscribe=big", Some(deflate::CLIENT_OFFER));
+    assert!(agreed.is_some());
+    let mut plain = connect(&b, "/ws");
+    subscribe(&mut plain, "big");
+    subscribe(&mut plain, "flat");
+    let data = json!({"rows": (0..40).map(|i| json!({"id": i, "price": 42000.5, "side": "buy"})).collect::<Vec<_>>()});
+    let mut publisher = Publisher::new(&a);
+    publisher.publish("big", &data.to_string());
+    let (header, payload) = read_wire_frame(&mut zipped);
+    assert_eq!(header.rsv, deflate::RSV1);
+    let text = Inflater::default()
+        .inflate(&payload, 1 << 20, None)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&text).unwrap(),
+        delivery("big", data.clone())
+    );
+    assert_eq!(next_json(&mut plain), delivery("big", data.clone()));
+    // Node a has no subscriber: nothing compressed there; b's bridge did it once.
+    let compressions = |node: &TestServer| -> u64 {
+        node.server()
+            .shared()
+            .metrics
+            .iter()
+            .map(|m| wsgate::metrics::ReactorMetrics::get(&m.deflate_compressions))
+            .sum()
+    };
+    assert_eq!(
+        (compressions(&a), compressions(&b)),
+        (0, 0),
+        "no reactor compressed it"
+    );
+    assert_eq!(stat(&b, |l| &l.stats.compressions), 1);
+    assert_eq!(stat(&a, |l| &l.stats.compressions), 0);
+    // A topic whose subscribers are all plain is never compressed.
+    publisher.publish("flat", &data.to_string());
+    assert_eq!(next_json(&mut plain), delivery("flat", data));
+    assert_eq!(stat(&b, |l| &l.stats.compressions), 1);
+}

@@ -1,5 +1,6 @@
 //! permessage-deflate (RFC 7692) end to end, on both drivers: negotiation, compressed echo,
-//! a broadcast compressed once for mixed subscribers, and hostile compressed input. The
+//! a broadcast compressed once, on its publisher's reactor, for mixed subscribers on
+//! several reactors, and hostile compressed input. The
 //! client is a raw stream: frames are built and read here, byte for byte, so that RSV1 and
 //! what the server puts on the wire are checked, not hidden by a library. (Independent
 //! clients, Python `websockets`, Node `ws` and Chromium, are in tests/interop/.)
@@ -10,36 +11,11 @@ use std::io::Write;
 use std::net::TcpStream;
 
 use util::*;
+use wsgate::metrics::ReactorMetrics;
 use wsgate_proto::deflate::{self, Agreed, Deflater, Inflater};
 use wsgate_proto::frame::encode_client_raw;
-use wsgate_proto::handshake::client;
 
 const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
-
-/// Upgrades on `path` offering `offer` (none: no extension header); returns the stream and
-/// what the server agreed to, checked as a client must.
-fn upgrade(server: &TestServer, path: &str, offer: Option<&str>) -> (TcpStream, Option<Agreed>) {
-    let mut stream = tcp(server);
-    let key = client::key(*b"deflate test key");
-    let headers: Vec<(&str, &str)> = offer
-        .map(|o| ("Sec-WebSocket-Extensions", o))
-        .into_iter()
-        .collect();
-    let mut request = Vec::new();
-    client::Request {
-        host: &server.addr.to_string(),
-        path,
-        key: &key,
-        protocols: &[],
-        headers: &headers,
-    }
-    .encode(&mut request);
-    stream.write_all(&request).unwrap();
-    let accepted = read_head(&mut stream)
-        .check_deflate(&key, &[])
-        .expect("a valid 101");
-    (stream, accepted.deflate)
-}
 
 /// Reads one server frame as it is on the wire: (rsv, opcode, payload). Unmasked and final.
 fn read_raw(stream: &mut TcpStream) -> (u8, u8, Vec<u8>) {
@@ -107,37 +83,136 @@ fn publish(server: &TestServer, topic: &str, body: &str) {
     assert_eq!(response.status, 202, "{}", response.body_text());
 }
 
+/// Connects on `path` (offering `offer`) until there is one connection on each of the
+/// server's two reactors, told apart by which reactor counted the handshake; the others are
+/// closed. Returns them in reactor order.
+fn one_per_reactor(server: &TestServer, path: &str, offer: Option<&str>) -> Vec<TcpStream> {
+    let metrics = &server.server().shared().metrics;
+    let handshakes = || -> Vec<u64> {
+        metrics
+            .iter()
+            .map(|m| ReactorMetrics::get(&m.handshakes_ok))
+            .collect()
+    };
+    let mut slots: Vec<Option<TcpStream>> = vec![None, None];
+    for _ in 0..64 {
+        let before = handshakes();
+        let (s, _) = upgrade_offering(server, path, offer);
+        let after = handshakes();
+        let reactor = (0..2)
+            .find(|&r| after[r] > before[r])
+            .expect("a reactor counted it");
+        if slots[reactor].is_none() {
+            slots[reactor] = Some(s);
+        }
+        if slots.iter().all(Option::is_some) {
+            return slots.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("64 connections all landed on one reactor");
+}
+
 for_each_driver! {
+    fn a_publish_is_compressed_once_by_the_reactor_it_was_published_on(io: IoBackend) {
+        let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
+        let shared = server.server().shared();
+        let compressions = || -> Vec<u64> {
+            shared
+                .metrics
+                .iter()
+                .map(|m| ReactorMetrics::get(&m.deflate_compressions))
+                .collect()
+        };
+        // Subscribers of "t" with and without deflate, and of "p" without, on both
+        // reactors; a publisher (no subscriptions) on each.
+        let mut zipped = one_per_reactor(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER));
+        let mut plain = one_per_reactor(&server, "/ws?subscribe=t,p", None);
+        let mut publishers = one_per_reactor(&server, "/ws", None);
+        assert_eq!(shared.fanout.interest("t"), (0b11, 0b11));
+        assert_eq!(shared.fanout.interest("p"), (0b11, 0));
+        let data = json(1000);
+        let delivery = |topic: &str| format!("{{\"topic\":\"{topic}\",\"data\":{data}}}");
+        let publish_op = |topic: &str| {
+            let op = format!("{{\"op\":\"publish\",\"topic\":\"{topic}\",\"data\":{data}}}");
+            encode_client_raw(true, 0, 0x1, KEY, op.as_bytes())
+        };
+        let mut wire = Vec::new();
+        for (from, expected) in [(0, [1, 0]), (1, [1, 1])] {
+            publishers[from].write_all(&publish_op("t")).unwrap();
+            // Every deflate subscriber, whichever reactor it is on, gets the same frame.
+            for s in &mut zipped {
+                let frame = read_raw(s);
+                assert_eq!(frame.0, deflate::RSV1);
+                assert_eq!(payload(&frame), delivery("t").as_bytes());
+                wire.push(frame.2);
+            }
+            assert_eq!(wire[wire.len() - 1], wire[wire.len() - 2]);
+            for s in &mut plain {
+                assert_eq!(read_raw(s), (0, 0x1, delivery("t").into_bytes()));
+            }
+            // Counted before the deliveries left: once, by the publisher's reactor.
+            assert_eq!(compressions(), expected, "published on reactor {from}");
+        }
+        // A topic without deflate subscribers is never compressed, nor is an HTTP publish
+        // of it; an HTTP publish of "t" is compressed once, by the reactor it arrived on.
+        publishers[0].write_all(&publish_op("p")).unwrap();
+        publish(&server, "p", &data);
+        for _ in 0..2 {
+            for s in &mut plain {
+                assert_eq!(read_raw(s), (0, 0x1, delivery("p").into_bytes()));
+            }
+        }
+        assert_eq!(compressions(), [1, 1]);
+        publish(&server, "t", &data);
+        for s in &mut zipped {
+            assert_eq!(read_raw(s).0, deflate::RSV1);
+        }
+        for s in &mut plain {
+            assert_eq!(read_raw(s).0, 0);
+        }
+        assert_eq!(compressions().iter().sum::<u64>(), 3);
+        // Once the deflate subscribers are gone, "t" goes plain and uncompressed.
+        drop(zipped);
+        wait_until("the deflate subscribers to leave", || shared.fanout.interest("t") == (0b11, 0));
+        publishers[1].write_all(&publish_op("t")).unwrap();
+        for s in &mut plain {
+            assert_eq!(read_raw(s), (0, 0x1, delivery("t").into_bytes()));
+        }
+        assert_eq!(compressions().iter().sum::<u64>(), 3);
+        let text = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body_text();
+        assert!(text.contains("wsgate_deflate_compressions_total{reactor=\"1\"} "), "{text}");
+    }
+
     fn negotiation_follows_the_offer_and_the_setting(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         // Chromium's offer; Python websockets' offer with a window; a bad offer, then a good one.
-        let (_, chromium) = upgrade(&server, "/echo", Some("permessage-deflate; client_max_window_bits"));
+        let (_, chromium) = upgrade_offering(&server, "/echo", Some("permessage-deflate; client_max_window_bits"));
         assert_eq!(chromium, Some(Agreed { server_max_window_bits: None }));
-        let (_, windowed) = upgrade(
+        let (_, windowed) = upgrade_offering(
             &server,
             "/echo",
             Some("permessage-deflate; server_max_window_bits=10; client_max_window_bits"),
         );
         assert_eq!(windowed, Some(Agreed { server_max_window_bits: Some(10) }));
-        let (_, second) = upgrade(
+        let (_, second) = upgrade_offering(
             &server,
             "/ws",
             Some("permessage-deflate; server_max_window_bits=7, permessage-deflate; server_no_context_takeover"),
         );
         assert_eq!(second, Some(Agreed { server_max_window_bits: None }));
-        let (_, none) = upgrade(&server, "/echo", Some("permessage-deflate; bogus"));
+        let (_, none) = upgrade_offering(&server, "/echo", Some("permessage-deflate; bogus"));
         assert_eq!(none, None);
-        let (_, none) = upgrade(&server, "/echo", None);
+        let (_, none) = upgrade_offering(&server, "/echo", None);
         assert_eq!(none, None);
 
         let off = TestServer::start(io, |c| c.deflate.enabled = Some(false));
-        let (_, none) = upgrade(&off, "/echo", Some(deflate::CLIENT_OFFER));
+        let (_, none) = upgrade_offering(&off, "/echo", Some(deflate::CLIENT_OFFER));
         assert_eq!(none, None);
     }
 
     fn echo_replies_compressed_above_the_minimum_size(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
-        let (mut s, agreed) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+        let (mut s, agreed) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
         assert!(agreed.is_some());
         let big = json(2000);
         // Compressed in, compressed out.
@@ -165,13 +240,13 @@ for_each_driver! {
         let server = TestServer::start(io, |_| {});
         // Two reactors: several of each kind, so that both hold some.
         let mut zipped: Vec<TcpStream> = (0..4)
-            .map(|_| upgrade(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER)).0)
+            .map(|_| upgrade_offering(&server, "/ws?subscribe=t", Some(deflate::CLIENT_OFFER)).0)
             .collect();
         let mut plain: Vec<TcpStream> =
-            (0..4).map(|_| upgrade(&server, "/ws?subscribe=t", None).0).collect();
+            (0..4).map(|_| upgrade_offering(&server, "/ws?subscribe=t", None).0).collect();
         let narrow_offer = "permessage-deflate; server_max_window_bits=9";
         let mut narrow: Vec<TcpStream> = (0..2)
-            .map(|_| upgrade(&server, "/ws?subscribe=t", Some(narrow_offer)).0)
+            .map(|_| upgrade_offering(&server, "/ws?subscribe=t", Some(narrow_offer)).0)
             .collect();
         for size in [1000, 300, 50] {
             let data = json(size);
@@ -201,7 +276,7 @@ for_each_driver! {
 
     fn control_json_is_read_from_the_inflated_message(io: IoBackend) {
         let server = TestServer::start(io, |c| c.pubsub.client_publish = Some(vec!["*".into()]));
-        let (mut s, agreed) = upgrade(&server, "/ws", Some(deflate::CLIENT_OFFER));
+        let (mut s, agreed) = upgrade_offering(&server, "/ws", Some(deflate::CLIENT_OFFER));
         assert!(agreed.is_some());
         let op = "{\"op\":\"subscribe\",\"topic\":\"news\",\"id\":\"sub-1\"}";
         s.write_all(&encode_client_raw(true, 0b100, 0x1, KEY, &compressed(op.as_bytes()))).unwrap();
@@ -221,7 +296,7 @@ for_each_driver! {
     fn hostile_compressed_input_closes_with_a_reason(io: IoBackend) {
         let server = TestServer::start(io, |c| c.limits.max_message_size = Some(1 << 20));
         let case = |frame: Vec<u8>, code: u16, reason: &str| {
-            let (mut s, agreed) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+            let (mut s, agreed) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
             assert!(agreed.is_some());
             s.write_all(&frame).unwrap();
             assert_eq!(read_close(&mut s), (code, reason.to_owned()));
@@ -246,7 +321,7 @@ for_each_driver! {
             "invalid utf-8 in text message",
         );
         // RSV1 without the extension.
-        let (mut s, agreed) = upgrade(&server, "/echo", None);
+        let (mut s, agreed) = upgrade_offering(&server, "/echo", None);
         assert_eq!(agreed, None);
         s.write_all(&encode_client_raw(true, 0b100, 0x1, KEY, &compressed("hello ".repeat(30).as_bytes()))).unwrap();
         assert_eq!(
@@ -254,7 +329,7 @@ for_each_driver! {
             (1002, "reserved bits set without a negotiated extension".to_owned())
         );
         // The server is fine afterwards.
-        let (mut s, _) = upgrade(&server, "/echo", Some(deflate::CLIENT_OFFER));
+        let (mut s, _) = upgrade_offering(&server, "/echo", Some(deflate::CLIENT_OFFER));
         s.write_all(&encode_client_raw(true, 0, 0x1, KEY, b"still here")).unwrap();
         assert_eq!(read_raw(&mut s), (0, 0x1, b"still here".to_vec()));
     }

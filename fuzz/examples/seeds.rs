@@ -27,6 +27,11 @@ fn main() -> std::io::Result<()> {
         assert_eq!(Input::decode(&bytes), Ok(input), "{name} round-trips");
         write("connection", name, &bytes)?;
     }
+    for (name, input) in deflate() {
+        let bytes = input.encode();
+        assert_eq!(Input::decode(&bytes), Ok(input), "{name} round-trips");
+        write("deflate", name, &bytes)?;
+    }
     for (name, bytes) in mask() {
         write("mask", name, &bytes)?;
     }
@@ -39,8 +44,8 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Policy flags (1: subprotocols, 2: allowed origins, 0xfc: where to cut a prefix), the
-/// limit, then the request.
+/// Policy flags (1: subprotocols, 2: allowed origins, 4: permessage-deflate, 0xf8: where
+/// to cut a prefix), the limit, then the request.
 fn handshake() -> Vec<(&'static str, Vec<u8>)> {
     let head = |flags: u8, max: u16, request: &[u8]| {
         let mut out = vec![flags];
@@ -52,7 +57,7 @@ fn handshake() -> Vec<(&'static str, Vec<u8>)> {
         (
             "chrome-upgrade",
             head(
-                0x80,
+                0x84,
                 8192,
                 b"GET /ws?subscribe=prices HTTP/1.1\r\n\
                  Host: localhost:8080\r\n\
@@ -72,7 +77,7 @@ fn handshake() -> Vec<(&'static str, Vec<u8>)> {
         (
             "firefox-subprotocols",
             head(
-                0x43,
+                0x47,
                 8192,
                 b"GET /echo HTTP/1.1\r\n\
                  Host: example.com\r\n\
@@ -131,6 +136,33 @@ fn handshake() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("options-star", head(0x00, 64, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")),
+        (
+            // Python websockets' offer, then a declined one and a quoted value, over two
+            // header fields.
+            "deflate-offers",
+            head(
+                0x64,
+                4096,
+                b"GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=7, \
+                 x-webkit-deflate-frame\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"10\"; \
+                 client_max_window_bits, permessage-deflate; server_no_context_takeover\r\n\r\n",
+            ),
+        ),
+        (
+            "deflate-declined",
+            head(
+                0x04,
+                4096,
+                b"GET /echo HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 server_no_context_takeover, permessage-deflate; client_max_window_bits=08; \
+                 mystery\r\n\r\n",
+            ),
+        ),
     ]
 }
 
@@ -178,6 +210,116 @@ fn frame_op(head: u8, payload: &[u8]) -> Op {
         key: KEY,
         payload: payload.to_vec(),
     }
+}
+
+/// Sessions with permessage-deflate negotiated. Head 0xd1/0xd2 (FIN, RSV1, RSV3): the target
+/// compresses the payload itself; other RSV1 frames carry these bytes as they are.
+fn deflate() -> Vec<(&'static str, Input)> {
+    let roomy = Setup {
+        max_frame: 4096,
+        max_message: 8192,
+        idle_ms: 0,
+        pong_ms: 10,
+        close_ms: 10,
+    };
+    let tight = Setup {
+        max_frame: 4096,
+        max_message: 1024,
+        ..roomy
+    };
+    let json: Vec<u8> = (0..40)
+        .flat_map(|i| format!("{{\"id\":{i},\"price\":4200{i}.5,\"side\":\"buy\"}},").into_bytes())
+        .collect();
+    let mut deflater = wsgate_proto::deflate::Deflater::new(6, 0);
+    let compressed = deflater.compress(&json).expect("compressible").to_vec();
+    let bomb = deflater
+        .compress(&[0; 60_000])
+        .expect("compressible")
+        .to_vec();
+    let (a, b) = compressed.split_at(compressed.len() / 3);
+    vec![
+        (
+            "compressed-echo",
+            conn(
+                roomy,
+                vec![
+                    frame_op(0xd1, &json),
+                    frame_op(0xd2, &[7; 300]),
+                    frame_op(0xd1, b""),
+                    Op::Read(vec![3, 1, 7, 0]),
+                    Op::Write(20),
+                ],
+            ),
+        ),
+        (
+            "fragmented-compressed",
+            conn(
+                roomy,
+                vec![
+                    frame_op(0x41, a),
+                    frame_op(0x89, b"ping between"),
+                    frame_op(0x80, b),
+                    Op::Read(vec![5, 0]),
+                ],
+            ),
+        ),
+        (
+            "bomb",
+            conn(tight, vec![frame_op(0xc2, &bomb), Op::Read(vec![])]),
+        ),
+        (
+            "garbage",
+            conn(roomy, vec![frame_op(0xc1, &[0xff; 16]), Op::Read(vec![])]),
+        ),
+        (
+            "unended-block",
+            conn(
+                roomy,
+                vec![
+                    frame_op(0xc2, &[0x00, 0xe8, 0x03, 0x17, 0xfc, 1, 2, 3]),
+                    Op::Read(vec![]),
+                ],
+            ),
+        ),
+        (
+            "rsv1-on-control-and-continuation",
+            conn(
+                roomy,
+                vec![
+                    frame_op(0x01, b"plain start"),
+                    frame_op(0xc0, b"compressed end"),
+                    frame_op(0xc9, b"ping"),
+                    Op::Read(vec![]),
+                ],
+            ),
+        ),
+        (
+            "compressed-invalid-utf8",
+            conn(
+                roomy,
+                vec![frame_op(0xd1, b"{\"a\":\"\xc3\x28\"}"), Op::Read(vec![])],
+            ),
+        ),
+        (
+            "compressed-send-and-close",
+            conn(
+                roomy,
+                vec![
+                    Op::Send {
+                        text: true,
+                        payload: json.clone(),
+                    },
+                    Op::Write(9),
+                    Op::Close {
+                        code: 0,
+                        reason: b"bye".to_vec(),
+                    },
+                    frame_op(0x88, &[0x03, 0xe8]),
+                    Op::Read(vec![]),
+                ],
+            ),
+        ),
+    ]
 }
 
 /// Sessions: the reads are split unevenly so that headers arrive in pieces.

@@ -1,14 +1,19 @@
 //! HTTP/1.1 request heads and WebSocket upgrade validation.
 //!
-//! Input: one byte of policy flags, a little-endian u16 `max_header_bytes`, then the bytes
-//! the client sent. Checked: no panic; the head is bounded by the limit and the buffer; a
-//! parsed head parses the same alone and with anything after it; every shorter prefix of
-//! a complete or incomplete head is incomplete; errors render as well-formed 4xx/5xx
-//! responses; an accepted upgrade names a valid key, a subprotocol the client offered and
-//! the server allows, and an allowed origin.
+//! Input: one byte of policy flags (1: subprotocols, 2: allowed origins, 4:
+//! permessage-deflate, 0xf8: where to cut a prefix), a little-endian u16
+//! `max_header_bytes`, then the bytes the client sent. Checked: no panic; the head is
+//! bounded by the limit and the buffer; a parsed head parses the same alone and with
+//! anything after it; every shorter prefix of a complete or incomplete head is incomplete;
+//! errors render as well-formed 4xx/5xx responses; an accepted upgrade names a valid key,
+//! a subprotocol the client offered and the server allows, and an allowed origin; it
+//! agrees to permessage-deflate only when the server allows it and a
+//! `Sec-WebSocket-Extensions` offer was valid (the first valid one), and its response
+//! header is one a client accepts as the same agreement (RFC 7692 §7.1).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use wsgate_proto::deflate;
 use wsgate_proto::handshake::{self, parse_request, validate_upgrade, UpgradePolicy};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let policy = UpgradePolicy {
         subprotocols: if flags & 1 != 0 { &subprotocols } else { &[] },
         allowed_origins: (flags & 2 != 0).then_some(&origins[..]),
-        deflate: false,
+        deflate: flags & 4 != 0,
     };
 
     let parsed = parse_request(buf, max);
@@ -52,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     // "Not enough bytes yet" consumes nothing and is all a prefix can be.
     if let Ok(maybe) = &parsed {
         let end = maybe.as_ref().map_or(buf.len(), |req| req.head_len);
-        let cut = usize::from(*flags >> 2) * end / 64;
+        let cut = usize::from(*flags >> 3) * end / 32;
         if cut < end {
             assert_eq!(parse_request(&buf[..cut], max), Ok(None), "prefix of {cut}");
         }
@@ -78,14 +83,31 @@ fn check_upgrade(req: &handshake::Request, policy: &UpgradePolicy<'_>) {
         let origin = up.origin.as_deref().expect("checked");
         assert!(origins.iter().any(|o| o.eq_ignore_ascii_case(origin)));
     }
+    match upgrade.deflate {
+        Some(agreed) => {
+            assert!(policy.deflate, "deflate agreed though not allowed");
+            assert_eq!(deflate::negotiate(&up.extensions), Some(agreed));
+            // What the server answers, a client (of this crate) accepts as the same terms.
+            let answer = agreed.response();
+            assert_eq!(deflate::accept_response(&[&answer]), Ok(Some(agreed)));
+            assert!(agreed
+                .server_max_window_bits
+                .is_none_or(|b| (8..=15).contains(&b)));
+        }
+        None => assert!(!policy.deflate || deflate::negotiate(&up.extensions).is_none()),
+    }
     let response = upgrade.response();
     assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    if let Some(agreed) = upgrade.deflate {
+        let line = format!("\r\nSec-WebSocket-Extensions: {}\r\n", agreed.response());
+        assert!(response.windows(line.len()).any(|w| w == line.as_bytes()));
+    }
     assert!(response.ends_with(b"\r\n\r\n"));
     // Nothing the client sent reaches the response except the subprotocol it offered,
     // which was an HTTP token list element: no CR or LF.
     let body = &response[..response.len() - 4];
     assert_eq!(
         body.windows(2).filter(|w| w == b"\r\n").count(),
-        3 + usize::from(upgrade.protocol.is_some())
+        3 + usize::from(upgrade.protocol.is_some()) + usize::from(upgrade.deflate.is_some())
     );
 }

@@ -1,5 +1,5 @@
-//! What the fuzz targets share: the `connection` target's input, a sequence of [`Op`]s, and
-//! its byte format.
+//! What the fuzz targets share: the input of the `connection` and `deflate` targets, a
+//! sequence of [`Op`]s, its byte format, and the session they run ([`session`]).
 //!
 //! The format is written by hand rather than derived so that [`Input::encode`] can turn
 //! meaningful sessions (a masked message, fragments, a close handshake) into seed files
@@ -7,6 +7,8 @@
 //! version of the `arbitrary` crate cannot silently turn the committed corpus into noise.
 //! Every byte string decodes to some input: lengths are clamped to what is left and a
 //! missing byte reads as 0.
+
+pub mod session;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 

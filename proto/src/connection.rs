@@ -536,20 +536,15 @@ impl Connection {
     }
 
     /// Queues a prepared message (a server's broadcast) in the variant this connection
-    /// takes: compressed (made with `deflater` at the first connection that takes it) if it
-    /// negotiated permessage-deflate, plain otherwise; false when no longer open.
-    pub fn send_prepared(
-        &mut self,
-        message: &Prepared,
-        deflater: &mut Deflater,
-        out: &mut OutQueue,
-    ) -> bool {
+    /// takes ([`Prepared::frame_for`]): compressed if it negotiated permessage-deflate and
+    /// the publisher compressed the message, plain otherwise; false when no longer open.
+    pub fn send_prepared(&mut self, message: &Prepared, out: &mut OutQueue) -> bool {
         debug_assert!(
             matches!(self.side, Side::Server),
             "broadcasts are server frames"
         );
         if self.is_open() {
-            out.push(message.frame_for(self.deflate, deflater).clone());
+            out.push(message.frame_for(self.deflate).clone());
             true
         } else {
             false

@@ -4,15 +4,13 @@
 //!
 //! A broadcast is a [`Prepared`] message: its frame is encoded once and shared (`Bytes`)
 //! by every subscriber's queue on every reactor. Its compressed variant (permessage-deflate)
-//! is made at most once per message, when the first subscriber that negotiated the
-//! extension takes it, on whichever reactor that is; the reactor only ever asks a prepared
-//! message for the frame a given connection should get ([`Prepared::frame_for`]).
+//! is made once, where the message is published, before it leaves for other reactors
+//! ([`Prepared::deflate`]), so it carries both variants; a receiving reactor only asks it
+//! for the frame a given connection should get ([`Prepared::frame_for`]).
 
-use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -68,12 +66,9 @@ pub fn frame_from_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
 pub struct Prepared {
     /// The complete uncompressed frame.
     plain: Bytes,
-    /// The compressed frame, shared by every reactor's copy of the message: made once, by
-    /// the first reactor that has a subscriber for it; `None` inside when compression does
-    /// not pay (too small, incompressible).
-    deflated: Arc<OnceLock<Option<Bytes>>>,
-    /// This reactor's copy of `deflated` (see [`Prepared::localize`]).
-    local: OnceCell<Option<Bytes>>,
+    /// The complete compressed frame (RSV1), when the publisher made one: some subscriber
+    /// negotiated permessage-deflate, the message is over the minimum size and it shrinks.
+    deflated: Option<Bytes>,
 }
 
 impl Prepared {
@@ -81,8 +76,7 @@ impl Prepared {
     pub fn text(parts: &[&[u8]]) -> Self {
         Self {
             plain: frame_from_parts(OpCode::Text, parts),
-            deflated: Arc::default(),
-            local: OnceCell::new(),
+            deflated: None,
         }
     }
 
@@ -91,28 +85,41 @@ impl Prepared {
         &self.plain
     }
 
-    /// The frame for a receiver that negotiated `deflate` (or not): the compressed one when
-    /// it has one, compression pays, and the receiver's window admits it (a client that
-    /// asked for a window under 32 KiB gets it only for a message no longer than its
-    /// window); the plain one otherwise.
-    pub fn frame_for(&self, deflate: Option<Agreed>, deflater: &mut Deflater) -> &Bytes {
+    /// The compressed frame, if [`Prepared::deflate`] made one.
+    pub fn deflated(&self) -> Option<&Bytes> {
+        self.deflated.as_ref()
+    }
+
+    /// Adds the compressed variant, made with `deflater` (at most once). Returns whether the
+    /// compressor ran: not for a message under the deflater's minimum size; it does run for
+    /// one that then does not shrink, which keeps no variant.
+    pub fn deflate(&mut self, deflater: &mut Deflater) -> bool {
         let payload = &self.plain[server_header_len_of(&self.plain)..];
-        if !deflate.is_some_and(|a| a.fits(payload.len())) || payload.len() < deflater.min_size() {
-            return &self.plain;
+        if self.deflated.is_some() || payload.len() < deflater.min_size() {
+            return false;
         }
-        let local = self.local.get_or_init(|| {
-            let shared = self.deflated.get_or_init(|| {
-                let opcode = if self.plain[0] & 0x0f == OpCode::Binary as u8 {
-                    OpCode::Binary
-                } else {
-                    OpCode::Text
-                };
-                deflater.server_frame(opcode, payload)
-            });
-            // A copy in this reactor's memory, as `localize` does for the plain frame.
-            shared.as_ref().map(|b| Bytes::copy_from_slice(b))
-        });
-        local.as_ref().unwrap_or(&self.plain)
+        let opcode = if self.plain[0] & 0x0f == OpCode::Binary as u8 {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        };
+        self.deflated = deflater.server_frame(opcode, payload);
+        true
+    }
+
+    /// The frame for a receiver that negotiated `deflate` (or not): the compressed one when
+    /// the message has one and the receiver's window admits it (a client that asked for a
+    /// window under 32 KiB gets it only for a message no longer than its window); the plain
+    /// one otherwise, which is always valid (RFC 7692 §6: RSV1 unset, not compressed).
+    pub fn frame_for(&self, deflate: Option<Agreed>) -> &Bytes {
+        match (&self.deflated, deflate) {
+            (Some(deflated), Some(agreed))
+                if agreed.fits(self.plain.len() - server_header_len_of(&self.plain)) =>
+            {
+                deflated
+            }
+            _ => &self.plain,
+        }
     }
 
     /// Wire bytes of the frame a receiver gets.
@@ -124,13 +131,12 @@ impl Prepared {
         self.plain.is_empty()
     }
 
-    /// A copy in memory of the caller's own (one per receiving reactor), so that the many
-    /// reference counts its subscribers take never bounce between cores.
+    /// A copy in memory of the caller's own (one per receiving reactor), both variants, so
+    /// that the many reference counts its subscribers take never bounce between cores.
     pub fn localize(&self) -> Self {
         Self {
             plain: Bytes::copy_from_slice(&self.plain),
-            deflated: self.deflated.clone(),
-            local: OnceCell::new(),
+            deflated: self.deflated.as_deref().map(Bytes::copy_from_slice),
         }
     }
 }

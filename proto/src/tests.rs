@@ -946,17 +946,22 @@ fn replies_and_broadcasts_go_compressed_only_where_negotiated() {
             .conn
             .send_compressible(OpCode::Text, small, &mut deflater, &mut p.out));
     }
-    let prepared = Prepared::text(&[big.as_bytes()]);
+    let mut prepared = Prepared::text(&[big.as_bytes()]);
+    // Not compressed by its publisher (no subscriber had negotiated it): plain for all.
+    assert!(zipped.conn.send_prepared(&prepared, &mut zipped.out));
+    assert!(prepared.deflate(&mut deflater), "the compressor ran");
+    assert!(!prepared.deflate(&mut deflater), "once");
     let other_reactor = prepared.localize();
-    assert!(plain
-        .conn
-        .send_prepared(&prepared, &mut deflater, &mut plain.out));
-    assert!(zipped
-        .conn
-        .send_prepared(&other_reactor, &mut deflater, &mut zipped.out));
-    assert!(narrow
-        .conn
-        .send_prepared(&prepared, &mut deflater, &mut narrow.out));
+    assert_eq!(other_reactor, prepared, "both variants travel");
+    assert!(plain.conn.send_prepared(&prepared, &mut plain.out));
+    assert!(zipped.conn.send_prepared(&other_reactor, &mut zipped.out));
+    assert!(narrow.conn.send_prepared(&prepared, &mut narrow.out));
+    let mut tiny = Prepared::text(&[small]);
+    assert!(
+        !tiny.deflate(&mut deflater),
+        "under the minimum size: not even tried"
+    );
+    assert_eq!(tiny.deflated(), None);
 
     let plain = raw_frames(&plain.sent());
     assert!(plain.iter().all(|(rsv, _, _)| *rsv == 0));
@@ -966,9 +971,10 @@ fn replies_and_broadcasts_go_compressed_only_where_negotiated() {
     let zipped = raw_frames(&zipped.sent());
     assert_eq!(
         zipped.iter().map(|f| f.0).collect::<Vec<_>>(),
-        [0b100, 0, 0b100]
+        [0b100, 0, 0, 0b100]
     );
-    for at in [0, 2] {
+    assert_eq!(zipped[2].2, big.as_bytes());
+    for at in [0, 3] {
         assert!(zipped[at].2.len() < big.len() / 4);
         assert_eq!(
             inflater.inflate(&zipped[at].2, 1 << 20, None).unwrap(),

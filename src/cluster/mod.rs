@@ -56,6 +56,8 @@ pub struct Stats {
     pub dropped_in: AtomicU64,
     /// Subscribes acknowledged before NATS confirmed the node's interest (timeout).
     pub unconfirmed: AtomicU64,
+    /// Messages from NATS compressed here for permessage-deflate subscribers.
+    pub compressions: AtomicU64,
 }
 
 /// The reactors' and the fan-out's handle on the bridge.
@@ -112,7 +114,7 @@ impl Link {
     pub fn render(&self, out: &mut String) {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 7] = [
+        let rows: [(&str, &str, &str, u64); 8] = [
             (
                 "cluster_connected",
                 "gauge",
@@ -155,6 +157,12 @@ impl Link {
                 "counter",
                 "Subscribes acknowledged before NATS confirmed the node's interest.",
                 get(&s.unconfirmed),
+            ),
+            (
+                "cluster_compressions_total",
+                "counter",
+                "Messages from NATS compressed by the bridge for permessage-deflate subscribers.",
+                get(&s.compressions),
             ),
         ];
         for (name, kind, help, value) in rows {

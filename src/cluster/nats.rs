@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use wsgate_proto::deflate::Deflater;
 
 use super::{subject, Link, Outgoing};
 use crate::app::json;
@@ -51,6 +52,10 @@ struct Bridge {
     subscriptions: HashMap<Arc<str>, AbortHandle>,
     /// Whether a connection has been made before (so the next one is a reconnect).
     was_connected: bool,
+    /// The compressor of what arrives from NATS, the bridge being those messages'
+    /// publishing point; shared by the relays, which all run on this one thread (the lock
+    /// is never contended). Allocated at the first use.
+    deflater: Arc<Mutex<Deflater>>,
 }
 
 impl Bridge {
@@ -81,11 +86,15 @@ impl Bridge {
             }
         };
         let mut bridge = Bridge {
-            shared,
+            shared: shared.clone(),
             link,
             client,
             subscriptions: HashMap::new(),
             was_connected: false,
+            deflater: Arc::new(Mutex::new(Deflater::new(
+                shared.config.deflate.level,
+                shared.config.deflate.min_size,
+            ))),
         };
         let mut batch = Vec::with_capacity(256);
         loop {
@@ -141,6 +150,7 @@ impl Bridge {
                                 self.link.clone(),
                                 topic.clone(),
                                 sub,
+                                self.deflater.clone(),
                             ));
                             self.subscriptions
                                 .insert(topic.clone(), relay.abort_handle());
@@ -222,8 +232,15 @@ async fn round_trip(client: &Client, timeout: Duration) -> bool {
     )
 }
 
-/// Delivers what arrives on one topic's subscription to this node's subscribers, in order.
-async fn relay(shared: Arc<Shared>, link: Arc<Link>, topic: Arc<str>, mut sub: Subscriber) {
+/// Delivers what arrives on one topic's subscription to this node's subscribers, in order,
+/// compressed here once when one of them negotiated permessage-deflate.
+async fn relay(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    topic: Arc<str>,
+    mut sub: Subscriber,
+    deflater: Arc<Mutex<Deflater>>,
+) {
     let max = shared.config.limits.max_publish_bytes;
     while let Some(message) = sub.next().await {
         link.stats.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -236,10 +253,15 @@ async fn relay(shared: Arc<Shared>, link: Arc<Link>, topic: Arc<str>, mut sub: S
                 continue;
             }
         };
-        let prepared = broadcast::prepare_delivery(&topic, data);
-        shared
-            .fanout
-            .publish_remote(&topic, &prepared, Instant::now());
+        let mut prepared = broadcast::prepare_delivery(&topic, data);
+        let mut deflater = deflater.lock().expect("deflater lock poisoned");
+        shared.fanout.publish_remote(
+            &topic,
+            &mut prepared,
+            &mut deflater,
+            &link.stats.compressions,
+            Instant::now(),
+        );
     }
 }
 

@@ -29,7 +29,7 @@ pub(super) struct Held {
 impl Core {
     pub(super) fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<(), SubscribeError> {
         let max = self.shared.config.limits.max_subscriptions;
-        let Phase::WebSocket { subs, .. } = &mut self.conns[id].phase else {
+        let Phase::WebSocket { ws, subs, .. } = &mut self.conns[id].phase else {
             return Ok(());
         };
         if self.topics.find(topic).is_some_and(|t| subs.contains(&t)) {
@@ -38,9 +38,10 @@ impl Core {
         if subs.len() >= max {
             return Err(SubscribeError::TooMany);
         }
+        let deflate = ws.deflate().is_some();
         let (topic, _) = self
             .topics
-            .subscribe(&self.shared.fanout, self.index, topic, id);
+            .subscribe(&self.shared.fanout, self.index, topic, id, deflate);
         subs.push(topic);
         Ok(())
     }
@@ -70,19 +71,24 @@ impl Core {
         }
     }
 
-    /// Encodes a publish once and hands it to every interested reactor, this one included.
+    /// Encodes a publish once (compressed too, here, if a subscriber anywhere negotiated
+    /// permessage-deflate) and hands it to every interested reactor, this one included.
     pub(super) fn publish(&mut self, topic: &str, data: &[u8]) {
-        let message = broadcast::prepare_delivery(topic, data);
+        let mut message = broadcast::prepare_delivery(topic, data);
         let name: Arc<str> = Arc::from(topic);
         ReactorMetrics::add(&self.metrics().publishes, 1);
         if let Some(link) = &self.shared.cluster {
             link.publish(topic, data);
         }
-        if self
-            .shared
-            .fanout
-            .publish(self.index, &name, &message, self.now)
-        {
+        let sent = self.shared.fanout.publish(
+            self.index,
+            &name,
+            &mut message,
+            &mut self.deflater,
+            &self.shared.metrics[self.index].deflate_compressions,
+            self.now,
+        );
+        if sent.local {
             self.deliver(topic, &message, self.now);
         }
     }
@@ -160,7 +166,7 @@ impl Core {
             };
             let pending = transport.pending(&conn.out);
             if pending + message.len() <= cap {
-                if ws.send_prepared(message, &mut self.deflater, &mut conn.out) {
+                if ws.send_prepared(message, &mut conn.out) {
                     delivered += 1;
                 }
             } else {

@@ -87,17 +87,24 @@ impl Harness {
 
     /// A peer that upgraded on `path`; the 101 is read and checked.
     fn websocket(&mut self, path: &str) -> ConnId {
+        self.websocket_with(path, "").0
+    }
+
+    /// A peer that upgraded on `path` sending `headers` too (each ending in CRLF); the 101
+    /// is read, checked and returned.
+    fn websocket_with(&mut self, path: &str, headers: &str) -> (ConnId, String) {
         let id = self.net.connect();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             {headers}\r\n"
         );
         self.net.send(id, request.as_bytes());
         self.turn();
         self.turn();
         let response = String::from_utf8(self.net.read(id)).expect("ascii");
         assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
-        id
+        (id, response)
     }
 
     fn send_text(&mut self, id: ConnId, text: &str) {
@@ -456,6 +463,79 @@ fn idle_connection_footprint() {
     // A TLS session's pointer sits beside the slots too (`Conns::transports`).
     assert_eq!(std::mem::size_of::<crate::transport::Transport>(), 8);
     assert!(std::mem::size_of::<wsgate_proto::Connection>() <= 96);
+}
+
+/// Issue 10: a connection that negotiated permessage-deflate holds exactly as much heap as
+/// one that did not, idle and after a compressed message each way: nothing is allocated
+/// per connection for compression. Two reactors go through the same steps (so their tables
+/// grow alike), one offering deflate on every connection, the other nothing; every heap
+/// byte this thread holds is counted (the reactor, the in-memory network and the test).
+#[test]
+fn deflate_costs_no_heap_per_connection() {
+    const N: usize = 200;
+    let big = format!("[{}1]", "{\"price\":42000.5,\"side\":\"buy\"},".repeat(40));
+    let compressed = wsgate_proto::deflate::Deflater::new(6, 0)
+        .compress(big.as_bytes())
+        .expect("compressible")
+        .to_vec();
+    // Live heap, against the harness's start: with N/2 and N idle connections, then after
+    // the first N/2 and all N have echoed one message.
+    let measure = |offer: &str| -> [isize; 4] {
+        let mut h = Harness::new(|_| {});
+        let mut ids = Vec::with_capacity(N);
+        h.advance(h.reactor.core.tick);
+        let start = crate::sys::heap::live();
+        let mut at = [0; 4];
+        for i in 0..N {
+            let (id, response) = h.websocket_with("/echo", offer);
+            assert_eq!(response.contains("permessage-deflate"), !offer.is_empty());
+            drop(response);
+            ids.push(id);
+            if i + 1 == N / 2 {
+                h.advance(h.reactor.core.tick);
+                at[0] = crate::sys::heap::live() - start;
+            }
+        }
+        h.advance(h.reactor.core.tick);
+        at[1] = crate::sys::heap::live() - start;
+        // One message each way on every connection: compressed where negotiated.
+        let (rsv, payload) = if offer.is_empty() {
+            (0, big.as_bytes())
+        } else {
+            (0b100, &compressed[..])
+        };
+        let frame = wsgate_proto::frame::encode_client_raw(true, rsv, 0x1, [1, 2, 3, 4], payload);
+        for (i, &id) in ids.iter().enumerate() {
+            h.net.send(id, &frame);
+            h.turn();
+            h.turn();
+            let reply = h.net.read(id);
+            let (header, _) = FrameHeader::parse(&reply).unwrap().unwrap();
+            assert_eq!(header.rsv, rsv, "compressed back where negotiated");
+            drop(reply);
+            if i + 1 == N / 2 || i + 1 == N {
+                h.advance(h.reactor.core.tick);
+                at[2 + i / (N / 2)] = crate::sys::heap::live() - start;
+            }
+        }
+        drop(frame);
+        at
+    };
+    let plain = measure("");
+    let deflate =
+        measure("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+    // Idle: byte for byte the same, whether N/2 or N connections are open.
+    assert_eq!(deflate[..2], plain[..2], "idle");
+    // After compressing: more by the reactor's one Inflater and Deflater (allocated at the
+    // first use), the same amount with N/2 as with N connections: none of it per connection.
+    let per_reactor = deflate[2] - plain[2];
+    assert_eq!(deflate[3] - plain[3], per_reactor, "{plain:?} {deflate:?}");
+    assert!((0..1 << 20).contains(&per_reactor), "{per_reactor}");
+    eprintln!(
+        "heap held by {N} idle connections: {} B with deflate, {} B without; after a message \
+         each way: {} B and {} B (+{per_reactor} B: the reactor's compressor and decompressor)",
+        deflate[1], plain[1], deflate[3], plain[3]
+    );
 }
 
 /// Issue 9 item 8: partial messages share one budget; past it a connection closes with

@@ -303,22 +303,37 @@ pub fn read_wire_frame(stream: &mut TcpStream) -> (FrameHeader, Vec<u8>) {
 
 /// Upgrades a raw stream on `path` and checks the 101 as a client must.
 pub fn raw_upgrade(server: &TestServer, path: &str) -> TcpStream {
+    upgrade_offering(server, path, None).0
+}
+
+/// Upgrades a raw stream on `path` offering `offer` in `Sec-WebSocket-Extensions` (none: no
+/// such header); returns the stream and the permessage-deflate terms the server agreed to,
+/// checked as a client must.
+pub fn upgrade_offering(
+    server: &TestServer,
+    path: &str,
+    offer: Option<&str>,
+) -> (TcpStream, Option<wsgate_proto::deflate::Agreed>) {
     let mut stream = tcp(server);
     let key = client::key(*b"raw upgrade test");
+    let headers: Vec<(&str, &str)> = offer
+        .map(|o| ("Sec-WebSocket-Extensions", o))
+        .into_iter()
+        .collect();
     let mut request = Vec::new();
     client::Request {
         host: &server.addr.to_string(),
         path,
         key: &key,
         protocols: &[],
-        headers: &[],
+        headers: &headers,
     }
     .encode(&mut request);
     stream.write_all(&request).unwrap();
-    read_head(&mut stream)
-        .check(&key, &[])
+    let accepted = read_head(&mut stream)
+        .check_deflate(&key, &[])
         .expect("a valid 101");
-    stream
+    (stream, accepted.deflate)
 }
 
 /// Reads a close frame from a raw stream and returns its code.
