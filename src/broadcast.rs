@@ -13,7 +13,7 @@
 //! it that negotiated permessage-deflate (updated the same way, at a reactor's first and
 //! last such subscriber). When that mask is not empty, the publishing point compresses
 //! the message once, before it leaves (`Fanout::publish` with the reactor's `Deflater`,
-//! `publish_remote` with the bridge's), and the message carries both variants to every
+//! `publish` with the bridge's), and the message carries both variants to every
 //! reactor. A subscriber that negotiated deflate after the check (its subscribe raced
 //! a message already on its way) gets that message plain, which RFC 7692 allows: no
 //! reactor ever compresses someone else's publish, so none waits on another.
@@ -22,7 +22,7 @@
 //! by: it is told when a topic gains its first subscriber on any reactor or loses its last,
 //! and confirms a topic once NATS has its subscription; a reactor holding a subscribe's
 //! `ok` for that confirmation hears of it on a channel of its own. Messages the bridge
-//! receives enter by `publish_remote`, one message per interested reactor, like any other.
+//! receives enter by `publish` too (from no reactor), one message per interested reactor, like any other.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -247,13 +247,14 @@ impl Fanout {
         self.inboxes[reactor].confirmed.1.try_iter()
     }
 
-    /// Sends a publish to every other interested reactor, first compressing it with
-    /// `deflater` when a subscriber of the topic on any reactor negotiated
+    /// Sends a publish to every interested reactor but the one it came `from` (`None`: from
+    /// outside the reactors, the cluster bridge), first compressing it with `deflater` (the
+    /// caller's) when a subscriber of the topic on any reactor negotiated
     /// permessage-deflate (counted in `compressions` before the message leaves). A full
     /// inbox drops the delivery for that reactor and counts it.
     pub fn publish(
         &self,
-        from: usize,
+        from: Option<usize>,
         topic: &Arc<str>,
         message: &mut Prepared,
         deflater: &mut Deflater,
@@ -262,30 +263,10 @@ impl Fanout {
     ) -> Published {
         let (mask, deflate) = self.interest(topic);
         let compressed = Self::compress(deflate, message, deflater, compressions);
-        self.send(mask & !(1u64 << from), topic, message, published);
+        let own = from.map_or(0, |from| 1u64 << from);
+        self.send(mask & !own, topic, message, published);
         Published {
-            local: mask & (1u64 << from) != 0,
-            reactors: mask.count_ones(),
-            compressed,
-        }
-    }
-
-    /// Hands a publish that came from outside the reactors (the cluster bridge) to every
-    /// interested reactor, compressed first with `deflater` (the bridge's) as `publish`
-    /// does.
-    pub fn publish_remote(
-        &self,
-        topic: &Arc<str>,
-        message: &mut Prepared,
-        deflater: &mut Deflater,
-        compressions: &AtomicU64,
-        published: Instant,
-    ) -> Published {
-        let (mask, deflate) = self.interest(topic);
-        let compressed = Self::compress(deflate, message, deflater, compressions);
-        self.send(mask, topic, message, published);
-        Published {
-            local: false,
+            local: mask & own != 0,
             reactors: mask.count_ones(),
             compressed,
         }
@@ -540,15 +521,36 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         let mut deflater = Deflater::new(1, 0);
         let n = AtomicU64::new(0);
-        let sent = f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
+        let sent = f.publish(
+            Some(0),
+            &topic,
+            &mut frame,
+            &mut deflater,
+            &n,
+            Instant::now(),
+        );
         assert!(!sent.local, "reactor 0 has no subscribers");
         assert_eq!(sent.reactors, 1);
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (0, 1, 0));
-        let sent = f.publish(1, &topic, &mut frame, &mut deflater, &n, Instant::now());
+        let sent = f.publish(
+            Some(1),
+            &topic,
+            &mut frame,
+            &mut deflater,
+            &n,
+            Instant::now(),
+        );
         assert!(sent.local, "local subscribers");
         assert_eq!(rx[1].len(), 1, "nothing sent to itself");
         for _ in 0..10 {
-            f.publish(0, &topic, &mut frame, &mut deflater, &n, Instant::now());
+            f.publish(
+                Some(0),
+                &topic,
+                &mut frame,
+                &mut deflater,
+                &n,
+                Instant::now(),
+            );
         }
         assert_eq!(rx[1].len(), 4, "bounded");
         assert_eq!(f.inbox(1).overflows.load(Ordering::Relaxed), 7);
@@ -613,7 +615,14 @@ mod tests {
         let mut deflater = Deflater::new(1, 0);
         let mut message = prepare_delivery("t", b"1");
         let n = AtomicU64::new(0);
-        let sent = f.publish_remote(&topic, &mut message, &mut deflater, &n, Instant::now());
+        let sent = f.publish(
+            None,
+            &topic,
+            &mut message,
+            &mut deflater,
+            &n,
+            Instant::now(),
+        );
         assert_eq!(sent.reactors, 2);
         assert!(!sent.compressed, "no subscriber negotiated deflate");
         assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (1, 0, 1));
@@ -635,7 +644,7 @@ mod tests {
         let mut publish = |from| {
             let mut message = prepare_delivery("t", data.as_bytes());
             let sent = f.publish(
-                from,
+                Some(from),
                 &topic,
                 &mut message,
                 &mut deflater,
@@ -682,7 +691,14 @@ mod tests {
         t0.subscribe(&f, 0, "t", ConnId(5), true);
         let mut small = prepare_delivery("t", b"1");
         let mut deflater = Deflater::new(1, 128);
-        let sent = f.publish(0, &topic, &mut small, &mut deflater, &n, Instant::now());
+        let sent = f.publish(
+            Some(0),
+            &topic,
+            &mut small,
+            &mut deflater,
+            &n,
+            Instant::now(),
+        );
         assert!(!sent.compressed && small.deflated().is_none());
         assert_eq!(n.load(Ordering::Relaxed), 1, "counted each compression");
     }

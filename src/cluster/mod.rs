@@ -2,7 +2,7 @@
 //! NATS. It owns one thread per node (`nats.rs`: async-nats on a current-thread tokio
 //! runtime; the reactors never block on it) and the [`Link`] the reactors and the fan-out
 //! reach it by. It must not touch connections: what it receives enters the fan-out like
-//! any publish (`Fanout::publish_remote`), encoded once per node.
+//! any publish (`Fanout::publish`), encoded once per node.
 //!
 //! ```text
 //!   reactor publish ──try_send──▶ outbox ─▶ bridge thread ─▶ PUB <prefix>.<topic>

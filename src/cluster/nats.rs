@@ -255,7 +255,8 @@ async fn relay(
         };
         let mut prepared = broadcast::prepare_delivery(&topic, data);
         let mut deflater = deflater.lock().expect("deflater lock poisoned");
-        shared.fanout.publish_remote(
+        shared.fanout.publish(
+            None,
             &topic,
             &mut prepared,
             &mut deflater,

@@ -81,7 +81,7 @@ impl Core {
             link.publish(topic, data);
         }
         let sent = self.shared.fanout.publish(
-            self.index,
+            Some(self.index),
             &name,
             &mut message,
             &mut self.deflater,
