@@ -300,6 +300,16 @@ for_each_driver! {
             let tls = ws.get_ref();
             assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
             assert_eq!(tls.conn.protocol_version(), Some(versions[0].version));
+            // The server's preference, although rustls' client lists AES-256 first.
+            let suite = tls.conn.negotiated_cipher_suite().unwrap().suite();
+            assert!(
+                [
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                ]
+                .contains(&suite),
+                "{suite:?}"
+            );
             ws.send(Message::text("hello over tls")).unwrap();
             assert_eq!(recv(&mut ws), Message::text("hello over tls"));
             // Larger than a record and than a read: records split across reads.
