@@ -521,36 +521,25 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         let mut deflater = Deflater::new(1, 0);
         let n = AtomicU64::new(0);
-        let sent = f.publish(
-            Some(0),
-            &topic,
-            &mut frame,
-            &mut deflater,
-            &n,
-            Instant::now(),
-        );
-        assert!(!sent.local, "reactor 0 has no subscribers");
-        assert_eq!(sent.reactors, 1);
-        assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (0, 1, 0));
-        let sent = f.publish(
-            Some(1),
-            &topic,
-            &mut frame,
-            &mut deflater,
-            &n,
-            Instant::now(),
-        );
-        assert!(sent.local, "local subscribers");
-        assert_eq!(rx[1].len(), 1, "nothing sent to itself");
-        for _ in 0..10 {
+        let mut publish = |from| {
             f.publish(
-                Some(0),
+                Some(from),
                 &topic,
                 &mut frame,
                 &mut deflater,
                 &n,
                 Instant::now(),
-            );
+            )
+        };
+        let sent = publish(0);
+        assert!(!sent.local, "reactor 0 has no subscribers");
+        assert_eq!(sent.reactors, 1);
+        assert_eq!((rx[0].len(), rx[1].len(), rx[2].len()), (0, 1, 0));
+        let sent = publish(1);
+        assert!(sent.local, "local subscribers");
+        assert_eq!(rx[1].len(), 1, "nothing sent to itself");
+        for _ in 0..10 {
+            publish(0);
         }
         assert_eq!(rx[1].len(), 4, "bounded");
         assert_eq!(f.inbox(1).overflows.load(Ordering::Relaxed), 7);
