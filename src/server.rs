@@ -32,6 +32,7 @@ impl Server {
     /// Binds the listeners and starts the reactors. With port 0 the first listener picks
     /// a port and the others share it.
     pub fn start(config: Config) -> io::Result<Self> {
+        crate::transport::tls::install_default_provider();
         let backend = driver::select(config.net.io)?;
         let mut listeners = Vec::with_capacity(config.net.threads);
         let mut addr = config.net.listen;

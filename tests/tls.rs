@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -44,7 +45,18 @@ impl Pki {
 
     /// Writes `<file>.pem` (leaf then CA) and `<file>.key` for `names`; returns "cert:key".
     fn leaf(&self, file: &str, names: &[&str], expired: bool) -> String {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        self.leaf_of(&rcgen::PKCS_ECDSA_P256_SHA256, file, names, expired)
+    }
+
+    /// `leaf` with a key for `alg`.
+    fn leaf_of(
+        &self,
+        alg: &'static rcgen::SignatureAlgorithm,
+        file: &str,
+        names: &[&str],
+        expired: bool,
+    ) -> String {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).unwrap();
         if expired {
@@ -67,12 +79,20 @@ impl Pki {
 
     /// A client trusting the test CA (ALPN http/1.1, TLS 1.2 and 1.3 unless `versions`).
     fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+        self.client_on(rustls::crypto::ring::default_provider(), versions)
+    }
+
+    /// `client` on `provider`.
+    fn client_on(
+        &self,
+        provider: CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from(self.ca.der().to_vec()))
             .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
@@ -292,6 +312,30 @@ fn exchange(
 }
 
 for_each_driver! {
+    // aws-lc-rs signs and exchanges keys (src/transport/tls.rs, `provider`): an RSA-2048
+    // certificate, and a client offering only the post-quantum hybrid X25519MLKEM768 (what
+    // Chromium offers first), which ring alone does not have.
+    fn rsa_certificate_and_post_quantum_key_exchange(io: IoBackend) {
+        let pki = Pki::new(&format!("rsa-pq-{io:?}"));
+        let rsa = pki.leaf_of(&rcgen::PKCS_RSA_SHA256, "rsa", &["localhost"], false);
+        let (_server, addr) = tls_server(io, vec![rsa]);
+        let pq = rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768;
+        let provider = CryptoProvider {
+            kx_groups: vec![pq],
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let mut ws = wss(addr, pki.client_on(provider, BOTH), "/echo");
+        let tls = ws.get_ref();
+        assert_eq!(tls.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(tls.conn.negotiated_key_exchange_group().map(|g| g.name()), Some(pq.name()));
+        // The leaf's key is RSA: its DER holds the rsaEncryption OID (1.2.840.113549.1.1.1).
+        let rsa_encryption = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+        let leaf = &tls.conn.peer_certificates().unwrap()[0];
+        assert!(leaf.windows(rsa_encryption.len()).any(|w| w == rsa_encryption));
+        ws.send(Message::text("post-quantum hello")).unwrap();
+        assert_eq!(recv(&mut ws), Message::text("post-quantum hello"));
+    }
+
     fn echo_over_wss_tls13_and_tls12(io: IoBackend) {
         let pki = Pki::new(&format!("echo-{io:?}"));
         let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);

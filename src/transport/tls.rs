@@ -9,7 +9,7 @@
 //! turn's queued frames are gathered and encrypted together: one 16 KiB record carries as
 //! many frames as fit, and one buffer holds all of a send's records.
 //!
-//! The crypto provider is ring: see `provider` for why.
+//! The crypto provider mixes ring and aws-lc-rs: see `provider` for why.
 
 use std::mem;
 use std::path::PathBuf;
@@ -39,12 +39,21 @@ const RECORD_OVERHEAD: usize = 5 + 8 + 16;
 /// next send, so ciphertext never piles up beyond one send).
 const MAX_BATCH: usize = 4 * MAX_RECORD;
 
-/// The crypto provider: ring rather than aws-lc-rs. Measured here (bench-results/tls/,
-/// docs/tls.md): a full TLS 1.3 handshake costs the server the same within the noise
-/// (ECDSA P-256: median 240 µs ring vs 252 µs aws-lc-rs; RSA 2048: 282 vs 272), and so do
-/// the records fan-out sends (64 B and 1 KiB records: within 5 %); only full 16 KiB records
-/// are faster on aws-lc-rs (≈ 1.5×). That does not pay for building aws-lc's C sources
-/// (8 minutes here, on every fresh machine and in CI) and a larger binary.
+/// The crypto provider: ring's cipher suites, aws-lc-rs' signatures and key exchange.
+/// Measured on this machine (quiet, one core; bench-results/tls/provider-parts.txt):
+/// - aws-lc-rs signs RSA-2048 PSS in 277 µs against ring's 486 µs (aws-lc has AVX-512
+///   IFMA code for RSA), and a full RSA handshake is mostly that one signature; ECDSA P-256
+///   signs in 15 vs 17 µs.
+/// - aws-lc-rs does an X25519 exchange (key pair + agreement) in 28 µs against 50 µs, once
+///   per full handshake.
+/// - The session keys stay ring's: ring keeps them in Rust's heap, 2 × 560 B per
+///   connection, while aws-lc-rs keeps them in C contexts of its own that cost 230 B more per
+///   idle connection (RSS at 10,000 idle wss connections: 3,996 B ring, 4,253 B aws-lc-rs,
+///   4,023 B this mix), and records of fan-out size encrypt within the noise of each other
+///   (bench-results/tls/provider.txt; only 16 KiB records are faster on aws-lc-rs).
+///
+/// aws-lc's C sources take about a minute of one core to build here. With two providers
+/// compiled in, `install_default_provider` names the default.
 ///
 /// The server picks the cipher suite, AES-128-GCM first (with SHA-256 in TLS 1.3), as
 /// BoringSSL and Go do, rather than following the client: rustls' clients and others list
@@ -57,7 +66,12 @@ fn provider() -> CryptoProvider {
         TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     };
-    let mut provider = rustls::crypto::ring::default_provider();
+    let aws_lc = rustls::crypto::aws_lc_rs::default_provider();
+    let mut provider = CryptoProvider {
+        kx_groups: aws_lc.kx_groups,
+        key_provider: aws_lc.key_provider,
+        ..rustls::crypto::ring::default_provider()
+    };
     provider.cipher_suites.sort_by_key(|suite| {
         !matches!(
             suite.suite(),
@@ -67,6 +81,13 @@ fn provider() -> CryptoProvider {
         )
     });
     provider
+}
+
+/// Makes `provider` the process's default, for the rustls users that take the default (the
+/// NATS client's TLS): with two providers compiled in, rustls would refuse to guess and
+/// panic. A second call changes nothing.
+pub fn install_default_provider() {
+    let _ = provider().install_default();
 }
 
 /// The lowest TLS version accepted.
