@@ -32,9 +32,6 @@ use super::TransportError;
 
 /// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
 const MAX_RECORD: usize = 1 << 14;
-/// Ciphertext bytes a record adds at most: header 5, TLS 1.2 explicit nonce 8 (or the TLS
-/// 1.3 inner content type 1), tag 16.
-const RECORD_OVERHEAD: usize = 5 + 8 + 16;
 /// Most plaintext encrypted for one send: four full records (what is left waits for the
 /// next send, so ciphertext never piles up beyond one send).
 const MAX_BATCH: usize = 4 * MAX_RECORD;
@@ -531,16 +528,17 @@ impl Session {
             }
             scratch
         };
+        // Sized by rustls itself (a first call with no room only counts, RFC-exact per
+        // version and suite), so that the buffer is exactly the ciphertext and becomes
+        // `Bytes` without a second allocation.
         let mut out = Vec::new();
-        let records = total.div_ceil(MAX_RECORD);
-        out.resize(total + records * RECORD_OVERHEAD, 0);
         let written = match self.conn.process_tls_records(&mut []).state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
                 match traffic.encrypt(data, &mut out) {
                     Ok(n) => break Some(n),
                     Err(EncryptError::InsufficientSize(InsufficientSizeError {
                         required_size,
-                    })) => out.resize(required_size, 0),
+                    })) if out.len() < required_size => out.resize(required_size, 0),
                     Err(e) => {
                         tracing::debug!("tls: cannot encrypt: {e}");
                         break None;
