@@ -32,6 +32,9 @@ use super::TransportError;
 
 /// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
 const MAX_RECORD: usize = 1 << 14;
+/// Most ciphertext bytes a record adds: header 5, TLS 1.2's explicit nonce 8, tag 16 (TLS
+/// 1.3: header, content type 1, tag).
+const MAX_OVERHEAD: usize = 5 + 8 + 16;
 /// Most plaintext encrypted for one send: four full records (what is left waits for the
 /// next send, so ciphertext never piles up beyond one send).
 const MAX_BATCH: usize = 4 * MAX_RECORD;
@@ -152,6 +155,7 @@ impl Acceptor {
             phase: SessionPhase::Fresh,
             close_sent: false,
             deferred: false,
+            record_overhead: 0,
         }
     }
 
@@ -328,6 +332,9 @@ pub struct Session {
     close_sent: bool,
     /// Bytes wait in `carry` for the reactor's next handshake budget.
     deferred: bool,
+    /// Ciphertext bytes a record adds in this session (header, tag, TLS 1.3's content
+    /// type), learnt from the first record sent; 0 until then.
+    record_overhead: u8,
 }
 
 impl std::fmt::Debug for Session {
@@ -528,10 +535,11 @@ impl Session {
             }
             scratch
         };
-        // Sized by rustls itself (a first call with no room only counts, RFC-exact per
-        // version and suite), so that the buffer is exactly the ciphertext and becomes
-        // `Bytes` without a second allocation.
-        let mut out = Vec::new();
+        // Sized exactly, so that the buffer becomes `Bytes` without a second allocation:
+        // from the overhead the session's records have shown, or else by rustls itself (a
+        // call with too little room only counts, before it encrypts anything).
+        let records = total.div_ceil(MAX_RECORD);
+        let mut out = vec![0; total + records * usize::from(self.record_overhead)];
         let written = match self.conn.process_tls_records(&mut []).state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
                 match traffic.encrypt(data, &mut out) {
@@ -553,6 +561,11 @@ impl Session {
         plain.advance(total);
         match written {
             Some(n) => {
+                // One record's worth, if nothing else went out with it (a ticket or a
+                // key update before it would add a record of its own).
+                if records == 1 && self.record_overhead == 0 && n - total <= MAX_OVERHEAD {
+                    self.record_overhead = (n - total) as u8;
+                }
                 out.truncate(n);
                 self.wire.push(Bytes::from(out));
             }
