@@ -141,13 +141,13 @@ fn minus(a: Held, b: Held) -> Held {
 /// After a handshake of `client` with `acceptor` and an upgrade's worth of data both
 /// ways, idle: what the session holds (freed when it is dropped), what the handshake left
 /// elsewhere (the resumption state, if the server kept any; the client's too unless
-/// `client` was the last reference to its config) and how it went. Checks that the data
-/// arrived.
+/// `client` was the last reference to its config), how it went and how many blocks a send
+/// of one frame allocated. Checks that the data arrived.
 fn idle_session(
     acceptor: &Acceptor,
     client: Arc<ClientConfig>,
     profile: Option<&str>,
-) -> (Held, Held, rustls::HandshakeKind) {
+) -> (Held, Held, rustls::HandshakeKind, u64) {
     let name = ServerName::try_from("localhost").unwrap();
     let profiler = match profile {
         Some(file) => dhat::Profiler::builder().file_name(file).build(),
@@ -172,10 +172,16 @@ fn idle_session(
     pair.pump();
     pair.plain.push(vec![b'm'; 20].into());
     pair.pump();
+    // What one send allocates, encrypting a frame: counted around `outgoing` alone.
+    pair.plain.push(vec![b'f'; 64].into());
+    let before = dhat::HeapStats::get().total_blocks;
+    let _ = pair.server.outgoing(&mut pair.plain, &mut pair.scratch);
+    let per_send = dhat::HeapStats::get().total_blocks - before;
+    pair.pump();
     assert_eq!(pair.received, request);
     let mut got = Vec::new();
     let _ = pair.client.reader().read_to_end(&mut got);
-    assert_eq!(got.len(), 149, "the client got both writes");
+    assert_eq!(got.len(), 129 + 20 + 64, "the client got every write");
     pair.server.release_idle();
 
     let Pair {
@@ -189,12 +195,12 @@ fn idle_session(
     if profile.is_some() {
         // The profile is written now, the session still open.
         drop(profiler);
-        return (Held::default(), Held::default(), kind);
+        return (Held::default(), Held::default(), kind, per_send);
     }
     let open = heap();
     drop(server);
     let closed = heap();
-    (minus(open, closed), minus(closed, start), kind)
+    (minus(open, closed), minus(closed, start), kind, per_send)
 }
 
 /// One test, so that nothing else allocates meanwhile (the heap is counted process-wide).
@@ -223,12 +229,17 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
         TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     ] {
         let name = format!("{:?}", suite.suite());
-        let (session, elsewhere, kind) = idle_session(&acceptor, client(suite, &roots), None);
+        let (session, elsewhere, kind, per_send) =
+            idle_session(&acceptor, client(suite, &roots), None);
         println!(
-            "idle session, {name}: {} B in {} blocks; left elsewhere: {} B in {} blocks",
+            "idle session, {name}: {} B in {} blocks; left elsewhere: {} B in {} blocks; \
+             a send allocates {per_send} blocks",
             session.bytes, session.blocks, elsewhere.bytes, elsewhere.blocks
         );
         assert_eq!(kind, Full);
+        // rustls' record and our ciphertext, sized exactly so that it becomes `Bytes`
+        // without a block of its own (a regression test: it took a third one).
+        assert_eq!(per_send, 2, "{name}");
         assert!(session.bytes <= MAX_IDLE, "{name}: {session:?}");
         assert_eq!(
             elsewhere.bytes, 0,
@@ -237,7 +248,7 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
         // The same client again resumes with its ticket, and holds no more.
         let again = client(suite, &roots);
         idle_session(&acceptor, again.clone(), None);
-        let (session, _, kind) = idle_session(&acceptor, again, None);
+        let (session, _, kind, _) = idle_session(&acceptor, again, None);
         println!(
             "idle session, {name}, resumed: {} B in {} blocks",
             session.bytes, session.blocks
