@@ -36,14 +36,16 @@ const READ_BUF: usize = 256 * 1024;
 const MAX_WAIT_NS: u64 = 10_000_000;
 const PUBLISH_EVERY_NS: u64 = 100_000_000;
 const CLOSE_TIMEOUT_NS: u64 = 1_000_000_000;
-/// An open-loop send this late is counted as late (the loadgen fell behind its schedule),
-/// or a tenth of the interval between the thread's sends if that is longer: a publish 1.3 ms
-/// late on a 100 ms schedule (10 publishes/s) has not fallen behind.
+/// An open-loop send this late is counted as late (the loadgen fell behind its schedule).
 const LATE_NS: u64 = 1_000_000;
 
+/// Whether a send `lag_ns` behind its slot is late: over `LATE_NS`, or over a tenth of the
+/// interval between the thread's sends where that is longer (a publish 1.3 ms late on a
+/// 100 ms schedule, 10 publishes/s, has not fallen behind).
 fn is_late(lag_ns: u64, send_every_ns: u64) -> bool {
     lag_ns > LATE_NS.max(send_every_ns / 10)
 }
+
 /// Most sends or connects started in one loop turn, so events keep being served.
 const BURST: usize = 4096;
 /// Outbound bytes a connection may queue before sends to it are dropped and counted.

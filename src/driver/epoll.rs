@@ -327,7 +327,7 @@ impl Sock {
             *slice = IoSlice::new(frame);
         }
         let n = unsent.frames.len();
-        let written = match write_vectored(&self.stream, &iov[..n]) {
+        let written = match send_slices(&self.stream, &iov[..n]) {
             Ok(written) => written,
             Err(error) => {
                 self.unsent = None;
@@ -366,7 +366,7 @@ fn open(socks: &mut Slab<Sock>, conn: ConnId) -> Option<&mut Sock> {
 /// lock, the area check, fsnotify), which the socket calls skip; and `send` does not copy
 /// a message header and an iovec array in. Profiled at 10,000 subscribers × 10/s (one
 /// frame per write), the file layer was ~9 % of the server's CPU.
-fn write_vectored(stream: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+fn send_slices(stream: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     let socket = socket2::SockRef::from(stream);
     loop {
         let sent = match iov {
@@ -479,7 +479,7 @@ impl Driver for EpollDriver {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = out.fill_iovecs(&mut iov);
         let total = iov[..n].iter().map(|slice| slice.len()).sum();
-        let written = match write_vectored(&sock.stream, &iov[..n]) {
+        let written = match send_slices(&sock.stream, &iov[..n]) {
             Ok(written) => written,
             Err(error) => {
                 self.later.push(Completion::Failed { conn, error });
