@@ -366,6 +366,15 @@ for_each_driver! {
             for i in 0..50 {
                 assert_eq!(recv(&mut ws), Message::text(format!("m{i}")));
             }
+            if versions[0] == &rustls::version::TLS13 {
+                // Key updates mid-stream, each asking for ours too (our record layer
+                // answers and follows them).
+                for i in 0..3 {
+                    ws.get_mut().conn.refresh_traffic_keys().unwrap();
+                    ws.send(Message::text(format!("after update {i}"))).unwrap();
+                    assert_eq!(recv(&mut ws), Message::text(format!("after update {i}")));
+                }
+            }
         }
         // The plain listener still serves beside the TLS one.
         let mut plain = connect(&server, "/echo");

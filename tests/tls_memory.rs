@@ -20,9 +20,12 @@ use wsgate::transport::tls::{Acceptor, CertFiles, MinVersion};
 use wsgate::transport::Transport;
 use wsgate_proto::OutQueue;
 
-/// Heap an idle session may hold: 3,385 B measured with rustls 0.23.46 (TLS 1.3; docs/tls.md
-/// lists the blocks), 3,281 B of them rustls' own. A change that keeps more fails here.
-const MAX_IDLE: usize = 3400;
+/// Heap an idle TLS 1.3 session may hold, on our record layer: 2,072 B measured with
+/// rustls 0.23.46 (docs/tls.md lists the blocks; 3,385 B when rustls kept the records). A
+/// change that keeps more fails here.
+const MAX_IDLE_TLS13: usize = 2100;
+/// The same for TLS 1.2, which stays on rustls' record layer: 3,3xx B measured.
+const MAX_IDLE_TLS12: usize = 3400;
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -237,10 +240,17 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
             session.bytes, session.blocks, elsewhere.bytes, elsewhere.blocks
         );
         assert_eq!(kind, Full);
-        // rustls' record and our ciphertext, sized exactly so that it becomes `Bytes`
-        // without a block of its own (a regression test: it took a third one).
-        assert_eq!(per_send, 2, "{name}");
-        assert!(session.bytes <= MAX_IDLE, "{name}: {session:?}");
+        // TLS 1.3, on our record layer: the ciphertext alone, sealed in a buffer of the
+        // exact size so that it becomes `Bytes` without a block of its own. TLS 1.2: rustls'
+        // record buffer too (with the old sizing it took a third block).
+        let tls13 = suite.version() == &rustls::version::TLS13;
+        let (sends, max_idle) = if tls13 {
+            (1, MAX_IDLE_TLS13)
+        } else {
+            (2, MAX_IDLE_TLS12)
+        };
+        assert_eq!(per_send, sends, "{name}");
+        assert!(session.bytes <= max_idle, "{name}: {session:?}");
         assert_eq!(
             elsewhere.bytes, 0,
             "{name}: the server keeps nothing per session"
@@ -254,7 +264,7 @@ fn an_idle_tls_session_holds_little_and_the_server_keeps_no_session_state() {
             session.bytes, session.blocks
         );
         assert_eq!(kind, Resumed, "{name}");
-        assert!(session.bytes <= MAX_IDLE, "{name}, resumed: {session:?}");
+        assert!(session.bytes <= max_idle, "{name}, resumed: {session:?}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,13 +1,14 @@
 //! TLS on rustls 0.23: the certificates (loaded, chosen by SNI, reloaded) and the
-//! per-connection session. The only file that names rustls, so its API changes (0.24's
-//! in-place decryption) stay here.
+//! per-connection session. The only module that names rustls, so its API changes stay
+//! here.
 //!
-//! A session uses rustls' unbuffered API: records are decrypted in the driver's lent
-//! buffer, and the plaintext is appended to the reactor's scratch (rustls 0.23 still copies
-//! each record's plaintext into a short-lived `Vec` of its own; 0.24 drops that copy). Only
-//! a record split across two reads is kept, in `carry`, until its rest arrives. Outgoing, a
-//! turn's queued frames are gathered and encrypted together: one 16 KiB record carries as
-//! many frames as fit, and one buffer holds all of a send's records.
+//! A session does its handshake on rustls' unbuffered API. A TLS 1.3 session then moves to
+//! our record layer (`records.rs`) on the keys rustls hands over; a TLS 1.2 session stays
+//! on rustls'. Either way records are decrypted in the driver's lent buffer and the
+//! plaintext is appended to the reactor's scratch; only a record split across two reads is
+//! kept, in `carry`, until its rest arrives. Outgoing, a turn's queued frames are encrypted
+//! together: one 16 KiB record carries as many frames as fit, and one buffer holds all of a
+//! send's records.
 //!
 //! The crypto provider mixes ring and aws-lc-rs: see `provider` for why.
 
@@ -29,6 +30,11 @@ use rustls::ServerConfig;
 use wsgate_proto::OutQueue;
 
 use super::TransportError;
+use records::{alert, Records};
+
+#[cfg(test)]
+mod record_tests;
+mod records;
 
 /// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
 const MAX_RECORD: usize = 1 << 14;
@@ -139,6 +145,8 @@ impl Acceptor {
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 1;
+        // TLS 1.3 sessions move to our record layer after the handshake (records.rs).
+        config.enable_secret_extraction = true;
         Ok(Self {
             config: Arc::new(config),
             certs,
@@ -147,9 +155,10 @@ impl Acceptor {
 
     /// A new connection's session.
     pub fn session(&self) -> Session {
+        let conn = UnbufferedServerConnection::new(self.config.clone())
+            .expect("a server config with certificates starts a session");
         Session {
-            conn: UnbufferedServerConnection::new(self.config.clone())
-                .expect("a server config with certificates starts a session"),
+            engine: Engine::Rustls(Box::new(conn)),
             wire: OutQueue::default(),
             carry: Vec::new(),
             phase: SessionPhase::Fresh,
@@ -320,10 +329,20 @@ enum SessionPhase {
     Failed,
 }
 
-/// One connection's TLS state: rustls' own, the ciphertext waiting to be sent, and a split
+/// Who seals and opens a session's records.
+enum Engine {
+    /// The handshake, and a TLS 1.2 session throughout: rustls.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// A TLS 1.3 session after its handshake: our record layer on the session's keys.
+    Records(Box<Records>),
+    /// Handing the keys over failed: nothing more is read or written.
+    Gone,
+}
+
+/// One connection's TLS state: the engine, the ciphertext waiting to be sent, and a split
 /// record's head. Idle, `wire` and `carry` hold no memory.
 pub struct Session {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// Ciphertext for the driver, oldest first.
     wire: OutQueue,
     /// The head of a record whose rest has not arrived.
@@ -332,8 +351,8 @@ pub struct Session {
     close_sent: bool,
     /// Bytes wait in `carry` for the reactor's next handshake budget.
     deferred: bool,
-    /// Ciphertext bytes a record adds in this session (header, tag, TLS 1.3's content
-    /// type), learnt from the first record sent; 0 until then.
+    /// Ciphertext bytes a record of rustls' adds in this session (header, tag, TLS 1.2's
+    /// explicit nonce), learnt from the first record sent; 0 until then.
     record_overhead: u8,
 }
 
@@ -416,18 +435,27 @@ impl Session {
         }
     }
 
-    /// Runs rustls over the records in `buf`; returns how many bytes it used (the rest is
-    /// a partial record).
+    /// Runs the engine over the records in `buf`; returns how many bytes it used (the rest
+    /// is a partial record).
     fn process(&mut self, buf: &mut [u8], plain: &mut Vec<u8>) -> Result<usize, TransportError> {
+        let conn = match &mut self.engine {
+            Engine::Rustls(conn) => conn,
+            Engine::Records(records) => {
+                return open(records, buf, plain, &mut self.wire, &mut self.phase)
+            }
+            Engine::Gone => return Err(TransportError::Tls("the session lost its keys".into())),
+        };
         let mut used = 0;
         // Handshake records being encoded, until rustls says to transmit them.
         let mut flight = Vec::new();
+        let mut hand_over = false;
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut buf[used..]);
+            let handshaking = conn.is_handshaking();
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
             let state = match state {
                 Ok(state) => state,
-                Err(e) => return Err(self.error(e)),
+                Err(e) if handshaking => return Err(TransportError::Handshake(e.to_string())),
+                Err(e) => return Err(TransportError::Tls(e.to_string())),
             };
             let more = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
@@ -455,6 +483,7 @@ impl Session {
                 }
                 ConnectionState::WriteTraffic(_) => {
                     self.phase = SessionPhase::Open;
+                    hand_over = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
                     false
                 }
                 ConnectionState::BlockedHandshake | ConnectionState::Closed => false,
@@ -465,27 +494,50 @@ impl Session {
             };
             used += discard;
             if !more {
-                return Ok(used);
+                break;
             }
         }
-    }
-
-    /// Maps a rustls error, after which rustls has queued the alert to send.
-    fn error(&self, e: rustls::Error) -> TransportError {
-        if self.conn.is_handshaking() {
-            TransportError::Handshake(e.to_string())
-        } else {
-            TransportError::Tls(e.to_string())
+        if hand_over {
+            // What follows the client's Finished (its upgrade request, often in the same
+            // read) is ours to open.
+            self.hand_over()?;
+            if let Engine::Records(records) = &mut self.engine {
+                used += open(
+                    records,
+                    &mut buf[used..],
+                    plain,
+                    &mut self.wire,
+                    &mut self.phase,
+                )?;
+            }
         }
+        Ok(used)
     }
 
-    /// After an error: reads nothing more, and queues the alert rustls prepared.
+    /// Moves a TLS 1.3 session whose handshake is done to our record layer.
+    fn hand_over(&mut self) -> Result<(), TransportError> {
+        let Engine::Rustls(conn) = mem::replace(&mut self.engine, Engine::Gone) else {
+            return Err(TransportError::Tls("no rustls session to hand over".into()));
+        };
+        let (secrets, kernel) = (*conn)
+            .dangerous_into_kernel_connection()
+            .map_err(|e| TransportError::Tls(format!("cannot take the session's keys: {e}")))?;
+        let records = Records::new(secrets, kernel).map_err(|e| TransportError::Tls(e.reason))?;
+        self.engine = Engine::Records(Box::new(records));
+        Ok(())
+    }
+
+    /// After an error: reads nothing more, and queues the alert rustls prepared (our record
+    /// layer queued its own already).
     fn fail(&mut self) {
         self.phase = SessionPhase::Failed;
         self.carry = Vec::new();
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return;
+        };
         let mut alert = Vec::new();
         for _ in 0..4 {
-            match self.conn.process_tls_records(&mut []).state {
+            match conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     encode_into(&mut alert, |out| encode.encode(out));
                 }
@@ -519,6 +571,29 @@ impl Session {
 
     fn encrypt(&mut self, plain: &mut OutQueue, scratch: &mut Vec<u8>) {
         let total = plain.len_bytes().min(MAX_BATCH);
+        let conn = match &mut self.engine {
+            Engine::Rustls(conn) => conn,
+            Engine::Records(records) => {
+                // Sealed straight from the frames into a buffer of the exact size, which
+                // becomes `Bytes` without a second allocation.
+                let overhead = total.div_ceil(records::MAX_PLAINTEXT) * records::OVERHEAD;
+                let mut out = Vec::with_capacity(total + overhead);
+                let sealed = records.seal_data(&mut out, plain.frames().map(|f| &f[..]), total);
+                plain.advance(total);
+                match sealed {
+                    Ok(()) => self.wire.push(Bytes::from(out)),
+                    Err(e) => {
+                        tracing::debug!("tls: cannot encrypt: {}", e.reason);
+                        self.phase = SessionPhase::Failed;
+                    }
+                }
+                return;
+            }
+            Engine::Gone => {
+                self.phase = SessionPhase::Failed;
+                return;
+            }
+        };
         let front = plain.frames().next().expect("not empty");
         // One frame covering the batch is encrypted from where it is; several are gathered
         // so that a record carries as many of them as fit.
@@ -540,7 +615,7 @@ impl Session {
         // call with too little room only counts, before it encrypts anything).
         let records = total.div_ceil(MAX_RECORD);
         let mut out = vec![0; total + records * usize::from(self.record_overhead)];
-        let written = match self.conn.process_tls_records(&mut []).state {
+        let written = match conn.process_tls_records(&mut []).state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => loop {
                 match traffic.encrypt(data, &mut out) {
                     Ok(n) => break Some(n),
@@ -600,17 +675,25 @@ impl Session {
             return false;
         }
         self.close_sent = true;
-        let mut out = vec![0; 64];
-        let written = match self.conn.process_tls_records(&mut []).state {
-            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                traffic.queue_close_notify(&mut out).ok()
+        let out = match &mut self.engine {
+            Engine::Records(records) => records.alert(alert::CLOSE_NOTIFY).ok(),
+            Engine::Rustls(conn) => {
+                let mut out = vec![0; 64];
+                match conn.process_tls_records(&mut []).state {
+                    Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                        (traffic.queue_close_notify(&mut out).ok()).map(|n| {
+                            out.truncate(n);
+                            out
+                        })
+                    }
+                    _ => None,
+                }
             }
-            _ => None,
+            Engine::Gone => None,
         };
-        let Some(n) = written else {
+        let Some(out) = out else {
             return false;
         };
-        out.truncate(n);
         self.wire.push(Bytes::from(out));
         true
     }
@@ -619,6 +702,30 @@ impl Session {
         self.wire.release_idle();
         if self.carry.is_empty() {
             self.carry = Vec::new();
+        }
+    }
+}
+
+/// Opens records with our record layer; a fatal error queues its alert.
+fn open(
+    records: &mut Records,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    wire: &mut OutQueue,
+    phase: &mut SessionPhase,
+) -> Result<usize, TransportError> {
+    match records.open(buf, plain, wire) {
+        Ok(opened) => {
+            if opened.peer_closed {
+                *phase = SessionPhase::PeerClosed;
+            }
+            Ok(opened.used)
+        }
+        Err(fatal) => {
+            if let Some(alert) = fatal.alert.and_then(|a| records.alert(a).ok()) {
+                wire.push(Bytes::from(alert));
+            }
+            Err(TransportError::Tls(fatal.reason))
         }
     }
 }
