@@ -1,6 +1,6 @@
 //! Thin wrappers over the few libc calls std and socket2 do not cover: eventfd wakers,
-//! the open-files limit and CPU clocks. Every call goes through `syscall!`, so the unsafe
-//! surface is here.
+//! the open-files limit and CPU clocks (every call goes through `syscall!`), and a cache
+//! prefetch hint. The unsafe surface is here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -126,6 +126,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prefetch_is_only_a_hint() {
+        // Within the value only, whatever its size; the values are unchanged.
+        let small = 7u8;
+        let large = [3u64; 300];
+        let empty = ();
+        prefetch(&small);
+        prefetch(&large);
+        prefetch(&empty);
+        assert_eq!(small, 7);
+        assert!(large.iter().all(|&x| x == 3));
+    }
+
+    #[test]
     fn eventfd_wakes_and_drains() {
         let efd = EventFd::new().expect("eventfd");
         efd.wake();
@@ -218,5 +231,21 @@ pub(crate) mod heap {
     /// Heap bytes allocated by this thread and not yet freed (since it started).
     pub fn live() -> isize {
         LIVE.with(Cell::get)
+    }
+}
+
+/// Asks the CPU to start loading `value`'s memory into the cache: a hint, nothing is read.
+/// At 1,000 TLS subscribers a session is cold when its send comes; the flush loop asks for
+/// the next ones while the kernel takes this one's send.
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = (value as *const T).cast::<i8>();
+        for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: SSE is part of x86_64's baseline, so the instruction exists; a
+            // prefetch reads nothing and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
     }
 }

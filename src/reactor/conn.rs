@@ -219,6 +219,19 @@ impl Conns {
         Some((conn, transport))
     }
 
+    /// Starts loading the TLS state of the connections `next` flushes (last first): the
+    /// keys of the next one, whose session was asked for a turn of the loop ago, and the
+    /// session of the one after.
+    pub fn prefetch(&self, next: &[ConnId]) {
+        let mut ahead = next.iter().rev().map(|id| self.transports.get(id.index()));
+        if let Some(Some(transport)) = ahead.next() {
+            transport.prefetch_keys();
+        }
+        if let Some(Some(transport)) = ahead.next() {
+            transport.prefetch_session();
+        }
+    }
+
     /// The transports that hold state (TLS sessions), for the timer sweep.
     pub fn transports_mut(&mut self) -> impl Iterator<Item = &mut Transport> {
         self.transports.iter_mut()

@@ -288,6 +288,7 @@ impl<D: Driver> Reactor<D> {
         let cap = self.core.shared.config.limits.max_outbound_bytes;
         let mut writes = 0;
         while let Some(id) = self.core.flush.pop() {
+            self.core.conns.prefetch(&self.core.flush);
             let Some((conn, transport)) = self.core.conns.with_transport(id) else {
                 continue;
             };

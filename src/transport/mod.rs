@@ -148,6 +148,21 @@ impl Transport {
         }
     }
 
+    /// Starts loading this connection's TLS session into the cache (no-op for plain).
+    pub fn prefetch_session(&self) {
+        if let Self::Tls(session) = self {
+            crate::sys::prefetch(&**session);
+        }
+    }
+
+    /// Starts loading the keys a TLS send uses (the session itself should be cached by now:
+    /// `prefetch_session` a connection earlier).
+    pub fn prefetch_keys(&self) {
+        if let Self::Tls(session) = self {
+            session.prefetch_keys();
+        }
+    }
+
     /// Gives back memory an idle connection does not need.
     pub fn release_idle(&mut self) {
         if let Self::Tls(session) = self {

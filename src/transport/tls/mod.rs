@@ -698,6 +698,12 @@ impl Session {
         true
     }
 
+    pub(super) fn prefetch_keys(&self) {
+        if let Engine::Records(records) = &self.engine {
+            records.prefetch_tx();
+        }
+    }
+
     pub(super) fn release_idle(&mut self) {
         self.wire.release_idle();
         if self.carry.is_empty() {

@@ -163,6 +163,12 @@ impl Records {
         })
     }
 
+    /// Starts loading what sealing reads: the sending keys and their counters.
+    pub(super) fn prefetch_tx(&self) {
+        crate::sys::prefetch(&self.tx);
+        crate::sys::prefetch(&self.tx_limit);
+    }
+
     /// Seals `len` bytes of application data, taken from `data` in order, as records of up
     /// to 2^14 bytes appended to `out`.
     pub(super) fn seal_data<'a>(
