@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedCipherSuite};
 use wsgate::transport::tls::{Acceptor, CertFiles, MinVersion};
 use wsgate::transport::Transport;
@@ -30,26 +30,14 @@ const MAX_IDLE_TLS12: usize = 3400;
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
-/// A certificate for `localhost` (ECDSA P-256) in a fresh directory, and the roots
-/// trusting it.
+#[path = "util/localhost_cert.rs"]
+mod localhost_cert;
+
+/// A certificate for `localhost` in a fresh directory, and the roots trusting it.
 fn setup(test: &str) -> (PathBuf, CertFiles, RootCertStore) {
     let dir = std::env::temp_dir().join(format!("wsgate-tlsmem-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let files = CertFiles {
-        cert: dir.join("leaf.pem"),
-        key: dir.join("leaf.key"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(cert.der().to_vec()))
-        .unwrap();
-    (dir, files, roots)
+    let (cert, key, roots) = localhost_cert::localhost_cert(&dir);
+    (dir, CertFiles { cert, key }, roots)
 }
 
 /// A client (with a session cache of its own) offering `suite` only.

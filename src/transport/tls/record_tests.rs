@@ -8,31 +8,20 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertStore};
 
 use super::*;
 
-/// An acceptor for `localhost` (ECDSA P-256, files in a fresh directory, removed once
-/// loaded) and roots trusting it.
+#[path = "../../../tests/util/localhost_cert.rs"]
+mod localhost_cert;
+
+/// An acceptor for `localhost` (its files in a fresh directory, removed once loaded) and
+/// roots trusting it.
 fn acceptor(test: &str) -> (Acceptor, RootCertStore) {
     let dir = std::env::temp_dir().join(format!("wsgate-records-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let files = CertFiles {
-        cert: dir.join("leaf.pem"),
-        key: dir.join("leaf.key"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(cert.der().to_vec()))
-        .unwrap();
-    let acceptor = Acceptor::new(vec![files], MinVersion::Tls12).unwrap();
+    let (cert, key, roots) = localhost_cert::localhost_cert(&dir);
+    let acceptor = Acceptor::new(vec![CertFiles { cert, key }], MinVersion::Tls12).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     (acceptor, roots)
 }
