@@ -312,7 +312,7 @@ fn exchange(
 }
 
 for_each_driver! {
-    // aws-lc-rs signs and exchanges keys (src/transport/tls.rs, `provider`): an RSA-2048
+    // aws-lc-rs signs and exchanges keys (src/transport/tls/mod.rs, `provider`): an RSA-2048
     // certificate, and a client offering only the post-quantum hybrid X25519MLKEM768 (what
     // Chromium offers first), which ring alone does not have.
     fn rsa_certificate_and_post_quantum_key_exchange(io: IoBackend) {

@@ -5,10 +5,11 @@
 //!   driver ◀──wire queue── Transport::outgoing ◀──plaintext frames (OutQueue)── connection
 //! ```
 //!
-//! `Plain` passes both ways untouched and holds nothing (`plain.rs`). `Tls` (`tls.rs`, the
-//! only file that uses rustls) decrypts the records in the lent buffer and encrypts a
-//! turn's queued frames together, as few records as fit, before the driver sends them. It
-//! is boxed, and the reactor keeps transports beside its connection slots, so a plain
+//! `Plain` passes both ways untouched and holds nothing (`plain.rs`). `Tls` (`tls/`, the
+//! only module that uses rustls: the handshake on rustls, then for TLS 1.3 our own record
+//! layer, `tls/records.rs`) decrypts the records in the lent buffer and encrypts a turn's
+//! queued frames together, as few records as fit, before the driver sends them. It is
+//! boxed, and the reactor keeps transports beside its connection slots, so a plain
 //! connection's slot does not grow.
 
 mod plain;
