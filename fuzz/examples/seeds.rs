@@ -41,6 +41,9 @@ fn main() -> std::io::Result<()> {
     for (name, text) in config() {
         write("config", name, text.as_bytes())?;
     }
+    for (name, bytes) in tls_records() {
+        write("tls_records", name, &bytes)?;
+    }
     Ok(())
 }
 
@@ -530,5 +533,54 @@ max_topic_len = 1024
 "#,
         ),
         ("bad-duration", "idle_timeout = \"10 parsecs\"\n"),
+    ]
+}
+
+/// The suite (0..3), then steps (`wsgate_fuzz::tls`): 0 a sealed record (kind: 0 data, 5
+/// alert, 6 handshake, bit 7 flips a byte; content; padding; where to flip), 2 raw bytes,
+/// 3 deliver (piece sizes), 4 a server frame, 5 the server's close.
+fn tls_records() -> Vec<(&'static str, Vec<u8>)> {
+    let blob = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let record = |out: &mut Vec<u8>, kind: u8, content: &[u8], padding: u8, flip: u16| {
+        out.extend_from_slice(&[0, kind]);
+        blob(out, content);
+        out.push(padding);
+        out.extend_from_slice(&flip.to_le_bytes());
+    };
+    let deliver = |out: &mut Vec<u8>, sizes: &[u8]| {
+        out.push(3);
+        blob(out, sizes);
+    };
+    let mut echo = vec![0];
+    record(&mut echo, 0, b"GET /echo HTTP/1.1\r\n\r\n", 0, 0);
+    record(&mut echo, 0, b"", 40, 0);
+    deliver(&mut echo, &[3, 1, 0]);
+    echo.push(4);
+    blob(&mut echo, b"a frame from the server");
+    echo.push(5);
+    let mut update = vec![1];
+    record(&mut update, 6, &[24, 0, 0, 1, 1], 0, 0);
+    record(&mut update, 0, b"after the update", 0, 0);
+    deliver(&mut update, &[]);
+    let mut close = vec![2];
+    record(&mut close, 0, b"last", 0, 0);
+    record(&mut close, 5, &[1, 0], 0, 0);
+    deliver(&mut close, &[7]);
+    let mut tampered = vec![0];
+    record(&mut tampered, 0x80, b"tampered", 0, 0x0109);
+    deliver(&mut tampered, &[]);
+    let mut raw = vec![0];
+    raw.push(2);
+    blob(&mut raw, &[23, 3, 3, 0x41, 0x01]);
+    deliver(&mut raw, &[]);
+    vec![
+        ("echo", echo),
+        ("key-update", update),
+        ("close-notify", close),
+        ("tampered", tampered),
+        ("overflow-header", raw),
     ]
 }

@@ -1,5 +1,6 @@
 //! What the fuzz targets share: the input of the `connection` and `deflate` targets, a
-//! sequence of [`Op`]s, its byte format, and the session they run ([`session`]).
+//! sequence of [`Op`]s, its byte format, and the session they run ([`session`]); and the
+//! `tls_records` target's run ([`tls`]).
 //!
 //! The format is written by hand rather than derived so that [`Input::encode`] can turn
 //! meaningful sessions (a masked message, fragments, a close handshake) into seed files
@@ -9,6 +10,7 @@
 //! missing byte reads as 0.
 
 pub mod session;
+pub mod tls;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 

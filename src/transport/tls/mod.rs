@@ -676,7 +676,7 @@ impl Session {
         }
         self.close_sent = true;
         let out = match &mut self.engine {
-            Engine::Records(records) => records.alert(alert::CLOSE_NOTIFY).ok(),
+            Engine::Records(records) => records.alert(alert::CLOSE_NOTIFY),
             Engine::Rustls(conn) => {
                 let mut out = vec![0; 64];
                 match conn.process_tls_records(&mut []).state {
@@ -728,7 +728,7 @@ fn open(
             Ok(opened.used)
         }
         Err(fatal) => {
-            if let Some(alert) = fatal.alert.and_then(|a| records.alert(a).ok()) {
+            if let Some(alert) = fatal.alert.and_then(|a| records.alert(a)) {
                 wire.push(Bytes::from(alert));
             }
             Err(TransportError::Tls(fatal.reason))

@@ -1,20 +1,23 @@
 //! Our TLS 1.3 record layer against rustls' client, in memory: the bytes are handed across
 //! by hand, so each test decides exactly which records the server sees. Interop (key
 //! updates both ways, every TLS 1.3 suite) uses the client as is; hostile records are
-//! sealed by the test itself with the client's extracted keys, independently of
-//! `records.rs`.
+//! sealed by hand with the client's extracted keys (`tests/util/tls13_oracle.rs`),
+//! independently of `records.rs`.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::*;
 
 #[path = "../../../tests/util/localhost_cert.rs"]
 mod localhost_cert;
+#[path = "../../../tests/util/tls13_oracle.rs"]
+mod tls13_oracle;
+
+use tls13_oracle::Oracle;
 
 /// An acceptor for `localhost` (its files in a fresh directory, removed once loaded) and
 /// roots trusting it.
@@ -131,91 +134,9 @@ impl Pair {
     }
 
     /// The client's keys, for sealing records by hand (the client is gone after this).
-    fn hand_made(self) -> (HandMade, Session) {
+    fn hand_made(self) -> (Oracle, Session) {
         let secrets = self.client.dangerous_extract_secrets().unwrap();
-        let made = HandMade {
-            tx: TestKeys::new(secrets.tx),
-            rx: TestKeys::new(secrets.rx),
-        };
-        (made, self.server)
-    }
-}
-
-/// One direction's AES-128-GCM key, IV and sequence number, as the test's own oracle.
-struct TestKeys {
-    key: LessSafeKey,
-    iv: [u8; 12],
-    seq: u64,
-}
-
-impl TestKeys {
-    fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Self {
-        let ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
-            panic!("the hostile-record tests use TLS_AES_128_GCM_SHA256");
-        };
-        Self {
-            key: LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key.as_ref()).unwrap()),
-            iv: iv.as_ref().try_into().unwrap(),
-            seq,
-        }
-    }
-
-    fn nonce(&mut self) -> Nonce {
-        let mut nonce = self.iv;
-        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
-            *n ^= s;
-        }
-        self.seq += 1;
-        Nonce::assume_unique_for_key(nonce)
-    }
-}
-
-/// Records sealed and opened by the test with the client's keys.
-struct HandMade {
-    tx: TestKeys,
-    rx: TestKeys,
-}
-
-impl HandMade {
-    /// A record whose inner plaintext (content, type, padding) is exactly `inner`.
-    fn record(&mut self, inner: &[u8]) -> Vec<u8> {
-        let len = (inner.len() + 16) as u16;
-        let mut record = vec![23, 3, 3];
-        record.extend_from_slice(&len.to_be_bytes());
-        let mut body = inner.to_vec();
-        let aad = Aad::from(<[u8; 5]>::try_from(&record[..]).unwrap());
-        let nonce = self.tx.nonce();
-        self.tx
-            .key
-            .seal_in_place_append_tag(nonce, aad, &mut body)
-            .unwrap();
-        record.extend_from_slice(&body);
-        record
-    }
-
-    /// `content` of `content_type`, unpadded.
-    fn sealed(&mut self, content_type: u8, content: &[u8]) -> Vec<u8> {
-        let mut inner = content.to_vec();
-        inner.push(content_type);
-        self.record(&inner)
-    }
-
-    /// Opens the server's records: (content type, content) each.
-    fn open(&mut self, mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut records = Vec::new();
-        while !wire.is_empty() {
-            assert_eq!(wire[0], 23, "an encrypted record");
-            let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
-            let (record, rest) = wire.split_at(5 + len);
-            let aad = Aad::from(<[u8; 5]>::try_from(&record[..5]).unwrap());
-            let mut body = record[5..].to_vec();
-            let nonce = self.rx.nonce();
-            let inner = self.rx.key.open_in_place(nonce, aad, &mut body).unwrap();
-            let end = inner.iter().rposition(|&b| b != 0).unwrap();
-            records.push((inner[end], inner[..end].to_vec()));
-            wire = rest;
-        }
-        records
+        (Oracle::new(secrets), self.server)
     }
 }
 
@@ -227,7 +148,7 @@ fn aes128() -> Option<rustls::SupportedCipherSuite> {
 /// answers with the fatal alert `description` (sealed, as TLS 1.3 alerts are).
 fn refused(
     test: &str,
-    records: impl FnOnce(&mut HandMade) -> Vec<u8>,
+    records: impl FnOnce(&mut Oracle) -> Vec<u8>,
     description: u8,
     reason: &str,
 ) {
@@ -240,7 +161,11 @@ fn refused(
         .frames()
         .flat_map(|f| f.to_vec())
         .collect();
-    assert_eq!(made.open(&sent), vec![(21, vec![2, description])], "{test}");
+    assert_eq!(
+        made.open(&sent).unwrap(),
+        vec![(21, vec![2, description])],
+        "{test}"
+    );
     // Nothing more is read.
     let mut more = made.sealed(23, b"late");
     assert!(!server.receive(&mut more, &mut Vec::new()).unwrap());
@@ -356,7 +281,10 @@ fn close_notify_ends_reading_and_is_answered_once() {
         .frames()
         .flat_map(|f| f.to_vec())
         .collect();
-    assert_eq!(made.open(&sent), vec![(21, vec![1, alert::CLOSE_NOTIFY])]);
+    assert_eq!(
+        made.open(&sent).unwrap(),
+        vec![(21, vec![1, alert::CLOSE_NOTIFY])]
+    );
 }
 
 #[test]
@@ -401,7 +329,7 @@ fn oversized_records_are_record_overflow() {
 
 #[test]
 fn what_may_not_come_after_the_handshake_is_unexpected_message() {
-    type Case = (&'static str, fn(&mut HandMade) -> Vec<u8>, &'static str);
+    type Case = (&'static str, fn(&mut Oracle) -> Vec<u8>, &'static str);
     let cases: [Case; 6] = [
         (
             "plaintext-handshake",
@@ -492,8 +420,41 @@ fn a_requested_key_update_is_answered_under_the_old_key() {
         .frames()
         .flat_map(|f| f.to_vec())
         .collect();
-    assert_eq!(made.open(&sent), vec![(22, vec![24, 0, 0, 1, 0])]);
+    assert_eq!(made.open(&sent).unwrap(), vec![(22, vec![24, 0, 0, 1, 0])]);
     // The client's old key no longer opens anything.
     let mut stale = made.sealed(23, b"old key");
     assert!(server.receive(&mut stale, &mut Vec::new()).is_err());
+}
+
+#[test]
+fn nothing_follows_our_close_notify() {
+    // Found by the tls_records fuzz target: a bad record after our close_notify was
+    // answered with a fatal alert after it.
+    let (mut made, mut server) = Pair::new("after-close", aes128()).hand_made();
+    assert!(server.close_notify());
+    let mut record = made.sealed(23, b"tampered");
+    record[7] ^= 1;
+    assert!(server.receive(&mut record, &mut Vec::new()).is_err());
+    let sent: Vec<u8> = server
+        .outgoing(&mut OutQueue::default(), &mut Vec::new())
+        .frames()
+        .flat_map(|f| f.to_vec())
+        .collect();
+    assert_eq!(
+        made.open(&sent).unwrap(),
+        vec![(21, vec![1, alert::CLOSE_NOTIFY])],
+        "close_notify alone"
+    );
+}
+
+#[test]
+fn empty_frames_in_the_queue_lose_nothing() {
+    // Found by the tls_records fuzz target: an empty frame ended the record being filled,
+    // and the frames after it were dropped.
+    let mut pair = Pair::new("empty-frames", None);
+    for frame in ["", "one", "", "", "two", ""] {
+        pair.plain.push(frame.as_bytes().to_vec().into());
+    }
+    pair.pump();
+    assert_eq!(pair.client_reads(), b"onetwo");
 }

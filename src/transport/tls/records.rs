@@ -126,7 +126,8 @@ pub(super) struct Records {
     rx: Keys,
     /// Records we may seal under one key before updating it (§5.5).
     pub(super) tx_limit: u64,
-    /// We sent close_notify: nothing more goes out (not even a requested KeyUpdate).
+    /// We sent an alert (close_notify or fatal): nothing more goes out, not even a
+    /// requested KeyUpdate.
     closed: bool,
 }
 
@@ -186,9 +187,11 @@ impl Records {
                 let mut need = n;
                 while need > 0 {
                     if front.is_empty() {
-                        front = data.next().unwrap_or_default();
-                        if front.is_empty() {
-                            break;
+                        // An empty frame has nothing to give; the end of the data ends
+                        // the record (it cannot come before `len` bytes).
+                        match data.by_ref().find(|frame| !frame.is_empty()) {
+                            Some(frame) => front = frame,
+                            None => break,
                         }
                     }
                     let take = front.len().min(need);
@@ -201,19 +204,23 @@ impl Records {
         Ok(())
     }
 
-    /// An alert record (close_notify is a warning, everything else fatal: §6).
-    pub(super) fn alert(&mut self, description: u8) -> Result<Vec<u8>, Fatal> {
+    /// An alert record (close_notify is a warning, everything else fatal: §6), or none
+    /// once we have said our last word (an alert, close_notify included, ends what we
+    /// send).
+    pub(super) fn alert(&mut self, description: u8) -> Option<Vec<u8>> {
+        if std::mem::replace(&mut self.closed, true) {
+            return None;
+        }
         let level = if description == alert::CLOSE_NOTIFY {
             1
         } else {
             2
         };
-        self.closed = true;
         let mut out = Vec::with_capacity(2 + OVERHEAD);
-        self.seal(&mut out, ALERT, |out| {
+        let sealed = self.seal(&mut out, ALERT, |out| {
             out.extend_from_slice(&[level, description])
-        })?;
-        Ok(out)
+        });
+        sealed.ok().map(|()| out)
     }
 
     /// Appends one record of `content_type` whose plaintext `fill` appends (at most 2^14
