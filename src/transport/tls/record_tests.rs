@@ -228,10 +228,11 @@ fn our_keys_are_updated_before_the_confidentiality_limit() {
             _ => unreachable!("a TLS 1.3 session"),
         }
     }
-    // A limit one record away (the real one is 2^24 records for AES-GCM).
+    // A limit two records away (the real one is 2^24 records for AES-GCM): frame 0, then
+    // the KeyUpdate as the key's last record.
     let seq = records(&mut pair).tx.seq;
     assert!(seq > 0, "the session ticket went out under this key");
-    records(&mut pair).tx_limit = seq + 1;
+    records(&mut pair).tx_limit = seq + 2;
     pair.plain.push(b"frame 0".to_vec().into());
     pair.pump();
     pair.plain.push(b"frame 1".to_vec().into());

@@ -224,14 +224,15 @@ impl Records {
     }
 
     /// Appends one record of `content_type` whose plaintext `fill` appends (at most 2^14
-    /// bytes). Updates our keys first when this key has sealed as many records as it may.
+    /// bytes). Updates our keys first when only the KeyUpdate itself may still be sealed
+    /// under this key: no key seals more than `tx_limit` records.
     fn seal(
         &mut self,
         out: &mut Vec<u8>,
         content_type: u8,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Fatal> {
-        if self.tx.seq >= self.tx_limit {
+        if self.tx.seq + 1 >= self.tx_limit {
             self.update_tx(out)?;
         }
         self.seal_with_current_key(out, content_type, fill);
