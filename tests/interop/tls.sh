@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real clients over wss:// against a wsgate with a TLS listener and a certificate made here:
-# Python websockets (trusting it), Node ws (trusting it), Chromium (ignoring errors).
+# Python websockets (trusting it), Node ws (trusting it), OpenSSL's s_client (key updates),
+# Chromium (ignoring errors).
 # usage: tests/interop/tls.sh WSGATE_BINARY
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -21,6 +22,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$plain/healthz" >/dev/null &&
 export NODE_PATH="$HOME/.cache/wsgate-npm/node_modules"
 python3 tests/interop/tls_python.py "$tls" "$plain" "$dir/cert.pem"
 node tests/interop/tls_node.js "$tls" "$dir/cert.pem"
+python3 tests/interop/tls_openssl_keyupdate.py "$tls" "$dir/cert.pem"
 if [[ -x /usr/bin/chromium ]]; then
   node tests/interop/tls_chromium.js "$tls"
 else
