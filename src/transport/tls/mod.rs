@@ -52,10 +52,11 @@ const MAX_BATCH: usize = 4 * MAX_RECORD;
 ///   signs in 15 vs 17 µs.
 /// - aws-lc-rs does an X25519 exchange (key pair + agreement) in 28 µs against 50 µs, once
 ///   per full handshake.
-/// - The session keys stay ring's: ring keeps them in Rust's heap, 2 × 560 B per
-///   connection, while aws-lc-rs keeps them in C contexts of its own that cost 230 B more per
-///   idle connection (RSS at 10,000 idle wss connections: 3,996 B ring, 4,253 B aws-lc-rs,
-///   4,023 B this mix), and records of fan-out size encrypt within the noise of each other
+/// - The session keys stay ring's (and our TLS 1.3 record layer seals with ring directly):
+///   ring keeps them in Rust's heap, 2 × 544 B per connection, while aws-lc-rs keeps them in
+///   C contexts of its own that cost 230 B more per idle connection (RSS at 10,000 idle wss
+///   connections, before our record layer: 3,996 B ring, 4,253 B aws-lc-rs, 4,023 B this
+///   mix), and records of fan-out size encrypt within the noise of each other
 ///   (bench-results/tls/provider.txt; only 16 KiB records are faster on aws-lc-rs).
 ///
 /// aws-lc's C sources take about a minute of one core to build here. With two providers
