@@ -140,6 +140,12 @@ impl Pair {
     }
 }
 
+/// The ciphertext a session has queued (alerts, answers), with nothing more to encrypt.
+fn queued(server: &mut Session) -> Vec<u8> {
+    let wire = server.outgoing(&mut OutQueue::default(), &mut Vec::new());
+    wire.frames().flat_map(|f| f.to_vec()).collect()
+}
+
 fn aes128() -> Option<rustls::SupportedCipherSuite> {
     Some(rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256)
 }
@@ -156,11 +162,7 @@ fn refused(
     let mut wire = records(&mut made);
     let err = server.receive(&mut wire, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains(reason), "{test}: {err}");
-    let sent: Vec<u8> = server
-        .outgoing(&mut OutQueue::default(), &mut Vec::new())
-        .frames()
-        .flat_map(|f| f.to_vec())
-        .collect();
+    let sent = queued(&mut server);
     assert_eq!(
         made.open(&sent).unwrap(),
         vec![(21, vec![2, description])],
@@ -277,11 +279,7 @@ fn close_notify_ends_reading_and_is_answered_once() {
     assert_eq!(got, b"last words");
     assert!(server.close_notify());
     assert!(!server.close_notify(), "once");
-    let sent: Vec<u8> = server
-        .outgoing(&mut OutQueue::default(), &mut Vec::new())
-        .frames()
-        .flat_map(|f| f.to_vec())
-        .collect();
+    let sent = queued(&mut server);
     assert_eq!(
         made.open(&sent).unwrap(),
         vec![(21, vec![1, alert::CLOSE_NOTIFY])]
@@ -406,9 +404,7 @@ fn a_fatal_alert_from_the_peer_is_not_answered() {
     let mut wire = made.sealed(21, &[2, 40]);
     let err = server.receive(&mut wire, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("alert 40"), "{err}");
-    assert!(server
-        .outgoing(&mut OutQueue::default(), &mut Vec::new())
-        .is_empty());
+    assert!(queued(&mut server).is_empty());
 }
 
 #[test]
@@ -416,11 +412,7 @@ fn a_requested_key_update_is_answered_under_the_old_key() {
     let (mut made, mut server) = Pair::new("answer", aes128()).hand_made();
     let mut wire = made.sealed(22, &[24, 0, 0, 1, 1]);
     assert!(!server.receive(&mut wire, &mut Vec::new()).unwrap());
-    let sent: Vec<u8> = server
-        .outgoing(&mut OutQueue::default(), &mut Vec::new())
-        .frames()
-        .flat_map(|f| f.to_vec())
-        .collect();
+    let sent = queued(&mut server);
     assert_eq!(made.open(&sent).unwrap(), vec![(22, vec![24, 0, 0, 1, 0])]);
     // The client's old key no longer opens anything.
     let mut stale = made.sealed(23, b"old key");
@@ -436,11 +428,7 @@ fn nothing_follows_our_close_notify() {
     let mut record = made.sealed(23, b"tampered");
     record[7] ^= 1;
     assert!(server.receive(&mut record, &mut Vec::new()).is_err());
-    let sent: Vec<u8> = server
-        .outgoing(&mut OutQueue::default(), &mut Vec::new())
-        .frames()
-        .flat_map(|f| f.to_vec())
-        .collect();
+    let sent = queued(&mut server);
     assert_eq!(
         made.open(&sent).unwrap(),
         vec![(21, vec![1, alert::CLOSE_NOTIFY])],
