@@ -41,7 +41,6 @@ if [[ ! -x "$bun" ]]; then
 fi
 build_release
 
-established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 wait_listening() {
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return

@@ -427,6 +427,7 @@ fn summarize(
         size: plan.size,
         wire_bytes_in: c.bytes_in,
         payload_bytes_in: c.payload_in,
+        messages_in: c.received,
         latency_us: Latency::from_hist(&hist),
         errors: Errors {
             connect: c.err_connect,

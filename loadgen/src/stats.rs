@@ -170,6 +170,9 @@ pub struct Summary {
     /// bytes among them after inflating: with --deflate, what compression saved.
     pub wire_bytes_in: u64,
     pub payload_bytes_in: u64,
+    /// Messages received over the whole run (warm-up and late ones included): with
+    /// `wire_bytes_in`, the wire bytes per message.
+    pub messages_in: u64,
     pub latency_us: Latency,
     pub errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -23,8 +23,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # utime + stime of a process, in clock ticks ($tick a second).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-# The gateway's deliveries so far, summed over its reactors.
-deliveries() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliveries_total/ {s += $2} END {print s + 0}'; }
+# The gateway's deliveries so far, summed over its reactors (0 if it does not answer in 2 s).
+deliveries() { curl -sf -m 2 "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliveries_total/ {s += $2} END {print s + 0}'; }
+# Established connections on the server's port $1.
+established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+# Bytes the clients' kernels have acknowledged on the server's established sockets on port
+# $1: what reached the clients, counted by the kernel whatever the server says it sent.
+acked_bytes() {
+  ss -Htin state established "( sport = :$1 )" |
+    awk '{ for (i = 1; i <= NF; i++) if (sub(/^bytes_acked:/, "", $i)) s += $i } END { printf "%.0f\n", s }'
+}
 wait_healthy() {
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done
   echo "server did not start" >&2
