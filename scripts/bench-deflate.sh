@@ -16,7 +16,7 @@
 # bench-results/.
 #
 # usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (300), WSGATE_IO (epoll),
-#                                        RUNS ("wsgate-off wsgate-on bun-on"),
+#                                        RUNS ("wsgate-off wsgate-on bun-on"), WSGATE_ARGS,
 #                                        IDLE (1: also the idle-memory runs), IDLE_CONNS (5000)
 #   idle memory alone: ROUNDS=0 IDLE_CONNS=10000 scripts/bench-deflate.sh
 set -euo pipefail
@@ -44,7 +44,7 @@ start() { # kind
     taskset -c 0 "$bun" scripts/bun-broadcast.js "$port" >"$results/server-$name.log" 2>&1 &
   else
     taskset -c 0 "$gw" serve --listen "127.0.0.1:$port" --threads 1 --io "$io" --client-publish '*' \
-      --idle-timeout 0s >"$results/server-$name.log" 2>&1 &
+      --idle-timeout 0s ${WSGATE_ARGS:-} >"$results/server-$name.log" 2>&1 &
   fi
   server=$!
   pids+=("$server")
