@@ -81,6 +81,19 @@ fn fanout_raw_dialect_counts_every_delivery() {
     assert_eq!(f["reordered"], 0);
     assert_eq!(v["errors"]["bad_stamp"], 0);
     assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), expected);
+    // The byte counters cover the whole run, warm-up included, and so does `messages_in`:
+    // their quotient is one message's bytes (a 2-byte header on the wire, and the
+    // handshakes spread over thousands of messages), not the run's over the window's.
+    let n = |k: &str| v[k].as_u64().unwrap() as f64;
+    assert!(n("messages_in") > expected as f64, "{v}");
+    let (wire, payload) = (
+        n("wire_bytes_in") / n("messages_in"),
+        n("payload_bytes_in") / n("messages_in"),
+    );
+    assert!(
+        payload >= 16.0 && wire > payload + 1.9 && wire < payload + 3.0,
+        "{wire} {payload}: {v}"
+    );
 }
 
 /// Issue 9 item 11: loss and reordering count from the first publish of the window. Ten
