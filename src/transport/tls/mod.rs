@@ -26,7 +26,7 @@ use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
-use rustls::ServerConfig;
+use rustls::{ProtocolVersion, ServerConfig};
 use wsgate_proto::OutQueue;
 
 use super::TransportError;
@@ -452,7 +452,13 @@ impl Session {
         let mut hand_over = false;
         loop {
             let handshaking = conn.is_handshaking();
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
+            // Once a TLS 1.3 handshake is done, the rest of the read is for our record layer:
+            // rustls only finishes what it has to send (the session ticket). A KeyUpdate
+            // that came with the client's Finished, taken by rustls, would be answered
+            // after the hand-over by nobody, under keys rustls had already moved on.
+            let ours = !handshaking && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+            let input: &mut [u8] = if ours { &mut [] } else { &mut buf[used..] };
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(input);
             let state = match state {
                 Ok(state) => state,
                 Err(e) if handshaking => return Err(TransportError::Handshake(e.to_string())),
@@ -484,7 +490,7 @@ impl Session {
                 }
                 ConnectionState::WriteTraffic(_) => {
                     self.phase = SessionPhase::Open;
-                    hand_over = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+                    hand_over = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
                     false
                 }
                 ConnectionState::BlockedHandshake | ConnectionState::Closed => false,

@@ -222,6 +222,52 @@ fn a_client_key_update_is_followed_and_answered() {
 }
 
 #[test]
+fn a_key_update_in_the_read_that_ends_the_handshake_is_answered_by_our_layer() {
+    // OpenSSL's s_client sends a key update as soon as its side of the handshake is done,
+    // so its Finished, its KeyUpdate and its first request can reach us in one read,
+    // before the session has moved to our record layer. rustls must not take that
+    // KeyUpdate: its answer would be lost in the hand-over, and the next record we sealed
+    // would be under keys the client had not been told of (the CI failure of a113339:
+    // "decryption failed or bad record mac" in s_client).
+    let (acceptor, roots) = acceptor("early-keyupdate");
+    let mut pair = Pair {
+        client: client(&roots, None),
+        server: acceptor.session(),
+        plain: OutQueue::default(),
+        received: Vec::new(),
+        client_got: Vec::new(),
+    };
+    let flush = |client: &mut ClientConnection| {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        wire
+    };
+    // ClientHello; the server's flight; the client is done, its Finished not yet sent.
+    let hello = flush(&mut pair.client);
+    pair.server_takes(hello).unwrap();
+    let flight = pair.server_sends();
+    pair.client_takes(&flight).unwrap();
+    assert!(!pair.client.is_handshaking());
+    for round in 0..2 {
+        pair.client.refresh_traffic_keys().unwrap();
+        pair.client.writer().write_all(b"request").unwrap();
+        let wire = flush(&mut pair.client);
+        pair.server_takes(wire).unwrap();
+        assert!(matches!(pair.server.engine, Engine::Records(_)));
+        assert_eq!(pair.received, b"request", "round {round}");
+        pair.received.clear();
+        pair.plain
+            .push(format!("reply {round}").into_bytes().into());
+        let answer = pair.server_sends();
+        pair.client_takes(&answer)
+            .unwrap_or_else(|e| panic!("round {round}: the client cannot open our records: {e}"));
+        assert_eq!(pair.client_reads(), format!("reply {round}").as_bytes());
+    }
+}
+
+#[test]
 fn our_keys_are_updated_before_the_confidentiality_limit() {
     let mut pair = Pair::new("limit", None);
     fn records(pair: &mut Pair) -> &mut Records {
