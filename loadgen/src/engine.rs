@@ -15,10 +15,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
-use wsgate_proto::deflate::{self, Inflater};
+use wsgate_proto::deflate;
 use wsgate_proto::handshake::client;
 use wsgate_proto::{frame, OpCode};
 
+use crate::inflate::Inflater;
 use crate::plan::{ConnSpec, Mode, Plan, Role};
 use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
@@ -966,7 +967,7 @@ impl Worker {
             } => {
                 let inflated;
                 let head = if compressed {
-                    match self.inflater.inflate(head, 64 << 20, None) {
+                    match self.inflater.inflate(head, 64 << 20) {
                         Ok(data) => {
                             inflated = data;
                             &inflated[..]

@@ -10,6 +10,7 @@
 mod blast;
 mod engine;
 mod hlog;
+mod inflate;
 mod modes;
 mod plan;
 mod plot;

@@ -83,6 +83,51 @@ fn fanout_against_wsgate_over_ws_publish() {
     assert_eq!(errors_total(&v), 0, "{v}");
 }
 
+/// `--deflate` (issue 10): permessage-deflate negotiated, every compressed delivery
+/// inflated (its stamp is inside), nothing lost, and fewer bytes on the wire than inflated.
+#[test]
+fn fanout_and_echo_with_deflate_against_wsgate() {
+    let gw = Gateway::start(|c| c.pubsub.client_publish = Some(vec!["*".into()]));
+    let fanout = loadgen_ok(
+        "fanout",
+        &gw.url("/ws"),
+        &args(&[
+            "--deflate",
+            "--size",
+            "1024",
+            "--subscribers",
+            "20",
+            "--publishers",
+            "1",
+            "--rate",
+            "200",
+        ]),
+    );
+    let echo = loadgen_ok(
+        "echo",
+        &gw.url("/echo"),
+        &args(&["--deflate", "--size", "1024", "--connections", "4"]),
+    );
+    let f = &fanout["fanout"];
+    assert!(f["expected"].as_u64().unwrap() >= 20 * 150, "{fanout}");
+    assert_eq!(f["deliveries"], f["expected"], "{fanout}");
+    for k in ["lost", "duplicates", "reordered"] {
+        assert_eq!(f[k], 0, "{k}: {fanout}");
+    }
+    for v in [&fanout, &echo] {
+        assert_eq!(errors_total(v), 0, "{v}");
+        assert!(v["received"].as_u64().unwrap() > 100, "{v}");
+        let (wire, payload) = (
+            v["wire_bytes_in"].as_f64().unwrap(),
+            v["payload_bytes_in"].as_f64().unwrap(),
+        );
+        assert!(
+            wire < 0.7 * payload,
+            "compressed on the wire: {wire} of {payload} B: {v}"
+        );
+    }
+}
+
 #[test]
 fn fanout_against_wsgate_over_http_publish_with_token() {
     let gw = Gateway::start(|c| c.http.publish_token = Some(Some("t0k".into())));
