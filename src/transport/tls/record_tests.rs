@@ -59,18 +59,23 @@ struct Pair {
 
 impl Pair {
     fn new(test: &str, suite: Option<rustls::SupportedCipherSuite>) -> Self {
+        let mut pair = Self::unshaken(test, suite);
+        pair.pump();
+        assert!(!pair.client.is_handshaking());
+        assert!(matches!(pair.server.engine, Engine::Records(_)));
+        pair
+    }
+
+    /// Before the handshake: nothing has been sent yet.
+    fn unshaken(test: &str, suite: Option<rustls::SupportedCipherSuite>) -> Self {
         let (acceptor, roots) = acceptor(test);
-        let mut pair = Self {
+        Self {
             client: client(&roots, suite),
             server: acceptor.session(),
             plain: OutQueue::default(),
             received: Vec::new(),
             client_got: Vec::new(),
-        };
-        pair.pump();
-        assert!(!pair.client.is_handshaking());
-        assert!(matches!(pair.server.engine, Engine::Records(_)));
-        pair
+        }
     }
 
     /// Client bytes to the server. Returns whether the peer closed.
@@ -229,14 +234,7 @@ fn a_key_update_in_the_read_that_ends_the_handshake_is_answered_by_our_layer() {
     // KeyUpdate: its answer would be lost in the hand-over, and the next record we sealed
     // would be under keys the client had not been told of (the CI failure of a113339:
     // "decryption failed or bad record mac" in s_client).
-    let (acceptor, roots) = acceptor("early-keyupdate");
-    let mut pair = Pair {
-        client: client(&roots, None),
-        server: acceptor.session(),
-        plain: OutQueue::default(),
-        received: Vec::new(),
-        client_got: Vec::new(),
-    };
+    let mut pair = Pair::unshaken("early-keyupdate", None);
     let flush = |client: &mut ClientConnection| {
         let mut wire = Vec::new();
         while client.wants_write() {
