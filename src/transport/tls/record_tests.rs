@@ -100,13 +100,19 @@ impl Pair {
         }
     }
 
+    /// Whatever the client has to send.
+    fn client_sends(&mut self) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while self.client.wants_write() {
+            self.client.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
     /// Moves bytes both ways until neither side has anything to say.
     fn pump(&mut self) {
         for _ in 0..16 {
-            let mut wire = Vec::new();
-            while self.client.wants_write() {
-                self.client.write_tls(&mut wire).unwrap();
-            }
+            let wire = self.client_sends();
             let mut moved = !wire.is_empty();
             if moved {
                 self.server_takes(wire)
@@ -206,10 +212,7 @@ fn a_client_key_update_is_followed_and_answered() {
     for round in 0..3 {
         // rustls' client asks for our update too (update_requested).
         pair.client.refresh_traffic_keys().unwrap();
-        let mut wire = Vec::new();
-        while pair.client.wants_write() {
-            pair.client.write_tls(&mut wire).unwrap();
-        }
+        let wire = pair.client_sends();
         pair.server_takes(wire).unwrap();
         // Our answer: one KeyUpdate record (4 + 1 bytes of handshake, type, tag).
         let answer = pair.server_sends();
@@ -235,15 +238,8 @@ fn a_key_update_in_the_read_that_ends_the_handshake_is_answered_by_our_layer() {
     // would be under keys the client had not been told of (the CI failure of a113339:
     // "decryption failed or bad record mac" in s_client).
     let mut pair = Pair::unshaken("early-keyupdate", None);
-    let flush = |client: &mut ClientConnection| {
-        let mut wire = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut wire).unwrap();
-        }
-        wire
-    };
     // ClientHello; the server's flight; the client is done, its Finished not yet sent.
-    let hello = flush(&mut pair.client);
+    let hello = pair.client_sends();
     pair.server_takes(hello).unwrap();
     let flight = pair.server_sends();
     pair.client_takes(&flight).unwrap();
@@ -251,7 +247,7 @@ fn a_key_update_in_the_read_that_ends_the_handshake_is_answered_by_our_layer() {
     for round in 0..2 {
         pair.client.refresh_traffic_keys().unwrap();
         pair.client.writer().write_all(b"request").unwrap();
-        let wire = flush(&mut pair.client);
+        let wire = pair.client_sends();
         pair.server_takes(wire).unwrap();
         assert!(matches!(pair.server.engine, Engine::Records(_)));
         assert_eq!(pair.received, b"request", "round {round}");
