@@ -245,6 +245,17 @@ pub fn loadgen_ok(mode: &str, url: &str, args: &[&str]) -> Value {
     v.expect("JSON summary written")
 }
 
+/// A fan-out run in which every expected delivery arrived once and in order, without an
+/// error.
+pub fn assert_every_delivery(v: &Value) {
+    let f = &v["fanout"];
+    assert_eq!(f["deliveries"], f["expected"], "{v}");
+    for k in ["lost", "duplicates", "reordered"] {
+        assert_eq!(f[k], 0, "{k}: {v}");
+    }
+    assert_eq!(errors_total(v), 0, "{v}");
+}
+
 pub fn errors_total(v: &Value) -> u64 {
     let e = &v["errors"];
     [
