@@ -29,39 +29,49 @@ struct Nats {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports, held together while they are chosen so that none repeats.
+/// They are released before nats-server binds them, so a test running beside may take
+/// one meanwhile: `Nats::with` then starts again on fresh ones.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 impl Nats {
     fn start() -> Self {
-        Self::spawn(free_port(), free_port(), None)
+        Self::with(&[])
     }
 
     /// Three servers routed to each other.
     fn cluster() -> Vec<Self> {
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        routes
-            .iter()
-            .map(|&own| Self::spawn(free_port(), free_port(), Some((own, routes.clone()))))
+        let ports: [u16; 9] = free_ports();
+        let routes = ports[..3].to_vec();
+        (0..3)
+            .map(|i| {
+                let (port, monitor) = (ports[3 + 2 * i], ports[4 + 2 * i]);
+                Self::spawn(port, monitor, Some((routes[i], routes.clone())))
+            })
             .collect()
     }
 
-    /// One server started with `extra` flags.
+    /// One server started with `extra` flags, on fresh ports if the first ones were taken.
     fn with(extra: &[&str]) -> Self {
-        let mut nats = Self {
-            port: free_port(),
-            monitor: free_port(),
-            cluster: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        nats.restart();
-        nats
+        for _ in 0..5 {
+            let [port, monitor] = free_ports();
+            let mut nats = Self {
+                port,
+                monitor,
+                cluster: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            if nats.try_start() {
+                return nats;
+            }
+        }
+        panic!("nats-server exited before serving on five pairs of free ports");
     }
 
     fn spawn(port: u16, monitor: u16, cluster: Option<(u16, Vec<u16>)>) -> Self {
@@ -78,6 +88,16 @@ impl Nats {
 
     /// Starts the process (again, on the same ports) and waits until it serves.
     fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "nats-server exited before serving on port {} (monitor {})",
+            self.port,
+            self.monitor
+        );
+    }
+
+    /// `restart`, but false if the process exits before it serves (a port taken).
+    fn try_start(&mut self) -> bool {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string()])
@@ -103,9 +123,23 @@ impl Nats {
             Err(e) => panic!("cannot start nats-server: {e}"),
         };
         self.child = Some(child);
-        wait_until("nats-server to serve", || {
-            TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.get("/varz").is_some()
-        });
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.get("/varz").is_some() {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for nats-server to serve"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn kill(&mut self) {
