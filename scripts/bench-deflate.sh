@@ -17,7 +17,8 @@
 #
 # usage: scripts/bench-deflate.sh   env: ROUNDS (3), BENCH_SECS (10), RATE (300), WSGATE_IO (epoll),
 #                                        RUNS ("wsgate-off wsgate-on bun-on"), WSGATE_ARGS,
-#                                        IDLE (1: also the idle-memory runs), IDLE_CONNS (5000)
+#                                        IDLE (1: also the idle-memory runs), IDLE_CONNS (5000),
+#                                        INFLATE_ONCE (1: the --deflate runs pass --inflate-once)
 #   idle memory alone: ROUNDS=0 IDLE_CONNS=10000 scripts/bench-deflate.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -126,13 +127,15 @@ idle() { # name [loadgen args...]: RSS per idle subscribed connection, IDLE_CONN
     tee "$results/$name.row.txt"
 }
 
-echo "deflate bench, io=$io, $(nproc) cores, kernel $(uname -r), commit $(git rev-parse --short HEAD), $("$bun" --version 2>/dev/null | sed 's/^/bun /')"
+once=""
+[[ "${INFLATE_ONCE:-0}" == 1 ]] && once=--inflate-once
+echo "deflate bench, io=$io, rate=$rate/s ${once:-(every delivery inflated)}, $(nproc) cores, kernel $(uname -r), commit $(git rev-parse --short HEAD), $("$bun" --version 2>/dev/null | sed 's/^/bun /')"
 for r in $(seq "$rounds"); do
   for kind in "${kinds[@]}"; do
     case "$kind" in
       wsgate-off) run "$kind-$r" wsgate ;;
-      wsgate-on) run "$kind-$r" wsgate --deflate ;;
-      bun-on) run "$kind-$r" bun --deflate ;;
+      wsgate-on) run "$kind-$r" wsgate --deflate $once ;;
+      bun-on) run "$kind-$r" bun --deflate $once ;;
       *) echo "unknown run $kind" >&2; exit 2 ;;
     esac
   done

@@ -333,13 +333,13 @@ impl Worker {
             next_connect: 0,
             connect_every: per_thread(plan.connect_rate),
             send_every: send_every.max(1),
+            inflater: Inflater::new(plan.inflate_once),
             plan,
             shared,
             poll: Poll::new()?,
             conns: Slab::new(),
             buf: vec![0; READ_BUF],
             rng: Rng::new(),
-            inflater: Inflater::default(),
             gen: 0,
             c: Counters::default(),
             hist: new_hist(),
@@ -965,13 +965,9 @@ impl Worker {
                 head,
                 len,
             } => {
-                let inflated;
                 let head = if compressed {
                     match self.inflater.inflate(head, 64 << 20) {
-                        Ok(data) => {
-                            inflated = data;
-                            &inflated[..]
-                        }
+                        Ok(data) => data,
                         Err(e) => {
                             self.c.err_protocol += 1;
                             self.fail(key, format!("inflate: {e}"));

@@ -71,6 +71,12 @@ pub struct Common {
     /// messages before reading their stamp: latency includes the client's inflate.
     #[arg(long)]
     pub deflate: bool,
+    /// With --deflate: inflate each distinct compressed message once per thread, and know
+    /// its other copies (a broadcast compressed once) by their bytes. Latency then includes
+    /// a hash and a compare per delivery instead of an inflate; for rates one thread cannot
+    /// inflate.
+    #[arg(long, requires = "deflate")]
+    pub inflate_once: bool,
 }
 
 #[derive(Args, Debug)]
@@ -353,6 +359,7 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
         progress: !quiet,
         intervals: !quiet || c.hlog.is_some() || c.plot.is_some(),
         deflate: c.deflate,
+        inflate_once: c.inflate_once,
     })
 }
 

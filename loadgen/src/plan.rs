@@ -84,6 +84,8 @@ pub struct Plan {
     pub subscribe_msg: Option<Vec<u8>>,
     /// Offer permessage-deflate and inflate what arrives compressed.
     pub deflate: bool,
+    /// `--inflate-once`: copies of a compressed message are inflated once per thread.
+    pub inflate_once: bool,
     pub subscribers: usize,
     pub publishers: usize,
     pub hold_ns: u64,

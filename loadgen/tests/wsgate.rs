@@ -79,14 +79,13 @@ fn fanout_against_wsgate_over_ws_publish() {
 }
 
 /// `--deflate` (issue 10): permessage-deflate negotiated, every compressed delivery
-/// inflated (its stamp is inside), nothing lost, and fewer bytes on the wire than inflated.
+/// inflated (its stamp is inside), nothing lost, and fewer bytes on the wire than inflated;
+/// the same with `--inflate-once`, which inflates each broadcast once per thread.
 #[test]
 fn fanout_and_echo_with_deflate_against_wsgate() {
     let gw = Gateway::start(|c| c.pubsub.client_publish = Some(vec!["*".into()]));
-    let fanout = loadgen_ok(
-        "fanout",
-        &gw.url("/ws"),
-        &args(&[
+    let fanout = |extra: &[&str]| {
+        let mut a = vec![
             "--deflate",
             "--size",
             "1024",
@@ -96,19 +95,21 @@ fn fanout_and_echo_with_deflate_against_wsgate() {
             "1",
             "--rate",
             "200",
-        ]),
-    );
+        ];
+        a.extend_from_slice(extra);
+        loadgen_ok("fanout", &gw.url("/ws"), &args(&a))
+    };
+    let (every, once) = (fanout(&[]), fanout(&["--inflate-once"]));
     let echo = loadgen_ok(
         "echo",
         &gw.url("/echo"),
         &args(&["--deflate", "--size", "1024", "--connections", "4"]),
     );
-    assert!(
-        fanout["fanout"]["expected"].as_u64().unwrap() >= 20 * 150,
-        "{fanout}"
-    );
-    assert_every_delivery(&fanout);
-    for v in [&fanout, &echo] {
+    for f in [&every, &once] {
+        assert!(f["fanout"]["expected"].as_u64().unwrap() >= 20 * 150, "{f}");
+        assert_every_delivery(f);
+    }
+    for v in [&every, &once, &echo] {
         assert_eq!(errors_total(v), 0, "{v}");
         assert!(v["received"].as_u64().unwrap() > 100, "{v}");
         let (wire, payload) = (
