@@ -444,6 +444,7 @@ impl Core {
     fn leave_websocket(&mut self, id: ConnId, phase: Phase) {
         if let Phase::WebSocket { ws, subs, .. } = phase {
             self.inbound.give(ws.reserved());
+            self.show_buffered();
             self.leave_topics(id, subs);
         }
     }

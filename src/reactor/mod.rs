@@ -376,6 +376,13 @@ impl Core {
         &self.shared.metrics[self.index]
     }
 
+    /// `wsgate_buffered_bytes`: what partial messages hold of the budget now.
+    fn show_buffered(&self) {
+        self.metrics()
+            .buffered_bytes
+            .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// When the loop must wake up at the latest: the next sweep, the drain deadline or
     /// the end of a batching delay.
     fn wake_at(&self) -> Instant {
@@ -520,9 +527,7 @@ impl Core {
         }
         self.events = events;
         ReactorMetrics::add(&self.metrics().messages_in, messages);
-        self.metrics()
-            .buffered_bytes
-            .store(self.inbound.used(), std::sync::atomic::Ordering::Relaxed);
+        self.show_buffered();
         let conn = &mut self.conns[id];
         if over_rate {
             // Past the rate limit: what the client still sends is left unread (reading and

@@ -568,11 +568,14 @@ fn stalled_partial_messages_are_bounded_by_the_budget() {
     h.send_text(good, "still here");
     h.turn();
     assert_eq!(h.texts(good), ["still here"], "a neighbour is unaffected");
-    // A stalled one goes away: its part comes back.
+    assert_eq!(ReactorMetrics::get(&h.metrics().buffered_bytes), 90_000);
+    // A stalled one goes away: its part comes back, and the gauge says so at once, not
+    // when some other connection next sends a frame.
     h.net.shutdown(stalled[0]);
     h.turn();
     h.turn();
     assert_eq!(h.reactor.core.inbound.used(), 60_000);
+    assert_eq!(ReactorMetrics::get(&h.metrics().buffered_bytes), 60_000);
 }
 
 /// A keep-alive HTTP publisher: each call queues one publish, handled at the next turn.
