@@ -283,6 +283,33 @@ impl rustls::client::ClientSessionStore for TicketCounter {
     }
 }
 
+/// A masked WebSocket close frame, code 1000.
+const CLOSE_1000: [u8; 8] = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+
+/// A TLS connection to `addr` upgraded to a WebSocket on /echo, its 101 read. The request
+/// is queued before the handshake, so it leaves with the client's Finished, in one write.
+fn upgraded(addr: SocketAddr, config: Arc<ClientConfig>) -> (ClientConnection, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(config, name).unwrap();
+    let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    tls.writer().write_all(request.as_bytes()).unwrap();
+    let mut plain = Vec::new();
+    let head_done = |p: &[u8]| p.windows(4).any(|w| w == b"\r\n\r\n");
+    exchange(&mut tls, &mut tcp, &mut plain, &head_done);
+    assert!(
+        plain.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
+    assert!(plain.ends_with(b"\r\n\r\n"), "nothing after the head yet");
+    (tls, tcp)
+}
+
 /// Writes what `tls` has to say and reads (answering as rustls needs) until `until` holds
 /// for the plaintext read, or the server closes; returns whether it said close_notify.
 fn exchange(
@@ -470,28 +497,10 @@ for_each_driver! {
     fn a_wss_connection_takes_three_writes(io: IoBackend) {
         let pki = Pki::new(&format!("writes-{io:?}"));
         let (server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
-        let mut tcp = TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let config = pki.client(&[&rustls::version::TLS13]);
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut tls = ClientConnection::new(config, name).unwrap();
-        // Queued now, the request leaves with the client's Finished, in one write.
-        let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-            Sec-WebSocket-Version: 13\r\n\r\n";
-        tls.writer().write_all(request.as_bytes()).unwrap();
+        let (mut tls, mut tcp) = upgraded(addr, pki.client(&[&rustls::version::TLS13]));
         let mut plain = Vec::new();
-        let head_done = |p: &[u8]| p.windows(4).any(|w| w == b"\r\n\r\n");
-        exchange(&mut tls, &mut tcp, &mut plain, &head_done);
-        assert!(plain.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&plain));
-        plain.clear();
         // A masked close frame (1000), then the reply, close_notify and the FIN.
-        let mask = [1, 2, 3, 4];
-        let mut close = vec![0x88, 0x82];
-        close.extend_from_slice(&mask);
-        close.extend([0x03 ^ mask[0], 0xe8 ^ mask[1]]);
-        tls.writer().write_all(&close).unwrap();
+        tls.writer().write_all(&CLOSE_1000).unwrap();
         let closed = exchange(&mut tls, &mut tcp, &mut plain, &|_| false);
         assert!(closed, "close_notify before the FIN");
         assert_eq!(plain, [0x88, 0x02, 0x03, 0xe8], "the close reply");
@@ -499,6 +508,30 @@ for_each_driver! {
         // close_notify. (A flush counts its writes once it has made them all.)
         wait_until("the writes counted", || tls_metric(&server, |m| &m.writes) >= 3);
         assert_eq!(tls_metric(&server, |m| &m.writes), 3);
+    }
+
+    // RFC 8446 §6.1 (and RFC 5246 §7.2.1): the server answers a client's close_notify
+    // with its own before the FIN, with or without a WebSocket close before it.
+    fn a_clients_close_notify_is_answered(io: IoBackend) {
+        let pki = Pki::new(&format!("notify-{io:?}"));
+        let (_server, addr) = tls_server(io, vec![pki.leaf("localhost", &["localhost"], false)]);
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            for ws_close in [false, true] {
+                let (mut tls, mut tcp) = upgraded(addr, pki.client(&[version]));
+                if ws_close {
+                    tls.writer().write_all(&CLOSE_1000).unwrap();
+                }
+                tls.send_close_notify();
+                let mut plain = Vec::new();
+                let case = format!("{version:?}, WebSocket close first: {ws_close}");
+                assert!(
+                    exchange(&mut tls, &mut tcp, &mut plain, &|_| false),
+                    "{case}: close_notify before the FIN"
+                );
+                let reply: &[u8] = if ws_close { &[0x88, 0x02, 0x03, 0xe8] } else { &[] };
+                assert_eq!(plain, reply, "{case}");
+            }
+        }
     }
 
     fn drain_closes_wss_with_1001(io: IoBackend) {

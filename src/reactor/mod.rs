@@ -303,7 +303,7 @@ impl<D: Driver> Reactor<D> {
                         fin_sent: false,
                         ..
                     }
-                ) && conn.recv != Recv::Eof;
+                );
                 if fin_next {
                     // The last frames of a clean close take TLS close_notify along: one
                     // write, not two.
@@ -339,19 +339,25 @@ impl<D: Driver> Reactor<D> {
             }
             if let Phase::Closing { fin_sent, .. } = &mut conn.phase {
                 if conn.send == Send::Idle && transport.is_idle(&conn.out) {
-                    if conn.recv == Recv::Eof {
-                        self.core.close_now(id);
-                    } else if !*fin_sent {
+                    if !*fin_sent {
                         *fin_sent = true;
                         // A clean TLS close says close_notify before the FIN (unless it
-                        // left with the last frames).
+                        // left with the last frames), also when the peer closed first:
+                        // RFC 8446 §6.1 asks it of each side, and a client still reading
+                        // would otherwise see a truncation.
                         if transport.close() {
                             let wire = transport.outgoing(&mut conn.out, &mut self.core.scratch);
                             self.driver.send(id, wire);
                             conn.send = Send::InFlight;
                             writes += 1;
                         }
-                        self.driver.shutdown_write(id);
+                        if conn.recv != Recv::Eof {
+                            self.driver.shutdown_write(id);
+                        }
+                    }
+                    // The peer is gone too: close once our last bytes have left.
+                    if conn.recv == Recv::Eof && conn.send == Send::Idle {
+                        self.core.close_now(id);
                     }
                 }
             }
