@@ -319,9 +319,13 @@ impl<D: Driver> Reactor<D> {
                     writes += 1;
                 }
             }
-            // Backpressure on echo: stop reading while the queue is over the cap, resume at
-            // half. (Fan-out deliveries are bounded by the slow-consumer policy instead.)
+            // Backpressure on echo and on pipelined HTTP requests: stop reading while the
+            // queue is over the cap, resume at half. (Fan-out deliveries are bounded by
+            // the slow-consumer policy instead.)
             let pending = transport.pending(&conn.out);
+            // Pipelined requests left unparsed while the answers were over the cap are
+            // parsed when reading resumes.
+            let mut reparse = false;
             match conn.recv {
                 Recv::On if pending > cap => {
                     conn.recv = Recv::Paused;
@@ -330,6 +334,8 @@ impl<D: Driver> Reactor<D> {
                 Recv::Paused if pending <= cap / 2 => {
                     conn.recv = Recv::On;
                     self.driver.set_receiving(id, true);
+                    reparse =
+                        matches!(&conn.phase, Phase::Request { head, .. } if !head.is_empty());
                 }
                 Recv::Stopping => {
                     conn.recv = Recv::Stopped;
@@ -360,6 +366,9 @@ impl<D: Driver> Reactor<D> {
                         self.core.close_now(id);
                     }
                 }
+            }
+            if reparse {
+                self.core.on_request_bytes(id, &mut []);
             }
         }
         ReactorMetrics::add(&self.core.metrics().writes, writes);

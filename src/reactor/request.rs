@@ -99,10 +99,23 @@ impl Core {
                     if rest.is_empty() {
                         return;
                     }
+                    if self.answers_over_cap(id) {
+                        // Pipelined requests wait, unparsed, until the client has read
+                        // some answers (the flush stops reading it meanwhile, and parses
+                        // them when it resumes): small requests for large answers must
+                        // not queue past max_outbound_bytes.
+                        return self.keep_partial(id, rest);
+                    }
                     input = rest;
                 }
             }
         }
+    }
+
+    /// Whether what is queued for `id` is over `max_outbound_bytes`.
+    fn answers_over_cap(&mut self, id: ConnId) -> bool {
+        let cap = self.shared.config.limits.max_outbound_bytes;
+        (self.conns.with_transport(id)).is_some_and(|(conn, t)| t.pending(&conn.out) > cap)
     }
 
     fn keep_chunked(&mut self, id: ConnId, body: Box<ChunkedBody>) {
