@@ -637,8 +637,9 @@ fn a_topic_with_every_allowed_character_crosses_nodes() {
     assert_eq!(next_json(&mut other), delivery("aZ09-_:/@.x", json!(1)));
 }
 
-/// A raw NATS client (the text protocol over TCP): another publisher on the subjects.
-fn raw_nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+/// A raw NATS client (the text protocol over TCP) that has sent `commands` and seen the
+/// server process them (its PONG); the connection stays open while the stream lives.
+fn raw_nats(nats: &Nats, commands: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -646,13 +647,43 @@ fn raw_nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
     reader.read_line(&mut info).unwrap();
     assert!(info.starts_with("INFO "), "{info}");
     let mut out = b"CONNECT {\"verbose\":false}\r\n".to_vec();
-    out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\nPING\r\n");
+    out.extend_from_slice(commands);
+    out.extend_from_slice(b"PING\r\n");
     stream.write_all(&out).unwrap();
     let mut pong = String::new();
     reader.read_line(&mut pong).unwrap();
     assert_eq!(pong, "PONG\r\n");
+    stream
+}
+
+/// Another publisher on the subjects.
+fn raw_nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    let mut pub_ = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+    pub_.extend_from_slice(payload);
+    pub_.extend_from_slice(b"\r\n");
+    raw_nats(nats, &pub_);
+}
+
+/// A client on the full wildcard (`nats sub '>'` while debugging) takes the probe the
+/// bridge sends after connecting, which then times out: the node still counts as
+/// connected and carries messages, its subscribes are acknowledged after the confirm
+/// timeout (counted), and it stops when told to.
+#[test]
+fn a_nats_client_on_the_full_wildcard_does_not_keep_a_node_out() {
+    let nats = Nats::start();
+    let _observer = raw_nats(&nats, b"SUB > 1\r\n");
+    let urls = [nats.url()];
+    let (a, b) = (node(&urls, "a"), node(&urls, "b"));
+    let mut ws = connect(&b, "/ws");
+    subscribe(&mut ws, "w");
+    assert_eq!(stat(&b, |l| &l.stats.unconfirmed), 1);
+    wait_until("NATS to have b's subscription", || {
+        nats.subscriptions("wsgate.w") == 1
+    });
+    Publisher::new(&a).publish("w", "1");
+    assert_eq!(next_json(&mut ws), delivery("w", json!(1)));
+    assert_eq!(stat(&a, |l| &l.stats.messages_out), 1);
+    assert_eq!(stat(&a, |l| &l.stats.dropped_out), 0);
 }
 
 #[test]

@@ -52,6 +52,11 @@ struct Bridge {
     subscriptions: HashMap<Arc<str>, AbortHandle>,
     /// Whether a connection has been made before (so the next one is a reconnect).
     was_connected: bool,
+    /// Counts connection events; a probe answers for the connection it was sent on.
+    generation: u64,
+    /// Where the probe sent after a connection reports: its generation, and whether the
+    /// server answered it.
+    probed: mpsc::UnboundedSender<(u64, bool)>,
     /// The compressor of what arrives from NATS, the bridge being those messages'
     /// publishing point; shared by the relays, which all run on this one thread (the lock
     /// is never contended). Allocated at the first use.
@@ -62,6 +67,7 @@ impl Bridge {
     async fn run(shared: Arc<Shared>, link: Arc<Link>, mut outbox: mpsc::Receiver<Outgoing>) {
         let config = &shared.config.cluster;
         let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (probed, mut probes) = mpsc::unbounded_channel();
         let client = match options(config, events_tx).await {
             Ok(options) => {
                 let servers: Vec<ServerAddr> = config
@@ -91,6 +97,8 @@ impl Bridge {
             client,
             subscriptions: HashMap::new(),
             was_connected: false,
+            generation: 0,
+            probed,
             deflater: Arc::new(Mutex::new(Deflater::new(
                 shared.config.deflate.level,
                 shared.config.deflate.min_size,
@@ -109,7 +117,8 @@ impl Bridge {
                     bridge.publish(&mut batch).await;
                 }
                 () = bridge.link.wake.notified() => bridge.reconcile().await,
-                Some(event) = events.recv() => bridge.on_event(event).await,
+                Some(event) = events.recv() => bridge.on_event(event),
+                Some((generation, answered)) = probes.recv() => bridge.on_probe(generation, answered),
                 () = bridge.link.stop.notified() => break,
             }
         }
@@ -185,29 +194,24 @@ impl Bridge {
         });
     }
 
-    async fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: Event) {
         match event {
             Event::Connected => {
                 // Subscriptions are re-sent on every (re)connection; once the server has
-                // processed them, the node counts as connected and every topic as confirmed.
+                // processed them, the node counts as connected and every topic as
+                // confirmed. The probe runs beside the bridge's loop, which goes on
+                // serving publishes (dropped and counted until then) and a stop.
+                self.generation += 1;
+                let (client, probed, generation) =
+                    (self.client.clone(), self.probed.clone(), self.generation);
                 let timeout = self.shared.config.cluster.confirm_timeout;
-                while !round_trip(&self.client, timeout).await {
-                    // A slow server: try again while the connection lasts; a lost one sends
-                    // Disconnected, then Connected again.
-                    if self.client.connection_state() != async_nats::connection::State::Connected {
-                        return;
-                    }
-                }
-                if std::mem::replace(&mut self.was_connected, true) {
-                    self.link.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                self.link.stats.connected.store(true, Ordering::Release);
-                for topic in self.subscriptions.keys() {
-                    self.shared.fanout.confirm(topic);
-                }
-                tracing::info!("cluster: connected to NATS");
+                tokio::spawn(async move {
+                    let answered = round_trip(&client, timeout).await;
+                    let _ = probed.send((generation, answered));
+                });
             }
             Event::Disconnected => {
+                self.generation += 1;
                 self.link.stats.connected.store(false, Ordering::Release);
                 tracing::warn!("cluster: disconnected from NATS; reconnecting");
             }
@@ -217,6 +221,38 @@ impl Bridge {
             }
             other => tracing::debug!("cluster: {other}"),
         }
+    }
+
+    /// The probe sent after connection `generation` came back (`answered`) or timed out.
+    fn on_probe(&mut self, generation: u64, answered: bool) {
+        if generation != self.generation {
+            // That connection is gone; its successor has a probe of its own.
+            return;
+        }
+        if !answered {
+            // The connection is up, but the probe proves nothing: a subscriber to `>` or
+            // `_INBOX.>` takes it, a user without the right to publish to `_INBOX.>` has
+            // it refused, or the server is slow. Count the node connected all the same:
+            // waiting would drop every cross-node message meanwhile, and keep a stop
+            // from being served.
+            tracing::warn!(
+                "cluster: NATS did not answer the connection's probe request within {:?} \
+                 (is a client subscribed to `>` or `_INBOX.>`, or may this user not publish \
+                 to `_INBOX.>`?); counting the node connected without it: subscribe \
+                 acknowledgements will wait for cluster_confirm_timeout",
+                self.shared.config.cluster.confirm_timeout
+            );
+        }
+        if std::mem::replace(&mut self.was_connected, true) {
+            self.link.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.link.stats.connected.store(true, Ordering::Release);
+        if answered {
+            for topic in self.subscriptions.keys() {
+                self.shared.fanout.confirm(topic);
+            }
+        }
+        tracing::info!("cluster: connected to NATS");
     }
 }
 
