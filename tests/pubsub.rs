@@ -111,6 +111,15 @@ for_each_driver! {
         let many: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
         let r = http(&server, &upgrade_request(&format!("/ws?subscribe={}", many.join(",")), ""));
         assert_eq!(r.status, 400, "over max_subscriptions");
+        // Refused where the list passes the limit, not after reading the rest of it (which
+        // was a quadratic duplicate check over the whole list); 64 topics named again and
+        // again are 64.
+        let over = format!("/ws?subscribe={},bad%20topic", many.join(","));
+        let r = http(&server, &upgrade_request(&over, ""));
+        assert!(r.body_text().contains("too many topics"), "{}", r.body_text());
+        let again = vec![many[..64].join(","); 4].join(",");
+        let r = http(&server, &upgrade_request(&format!("/ws?subscribe={again}"), ""));
+        assert_eq!(r.status, 101, "{}", r.body_text());
     }
 
     fn every_subscriber_on_every_reactor_gets_every_message_once_in_order(io: IoBackend) {

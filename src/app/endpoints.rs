@@ -257,12 +257,14 @@ pub fn subscribe_query(
                 ));
             }
             if !topics.iter().any(|t| t == topic) {
+                // Counted as the list is read: the duplicate check above stays within
+                // the limit, however long the query.
+                if topics.len() == config.limits.max_subscriptions {
+                    return Err(HttpError::new(400, "too many topics in subscribe"));
+                }
                 topics.push(topic.to_owned());
             }
         }
-    }
-    if topics.len() > config.limits.max_subscriptions {
-        return Err(HttpError::new(400, "too many topics in subscribe"));
     }
     Ok(topics)
 }
