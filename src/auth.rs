@@ -67,6 +67,7 @@ pub enum AuthError {
     NotYetValid,
     Issuer,
     Audience,
+    Critical,
 }
 
 impl AuthError {
@@ -82,6 +83,7 @@ impl AuthError {
             Self::NotYetValid => "token not yet valid",
             Self::Issuer => "wrong token issuer",
             Self::Audience => "wrong token audience",
+            Self::Critical => "token header has critical extensions (crit) not understood",
         }
     }
 }
@@ -94,12 +96,24 @@ impl std::fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
+/// Whether the token's header (its first segment, decoded) has a `crit` parameter.
+fn has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let segment = token.split('.').next().unwrap_or_default();
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
+        .is_ok_and(|header| header.contains_key("crit"))
+}
+
 /// The claims wsgate reads; others are ignored.
 #[derive(serde::Deserialize)]
 struct RawClaims {
     sub: Option<String>,
-    exp: Option<u64>,
-    nbf: Option<u64>,
+    /// NumericDates (RFC 7519 §2): seconds, a fraction allowed.
+    exp: Option<f64>,
+    nbf: Option<f64>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -188,6 +202,12 @@ impl Verifier {
     /// `nbf` against `now` (seconds since the Unix epoch), and `iss`/`aud` when configured.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if has_crit(token) {
+            // RFC 7515 §4.1.11: a recipient that does not understand every extension
+            // `crit` lists must refuse the token; we understand none (jsonwebtoken's
+            // header drops the parameter, so it is looked for here).
+            return Err(AuthError::Critical);
+        }
         let mut validation = Validation::new(header.alg);
         // exp and nbf are checked below, against `now` rather than the clock.
         validation.validate_exp = false;
@@ -227,13 +247,15 @@ impl Verifier {
             }
         }
         let claims = result?;
-        let expires = claims.exp.ok_or(AuthError::NoExpiry)?;
+        // Whole seconds (saturating; a negative date is 0): exp a fraction early, nbf a
+        // fraction late, both within the leeway.
+        let expires = claims.exp.ok_or(AuthError::NoExpiry)? as u64;
         if expires.saturating_add(LEEWAY_SECS) <= now {
             return Err(AuthError::Expired);
         }
         if claims
             .nbf
-            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
+            .is_some_and(|nbf| nbf as u64 > now.saturating_add(LEEWAY_SECS))
         {
             return Err(AuthError::NotYetValid);
         }
@@ -411,6 +433,39 @@ mod tests {
         );
         let t = token(serde_json::json!({"exp": "soon"}));
         assert_eq!(v.verify(&t, 0).unwrap_err(), AuthError::Malformed);
+        // NumericDates may have a fraction (RFC 7519 §2).
+        let t = token(serde_json::json!({"exp": 1000.5, "nbf": 500.25}));
+        let claims = v.verify(&t, 1000 + LEEWAY_SECS - 1).unwrap();
+        assert_eq!(claims.expires, 1000);
+        assert_eq!(
+            v.verify(&t, 1000 + LEEWAY_SECS).unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(
+            v.verify(&t, 500 - LEEWAY_SECS - 1).unwrap_err(),
+            AuthError::NotYetValid
+        );
+    }
+
+    /// RFC 7515 §4.1.11: a `crit` extension the recipient does not understand (wsgate
+    /// understands none) makes the token invalid, however well signed.
+    #[test]
+    fn a_header_with_crit_is_refused() {
+        use base64::Engine;
+        let v = verifier();
+        let claims = serde_json::json!({"exp": 1000});
+        assert!(v.verify(&token(claims.clone()), 0).is_ok());
+        let header = br#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            b64.encode(header),
+            b64.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        let key = EncodingKey::from_secret(SECRET);
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256);
+        let t = format!("{input}.{}", signature.unwrap());
+        assert_eq!(v.verify(&t, 0).unwrap_err(), AuthError::Critical);
     }
 
     #[test]
