@@ -19,6 +19,39 @@ for_each_driver! {
         assert_eq!(r.header("sec-websocket-protocol"), None, "no subprotocol configured");
     }
 
+    // RFC 9110 §9.3.2: a HEAD request gets the head a GET would get, Content-Length
+    // included, and no content, so that a keep-alive connection stays in step.
+    fn head_requests_get_the_head_alone(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let mut stream = tcp(&server);
+        let head = |stream: &mut std::net::TcpStream, path: &str| {
+            let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            read_head(stream)
+        };
+        for (path, status) in [("/healthz", 200), ("/nope", 404), ("/metrics", 200)] {
+            let get = http(&server, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            let r = head(&mut stream, path);
+            assert_eq!((r.status, get.status), (status, status), "{path}");
+            let len: usize = r.header("content-length").unwrap().parse().unwrap();
+            if path == "/metrics" {
+                // Counters move between the two requests; the text is kilobytes long.
+                assert!(len > 1000, "{len}");
+            } else {
+                assert_eq!(len, get.body.len(), "{path}");
+            }
+        }
+        // Nothing followed those heads: the next answer on the connection is its own.
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let r = read_response(&mut stream);
+        assert_eq!((r.status, r.body_text().as_str()), (200, "ok\n"));
+        // Refused upgrades too: the head, then the close.
+        assert_eq!(head(&mut stream, "/ws").status, 405);
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+        assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the head");
+    }
+
     fn request_split_into_single_bytes_still_upgrades(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         let mut stream = tcp(&server);

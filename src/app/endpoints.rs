@@ -33,7 +33,6 @@ pub fn respond(
             }
             Err(response) => response,
         },
-        Route::Metrics if req.method == Method::Get => metrics(session.shared(), keep_alive),
         Route::Health | Route::Metrics if !matches!(req.method, Method::Get | Method::Head) => {
             HttpError::new(405, "method not allowed")
                 .with_header("Allow", "GET, HEAD")
@@ -41,7 +40,8 @@ pub fn respond(
         }
         Route::Health if draining => HttpError::new(503, "draining").response(),
         Route::Health => health(session.shared(), keep_alive),
-        Route::Metrics => http_response(200, "text/plain", &[], b"", keep_alive),
+        // HEAD too: its Content-Length is the GET's (the reactor drops the body).
+        Route::Metrics => metrics(session.shared(), keep_alive),
         Route::NotFound => HttpError::new(404, "not found").response_keep_alive(keep_alive),
         Route::Echo | Route::PubSub => unreachable!("upgraded elsewhere"),
     }

@@ -4,7 +4,7 @@
 
 use std::mem;
 
-use wsgate_proto::handshake::{self, HttpError, Request, UpgradePolicy};
+use wsgate_proto::handshake::{self, HttpError, Method, Request, UpgradePolicy};
 use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
@@ -145,7 +145,7 @@ impl Core {
             let err = HttpError::new(429, "too many connections from this address")
                 .with_code("rate_limited")
                 .with_header("Retry-After", retry_after);
-            self.conns[id].out.push(err.response().into());
+            self.answer(id, req, err.response());
             return Next::Close;
         }
         if self.conns[id].admission == Admission::OverLimit || (draining && route.is_websocket()) {
@@ -155,7 +155,7 @@ impl Core {
                 "server at its connection limit"
             };
             let err = HttpError::new(503, reason).with_header("Retry-After", "1");
-            self.conns[id].out.push(err.response().into());
+            self.answer(id, req, err.response());
             return Next::Close;
         }
         if route.is_websocket() {
@@ -164,7 +164,7 @@ impl Core {
         let keep_alive = req.keep_alive && !draining;
         let response =
             app::endpoints::respond(&mut Ctx { core: self, id }, route, req, body, keep_alive);
-        self.conns[id].out.push(response.into());
+        self.answer(id, req, response);
         self.schedule(id);
         if keep_alive {
             Next::KeepAlive
@@ -218,9 +218,20 @@ impl Core {
                 if auth_failed {
                     ReactorMetrics::add(&metrics.auth_failures, 1);
                 }
-                conn.out.push(err.response().into());
+                self.answer(id, req, err.response());
                 Next::Close
             }
         }
+    }
+
+    /// Queues `response` to `req`; to a HEAD request, its head alone (RFC 9110 §9.3.2:
+    /// the headers a GET would get, Content-Length included, and no content).
+    fn answer(&mut self, id: ConnId, req: &Request, mut response: Vec<u8>) {
+        if req.method == Method::Head {
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                response.truncate(end + 4);
+            }
+        }
+        self.conns[id].out.push(response.into());
     }
 }
