@@ -240,6 +240,38 @@ mod issue9_publish_paths {
             }
         }
 
+        // RFC 9110 §10.1.1: a client that sends `Expect: 100-continue` waits for 100 (or a
+        // final status) before its body; curl waited a second for each publish. The head
+        // alone gets 100; a body already there, or one over the limit, gets the final status.
+        fn expect_100_continue_is_answered(io: IoBackend) {
+            let server = TestServer::start(io, |c| c.limits.max_publish_bytes = Some(1024));
+            let mut sub = connect(&server, "/ws?subscribe=t");
+            let mut backend = tcp(&server);
+            let head = |framing: &str| {
+                format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{framing}\r\nExpect: 100-continue\r\n\r\n")
+            };
+            for (framing, body) in [
+                ("Content-Length: 3", "\"a\""),
+                ("Transfer-Encoding: chunked", "3\r\n\"b\"\r\n0\r\n\r\n"),
+            ] {
+                backend.write_all(head(framing).as_bytes()).unwrap();
+                assert_eq!(read_head(&mut backend).status, 100, "{framing}");
+                backend.write_all(body.as_bytes()).unwrap();
+                assert_eq!(read_response(&mut backend).status, 202, "{framing}");
+            }
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"a"}"#);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"b"}"#);
+            // Head and body in one write: no 100 needed, the 202 comes first.
+            let whole = format!("{}\"c\"", head("Content-Length: 3"));
+            backend.write_all(whole.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"c"}"#);
+            // Over the limit: 413 at once, no 100.
+            let mut over = tcp(&server);
+            over.write_all(head("Content-Length: 2000").as_bytes()).unwrap();
+            assert_json_error(&read_response(&mut over), 413, "too_large");
+        }
+
         // Issue 9 item 4: `Transfer-Encoding: chunked` on POST /publish got 501 as plain text.
         // Chunked bodies are accepted, split anywhere, pipelined, and bounded by
         // max_publish_bytes: 413 as soon as the chunk sizes pass it.

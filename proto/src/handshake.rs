@@ -91,6 +91,9 @@ pub struct Request {
     pub chunked: bool,
     /// `Authorization`, verbatim. Two fields are `400`: ambiguous credentials are refused.
     pub authorization: Option<String>,
+    /// `Expect: 100-continue` on HTTP/1.1 (RFC 9110 §10.1.1; HTTP/1.0 ignores it): the
+    /// client waits for `100 Continue` (or a final status) before sending the body.
+    pub expect_continue: bool,
     /// Whether the connection persists after the response (RFC 9112 §9.3): HTTP/1.1 unless
     /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`. `close` wins.
     pub keep_alive: bool,
@@ -185,6 +188,7 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<Reque
         content_length: fields.content_length,
         chunked,
         authorization: fields.authorization.map(str::to_owned),
+        expect_continue: fields.expect_continue && minor_version >= 1,
         keep_alive,
         upgrade,
         head_len,
@@ -504,6 +508,7 @@ struct Fields<'b> {
     content_length: Option<usize>,
     transfer_encoding: Option<TransferCodings>,
     authorization: Option<&'b str>,
+    expect_continue: bool,
     close: bool,
     keep_alive: bool,
     connection_upgrade: bool,
@@ -522,6 +527,9 @@ impl<'b> Fields<'b> {
         match name.len() {
             4 if is("host") => set_once(&mut self.host, value, "duplicate host header")?,
             6 if is("origin") => set_once(&mut self.origin, value, "duplicate origin header")?,
+            6 if is("expect") => {
+                self.expect_continue |= list(value).any(|t| t.eq_ignore_ascii_case("100-continue"));
+            }
             7 if is("upgrade") => {
                 // RFC 9110 §7.8: protocol names; `websocket/13` is some other protocol.
                 self.upgrade_websocket |= list(value).any(|t| t.eq_ignore_ascii_case("websocket"));

@@ -64,7 +64,12 @@ impl Core {
                     Ok(None) => return self.keep_partial(id, input),
                     Err(err) => return self.reject(id, &err),
                 };
+                // The head alone, from a client waiting to be asked for the body.
+                let waiting = req.expect_continue && input.len() == req.head_len;
                 if req.chunked {
+                    if waiting {
+                        self.continue_body(id);
+                    }
                     input = &mut mem::take(&mut input)[req.head_len..];
                     pending = Some(Box::new(ChunkedBody {
                         req,
@@ -79,6 +84,9 @@ impl Core {
                 }
                 let total = req.head_len + body_len;
                 if input.len() < total {
+                    if waiting {
+                        self.continue_body(id);
+                    }
                     return self.keep_partial(id, input);
                 }
                 let (this, rest) = mem::take(&mut input).split_at_mut(total);
@@ -116,6 +124,14 @@ impl Core {
     fn answers_over_cap(&mut self, id: ConnId) -> bool {
         let cap = self.shared.config.limits.max_outbound_bytes;
         (self.conns.with_transport(id)).is_some_and(|(conn, t)| t.pending(&conn.out) > cap)
+    }
+
+    /// `100 Continue` (RFC 9110 §15.2.1): the body is wanted. Sent when the head has come
+    /// alone; a request refused from its head alone (413) gets its final status instead.
+    fn continue_body(&mut self, id: ConnId) {
+        let interim = bytes::Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.conns[id].out.push(interim);
+        self.schedule(id);
     }
 
     fn keep_chunked(&mut self, id: ConnId, body: Box<ChunkedBody>) {
