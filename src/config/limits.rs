@@ -78,9 +78,10 @@ impl Finish for Limits {
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             pong_timeout: self.pong_timeout,
         };
-        // A control message carries the payload plus the envelope around it.
-        let control_max =
-            (self.max_publish_bytes + self.max_topic_len + 256).min(self.max_message_size);
+        // A control message carries the payload plus the envelope around it. The /echo
+        // limits (max_message_size, max_frame_size) are /echo's alone: a publish over
+        // /ws and over HTTP must be refused at the same size.
+        let control_max = self.max_publish_bytes + self.max_topic_len + 256;
         self.pubsub = wsgate_proto::Limits {
             max_frame_size: control_max as u64,
             max_message_size: control_max,

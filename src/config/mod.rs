@@ -301,6 +301,12 @@ mod tests {
         assert_eq!(c.limits.max_topic_len, 64);
         assert_eq!(c.limits.max_subscriptions, 64, "the default");
         assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 64 + 256);
+        // /echo's message limit is its own: /ws control messages keep theirs.
+        let cli = flags(&["--max-message-size", "1000", "--max-frame-size", "500"]).unwrap();
+        let c = cli.over(RawConfig::default()).validate().unwrap();
+        assert_eq!(c.limits.echo.max_message_size, 1000);
+        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 128 + 256);
+        assert_eq!(c.limits.pubsub.max_frame_size, 64 * 1024 + 128 + 256);
     }
 
     #[test]
