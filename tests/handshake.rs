@@ -52,6 +52,24 @@ for_each_driver! {
         assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the head");
     }
 
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is 400; an empty Host (a target
+    // without an authority), or HTTP/1.0 without one, is served.
+    fn http11_requests_need_a_host(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        for (request, status) in [
+            ("GET /healthz HTTP/1.1\r\n\r\n", 400),
+            ("POST /publish/t HTTP/1.1\r\nContent-Length: 1\r\n\r\n1", 400),
+            ("GET /healthz HTTP/1.1\r\nHost:\r\n\r\n", 200),
+            ("GET /healthz HTTP/1.0\r\n\r\n", 200),
+        ] {
+            let r = http(&server, request);
+            assert_eq!(r.status, status, "{request:?}: {}", r.body_text());
+            if status == 400 {
+                assert!(r.body_text().contains("missing host header"), "{}", r.body_text());
+            }
+        }
+    }
+
     fn request_split_into_single_bytes_still_upgrades(io: IoBackend) {
         let server = TestServer::start(io, |_| {});
         let mut stream = tcp(&server);

@@ -1385,6 +1385,12 @@ mod tests {
         assert_upgrade_fails(plain, &policy, 426, "websocket upgrade required", upgrade);
         let h2c = upgrade_request("Upgrade: h2c\r\n");
         assert_upgrade_fails(&h2c, &policy, 426, "websocket upgrade required", upgrade);
+        // RFC 9110 §7.8: Upgrade is sent with the `upgrade` connection option.
+        let response = String::from_utf8(HttpError::UPGRADE_REQUIRED.response()).unwrap();
+        assert!(
+            response.contains("\r\nConnection: upgrade, close\r\n"),
+            "{response}"
+        );
     }
 
     #[test]

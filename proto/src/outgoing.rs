@@ -197,12 +197,17 @@ pub(crate) fn http_head(
     } else {
         write!(out, "Content-Length: {content_length}\r\n").expect(VEC_WRITE);
     }
-    let connection: &[u8] = if keep_alive {
-        b"Connection: keep-alive\r\n"
-    } else {
-        b"Connection: close\r\n"
-    };
-    out.extend_from_slice(connection);
+    // RFC 9110 §7.8: an Upgrade field (a 426's) goes with the `upgrade` connection option.
+    let upgrade = extra_headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("upgrade"));
+    write!(
+        out,
+        "Connection: {}{}\r\n",
+        if upgrade { "upgrade, " } else { "" },
+        if keep_alive { "keep-alive" } else { "close" }
+    )
+    .expect(VEC_WRITE);
     for (name, value) in extra_headers {
         write!(out, "{name}: {value}\r\n").expect(VEC_WRITE);
     }

@@ -25,6 +25,10 @@ pub fn respond(
     keep_alive: bool,
 ) -> Vec<u8> {
     let draining = session.draining();
+    if req.minor_version >= 1 && req.host.is_none() {
+        // RFC 9112 §3.2 (an empty Host is allowed: a target without an authority).
+        return HttpError::new(400, "missing host header").response_keep_alive(keep_alive);
+    }
     match route {
         Route::Publish => match check_publish(session, req, body) {
             Ok((topic, data)) => {
