@@ -50,7 +50,7 @@ section! {
         max_topic_len: usize = "128", check within(1, 1024);
         /// Largest published payload (HTTP body or /ws control message), in bytes.
         #[arg(value_name = "BYTES")]
-        max_publish_bytes: usize = "65536", check positive;
+        max_publish_bytes: usize = "65536", check within(1, u32::MAX as usize);
     }
     derived {
         /// Frame and message limits and WebSocket timers of /echo connections.

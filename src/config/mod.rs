@@ -258,6 +258,11 @@ mod tests {
         assert!(bad("uring_buf_size = 1").contains("`uring_buf_size`"));
         assert!(bad("slow_consumer = \"explode\"").contains("`slow_consumer`"));
         assert!(bad("io = \"kqueue\"").contains("`io`"));
+        // Values that made arithmetic wrap or an allocation fail at start (a huge publish
+        // limit wrapped the body's end past usize and panicked a reactor).
+        let huge = "= 9223372036854775807";
+        assert!(bad(&format!("max_publish_bytes {huge}")).contains("`max_publish_bytes`"));
+        assert!(bad(&format!("inbox_capacity {huge}")).contains("`inbox_capacity`"));
     }
 
     #[test]

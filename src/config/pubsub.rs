@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::setting::{enum_value, positive, section, Finish};
+use super::setting::{enum_value, section, within, Finish};
 
 /// What a slow consumer (outbound queue over `max_outbound_bytes`) gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,7 +26,7 @@ section! {
         #[arg(value_name = "LIST")]
         client_publish: Vec<String> = "";
         /// Deliveries queued between two reactors before further ones are dropped (counted).
-        inbox_capacity: usize = "65536", check positive;
+        inbox_capacity: usize = "65536", check within(1, 1 << 24);
         /// Longest a fan-out delivery may wait so that several leave in one write. Only a
         /// busy reactor makes them wait (the delay adapts to its load, up to this); an idle
         /// one writes them in the turn that queued them. Replies and echo never wait. 0 turns

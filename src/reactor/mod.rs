@@ -435,8 +435,19 @@ impl Core {
             // A handshake step costs up to ~0.3 ms of CPU: past the turn's budget, the bytes
             // wait so that established connections are served first (as uWebSockets does).
             if self.handshakes >= self.shared.config.tls.handshakes_per_turn {
-                if transport.defer(wire) {
-                    self.deferred.push(id);
+                match transport.defer(wire) {
+                    Some(first) => {
+                        if first {
+                            self.deferred.push(id);
+                        }
+                    }
+                    None => {
+                        // More than a ClientHello before its turn came: not a handshake.
+                        tracing::debug!(reactor = self.index, "tls: too much before the handshake");
+                        ReactorMetrics::add(&self.metrics().tls_handshake_failures, 1);
+                        let deadline = self.now + self.shared.config.limits.echo.close_timeout;
+                        self.set_closing(id, deadline, true);
+                    }
                 }
                 return;
             }

@@ -132,10 +132,11 @@ impl Transport {
 
     /// Keeps `wire` unprocessed until `receive` is called again (with no new bytes, at a
     /// later turn): a TLS handshake waiting for the reactor's per-turn budget. Returns
-    /// whether it was not waiting already.
-    pub fn defer(&mut self, wire: &[u8]) -> bool {
+    /// whether it was not waiting already; `None` when the client sent more than a
+    /// handshake can hold before its turn (see `tls::MAX_DEFERRED`).
+    pub fn defer(&mut self, wire: &[u8]) -> Option<bool> {
         match self {
-            Self::Plain => false,
+            Self::Plain => Some(false),
             Self::Tls(session) => session.defer(wire),
         }
     }

@@ -37,6 +37,11 @@ mod record_tests;
 mod records;
 
 /// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
+/// What a session keeps while its handshake waits for the reactor's next turn: a client
+/// has nothing to send before the server's first flight but its ClientHello (rustls takes
+/// handshake messages up to 64 KiB), so more is not a handshake, and is not held.
+pub(super) const MAX_DEFERRED: usize = 96 << 10;
+
 const MAX_RECORD: usize = 1 << 14;
 /// Most ciphertext bytes a record adds: header 5, TLS 1.2's explicit nonce 8, tag 16 (TLS
 /// 1.3: header, content type 1, tag).
@@ -656,10 +661,14 @@ impl Session {
     }
 
     /// Keeps `wire` to process at a later turn (the reactor's handshake budget is spent);
-    /// returns whether the session was not waiting already.
-    pub(super) fn defer(&mut self, wire: &[u8]) -> bool {
+    /// returns whether the session was not waiting already, or `None` (nothing kept) past
+    /// [`MAX_DEFERRED`].
+    pub(super) fn defer(&mut self, wire: &[u8]) -> Option<bool> {
+        if self.carry.len() + wire.len() > MAX_DEFERRED {
+            return None;
+        }
         self.carry.extend_from_slice(wire);
-        !mem::replace(&mut self.deferred, true)
+        Some(!mem::replace(&mut self.deferred, true))
     }
 
     /// The driver wrote `n` bytes of the ciphertext.

@@ -487,3 +487,22 @@ fn empty_frames_in_the_queue_lose_nothing() {
     pair.pump();
     assert_eq!(pair.client_reads(), b"onetwo");
 }
+
+/// A handshake waiting for the reactor's next turn keeps its ClientHello, and is answered
+/// at that turn; a client that sends more than a handshake can hold before then is
+/// refused, and what it sent is not kept (a flood of such clients grew the process by
+/// their bytes).
+#[test]
+fn a_deferred_handshake_keeps_a_client_hello_and_no_more() {
+    let mut pair = Pair::unshaken("deferred", None);
+    let hello = pair.client_sends();
+    assert_eq!(pair.server.defer(&hello), Some(true));
+    assert_eq!(pair.server.defer(&[]), Some(false), "already waiting");
+    pair.server_takes(Vec::new()).unwrap();
+    assert!(!pair.server_sends().is_empty(), "the server's flight");
+    let mut other = Pair::unshaken("deferred-flood", None);
+    let hello = other.client_sends();
+    assert_eq!(other.server.defer(&hello), Some(true));
+    assert_eq!(other.server.defer(&vec![0x17; MAX_DEFERRED]), None);
+    assert_eq!(other.server.carry.len(), hello.len(), "nothing of it kept");
+}
