@@ -64,6 +64,7 @@ impl Core {
     pub(super) fn leave_topics(&mut self, id: ConnId, subs: Subs) {
         if !self.held.is_empty() {
             self.held.retain(|h| h.conn != id);
+            self.held_bytes = self.held.iter().map(|h| h.reply.len()).sum();
         }
         for topic in subs {
             self.topics
@@ -105,8 +106,23 @@ impl Core {
         }
     }
 
-    /// Holds a subscribe's reply until the bridge confirms `topic` (or the timeout).
-    pub(super) fn hold(&mut self, conn: ConnId, topic: &str, reply: Vec<u8>) {
+    /// Holds a subscribe's reply until the bridge confirms `topic` (or the timeout). The
+    /// replies held are at most `max_outbound_bytes` a reactor: past that (a client that
+    /// repeats a subscribe with long ids while NATS is slow to confirm) the reply is given
+    /// back, to be sent at once, and counted as unconfirmed.
+    pub(super) fn hold(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+        reply: Vec<u8>,
+    ) -> Result<(), Vec<u8>> {
+        if self.held_bytes + reply.len() > self.shared.config.limits.max_outbound_bytes {
+            if let Some(link) = &self.shared.cluster {
+                link.stats.unconfirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(reply);
+        }
+        self.held_bytes += reply.len();
         let timeout = self.shared.config.cluster.confirm_timeout;
         self.held.push(Held {
             conn,
@@ -114,6 +130,7 @@ impl Core {
             reply,
             until: self.now + timeout,
         });
+        Ok(())
     }
 
     /// When the first held reply is due at the latest.
@@ -136,6 +153,7 @@ impl Core {
             }
             late += u64::from(!ready);
             let h = self.held.swap_remove(i);
+            self.held_bytes -= h.reply.len();
             let Some(conn) = self.conns.get_mut(h.conn) else {
                 continue;
             };

@@ -72,8 +72,10 @@ struct Core {
     batch: Batching,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
-    /// Subscribe replies waiting for the cluster bridge to confirm their topic.
+    /// Subscribe replies waiting for the cluster bridge to confirm their topic, and their
+    /// bytes (at most `max_outbound_bytes`).
     held: Vec<Held>,
+    held_bytes: usize,
     /// Publish instants of what was delivered this turn, for the latency histogram.
     published: Vec<Instant>,
     latency: Histogram<u64>,
@@ -153,6 +155,7 @@ impl<D: Driver> Reactor<D> {
             batch,
             to_close: Vec::new(),
             held: Vec::new(),
+            held_bytes: 0,
             published: Vec::new(),
             latency: metrics::new_histogram(),
             inbound,
@@ -707,8 +710,8 @@ impl Session for Ctx<'_> {
             .confirmed_or_wait(topic, self.core.index)
         {
             self.send(OpCode::Text, &reply);
-        } else {
-            self.core.hold(self.id, topic, reply);
+        } else if let Err(reply) = self.core.hold(self.id, topic, reply) {
+            self.send(OpCode::Text, &reply);
         }
     }
 

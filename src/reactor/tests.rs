@@ -825,6 +825,34 @@ fn a_subscribe_ok_waits_for_the_bridge_to_confirm() {
     assert_eq!(ReactorMetrics::get(&link.stats.unconfirmed), 1);
 }
 
+/// A client that repeats a subscribe with long ids while the topic waits for NATS cannot
+/// make the reactor hold replies without bound: past `max_outbound_bytes` of held replies
+/// the next is sent at once, counted as unconfirmed.
+#[test]
+fn held_oks_are_bounded_by_the_outbound_cap() {
+    let mut h = clustered();
+    let a = h.websocket("/ws");
+    let id = "x".repeat(60_000);
+    let reply = format!(r#"{{"op":"ok","id":"{id}"}}"#).len();
+    for _ in 0..40 {
+        h.send_text(a, &format!(r#"{{"op":"subscribe","topic":"t","id":"{id}"}}"#));
+        h.turn();
+    }
+    let cap = h.reactor.core.shared.config.limits.max_outbound_bytes;
+    let held = h.reactor.core.held.len();
+    assert!(h.reactor.core.held_bytes <= cap, "{}", h.reactor.core.held_bytes);
+    assert_eq!(held, cap / reply, "held until the cap");
+    assert_eq!(h.texts(a).len(), 40 - held, "the rest answered at once");
+    let link = h.reactor.core.shared.cluster.clone().unwrap();
+    assert_eq!(ReactorMetrics::get(&link.stats.unconfirmed), (40 - held) as u64);
+    // Confirmed: the held ones follow, and the count of held bytes is back to 0.
+    h.reactor.core.shared.fanout.confirm(&"t".into());
+    h.turn();
+    h.turn();
+    assert_eq!(h.texts(a).len(), held);
+    assert_eq!(h.reactor.core.held_bytes, 0);
+}
+
 #[test]
 fn a_held_ok_is_dropped_with_its_connection_and_not_held_while_disconnected() {
     let mut h = clustered();
