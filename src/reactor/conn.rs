@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use wsgate_proto::{CloseCode, Connection, OutQueue};
 
-use super::request::ChunkedBody;
+use super::request::PendingBody;
 use super::{limits, Core};
 use crate::app::Route;
 use crate::auth::Permissions;
@@ -93,11 +93,11 @@ impl Limited {
 }
 
 pub(super) enum Phase {
-    /// Reading an HTTP request head (and body); `head` holds a split one, `chunked` a
-    /// parsed head whose chunked body is still arriving.
+    /// Reading an HTTP request head (and body); `head` holds a split one, `body` a parsed
+    /// head whose body is still arriving.
     Request {
         head: Vec<u8>,
-        chunked: Option<Box<ChunkedBody>>,
+        body: Option<Box<PendingBody>>,
         deadline: Instant,
     },
     /// `subs` is empty except on /ws; `token` is the /ws connection's, if any.
@@ -309,7 +309,7 @@ impl Core {
                 out: OutQueue::default(),
                 phase: Phase::Request {
                     head: Vec::new(),
-                    chunked: None,
+                    body: None,
                     deadline: self.now + shared.config.limits.handshake_timeout,
                 },
                 send: Send::Idle,
@@ -477,9 +477,7 @@ impl Core {
         for (id, conn) in self.conns.iter_mut() {
             match &mut conn.phase {
                 Phase::Request {
-                    head,
-                    chunked: None,
-                    ..
+                    head, body: None, ..
                 } if head.is_empty() => idle.push(id),
                 Phase::WebSocket { ws, .. } => {
                     ws.close(

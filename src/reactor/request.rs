@@ -15,11 +15,37 @@ use crate::driver::ConnId;
 use crate::limits;
 use crate::metrics::ReactorMetrics;
 
-/// A request whose chunked body is still arriving: the head, the decoder, the payload so far.
-pub(super) struct ChunkedBody {
+/// A request whose body is still arriving: the head, how the body ends, the payload so far.
+/// The body is taken as it arrives, so a slow one costs its bytes once, not a copy and a
+/// parse of everything so far at every read.
+pub(super) struct PendingBody {
     req: Request,
-    decoder: ChunkedDecoder,
+    framing: Framing,
     data: Vec<u8>,
+}
+
+enum Framing {
+    /// Chunked (RFC 9112 §7.1): decoded as it arrives, nothing buffered but the payload,
+    /// 413 as soon as a chunk size passes the limit.
+    Chunked(ChunkedDecoder),
+    /// `Content-Length`: this many bytes still to come.
+    Length(usize),
+}
+
+impl Framing {
+    /// Takes what of `input` belongs to the body into `data`; `Some(n)` once the body is
+    /// complete, `n` being the bytes of `input` it took.
+    fn take(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<Option<usize>, HttpError> {
+        match self {
+            Self::Chunked(decoder) => decoder.decode(input, data),
+            Self::Length(remaining) => {
+                let n = (*remaining).min(input.len());
+                data.extend_from_slice(&input[..n]);
+                *remaining -= n;
+                Ok((*remaining == 0).then_some(n))
+            }
+        }
+    }
 }
 
 /// What to do after answering a request.
@@ -31,11 +57,22 @@ enum Next {
 
 impl Core {
     pub(super) fn on_request_bytes(&mut self, id: ConnId, bytes: &mut [u8]) {
-        let Phase::Request { head, chunked, .. } = &mut self.conns[id].phase else {
+        let Phase::Request { head, body, .. } = &mut self.conns[id].phase else {
             unreachable!("request phase")
         };
-        // A chunked body under way takes the bytes before any new head.
-        let mut pending = chunked.take();
+        // A body under way takes the bytes before any new head.
+        let mut pending = body.take();
+        let max_head = self.shared.config.limits.max_header_bytes;
+        if pending.is_none() && !head.is_empty() && !bytes.is_empty() && !bytes.contains(&b'\n') {
+            // A split head cannot end without a line feed: keep the bytes, parse later
+            // (a head sent a byte at a time is parsed once per line, not once per byte;
+            // pipelined requests kept while the answers were over the cap are parsed when
+            // the flush resumes reading, with no new bytes).
+            head.extend_from_slice(bytes);
+            if head.len() <= max_head {
+                return;
+            }
+        }
         // The common case parses straight from the read buffer; a split head is copied.
         let mut split = mem::take(head);
         let mut input: &mut [u8] = if split.is_empty() {
@@ -44,14 +81,11 @@ impl Core {
             split.extend_from_slice(bytes);
             &mut split
         };
-        let max_head = self.shared.config.limits.max_header_bytes;
         let max_body = self.shared.config.limits.max_publish_bytes;
-        loop {
+        'requests: loop {
             let (next, rest) = if let Some(mut body) = pending.take() {
-                // Chunked request bodies (RFC 9112 §7.1): decoded as they arrive, nothing
-                // buffered but the payload, 413 as soon as a chunk size passes the limit.
-                match body.decoder.decode(input, &mut body.data) {
-                    Ok(None) => return self.keep_chunked(id, body),
+                match body.framing.take(input, &mut body.data) {
+                    Ok(None) => return self.keep_body(id, body),
                     Err(err) => return self.reject(id, &err),
                     Ok(Some(n)) => {
                         let rest = &mut mem::take(&mut input)[n..];
@@ -59,38 +93,39 @@ impl Core {
                     }
                 }
             } else {
-                let req = match handshake::parse_request(input, max_head) {
-                    Ok(Some(req)) => req,
-                    Ok(None) => return self.keep_partial(id, input),
-                    Err(err) => return self.reject(id, &err),
-                };
-                // The head alone, from a client waiting to be asked for the body.
-                let waiting = req.expect_continue && input.len() == req.head_len;
-                if req.chunked {
-                    if waiting {
+                'parsed: {
+                    let req = match handshake::parse_request(input, max_head) {
+                        Ok(Some(req)) => req,
+                        Ok(None) => return self.keep_partial(id, input),
+                        Err(err) => return self.reject(id, &err),
+                    };
+                    let framing = if req.chunked {
+                        Framing::Chunked(ChunkedDecoder::new(max_body))
+                    } else {
+                        let body_len = req.content_length.unwrap_or(0);
+                        if body_len > max_body {
+                            return self.reject(id, &HttpError::BODY_TOO_LARGE);
+                        }
+                        let total = req.head_len + body_len;
+                        if input.len() >= total {
+                            // The whole request is here: dispatched from where it was read.
+                            let (this, rest) = mem::take(&mut input).split_at_mut(total);
+                            break 'parsed (self.dispatch(id, &req, &this[req.head_len..]), rest);
+                        }
+                        Framing::Length(body_len)
+                    };
+                    if req.expect_continue && input.len() == req.head_len {
+                        // The head alone, from a client waiting to be asked for the body.
                         self.continue_body(id);
                     }
                     input = &mut mem::take(&mut input)[req.head_len..];
-                    pending = Some(Box::new(ChunkedBody {
+                    pending = Some(Box::new(PendingBody {
                         req,
-                        decoder: ChunkedDecoder::new(max_body),
+                        framing,
                         data: Vec::new(),
                     }));
-                    continue;
+                    continue 'requests;
                 }
-                let body_len = req.content_length.unwrap_or(0);
-                if body_len > max_body {
-                    return self.reject(id, &HttpError::BODY_TOO_LARGE);
-                }
-                let total = req.head_len + body_len;
-                if input.len() < total {
-                    if waiting {
-                        self.continue_body(id);
-                    }
-                    return self.keep_partial(id, input);
-                }
-                let (this, rest) = mem::take(&mut input).split_at_mut(total);
-                (self.dispatch(id, &req, &this[req.head_len..]), rest)
             };
             match next {
                 // Bytes right behind the upgrade request are the client's first frames.
@@ -101,7 +136,7 @@ impl Core {
                     let deadline = self.now + self.shared.config.limits.handshake_timeout;
                     self.conns[id].phase = Phase::Request {
                         head: Vec::new(),
-                        chunked: None,
+                        body: None,
                         deadline,
                     };
                     if rest.is_empty() {
@@ -134,9 +169,9 @@ impl Core {
         self.schedule(id);
     }
 
-    fn keep_chunked(&mut self, id: ConnId, body: Box<ChunkedBody>) {
-        if let Phase::Request { chunked, .. } = &mut self.conns[id].phase {
-            *chunked = Some(body);
+    fn keep_body(&mut self, id: ConnId, pending: Box<PendingBody>) {
+        if let Phase::Request { body, .. } = &mut self.conns[id].phase {
+            *body = Some(pending);
         }
     }
 

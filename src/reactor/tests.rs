@@ -248,6 +248,37 @@ fn pipelined_requests_wait_while_their_answers_are_over_the_cap() {
     assert!(h.net.receiving(id), "reading resumed");
 }
 
+/// A publish sent a byte at a time, head and body, with either framing, is published once
+/// whole (the body is taken as it arrives; the head is parsed once per line).
+#[test]
+fn a_publish_sent_a_byte_at_a_time_arrives_whole() {
+    let mut h = Harness::new(|_| {});
+    let sub = subscribe(&mut h, "t");
+    let body = format!(r#"{{"n":"{}"}}"#, "x".repeat(3000));
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    for (framing, payload) in [
+        (format!("Content-Length: {}", body.len()), body.clone()),
+        ("Transfer-Encoding: chunked".to_owned(), chunked),
+    ] {
+        let publisher = h.net.connect();
+        let request = format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{payload}");
+        for byte in request.as_bytes() {
+            h.net.send(publisher, &[*byte]);
+        }
+        h.turn();
+        let response = String::from_utf8(h.net.read(publisher)).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 202 "),
+            "{framing}: {response}"
+        );
+        assert_eq!(
+            h.texts(sub),
+            [format!(r#"{{"topic":"t","data":{body}}}"#)],
+            "{framing}"
+        );
+    }
+}
+
 /// Counts the complete frames at the start of `bytes`.
 fn parse_frames_partial(mut bytes: &[u8]) -> usize {
     let mut n = 0;
@@ -835,16 +866,26 @@ fn held_oks_are_bounded_by_the_outbound_cap() {
     let id = "x".repeat(60_000);
     let reply = format!(r#"{{"op":"ok","id":"{id}"}}"#).len();
     for _ in 0..40 {
-        h.send_text(a, &format!(r#"{{"op":"subscribe","topic":"t","id":"{id}"}}"#));
+        h.send_text(
+            a,
+            &format!(r#"{{"op":"subscribe","topic":"t","id":"{id}"}}"#),
+        );
         h.turn();
     }
     let cap = h.reactor.core.shared.config.limits.max_outbound_bytes;
     let held = h.reactor.core.held.len();
-    assert!(h.reactor.core.held_bytes <= cap, "{}", h.reactor.core.held_bytes);
+    assert!(
+        h.reactor.core.held_bytes <= cap,
+        "{}",
+        h.reactor.core.held_bytes
+    );
     assert_eq!(held, cap / reply, "held until the cap");
     assert_eq!(h.texts(a).len(), 40 - held, "the rest answered at once");
     let link = h.reactor.core.shared.cluster.clone().unwrap();
-    assert_eq!(ReactorMetrics::get(&link.stats.unconfirmed), (40 - held) as u64);
+    assert_eq!(
+        ReactorMetrics::get(&link.stats.unconfirmed),
+        (40 - held) as u64
+    );
     // Confirmed: the held ones follow, and the count of held bytes is back to 0.
     h.reactor.core.shared.fanout.confirm(&"t".into());
     h.turn();
