@@ -4,6 +4,10 @@
 
 mod util;
 
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -127,5 +131,41 @@ for_each_driver! {
         // Within the same second (a connect takes well under a millisecond here).
         assert_client_limited(&http(&server, &upgrade_request("/ws", "")));
         assert_eq!(total(&server, |m| &m.ip_rate_limited), 1);
+    }
+}
+
+/// Past `max_connections` connections are still accepted, to be answered 503, so idle ones
+/// can exhaust the process's descriptors (EMFILE on accept). Then a client waiting in the
+/// backlog must be accepted once descriptors are free again (epoll waited for a new edge,
+/// which never came), and the reactor must not spin on the failing accept (io_uring
+/// re-armed it at once: a core's worth of CPU and a million log lines).
+#[test]
+fn a_reactor_out_of_descriptors_accepts_again_when_they_are_freed() {
+    for io in ["epoll", "uring"] {
+        if io == "uring" && wsgate::driver::uring::available().is_err() {
+            continue;
+        }
+        let mut gateway = GatewayProcess::one_reactor_with_files_limit(120, &["--io", io]);
+        let addr = gateway.addr.clone();
+        let idle: Vec<TcpStream> = (0..150)
+            .map(|_| TcpStream::connect(addr.as_str()).unwrap())
+            .collect();
+        gateway.wait_log("accept failed");
+        let mut queued = TcpStream::connect(addr.as_str()).unwrap();
+        queued.set_read_timeout(Some(TIMEOUT)).unwrap();
+        queued
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Half a second of exhaustion: a spinning reactor logs thousands of failures.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            gateway.count_log("accept failed") <= 2,
+            "{io}: {} failures logged",
+            gateway.count_log("accept failed")
+        );
+        drop(idle);
+        // Answered: 200, or 503 if it was accepted before the closed ones were counted out.
+        let status = read_response(&mut queued).status;
+        assert!([200, 503].contains(&status), "{io}: {status}");
     }
 }

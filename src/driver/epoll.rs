@@ -28,7 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use wsgate_proto::OutQueue;
 
-use super::{Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
+use super::{AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
 use crate::buf::{BufId, BufPool};
 use crate::sys::EventFd;
 
@@ -65,6 +65,8 @@ pub struct EpollDriver {
     listeners: Vec<Option<TcpListener>>,
     /// Listeners that may have connections waiting (an edge, and no `WouldBlock` since).
     acceptable: Vec<ListenerId>,
+    /// After a failed accept (EMFILE): when every listener is tried again.
+    backoff: AcceptBackoff,
     waker: Arc<EventFd>,
     pool: BufPool,
     /// The connections; a key is a `ConnId`, freed when `Released` is handed out.
@@ -135,6 +137,7 @@ impl EpollDriver {
             events: Events::with_capacity(1024),
             listeners: registered,
             acceptable: Vec::new(),
+            backoff: AcceptBackoff::default(),
             waker,
             pool: BufPool::new(read_buf),
             socks: Slab::new(),
@@ -170,7 +173,7 @@ impl EpollDriver {
             }
             Token(key) if key > LISTENER_0 - self.listeners.len() => {
                 let listener = ListenerId((LISTENER_0 - key) as u8);
-                if !self.acceptable.contains(&listener) {
+                if !self.acceptable.contains(&listener) && !self.backoff.waiting(Instant::now()) {
                     self.acceptable.push(listener);
                 }
             }
@@ -229,6 +232,7 @@ impl EpollDriver {
                     reads: 0,
                     unsent: None,
                 });
+                self.backoff.succeeded();
                 Some(Completion::Accepted {
                     conn,
                     peer,
@@ -246,10 +250,11 @@ impl EpollDriver {
             {
                 None
             }
-            // fd exhaustion (EMFILE) would spin: wait for the next edge.
+            // fd exhaustion (EMFILE) would spin: the listeners rest, then are tried again
+            // (closed connections free descriptors without a new edge on the listener).
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                self.acceptable.retain(|&l| l != listener);
+                self.backoff.failed(&e, Instant::now());
+                self.acceptable.clear();
                 None
             }
         }
@@ -417,12 +422,21 @@ impl Driver for EpollDriver {
                 self.reading.push_back(conn);
             }
         }
+        let now = Instant::now();
+        if self.backoff.retry_due(now) {
+            let open = self
+                .listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_some());
+            self.acceptable = open.map(|(i, _)| ListenerId(i as u8)).collect();
+        }
         let pending =
             !self.ready.is_empty() || !self.reading.is_empty() || !self.acceptable.is_empty();
         let timeout = if pending {
             Some(Duration::ZERO)
         } else {
-            timeout
+            self.backoff.bound(now, timeout)
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}

@@ -213,5 +213,60 @@ impl IdleClock {
     }
 }
 
+/// After an accept fails for want of resources (EMFILE: a flood of connections held past
+/// `max_connections` while they wait for their 503), how long before the listeners are
+/// tried again. Descriptors freed by closing connections give the listener no new event,
+/// so waiting for one (epoll's edge) can wait forever, and re-arming at once (io_uring)
+/// spins on the same error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// When a driver may accept again after a failed accept; warns once per spell of failures.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    until: Option<Instant>,
+    failing: bool,
+}
+
+impl AcceptBackoff {
+    /// An accept failed with `error`: no accepting before [`ACCEPT_RETRY`] from `now`.
+    fn failed(&mut self, error: &io::Error, now: Instant) {
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::warn!(
+                "accept failed: {error}; trying again every {} ms",
+                ACCEPT_RETRY.as_millis()
+            );
+        }
+        self.until = Some(now + ACCEPT_RETRY);
+    }
+
+    /// A connection was accepted.
+    fn succeeded(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!("accepting again");
+        }
+    }
+
+    /// Whether the listeners wait out a failure at `now`.
+    fn waiting(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// Whether a wait just ended at `now` (once per failure): the listeners are tried again.
+    fn retry_due(&mut self, now: Instant) -> bool {
+        self.until.take_if(|until| now >= *until).is_some()
+    }
+
+    /// `timeout`, shortened to end when the wait does.
+    fn bound(&self, now: Instant, timeout: Option<Duration>) -> Option<Duration> {
+        match self.until {
+            Some(until) => {
+                let left = until.saturating_duration_since(now);
+                Some(timeout.map_or(left, |t| t.min(left)))
+            }
+            None => timeout,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

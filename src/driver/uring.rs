@@ -56,7 +56,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 use wsgate_proto::OutQueue;
 
-use super::{Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
+use super::{AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
 use crate::buf::BufId;
 use crate::config::uring::Uring;
 use crate::sys::EventFd;
@@ -511,6 +511,8 @@ pub struct UringDriver {
     /// Indexed by `ListenerId`.
     listeners: Vec<Listener>,
     accepting: bool,
+    /// After a failed accept (EMFILE): when the listeners are armed again.
+    backoff: AcceptBackoff,
     waker: Arc<EventFd>,
     /// INVARIANT: written by the kernel while the wake `READ` is in flight; never moved.
     wake_buf: Box<u64>,
@@ -561,6 +563,7 @@ impl UringDriver {
             setup,
             listeners,
             accepting: true,
+            backoff: AcceptBackoff::default(),
             waker,
             wake_buf: Box::new(0),
             bufs,
@@ -636,9 +639,12 @@ impl UringDriver {
 
     /// Arms the accept of every listener that has none in flight (while accepting).
     fn arm_accepts(&mut self) {
-        if !self.accepting {
+        let now = Instant::now();
+        if !self.accepting || self.backoff.waiting(now) {
             return;
         }
+        // A wait that ended: armed again now.
+        self.backoff.retry_due(now);
         for index in 0..self.listeners.len() {
             let listener = &mut self.listeners[index];
             let Some(socket) = &listener.socket else {
@@ -752,14 +758,18 @@ impl UringDriver {
             if !self.accepting {
                 listener.socket = None;
             }
-            // Otherwise re-armed next turn: after EMFILE an immediate re-arm would spin.
+            // Otherwise re-armed next turn, or after the backoff of a failure below.
         }
         let Some(stream) = stream else {
             if !matches!(-res, libc::ECANCELED | libc::ECONNABORTED | libc::EINTR) {
-                tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                // EMFILE and the like: an immediate re-arm would fail again at once, the
+                // reactor spinning on it.
+                let error = io::Error::from_raw_os_error(-res);
+                self.backoff.failed(&error, Instant::now());
             }
             return None;
         };
+        self.backoff.succeeded();
         if !self.accepting {
             return None; // accepted before the cancel landed: closed unseen
         }
@@ -940,7 +950,7 @@ impl Driver for UringDriver {
         let timeout = if pending {
             Some(Duration::ZERO)
         } else {
-            timeout
+            self.backoff.bound(Instant::now(), timeout)
         };
         let submitter = self.ring.submitter();
         let res = match timeout {

@@ -23,7 +23,22 @@ impl GatewayProcess {
     /// Starts `wsgate serve ARGS` with `RUST_LOG=info` and waits (at most `TIMEOUT`) for the
     /// start-up line "listening on ADDR".
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_wsgate")), args)
+    }
+
+    /// `one_reactor` with the open-files limit, soft and hard, at `limit` (set by `sh`,
+    /// which then becomes wsgate).
+    pub fn one_reactor_with_files_limit(limit: u32, extra: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command.args(["-c", "ulimit -n \"$0\" && exec \"$@\""]);
+        command
+            .arg(limit.to_string())
+            .arg(env!("CARGO_BIN_EXE_wsgate"));
+        Self::launch(command, &one_reactor_args(extra))
+    }
+
+    fn launch(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info")
@@ -64,16 +79,13 @@ impl GatewayProcess {
 
     /// `start` with one unpinned reactor on 127.0.0.1:0, then `extra`.
     pub fn one_reactor(extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--pin",
-            "false",
-        ];
-        args.extend_from_slice(extra);
-        Self::start(&args)
+        Self::start(&one_reactor_args(extra))
+    }
+
+    /// How many log lines so far contain `what` (without waiting for more).
+    pub fn count_log(&mut self, what: &str) -> usize {
+        self.before.extend(self.log.try_iter());
+        self.before.iter().filter(|l| l.contains(what)).count()
     }
 
     /// The first log line not yet looked at that contains `what` (earlier ones are passed
@@ -117,6 +129,20 @@ impl GatewayProcess {
         self.signal("TERM");
         assert_eq!(self.wait(), Some(0));
     }
+}
+
+/// One unpinned reactor on 127.0.0.1:0, then `extra`.
+fn one_reactor_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--pin",
+        "false",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 impl Drop for GatewayProcess {
