@@ -22,7 +22,10 @@ fuzz_target!(|text: &str| {
     if let Ok(config) = raw.validate() {
         let limits = &config.limits;
         assert!(limits.echo.max_frame_size > 0 && limits.echo.max_message_size > 0);
-        assert!(limits.pubsub.max_message_size <= limits.echo.max_message_size);
+        // /ws control messages: the publish limit plus the envelope, whatever /echo's are.
+        let control = limits.max_publish_bytes + limits.max_topic_len + 256;
+        assert_eq!(limits.pubsub.max_message_size, control);
+        assert_eq!(limits.pubsub.max_frame_size, control as u64);
         assert!((256..=1 << 20).contains(&limits.max_header_bytes));
         assert!(limits.max_buffered_bytes > 0);
         assert!(config.net.threads >= 1);
