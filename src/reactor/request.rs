@@ -63,15 +63,19 @@ impl Core {
         // A body under way takes the bytes before any new head.
         let mut pending = body.take();
         let max_head = self.shared.config.limits.max_header_bytes;
-        if pending.is_none() && !head.is_empty() && !bytes.is_empty() && !bytes.contains(&b'\n') {
+        let no_line_end = !bytes.is_empty() && !bytes.contains(&b'\n');
+        if pending.is_none()
+            && !head.is_empty()
+            && no_line_end
+            && head.len() + bytes.len() <= max_head
+        {
             // A split head cannot end without a line feed: keep the bytes, parse later
             // (a head sent a byte at a time is parsed once per line, not once per byte;
-            // pipelined requests kept while the answers were over the cap are parsed when
-            // the flush resumes reading, with no new bytes).
+            // past max_header_bytes it is parsed, and refused, at once; pipelined requests
+            // kept while the answers were over the cap are parsed when the flush resumes
+            // reading, with no new bytes).
             head.extend_from_slice(bytes);
-            if head.len() <= max_head {
-                return;
-            }
+            return;
         }
         // The common case parses straight from the read buffer; a split head is copied.
         let mut split = mem::take(head);

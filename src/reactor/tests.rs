@@ -279,6 +279,21 @@ fn a_publish_sent_a_byte_at_a_time_arrives_whole() {
     }
 }
 
+/// A head sent a byte at a time is refused with 431 as soon as it passes
+/// `max_header_bytes`, line feed or not.
+#[test]
+fn a_head_growing_a_byte_at_a_time_is_refused_at_the_limit() {
+    let mut h = Harness::new(|c| c.limits.max_header_bytes = 256);
+    let id = h.net.connect();
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {}", "a".repeat(300));
+    for byte in head.as_bytes() {
+        h.net.send(id, &[*byte]);
+    }
+    h.turn();
+    let response = String::from_utf8(h.net.read(id)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+}
+
 /// Counts the complete frames at the start of `bytes`.
 fn parse_frames_partial(mut bytes: &[u8]) -> usize {
     let mut n = 0;
