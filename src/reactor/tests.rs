@@ -285,7 +285,10 @@ fn a_publish_sent_a_byte_at_a_time_arrives_whole() {
 fn a_head_growing_a_byte_at_a_time_is_refused_at_the_limit() {
     let mut h = Harness::new(|c| c.limits.max_header_bytes = 256);
     let id = h.net.connect();
-    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {}", "a".repeat(300));
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {}",
+        "a".repeat(300)
+    );
     for byte in head.as_bytes() {
         h.net.send(id, &[*byte]);
     }
