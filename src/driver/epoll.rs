@@ -173,7 +173,7 @@ impl EpollDriver {
             }
             Token(key) if key > LISTENER_0 - self.listeners.len() => {
                 let listener = ListenerId((LISTENER_0 - key) as u8);
-                if !self.acceptable.contains(&listener) && !self.backoff.waiting(Instant::now()) {
+                if !self.acceptable.contains(&listener) && !self.backoff.waiting() {
                     self.acceptable.push(listener);
                 }
             }
@@ -253,7 +253,7 @@ impl EpollDriver {
             // fd exhaustion (EMFILE) would spin: the listeners rest, then are tried again
             // (closed connections free descriptors without a new edge on the listener).
             Err(e) => {
-                self.backoff.failed(&e, Instant::now());
+                self.backoff.failed(&e);
                 self.acceptable.clear();
                 None
             }
@@ -422,8 +422,7 @@ impl Driver for EpollDriver {
                 self.reading.push_back(conn);
             }
         }
-        let now = Instant::now();
-        if self.backoff.retry_due(now) {
+        if self.backoff.retry_due() {
             let open = self
                 .listeners
                 .iter()
@@ -436,7 +435,7 @@ impl Driver for EpollDriver {
         let timeout = if pending {
             Some(Duration::ZERO)
         } else {
-            self.backoff.bound(now, timeout)
+            self.backoff.bound(timeout)
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}

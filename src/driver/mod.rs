@@ -221,6 +221,7 @@ impl IdleClock {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// When a driver may accept again after a failed accept; warns once per spell of failures.
+/// The clock is read only while a failure is being waited out: never on a healthy turn.
 #[derive(Debug, Default)]
 struct AcceptBackoff {
     until: Option<Instant>,
@@ -228,15 +229,15 @@ struct AcceptBackoff {
 }
 
 impl AcceptBackoff {
-    /// An accept failed with `error`: no accepting before [`ACCEPT_RETRY`] from `now`.
-    fn failed(&mut self, error: &io::Error, now: Instant) {
+    /// An accept failed with `error`: no accepting for [`ACCEPT_RETRY`].
+    fn failed(&mut self, error: &io::Error) {
         if !std::mem::replace(&mut self.failing, true) {
             tracing::warn!(
                 "accept failed: {error}; trying again every {} ms",
                 ACCEPT_RETRY.as_millis()
             );
         }
-        self.until = Some(now + ACCEPT_RETRY);
+        self.until = Some(Instant::now() + ACCEPT_RETRY);
     }
 
     /// A connection was accepted.
@@ -246,21 +247,23 @@ impl AcceptBackoff {
         }
     }
 
-    /// Whether the listeners wait out a failure at `now`.
-    fn waiting(&self, now: Instant) -> bool {
-        self.until.is_some_and(|until| now < until)
+    /// Whether the listeners are waiting out a failure.
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|until| Instant::now() < until)
     }
 
-    /// Whether a wait just ended at `now` (once per failure): the listeners are tried again.
-    fn retry_due(&mut self, now: Instant) -> bool {
-        self.until.take_if(|until| now >= *until).is_some()
+    /// Whether a wait just ended (once per failure): the listeners are tried again.
+    fn retry_due(&mut self) -> bool {
+        self.until
+            .take_if(|until| Instant::now() >= *until)
+            .is_some()
     }
 
     /// `timeout`, shortened to end when the wait does.
-    fn bound(&self, now: Instant, timeout: Option<Duration>) -> Option<Duration> {
+    fn bound(&self, timeout: Option<Duration>) -> Option<Duration> {
         match self.until {
             Some(until) => {
-                let left = until.saturating_duration_since(now);
+                let left = until.saturating_duration_since(Instant::now());
                 Some(timeout.map_or(left, |t| t.min(left)))
             }
             None => timeout,

@@ -639,12 +639,11 @@ impl UringDriver {
 
     /// Arms the accept of every listener that has none in flight (while accepting).
     fn arm_accepts(&mut self) {
-        let now = Instant::now();
-        if !self.accepting || self.backoff.waiting(now) {
+        if !self.accepting || self.backoff.waiting() {
             return;
         }
         // A wait that ended: armed again now.
-        self.backoff.retry_due(now);
+        self.backoff.retry_due();
         for index in 0..self.listeners.len() {
             let listener = &mut self.listeners[index];
             let Some(socket) = &listener.socket else {
@@ -765,7 +764,7 @@ impl UringDriver {
                 // EMFILE and the like: an immediate re-arm would fail again at once, the
                 // reactor spinning on it.
                 let error = io::Error::from_raw_os_error(-res);
-                self.backoff.failed(&error, Instant::now());
+                self.backoff.failed(&error);
             }
             return None;
         };
@@ -950,7 +949,7 @@ impl Driver for UringDriver {
         let timeout = if pending {
             Some(Duration::ZERO)
         } else {
-            self.backoff.bound(Instant::now(), timeout)
+            self.backoff.bound(timeout)
         };
         let submitter = self.ring.submitter();
         let res = match timeout {
