@@ -36,12 +36,12 @@ use records::{alert, Records};
 mod record_tests;
 mod records;
 
-/// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
 /// What a session keeps while its handshake waits for the reactor's next turn: a client
 /// has nothing to send before the server's first flight but its ClientHello (rustls takes
 /// handshake messages up to 64 KiB), so more is not a handshake, and is not held.
 pub(super) const MAX_DEFERRED: usize = 96 << 10;
 
+/// Largest TLS plaintext record (RFC 8446 §5.1: 2^14).
 const MAX_RECORD: usize = 1 << 14;
 /// Most ciphertext bytes a record adds: header 5, TLS 1.2's explicit nonce 8, tag 16 (TLS
 /// 1.3: header, content type 1, tag).
