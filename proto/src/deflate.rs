@@ -302,7 +302,7 @@ impl Inflater {
                     // A final block (§7.2.3.3 allows BFINAL): what follows is ignored.
                     return Ok(out);
                 }
-                let progressed = rest.len() < piece.len() || out.len() > before_out;
+                let progressed = d.total_in() > before_in || out.len() > before_out;
                 if rest.is_empty() && out.len() < out.capacity() {
                     break;
                 }

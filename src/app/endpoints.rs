@@ -30,7 +30,7 @@ pub fn respond(
         return HttpError::new(400, "missing host header").response_keep_alive(keep_alive);
     }
     match route {
-        Route::Publish => match check_publish(session, req, body) {
+        Route::Publish => match check_publish(session, req, body, keep_alive) {
             Ok((topic, data)) => {
                 session.publish(&topic, data);
                 published(&topic, keep_alive)
@@ -122,9 +122,10 @@ fn check_publish<'b>(
     session: &impl Session,
     req: &Request,
     body: &'b [u8],
+    keep_alive: bool,
 ) -> Result<(String, &'b [u8]), Vec<u8>> {
     let config = &session.shared().config;
-    let fail = |err: HttpError| err.response_keep_alive(req.keep_alive);
+    let fail = |err: HttpError| err.response_keep_alive(keep_alive);
     if req.method != Method::Post {
         return Err(fail(
             HttpError::new(405, "use POST").with_header("Allow", "POST"),

@@ -40,7 +40,8 @@ section! {
         #[arg(value_name = "BYTES")]
         max_header_bytes: usize = "8192", check within(256, 1 << 20);
         /// Outbound bytes queued per connection before backpressure (echo stops reading) or
-        /// the slow-consumer policy (fan-out) applies.
+        /// the slow-consumer policy (fan-out) applies; a connection with nothing queued
+        /// takes one delivery of any size.
         #[arg(value_name = "BYTES")]
         max_outbound_bytes: usize = "1048576", check positive;
         /// Topics one /ws connection may subscribe to.

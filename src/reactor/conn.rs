@@ -94,11 +94,13 @@ impl Limited {
 
 pub(super) enum Phase {
     /// Reading an HTTP request head (and body); `head` holds a split one, `body` a parsed
-    /// head whose body is still arriving.
+    /// head whose body is still arriving; `served` once a request on this connection was
+    /// answered (kept alive).
     Request {
         head: Vec<u8>,
         body: Option<Box<PendingBody>>,
         deadline: Instant,
+        served: bool,
     },
     /// `subs` is empty except on /ws; `token` is the /ws connection's, if any.
     WebSocket {
@@ -311,6 +313,7 @@ impl Core {
                     head: Vec::new(),
                     body: None,
                     deadline: self.now + shared.config.limits.handshake_timeout,
+                    served: false,
                 },
                 send: Send::Idle,
                 recv: Recv::On,
@@ -508,6 +511,7 @@ impl Core {
         let unix_now = self.unix_now();
         let mut due = Vec::new();
         let mut timed_out = Vec::new();
+        let mut idle_closed = Vec::new();
         let mut expired = Vec::new();
         let mut tokens_expired = Vec::new();
         for transport in self.conns.transports_mut() {
@@ -517,7 +521,21 @@ impl Core {
             // Idle connections give back their buffers' memory (re-grown on demand).
             conn.out.release_idle();
             match &mut conn.phase {
-                Phase::Request { deadline, .. } if now >= *deadline => timed_out.push(id),
+                Phase::Request {
+                    deadline,
+                    head,
+                    body,
+                    served,
+                } if now >= *deadline => {
+                    // A kept-alive connection idle between requests is closed at the same
+                    // deadline, but it did not time out in a handshake.
+                    let idle = *served && head.is_empty() && body.is_none();
+                    if idle {
+                        idle_closed.push(id);
+                    } else {
+                        timed_out.push(id);
+                    }
+                }
                 // Too slow to finish closing: drop it.
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push(id),
                 Phase::WebSocket { ws, token, .. } => {
@@ -543,7 +561,7 @@ impl Core {
             .iter()
             .filter(|&&id| self.conns.is_handshaking(id));
         ReactorMetrics::add(&self.metrics().tls_timeouts, tls_timeouts.count() as u64);
-        for id in timed_out {
+        for id in timed_out.into_iter().chain(idle_closed) {
             // Too slow to send a request: dropped without an answer.
             self.set_closing(id, now, true);
         }

@@ -183,7 +183,9 @@ impl Core {
                 continue;
             };
             let pending = transport.pending(&conn.out);
-            if pending + message.len() <= cap {
+            // A subscriber with nothing queued is not slow, whatever the cap: one delivery
+            // larger than `max_outbound_bytes` still reaches it.
+            if pending == 0 || pending + message.len() <= cap {
                 if ws.send_prepared(message, &mut conn.out) {
                     delivered += 1;
                 }
@@ -192,7 +194,7 @@ impl Core {
                     SlowConsumerPolicy::Drop => dropped += 1,
                     SlowConsumerPolicy::Close if ws.is_open() => {
                         closed += 1;
-                        if pending > 2 * cap {
+                        if pending > cap.saturating_mul(2) {
                             // Not even room for a close frame: abort.
                             abort.push(id);
                             continue;

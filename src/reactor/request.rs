@@ -142,6 +142,7 @@ impl Core {
                         head: Vec::new(),
                         body: None,
                         deadline,
+                        served: true,
                     };
                     if rest.is_empty() {
                         return;

@@ -399,6 +399,43 @@ fn slow_consumer_drop_policy_skips_and_counts() {
     assert!(!h.net.closed(slow), "drop never closes");
 }
 
+/// A delivery larger than `max_outbound_bytes` reaches a subscriber with nothing queued
+/// (it used to be closed 1008 "slow consumer", or under `drop` never got it); a second
+/// one behind it, unsent, gets the policy as before.
+#[test]
+fn a_delivery_over_the_cap_reaches_a_subscriber_with_nothing_queued() {
+    for policy in [SlowConsumerPolicy::Close, SlowConsumerPolicy::Drop] {
+        let mut h = Harness::new(|c| {
+            c.limits.max_outbound_bytes = 1024;
+            c.pubsub.slow_consumer = policy;
+        });
+        let sub = subscribe(&mut h, "t");
+        let body = format!("\"{}\"", "y".repeat(2000));
+        http_publish(&mut h, "t", &body);
+        h.turn();
+        assert_eq!(
+            h.texts(sub),
+            [format!(r#"{{"topic":"t","data":{body}}}"#)],
+            "{policy:?}"
+        );
+        let m = h.metrics();
+        assert_eq!(
+            ReactorMetrics::get(&m.slow_consumer_closes),
+            0,
+            "{policy:?}"
+        );
+        assert_eq!(ReactorMetrics::get(&m.dropped), 0, "{policy:?}");
+        h.net.set_window(sub, 0);
+        for _ in 0..2 {
+            http_publish(&mut h, "t", &body);
+            h.turn();
+        }
+        let m = h.metrics();
+        let acted = ReactorMetrics::get(&m.slow_consumer_closes) + ReactorMetrics::get(&m.dropped);
+        assert_eq!(acted, 1, "{policy:?}: the second waits behind the first");
+    }
+}
+
 /// Issue 9 item 5: a publisher that half-closes gets the copy of its own publish.
 #[test]
 fn half_closed_publisher_gets_its_own_delivery() {
@@ -438,6 +475,31 @@ fn drain_closes_websockets_with_1001_and_idle_http_at_once() {
     }
     assert!(h.net.closed(ws));
     assert!(h.drained, "drained once every connection is gone");
+}
+
+/// A refused publish answered while draining says `Connection: close`, as every other
+/// answer then does (it said keep-alive, and the server closed anyway).
+#[test]
+fn a_refused_publish_while_draining_says_connection_close() {
+    let mut h = Harness::new(|c| c.net.drain_grace = Duration::from_secs(10));
+    let id = h.net.connect();
+    h.net.send(id, b"GET /publish/t HTTP/1.1\r\nHost: x\r\n");
+    h.turn();
+    h.reactor.core.shared.drain();
+    h.net.wake();
+    h.turn();
+    h.net.send(id, b"\r\n");
+    h.turn();
+    let response = String::from_utf8(h.net.read(id)).expect("ascii");
+    assert!(response.starts_with("HTTP/1.1 405 "), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    h.turn();
+    assert!(h.net.fin(id), "and closes it");
 }
 
 #[test]
@@ -501,6 +563,34 @@ fn silent_connection_times_out_without_an_answer() {
     assert!(h.net.read(id).is_empty(), "no response to half a request");
     assert!(h.net.closed(id));
     assert_eq!(ReactorMetrics::get(&h.metrics().handshakes_timed_out), 1);
+}
+
+/// A kept-alive connection idle between requests (a scraper between scrapes) is closed at
+/// `handshake_timeout` too, but is not counted as a handshake that timed out; one that
+/// stops halfway through its second request, or never sends one, is.
+#[test]
+fn an_idle_keep_alive_is_closed_but_not_counted_as_a_handshake_timeout() {
+    let mut h = Harness::new(|c| c.limits.handshake_timeout = Duration::from_secs(1));
+    let idle = h.net.connect();
+    let partial = h.net.connect();
+    let silent = h.net.connect();
+    for id in [idle, partial] {
+        h.net.send(id, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    h.turn();
+    for id in [idle, partial] {
+        let response = String::from_utf8(h.net.read(id)).expect("ascii");
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    }
+    h.net.send(partial, b"GET /healthz HTTP/1.1\r\n");
+    h.turn();
+    h.advance(Duration::from_secs(2));
+    h.turn();
+    for id in [idle, partial, silent] {
+        assert!(h.net.read(id).is_empty());
+        assert!(h.net.closed(id));
+    }
+    assert_eq!(ReactorMetrics::get(&h.metrics().handshakes_timed_out), 2);
 }
 
 #[test]
