@@ -422,6 +422,28 @@ mod issue9_lifecycle {
             assert!(rest.is_empty(), "nothing after the deliveries: {rest:?}");
         }
 
+        // A client that pipelines requests and half-closes right behind them gets every
+        // answer, in order, then the close: the FIN used to drop the requests still
+        // waiting while the answers were over max_outbound_bytes (always on io_uring).
+        fn pipelined_requests_then_fin_are_all_answered(io: IoBackend) {
+            const N: usize = 2000;
+            let server = TestServer::start(io, |c| c.limits.max_outbound_bytes = Some(4096));
+            let mut stream = tcp(&server);
+            let mut writer = stream.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(N);
+                writer.write_all(requests.as_bytes()).unwrap();
+                writer.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut answers = Vec::new();
+            stream.read_to_end(&mut answers).expect("the server closes after the last one");
+            sender.join().unwrap();
+            let text = String::from_utf8(answers).unwrap();
+            let one = "HTTP/1.1 200 OK";
+            assert_eq!(text.matches(one).count(), N, "every request answered");
+            assert!(text.ends_with("\r\n\r\nok\n"), "{:.200}", &text[text.len() - 200..]);
+        }
+
         // Item 8: many connections each stall in the middle of a large message. The ones
         // past the memory budget are closed with 1013 before the server stores their
         // payload; the others hold theirs; a well-behaved client keeps working.

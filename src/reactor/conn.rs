@@ -129,6 +129,9 @@ pub(super) enum Recv {
     Paused,
     /// The peer sent FIN.
     Eof,
+    /// `Paused` with pipelined requests left unparsed, and then the peer sent FIN: they
+    /// are still answered, as the queue drains, before the connection closes.
+    PausedEof,
     /// Closed for flooding: the driver is told at the next flush to stop reading
     /// (`Stopped`), so what the client still sends costs nothing but its TCP window, and
     /// the close deadline ends the connection.
@@ -416,7 +419,7 @@ impl Core {
         // The flush writes what came meanwhile, resumes reading, or finishes a close;
         // deliveries that came meanwhile and wait for their batch keep waiting.
         let work = !transport.is_idle(&conn.out)
-            || conn.recv == Recv::Paused
+            || matches!(conn.recv, Recv::Paused | Recv::PausedEof)
             || matches!(conn.phase, Phase::Closing { .. });
         if work && conn.scheduled != Scheduled::Corked {
             self.schedule(id);
@@ -458,11 +461,18 @@ impl Core {
     }
 
     /// The peer sent FIN. Everything already queued for it is still written (a half-closed
-    /// peer may be reading), then the connection closes.
+    /// peer may be reading), and so are the answers to the pipelined requests it sent
+    /// before, then the connection closes. Called again once those requests are parsed.
     pub(super) fn on_eof(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
             return;
         };
+        let unparsed = matches!(&conn.phase, Phase::Request { head, .. } if !head.is_empty());
+        if unparsed && self.answers_over_cap(id) {
+            self.conns[id].recv = Recv::PausedEof;
+            return;
+        }
+        let conn = &mut self.conns[id];
         conn.recv = Recv::Eof;
         match conn.phase {
             Phase::Closing { .. } => self.schedule(id),

@@ -329,6 +329,7 @@ impl<D: Driver> Reactor<D> {
             // Pipelined requests left unparsed while the answers were over the cap are
             // parsed when reading resumes.
             let mut reparse = false;
+            let mut peer_closed = false;
             match conn.recv {
                 Recv::On if pending > cap => {
                     conn.recv = Recv::Paused;
@@ -339,6 +340,12 @@ impl<D: Driver> Reactor<D> {
                     self.driver.set_receiving(id, true);
                     reparse =
                         matches!(&conn.phase, Phase::Request { head, .. } if !head.is_empty());
+                }
+                Recv::PausedEof if pending <= cap / 2 => {
+                    // The socket is at its end: nothing to read, the requests are all here.
+                    conn.recv = Recv::Eof;
+                    reparse = matches!(conn.phase, Phase::Request { .. });
+                    peer_closed = true;
                 }
                 Recv::Stopping => {
                     conn.recv = Recv::Stopped;
@@ -372,6 +379,9 @@ impl<D: Driver> Reactor<D> {
             }
             if reparse {
                 self.core.on_request_bytes(id, &mut []);
+                if peer_closed {
+                    self.core.on_eof(id);
+                }
             }
         }
         ReactorMetrics::add(&self.core.metrics().writes, writes);

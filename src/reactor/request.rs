@@ -161,7 +161,7 @@ impl Core {
     }
 
     /// Whether what is queued for `id` is over `max_outbound_bytes`.
-    fn answers_over_cap(&mut self, id: ConnId) -> bool {
+    pub(super) fn answers_over_cap(&mut self, id: ConnId) -> bool {
         let cap = self.shared.config.limits.max_outbound_bytes;
         (self.conns.with_transport(id)).is_some_and(|(conn, t)| t.pending(&conn.out) > cap)
     }

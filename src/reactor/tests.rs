@@ -210,42 +210,61 @@ fn echo_backpressure_pauses_reading_and_loses_nothing() {
 /// is answered, in order.
 #[test]
 fn pipelined_requests_wait_while_their_answers_are_over_the_cap() {
-    let mut h = Harness::new(|c| c.limits.max_outbound_bytes = 4096);
-    let id = h.net.connect();
-    h.net.set_window(id, 0);
-    let pair = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    h.net.send(id, pair.repeat(100).as_bytes());
-    for _ in 0..5 {
-        h.turn();
-    }
-    let queued = h.reactor.core.conns[id].out.len_bytes();
-    assert!(queued > 4096, "one answer is over the cap: {queued}");
-    assert!(
-        queued < 4 * 4096,
-        "the rest wait unanswered: {queued} bytes queued"
-    );
-    assert!(!h.net.receiving(id), "reading stops over the cap");
-    let mut got = Vec::new();
-    for _ in 0..1000 {
-        h.net.set_window(id, 4096);
-        got.extend(h.net.read(id));
-        h.turn();
-        if got.windows(12).filter(|w| w == b"HTTP/1.1 200").count() == 200 {
-            break;
+    // With `fin`, the client half-closes right behind its requests: they are answered
+    // all the same (they were dropped when the FIN came while they waited), then the
+    // connection closes.
+    for fin in [false, true] {
+        let mut h = Harness::new(|c| c.limits.max_outbound_bytes = 4096);
+        let id = h.net.connect();
+        h.net.set_window(id, 0);
+        let pair =
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        h.net.send(id, pair.repeat(100).as_bytes());
+        if fin {
+            h.net.shutdown(id);
+        }
+        for _ in 0..5 {
+            h.turn();
+        }
+        let queued = h.reactor.core.conns[id].out.len_bytes();
+        assert!(queued > 4096, "one answer is over the cap: {queued}");
+        assert!(
+            queued < 4 * 4096,
+            "the rest wait unanswered: {queued} bytes queued"
+        );
+        if !fin {
+            assert!(!h.net.receiving(id), "reading stops over the cap");
+        }
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            h.net.set_window(id, 4096);
+            got.extend(h.net.read(id));
+            h.turn();
+            if got.windows(12).filter(|w| w == b"HTTP/1.1 200").count() == 200 {
+                break;
+            }
+        }
+        let text = String::from_utf8(got).unwrap();
+        let answers: Vec<&str> = text.split("HTTP/1.1 200 OK").skip(1).collect();
+        assert_eq!(answers.len(), 200, "fin {fin}: every request answered");
+        for (i, answer) in answers.iter().enumerate() {
+            let health = answer.ends_with("\r\n\r\nok\n");
+            assert_eq!(
+                health,
+                i % 2 == 1,
+                "answer {i} in request order: {answer:.80}"
+            );
+        }
+        if fin {
+            for _ in 0..3 {
+                h.turn();
+            }
+            assert!(h.net.read(id).is_empty());
+            assert!(h.net.closed(id), "closed once answered");
+        } else {
+            assert!(h.net.receiving(id), "reading resumed");
         }
     }
-    let text = String::from_utf8(got).unwrap();
-    let answers: Vec<&str> = text.split("HTTP/1.1 200 OK").skip(1).collect();
-    assert_eq!(answers.len(), 200, "every request answered");
-    for (i, answer) in answers.iter().enumerate() {
-        let health = answer.ends_with("\r\n\r\nok\n");
-        assert_eq!(
-            health,
-            i % 2 == 1,
-            "answer {i} in request order: {answer:.80}"
-        );
-    }
-    assert!(h.net.receiving(id), "reading resumed");
 }
 
 /// A publish sent a byte at a time, head and body, with either framing, is published once
