@@ -268,6 +268,11 @@ impl Inflater {
         max: usize,
         mut utf8: Option<&mut Utf8Validator>,
     ) -> Result<Vec<u8>, ProtocolError> {
+        if data.is_empty() {
+            // An empty message from a compressor that had nothing to flush (zlib emits
+            // nothing for a second sync flush): the tail alone is no deflate block.
+            return Ok(Vec::new());
+        }
         let d = self
             .inner
             .get_or_insert_with(|| Box::new(Decompress::new(false)));
@@ -570,6 +575,22 @@ mod tests {
             })
             .collect();
         assert_eq!(deflater.server_frame(OpCode::Binary, &noise), None);
+    }
+
+    /// An empty payload is an empty message (a compressor with nothing to flush sends
+    /// one), as is the one-byte empty stored block; neither is bad data.
+    #[test]
+    fn an_empty_payload_is_an_empty_message() {
+        let mut inflater = Inflater::default();
+        for payload in [&b""[..], &[0x00], &[0x02, 0x00]] {
+            let mut v = Utf8Validator::new();
+            assert_eq!(
+                inflater.inflate(payload, 0, Some(&mut v)),
+                Ok(Vec::new()),
+                "{payload:?}"
+            );
+            assert_eq!(v.finish(), Ok(()));
+        }
     }
 
     #[test]
