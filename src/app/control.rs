@@ -103,6 +103,8 @@ struct Fields {
     data: Option<Range<usize>>,
     token: Option<Range<usize>>,
     repeated: Option<&'static str>,
+    /// `id` is among the repeated fields (not necessarily the first).
+    id_repeated: bool,
 }
 
 /// Parses a control message. The whole text is validated as JSON before any field is
@@ -133,6 +135,7 @@ pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
         };
         if slot.replace(value).is_some() {
             fields.repeated.get_or_insert(repeated);
+            fields.id_repeated |= repeated == "duplicate field id";
         }
     })
     .map_err(|_| BAD_JSON)?;
@@ -148,7 +151,7 @@ pub fn parse(text: &[u8]) -> Result<Control<'_>, ControlError> {
     };
     if let Some(message) = fields.repeated {
         // Which of two ids to echo is as ambiguous as the rest.
-        let id = id.filter(|_| message != "duplicate field id");
+        let id = id.filter(|_| !fields.id_repeated);
         return Err(bad(id, message));
     }
     let string = |span: Range<usize>| {
@@ -347,6 +350,10 @@ mod tests {
         assert_eq!(err.message, "duplicate field data");
         let err = parse_str(r#"{"op":"subscribe","topic":"t","id":1,"id":2}"#).unwrap_err();
         assert_eq!((err.id, err.message), (None, "duplicate field id"));
+        // Another field repeated first: the ids are still two, and neither is echoed.
+        let err = parse_str(r#"{"id":1,"op":"subscribe","op":"subscribe","id":2,"topic":"t"}"#)
+            .unwrap_err();
+        assert_eq!((err.id, err.message), (None, "duplicate field op"));
     }
 
     #[test]
