@@ -78,7 +78,7 @@ impl AuthError {
             Self::Malformed => "malformed token",
             Self::Algorithm => "token algorithm not accepted",
             Self::Signature => "bad token signature",
-            Self::NoExpiry => "token has no exp",
+            Self::NoExpiry => "token has no exp, or one that is not a date",
             Self::Expired => "token expired",
             Self::NotYetValid => "token not yet valid",
             Self::Issuer => "wrong token issuer",

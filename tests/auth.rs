@@ -218,7 +218,7 @@ for_each_driver! {
         assert_unauthorized(&server, "/ws", &bearer(&confused), "bad token signature");
         // Claims.
         assert_unauthorized(&server, "/ws", &hs(with(claims(), "exp", json!(now() - 3600))), "token expired");
-        assert_unauthorized(&server, "/ws", &hs(without(claims(), "exp")), "token has no exp");
+        assert_unauthorized(&server, "/ws", &hs(without(claims(), "exp")), "token has no exp, or one that is not a date");
         assert_unauthorized(&server, "/ws", &hs(with(claims(), "nbf", json!(now() + 3600))), "token not yet valid");
         assert_unauthorized(&server, "/ws", &hs(with(claims(), "aud", json!("elsewhere"))), "wrong token audience");
         assert_unauthorized(&server, "/ws", &hs(without(claims(), "aud")), "wrong token audience");
@@ -313,6 +313,27 @@ for_each_driver! {
         assert_eq!(text(&mut ws)["code"], "forbidden");
         send(&mut ws, json!({"op": "publish", "topic": "room.2", "data": 1, "id": 2}));
         assert_eq!(text(&mut ws), json!({"op": "ok", "id": 2}));
+        // An empty `?token=` is no token, as an empty `Bearer` is.
+        let mut ws = connect(&server, "/ws?token=&subscribe=room.3");
+        send(&mut ws, json!({"op": "subscribe", "topic": "room.4", "id": 3}));
+        assert_eq!(text(&mut ws), json!({"op": "ok", "id": 3}));
+        assert_eq!(auth_failures(&server), 1, "only the expired one");
+    }
+
+    // Without keys there is no authentication: a token is not looked at (it was refused
+    // with "token algorithm not accepted", which locked out clients that send one when
+    // auth was turned off).
+    fn without_keys_a_token_is_not_looked_at(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        for path in ["/ws?token=", "/ws?token=abc", "/ws?token=%zz&subscribe=t"] {
+            let mut ws = connect(&server, path);
+            send(&mut ws, json!({"op": "subscribe", "topic": "room.1", "id": 1}));
+            assert_eq!(text(&mut ws), json!({"op": "ok", "id": 1}), "{path}");
+        }
+        let mut ws = connect_bearer(&server, "/ws", "abc");
+        send(&mut ws, json!({"op": "subscribe", "topic": "room.1", "id": 1}));
+        assert_eq!(text(&mut ws), json!({"op": "ok", "id": 1}));
+        assert_eq!(auth_failures(&server), 0);
     }
 
     fn http_publish_takes_a_jwt_scoped_by_its_publish_claim(io: IoBackend) {

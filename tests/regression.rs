@@ -141,32 +141,6 @@ mod issue9_publish_paths {
         read_response(stream)
     }
 
-    /// The next text message, as sent (pings and pongs skipped).
-    fn next_text(ws: &mut Client) -> String {
-        loop {
-            match recv(ws) {
-                Message::Text(text) => return text.to_string(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Asserts the one error format: `application/json`, `{"error":code,"message":reason}`.
-    #[track_caller]
-    fn assert_json_error(r: &Response, status: u16, code: &str) {
-        assert_eq!(r.status, status, "{}", r.body_text());
-        assert_eq!(r.header("content-type"), Some("application/json"));
-        let body: Value = serde_json::from_slice(&r.body).expect("a json body");
-        let fields = body.as_object().expect("an object");
-        assert_eq!(fields.len(), 2, "{body}");
-        assert_eq!(body["error"], code, "{body}");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
-    }
-
     for_each_driver! {
         // Issue 9 item 2: a /ws publish of "\ud800" was delivered as "\u0000" (in longer
         // strings and object keys too) and "\udc00" was refused as bad_json, while HTTP
@@ -268,7 +242,7 @@ mod issue9_publish_paths {
             assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":"c"}"#);
             // Over the limit: 413 at once, no 100.
             let mut over = tcp(&server);
-            over.write_all(head("Content-Length: 2000").as_bytes()).unwrap();
+            over.write_all(head("Content-Length: 3000").as_bytes()).unwrap();
             assert_json_error(&read_response(&mut over), 413, "too_large");
         }
 
@@ -311,9 +285,19 @@ mod issue9_publish_paths {
             backend.write_all(format!("{head}{body}").as_bytes()).unwrap();
             assert_eq!(read_response(&mut backend).status, 202);
             assert_eq!(next_text(&mut sub), format!(r#"{{"topic":"t","data":{exact}}}"#));
-            // One size over the limit: 413 before any of its data is sent.
+            // A value one byte over it, in a body that fits: 413 once read, and the
+            // connection stays.
+            let one_over = format!("\"{}\"", "x".repeat(1023));
+            let body = format!("{:x}\r\n{one_over}\r\n0\r\n\r\n", one_over.len());
+            backend.write_all(format!("{head}{body}").as_bytes()).unwrap();
+            assert_json_error(&read_response(&mut backend), 413, "too_large");
+            backend.write_all(format!("{head}1\r\n7\r\n0\r\n\r\n").as_bytes()).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"t","data":7}"#);
+            // A size over the limit and the whitespace a body may carry (1,024 bytes): 413
+            // before any of its data is sent.
             let mut over = tcp(&server);
-            over.write_all(format!("{head}401\r\n").as_bytes()).unwrap();
+            over.write_all(format!("{head}801\r\n").as_bytes()).unwrap();
             let r = read_response(&mut over);
             assert_json_error(&r, 413, "too_large");
             assert_eq!(r.header("connection"), Some("close"));
@@ -321,7 +305,7 @@ mod issue9_publish_paths {
             // Many chunks whose running total passes it: 413 at the chunk that does.
             let mut over = tcp(&server);
             over.write_all(head.as_bytes()).unwrap();
-            for _ in 0..4 {
+            for _ in 0..8 {
                 over.write_all(format!("100\r\n{}\r\n", "x".repeat(256)).as_bytes()).unwrap();
             }
             over.write_all(b"1\r\n").unwrap();
@@ -369,7 +353,10 @@ mod issue9_publish_paths {
                 ("POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1".into(), 401, "unauthorized"),
                 (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\n{{"), 400, "bad_json"),
                 (format!("POST /publish/a%20b HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\n1"), 400, "invalid_topic"),
-                (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 17\r\n\r\n"), 413, "too_large"),
+                // Over the value limit plus the whitespace a body may carry: refused from the
+                // head; a value over the limit inside a body that fits: refused once read.
+                (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1041\r\n\r\n"), 413, "too_large"),
+                (format!("POST /publish/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 19\r\n\r\n\"{}\" ", "x".repeat(16)), 413, "too_large"),
                 ("POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br, chunked\r\n\r\n".into(), 501, "not_implemented"),
                 (upgrade_request("/ws?subscribe=a%20b", ""), 400, "invalid_topic"),
             ];

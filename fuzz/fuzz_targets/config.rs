@@ -23,7 +23,8 @@ fuzz_target!(|text: &str| {
         let limits = &config.limits;
         assert!(limits.echo.max_frame_size > 0 && limits.echo.max_message_size > 0);
         // /ws control messages: the publish limit plus the envelope, whatever /echo's are.
-        let control = limits.max_publish_bytes + limits.max_topic_len + 256;
+        let control =
+            limits.max_publish_bytes + 6 * limits.max_topic_len + wsgate::config::limits::ENVELOPE;
         assert_eq!(limits.pubsub.max_message_size, control);
         assert_eq!(limits.pubsub.max_frame_size, control as u64);
         assert!((256..=1 << 20).contains(&limits.max_header_bytes));

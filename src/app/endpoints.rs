@@ -133,13 +133,13 @@ fn check_publish<'b>(
     }
     let token = req.authorization.as_deref().and_then(bearer_token);
     let permissions = publisher(token, config, session.unix_now()).map_err(fail)?;
-    let topic = &req.path["/publish/".len()..];
-    if let Err(reason) = broadcast::check_topic(topic, config.limits.max_topic_len) {
-        return Err(fail(
-            HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str()),
-        ));
-    }
-    if permissions.is_some_and(|p| !p.may_publish(topic)) {
+    // Percent-escapes decoded, as in `?subscribe=` (RFC 3986 §6.2.2.2: `%61` is `a`).
+    let invalid =
+        |reason| fail(HttpError::new(400, reason).with_code(ErrorCode::InvalidTopic.as_str()));
+    let topic = percent_decode(&req.path["/publish/".len()..])
+        .ok_or_else(|| invalid("topic is badly escaped"))?;
+    broadcast::check_topic(&topic, config.limits.max_topic_len).map_err(invalid)?;
+    if permissions.is_some_and(|p| !p.may_publish(&topic)) {
         return Err(fail(HttpError::new(
             403,
             "publishing to this topic is not allowed",
@@ -163,7 +163,13 @@ fn check_publish<'b>(
             HttpError::new(400, "body is not valid json").with_code(ErrorCode::BadJson.as_str()),
         ));
     };
-    Ok((topic.to_owned(), data))
+    if data.len() > config.limits.max_publish_bytes {
+        return Err(fail(HttpError::new(
+            413,
+            "data is over the publish size limit",
+        )));
+    }
+    Ok((topic, data))
 }
 
 /// Who may publish over HTTP: with a `publish_token`, the holder of that token; with JWT
@@ -210,24 +216,31 @@ pub fn unauthorized(err: AuthError) -> HttpError {
 /// `?token=` (another `Authorization` scheme is ignored): `None` when no token is given
 /// and none is required. The token is never logged.
 pub fn authorize(req: &Request, config: &Config, now: u64) -> Result<Option<Claims>, AuthError> {
+    let auth = &config.auth;
+    let Some(verifier) = &auth.verifier else {
+        // Without keys there is no authentication (and `auth_required` is refused at
+        // start): a token is not looked at, so a client that sends one anyway keeps
+        // working when auth is turned off.
+        return Ok(None);
+    };
     let from_query;
     let token = match req.authorization.as_deref().and_then(bearer_token) {
         Some(token) => Some(token),
         None => {
-            from_query = query_values(req, "token").next().map(percent_decode);
+            // An empty `?token=` is no token, as an empty `Bearer` is.
+            from_query = query_values(req, "token")
+                .find(|value| !value.is_empty())
+                .map(percent_decode);
             match &from_query {
                 Some(decoded) => Some(decoded.as_deref().ok_or(AuthError::Malformed)?),
                 None => None,
             }
         }
     };
-    let auth = &config.auth;
-    match (token, &auth.verifier) {
-        (None, _) if auth.auth_required => Err(AuthError::Missing),
-        (None, _) => Ok(None),
-        (Some(token), Some(verifier)) => Ok(Some(verifier.verify(token, now)?)),
-        // A token where no key is configured cannot be checked.
-        (Some(_), None) => Err(AuthError::Algorithm),
+    match token {
+        None if auth.auth_required => Err(AuthError::Missing),
+        None => Ok(None),
+        Some(token) => Ok(Some(verifier.verify(token, now)?)),
     }
 }
 
@@ -265,7 +278,8 @@ pub fn subscribe_query(
                 // Counted as the list is read: the duplicate check above stays within
                 // the limit, however long the query.
                 if topics.len() == config.limits.max_subscriptions {
-                    return Err(HttpError::new(400, "too many topics in subscribe"));
+                    return Err(HttpError::new(400, "too many topics in subscribe")
+                        .with_code(ErrorCode::TooManySubscriptions.as_str()));
                 }
                 topics.push(topic.to_owned());
             }
@@ -281,8 +295,12 @@ fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let hex = bytes.get(i + 1..i + 3)?;
+                // Two hex digits: `from_str_radix` alone would also take "+4".
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b => {

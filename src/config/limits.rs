@@ -49,7 +49,8 @@ section! {
         /// Longest topic name, in bytes.
         #[arg(value_name = "BYTES")]
         max_topic_len: usize = "128", check within(1, 1024);
-        /// Largest published payload (HTTP body or /ws control message), in bytes.
+        /// Largest published value (the JSON `data` of a /ws publish, or the body of a
+        /// `POST /publish` without the whitespace around it), in bytes.
         #[arg(value_name = "BYTES")]
         max_publish_bytes: usize = "65536", check within(1, u32::MAX as usize);
     }
@@ -58,6 +59,18 @@ section! {
         echo: wsgate_proto::Limits,
         /// The same for /ws connections: messages no larger than a control message needs.
         pubsub: wsgate_proto::Limits,
+    }
+}
+
+/// What a control message or a `POST /publish` body may carry beyond its value (and, on
+/// `/ws`, its topic): keys, an id, whitespace.
+pub const ENVELOPE: usize = 1024;
+
+impl Limits {
+    /// The largest `POST /publish` body: a value of `max_publish_bytes` with whitespace
+    /// around it (the value is then checked alone, as on `/ws`).
+    pub fn max_publish_body(&self) -> usize {
+        self.max_publish_bytes + ENVELOPE
     }
 }
 
@@ -79,10 +92,11 @@ impl Finish for Limits {
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             pong_timeout: self.pong_timeout,
         };
-        // A control message carries the payload plus the envelope around it. The /echo
-        // limits (max_message_size, max_frame_size) are /echo's alone: a publish over
-        // /ws and over HTTP must be refused at the same size.
-        let control_max = self.max_publish_bytes + self.max_topic_len + 256;
+        // A control message carries the payload plus the envelope around it: the keys,
+        // the topic (up to 6 bytes a character, `\u0061` for `a`), an id, whitespace.
+        // The /echo limits (max_message_size, max_frame_size) are /echo's alone: a
+        // publish over /ws and over HTTP must be refused at the same size.
+        let control_max = self.max_publish_bytes + 6 * self.max_topic_len + ENVELOPE;
         self.pubsub = wsgate_proto::Limits {
             max_frame_size: control_max as u64,
             max_message_size: control_max,

@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(c.limits.echo.max_message_size, 1 << 20);
         assert!(c.limits.max_buffered_bytes > 0, "sized from the machine");
         assert_eq!(c.limits.echo.idle_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 128 + 256);
+        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 6 * 128 + 1024);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(
             (c.uring.entries, c.uring.bufs, c.uring.buf_size),
@@ -305,13 +305,13 @@ mod tests {
         assert_eq!(c.limits.echo.idle_timeout, None, "0s disables pings");
         assert_eq!(c.limits.max_topic_len, 64);
         assert_eq!(c.limits.max_subscriptions, 64, "the default");
-        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 64 + 256);
+        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 6 * 64 + 1024);
         // /echo's message limit is its own: /ws control messages keep theirs.
         let cli = flags(&["--max-message-size", "1000", "--max-frame-size", "500"]).unwrap();
         let c = cli.over(RawConfig::default()).validate().unwrap();
         assert_eq!(c.limits.echo.max_message_size, 1000);
-        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 128 + 256);
-        assert_eq!(c.limits.pubsub.max_frame_size, 64 * 1024 + 128 + 256);
+        assert_eq!(c.limits.pubsub.max_message_size, 64 * 1024 + 6 * 128 + 1024);
+        assert_eq!(c.limits.pubsub.max_frame_size, 64 * 1024 + 6 * 128 + 1024);
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Core {
             split.extend_from_slice(bytes);
             &mut split
         };
-        let max_body = self.shared.config.limits.max_publish_bytes;
+        let max_body = self.shared.config.limits.max_publish_body();
         'requests: loop {
             let (next, rest) = if let Some(mut body) = pending.take() {
                 match body.framing.take(input, &mut body.data) {

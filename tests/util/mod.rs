@@ -166,6 +166,17 @@ pub fn recv(ws: &mut Client) -> Message {
     ws.read().expect("a message before the timeout")
 }
 
+/// The next text message, as sent (pings and pongs skipped).
+pub fn next_text(ws: &mut Client) -> String {
+    loop {
+        match recv(ws) {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
 /// The next text message as JSON (pings and pongs are skipped).
 pub fn next_json(ws: &mut Client) -> serde_json::Value {
     loop {
@@ -222,6 +233,21 @@ pub fn read_head(stream: &mut TcpStream) -> client::Response {
             }
         }
     }
+}
+
+/// Asserts the one error format: `application/json`, `{"error":code,"message":reason}`.
+#[track_caller]
+pub fn assert_json_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body_text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a json body");
+    let fields = body.as_object().expect("an object");
+    assert_eq!(fields.len(), 2, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 /// Reads one response (head, then Content-Length bytes of body).
