@@ -127,6 +127,10 @@ pub(super) enum Recv {
     On,
     /// Stopped: the outbound queue is over the cap (backpressure).
     Paused,
+    /// Pipelined requests were left unparsed, their answers over the cap: the flush
+    /// pauses reading (`Paused`), or parses them at once if the queue has drained to
+    /// half the cap meanwhile.
+    Pausing,
     /// The peer sent FIN.
     Eof,
     /// `Paused` with pipelined requests left unparsed, and then the peer sent FIN: they
@@ -419,7 +423,7 @@ impl Core {
         // The flush writes what came meanwhile, resumes reading, or finishes a close;
         // deliveries that came meanwhile and wait for their batch keep waiting.
         let work = !transport.is_idle(&conn.out)
-            || matches!(conn.recv, Recv::Paused | Recv::PausedEof)
+            || matches!(conn.recv, Recv::Paused | Recv::Pausing | Recv::PausedEof)
             || matches!(conn.phase, Phase::Closing { .. });
         if work && conn.scheduled != Scheduled::Corked {
             self.schedule(id);
@@ -467,8 +471,11 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id).filter(|c| c.is_live()) else {
             return;
         };
+        // Unparsed requests behind answers over the cap (which a completed send may have
+        // brought back under it since), or left so by a reparse in this flush.
         let unparsed = matches!(&conn.phase, Phase::Request { head, .. } if !head.is_empty());
-        if unparsed && self.answers_over_cap(id) {
+        let waiting = matches!(conn.recv, Recv::Paused | Recv::Pausing);
+        if unparsed && (waiting || self.answers_over_cap(id)) {
             self.conns[id].recv = Recv::PausedEof;
             return;
         }

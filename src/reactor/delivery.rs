@@ -194,7 +194,12 @@ impl Core {
                     SlowConsumerPolicy::Drop => dropped += 1,
                     SlowConsumerPolicy::Close if ws.is_open() => {
                         closed += 1;
-                        if pending > cap.saturating_mul(2) {
+                        // Room for a close frame up to twice the cap, or behind one
+                        // delivery larger than that (taken by an empty queue).
+                        let room = cap
+                            .saturating_mul(2)
+                            .max(config.limits.pubsub.max_message_size);
+                        if pending > room {
                             // Not even room for a close frame: abort.
                             abort.push(id);
                             continue;

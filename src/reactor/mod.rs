@@ -341,6 +341,15 @@ impl<D: Driver> Reactor<D> {
                     reparse =
                         matches!(&conn.phase, Phase::Request { head, .. } if !head.is_empty());
                 }
+                Recv::Pausing if pending <= cap / 2 => {
+                    // Drained before the driver was ever told: parse them now.
+                    conn.recv = Recv::On;
+                    reparse = matches!(conn.phase, Phase::Request { .. });
+                }
+                Recv::Pausing => {
+                    conn.recv = Recv::Paused;
+                    self.driver.set_receiving(id, false);
+                }
                 Recv::PausedEof if pending <= cap / 2 => {
                     // The socket is at its end: nothing to read, the requests are all here.
                     conn.recv = Recv::Eof;

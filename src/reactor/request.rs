@@ -8,7 +8,7 @@ use wsgate_proto::handshake::{self, HttpError, Method, Request, UpgradePolicy};
 use wsgate_proto::http1::ChunkedDecoder;
 use wsgate_proto::Connection;
 
-use super::conn::{Admission, Phase, Subs, Token};
+use super::conn::{Admission, Phase, Recv, Subs, Token};
 use super::{Core, Ctx};
 use crate::app::{self, Route};
 use crate::driver::ConnId;
@@ -151,7 +151,12 @@ impl Core {
                         // Pipelined requests wait, unparsed, until the client has read
                         // some answers (the flush stops reading it meanwhile, and parses
                         // them when it resumes): small requests for large answers must
-                        // not queue past max_outbound_bytes.
+                        // not queue past max_outbound_bytes. Decided now, whatever a send
+                        // completing before the flush does to the queue.
+                        let conn = &mut self.conns[id];
+                        if conn.recv == Recv::On {
+                            conn.recv = Recv::Pausing;
+                        }
                         return self.keep_partial(id, rest);
                     }
                     input = rest;

@@ -267,6 +267,90 @@ fn pipelined_requests_wait_while_their_answers_are_over_the_cap() {
     }
 }
 
+/// The length of one `/metrics` answer on a fresh reactor.
+fn metrics_answer_len() -> usize {
+    let mut h = Harness::new(|_| {});
+    let id = h.net.connect();
+    h.net.send(id, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.turn();
+    h.net.read(id).len()
+}
+
+/// Pipelined requests kept unparsed because an earlier answer was still in flight, which
+/// then completes (the queue back under the cap) in the same turn, before the flush: they
+/// are answered without the client sending more, and, with a FIN behind them, before the
+/// close. (They waited until `handshake_timeout`, or were dropped at the FIN.)
+#[test]
+fn requests_kept_behind_a_send_that_completes_are_answered() {
+    for fin in [false, true] {
+        let cap = metrics_answer_len() + 100;
+        let mut h = Harness::new(|c| c.limits.max_outbound_bytes = cap);
+        let id = h.net.connect();
+        h.net.set_window(id, 0);
+        let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        h.net.send(id, healthz.repeat(5).as_bytes());
+        h.turn();
+        let in_flight = h.reactor.core.conns[id].out.len_bytes();
+        assert!(in_flight > 150 && in_flight <= cap, "{in_flight}");
+        h.net.send(
+            id,
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n{healthz}").as_bytes(),
+        );
+        h.net.set_window(id, usize::MAX);
+        // Taking the answers completes the send: its `Sent` comes behind the bytes.
+        let mut got = h.net.read(id);
+        if fin {
+            h.net.shutdown(id);
+        }
+        for _ in 0..5 {
+            h.turn();
+            got.extend(h.net.read(id));
+        }
+        let n = String::from_utf8_lossy(&got)
+            .matches("HTTP/1.1 200 OK")
+            .count();
+        assert_eq!(n, 7, "fin {fin}: 5 healthz, metrics, healthz");
+        assert_eq!(h.net.closed(id), fin);
+        assert_eq!(ReactorMetrics::get(&h.metrics().handshakes_timed_out), 0);
+    }
+}
+
+/// A FIN reported while reading is paused and the queue is under the cap but over half
+/// of it (io_uring reports one that completed before its cancel): the kept requests are
+/// still answered.
+#[test]
+fn a_fin_while_paused_under_the_cap_keeps_the_requests() {
+    let cap = metrics_answer_len() + 900;
+    let mut h = Harness::new(|c| c.limits.max_outbound_bytes = cap);
+    let id = h.net.connect();
+    h.net.set_window(id, 0);
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    h.net.send(id, healthz.repeat(11).as_bytes());
+    h.turn();
+    h.net.send(
+        id,
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n{healthz}").as_bytes(),
+    );
+    h.turn();
+    assert!(!h.net.receiving(id), "paused");
+    h.net.set_window(id, usize::MAX);
+    let mut got = h.net.read(id);
+    h.turn();
+    let pending = h.reactor.core.conns[id].out.len_bytes();
+    assert!(pending > cap / 2 && pending <= cap, "{pending} of {cap}");
+    h.reactor.core.on_eof(id);
+    for _ in 0..5 {
+        got.extend(h.net.read(id));
+        h.turn();
+    }
+    got.extend(h.net.read(id));
+    let n = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200 OK")
+        .count();
+    assert_eq!(n, 13);
+    assert!(h.net.closed(id));
+}
+
 /// A publish sent a byte at a time, head and body, with either framing, is published once
 /// whole (the body is taken as it arrives; the head is parsed once per line).
 #[test]
@@ -453,6 +537,34 @@ fn a_delivery_over_the_cap_reaches_a_subscriber_with_nothing_queued() {
         let acted = ReactorMetrics::get(&m.slow_consumer_closes) + ReactorMetrics::get(&m.dropped);
         assert_eq!(acted, 1, "{policy:?}: the second waits behind the first");
     }
+}
+
+/// A delivery larger than twice the cap, taken by an empty queue, and a second one behind
+/// it: the subscriber gets the first and then close 1008, not an abort without either.
+#[test]
+fn a_slow_consumer_behind_one_large_delivery_is_told_1008() {
+    let mut h = Harness::new(|c| {
+        c.limits.max_outbound_bytes = 1024;
+        c.pubsub.slow_consumer = SlowConsumerPolicy::Close;
+    });
+    let sub = subscribe(&mut h, "t");
+    h.net.set_window(sub, 0);
+    let body = format!("\"{}\"", "y".repeat(3000));
+    for _ in 0..2 {
+        http_publish(&mut h, "t", &body);
+        h.turn();
+    }
+    h.net.set_window(sub, usize::MAX);
+    let mut bytes = Vec::new();
+    for _ in 0..4 {
+        bytes.extend(h.net.read(sub));
+        h.turn();
+    }
+    let frames = parse_frames(&bytes);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].0, OpCode::Text);
+    assert_eq!(frames[1].0, OpCode::Close);
+    assert_eq!(close_code(&frames[1].1), 1008);
 }
 
 /// Issue 9 item 5: a publisher that half-closes gets the copy of its own publish.
