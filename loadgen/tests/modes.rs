@@ -284,6 +284,45 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
         "merged p99 {p99} outside [{lo}, {hi}]"
     );
     assert!(m["timeline"].as_array().unwrap().len() >= 2, "{m}");
+    // An empty log, a log without a start time (absolute timestamps) and a log an hour
+    // earlier merge too: nothing is kept for the seconds between them (an empty log
+    // beside a good one aborted on a 172 GB allocation).
+    let empty = tmp("empty.hlog");
+    std::fs::write(&empty, "").unwrap();
+    let no_start = tmp("no-start.hlog");
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("#[StartTime") && !l.starts_with("#[BaseTime"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&no_start, body).unwrap();
+    let earlier = tmp("earlier.hlog");
+    let shifted: String = text
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((key @ ("#[StartTime" | "#[BaseTime"), rest)) => {
+                let (secs, tail) = rest.split_once(' ').unwrap();
+                let secs: f64 = secs.parse().unwrap();
+                format!("{key}: {:.3} {tail}\n", secs - 3600.0)
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&earlier, shifted).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("merge")
+        .args([&logs[0], &empty, &no_start, &earlier])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(count(&m), 3 * count(&runs[0]), "{m}");
     // Not a log: a clear error.
     let bad = std::process::Command::new(BIN)
         .arg("merge")
@@ -291,7 +330,14 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    for f in logs.iter().chain([&svg, &json, &tmp("run-time.svg")]) {
+    for f in logs.iter().chain([
+        &svg,
+        &json,
+        &tmp("run-time.svg"),
+        &empty,
+        &no_start,
+        &earlier,
+    ]) {
         let _ = std::fs::remove_file(f);
     }
 }
