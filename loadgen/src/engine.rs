@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub const STOP: u8 = 3;
 const READ_BUF: usize = 256 * 1024;
 /// Poll at least this often, for timers and snapshots.
 const MAX_WAIT_NS: u64 = 10_000_000;
+/// The poll token of the worker's timer (connections are slab keys, far below it).
+const TIMER: usize = usize::MAX;
 const PUBLISH_EVERY_NS: u64 = 100_000_000;
 const CLOSE_TIMEOUT_NS: u64 = 1_000_000_000;
 /// An open-loop send this late is counted as late (the loadgen fell behind its schedule).
@@ -288,6 +291,8 @@ pub struct Worker {
     rr: usize,
     next_send: u64,
     send_every: u64,
+    /// Wakes the poll at sub-millisecond deadlines.
+    timer: sys::Timer,
     timeouts: VecDeque<(u64, usize, u64)>,
     holds: VecDeque<(u64, usize, u64)>,
     closes: VecDeque<(u64, usize, u64)>,
@@ -319,24 +324,33 @@ impl Worker {
         let senders = plan.senders_in(idx);
         let total_senders = plan.total_senders().max(1);
         // Each thread sends its senders' share of the total rate.
+        // 0: this thread sends nothing (no rate, or none of the senders is on it).
         let send_every = match plan.mode {
-            Mode::Connect => per_thread(plan.rate),
+            Mode::Connect => per_thread(plan.rate).max(1),
             _ if plan.rate > 0.0 && senders > 0 => {
-                (1e9 * total_senders as f64 / (plan.rate * senders as f64)) as u64
+                ((1e9 * total_senders as f64 / (plan.rate * senders as f64)) as u64).max(1)
             }
             _ => 0,
         };
         let targets = plan.targets.len();
+        let poll = Poll::new()?;
+        let timer = sys::Timer::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&timer.as_raw_fd()),
+            Token(TIMER),
+            Interest::READABLE,
+        )?;
         Ok(Worker {
             idx,
+            timer,
             todo: plan.conns[idx].iter().copied().collect(),
             next_connect: 0,
             connect_every: per_thread(plan.connect_rate),
-            send_every: send_every.max(1),
+            send_every,
             inflater: Inflater::new(plan.inflate_once),
             plan,
             shared,
-            poll: Poll::new()?,
+            poll,
             conns: Slab::new(),
             buf: vec![0; READ_BUF],
             rng: Rng::new(),
@@ -433,6 +447,12 @@ impl Worker {
             } else {
                 0
             };
+            // epoll waits whole milliseconds: a deadline within one is the timer's, and
+            // the poll's own timeout (rounded up) only backs it.
+            if wait > 0 && wait < MAX_WAIT_NS && self.timer.arm_at(now + wait).is_err() {
+                self.shared.error("timerfd_settime failed".into());
+                break;
+            }
             if let Err(e) = self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(wait)))
@@ -486,7 +506,7 @@ impl Worker {
         if !self.todo.is_empty() && phase < DRAIN {
             d = d.min(self.next_connect);
         }
-        if phase == RUN && self.plan.rate > 0.0 && self.next_send < self.mend {
+        if phase == RUN && self.send_every > 0 && self.next_send < self.mend {
             d = d.min(self.next_send);
         }
         for q in [&self.timeouts, &self.holds, &self.closes] {
@@ -658,6 +678,9 @@ impl Worker {
     // ---- events ----------------------------------------------------------------------
 
     fn on_event(&mut self, key: usize) {
+        if key == TIMER {
+            return self.timer.clear();
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1127,6 +1150,11 @@ impl Worker {
                     }
                 }
             }
+            return;
+        }
+        if self.send_every == 0 {
+            // None of the senders is on this thread (a subscriber-only thread used to
+            // wake up every nanosecond of the run for nothing).
             return;
         }
         let mut n = 0;

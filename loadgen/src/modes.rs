@@ -44,7 +44,7 @@ pub struct Common {
     #[arg(long)]
     pub source: Option<String>,
     /// New connections per second while connecting (0: as fast as possible).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_connect_rate)]
     pub connect_rate: f64,
     /// Give up on a connection not open (and subscribed) after this long; in connect mode
     /// also on a close handshake not answered after this long.
@@ -96,7 +96,7 @@ pub struct EchoArgs {
     pub pipeline: u32,
     /// Open loop: total messages per second over all connections (latency from the intended
     /// send time). Without it, closed loop.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 }
 
@@ -124,7 +124,7 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
     /// Total publishes per second over all publishers.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Payload bytes (at least 33, the stamp).
     #[arg(long, default_value_t = 64)]
@@ -148,7 +148,7 @@ pub struct ConnectArgs {
     #[command(flatten)]
     pub common: Common,
     /// New connections per second.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
     pub rate: f64,
     /// How long each connection stays open before a close handshake.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -160,6 +160,36 @@ pub struct ConnectArgs {
     /// the process list.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// The range a rate may take: below it a send interval passes the run's clock, above it
+/// no single process sends.
+const RATES: std::ops::RangeInclusive<f64> = 0.001..=1e8;
+
+/// A rate per second: a finite number in [`RATES`] (NaN, infinities, negative and tiny
+/// rates passed before and flooded the target or sent nothing).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: a number per second"))?;
+    if RATES.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "rate {s} is outside {} to {} per second",
+            RATES.start(),
+            RATES.end()
+        ))
+    }
+}
+
+/// `--connect-rate`: a rate, or 0 for as fast as possible.
+pub fn parse_connect_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => parse_rate(s),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1,9 +1,9 @@
-//! The only libc calls of the loadgen: clocks, CPU accounting, file-descriptor limit and one
-//! socket option. Everything else goes through std, mio and socket2.
+//! The only libc calls of the loadgen: clocks, a timerfd, CPU accounting, file-descriptor
+//! limit and one socket option. Everything else goes through std, mio and socket2.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
@@ -86,6 +86,63 @@ pub fn set_bind_address_no_port(sock: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A timerfd on CLOCK_MONOTONIC (the clock of [`mono_ns`]): wakes `epoll` at a deadline to
+/// within the timer slack (50 µs), where epoll's own timeout is whole milliseconds, which
+/// mio rounds up, so that a send due in 0.2 ms left up to 1.1 ms late.
+pub struct Timer(OwnedFd);
+
+impl Timer {
+    pub fn new() -> io::Result<Self> {
+        let flags = libc::TFD_NONBLOCK | libc::TFD_CLOEXEC;
+        // SAFETY: plain syscall with constant, valid arguments.
+        let fd = syscall!(timerfd_create(libc::CLOCK_MONOTONIC, flags))?;
+        // SAFETY: `fd` was just returned by timerfd_create and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Fires once at `deadline_ns` (CLOCK_MONOTONIC), replacing any earlier setting.
+    pub fn arm_at(&self, deadline_ns: u64) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+                // A zero it_value would disarm it: a deadline at 0 ns is already past.
+                tv_nsec: (deadline_ns % 1_000_000_000).max(1) as libc::c_long,
+            },
+        };
+        // SAFETY: the fd is our open timerfd; `spec` is a valid itimerspec that lives across
+        // the call; a null old-value pointer is allowed.
+        syscall!(timerfd_settime(
+            self.0.as_raw_fd(),
+            libc::TFD_TIMER_ABSTIME,
+            &spec,
+            std::ptr::null_mut(),
+        ))?;
+        Ok(())
+    }
+
+    /// Takes the expirations, so that the next one is a new readiness edge.
+    pub fn clear(&self) {
+        let mut expirations = 0u64;
+        // SAFETY: the fd is our open timerfd; the buffer is 8 writable bytes, the size a
+        // timerfd read needs. Nothing to read (EAGAIN) is fine.
+        let _ = syscall!(read(
+            self.0.as_raw_fd(),
+            (&mut expirations as *mut u64).cast::<libc::c_void>(),
+            8,
+        ));
+    }
+}
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +158,39 @@ mod tests {
         assert!(mono_ns() >= a);
         assert!(thread_cpu_ns() > 0);
         assert!(process_cpu_ns() > 0);
+    }
+
+    #[test]
+    fn the_timer_fires_at_its_deadline_and_not_before() {
+        let timer = Timer::new().unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let fd = timer.as_raw_fd();
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&fd),
+                mio::Token(7),
+                mio::Interest::READABLE,
+            )
+            .unwrap();
+        for _ in 0..3 {
+            let deadline = mono_ns() + 300_000;
+            timer.arm_at(deadline).unwrap();
+            loop {
+                poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                if events.iter().any(|e| e.token() == mio::Token(7)) {
+                    break;
+                }
+            }
+            assert!(mono_ns() >= deadline, "fired early");
+            timer.clear();
+        }
+        // Re-armed before it fires: only the new deadline counts.
+        timer.arm_at(mono_ns() + 60_000_000_000).unwrap();
+        timer.arm_at(mono_ns() + 1_000_000).unwrap();
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert!(events.iter().any(|e| e.token() == mio::Token(7)));
     }
 }

@@ -96,6 +96,64 @@ fn fanout_raw_dialect_counts_every_delivery() {
     );
 }
 
+/// A thread with subscribers and no publisher sleeps between deliveries: it woke up every
+/// nanosecond of the run (55-100 % of a core for 4 subscribers at 100/s), competing with the
+/// server it measured and flagging the run saturated.
+#[test]
+fn a_thread_without_publishers_does_not_spin() {
+    let url = broadcast_server();
+    let v = loadgen_ok(
+        "fanout",
+        &url,
+        &args(&[
+            "--dialect",
+            "raw",
+            "--threads",
+            "2",
+            "--subscribers",
+            "4",
+            "--publishers",
+            "1",
+            "--rate",
+            "100",
+        ]),
+    );
+    let cpu = v["client"]["thread_cpu_pct"].as_array().unwrap();
+    assert_eq!(cpu.len(), 2, "{v}");
+    assert!(cpu.iter().all(|p| p.as_f64().unwrap() < 25.0), "{v}");
+    assert_eq!(v["client"]["saturated"], false, "{v}");
+    assert_eq!(v["fanout"]["lost"], 0, "{v}");
+}
+
+/// Rates that are not a finite number within reach are refused up front (NaN flooded the
+/// target with connections, 1e-300 overflowed into 1.5 M sends a second, -5 ran closed
+/// loop, 0 sent nothing).
+#[test]
+fn rates_out_of_range_are_refused() {
+    for (mode, rate) in [
+        ("echo", "NaN"),
+        ("echo", "1e-300"),
+        ("echo", "-5"),
+        ("echo", "inf"),
+        ("fanout", "NaN"),
+        ("fanout", "0"),
+        ("connect", "NaN"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                mode,
+                "--url",
+                "ws://127.0.0.1:9/",
+                &format!("--rate={rate}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{mode} {rate}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rate"), "{mode} {rate}: {err}");
+    }
+}
+
 /// Issue 9 item 11: loss and reordering count from the first publish of the window. Ten
 /// subscribers, one publisher; the server mistreats the window's first publish.
 fn fanout_with_fault(fault: Fault) -> serde_json::Value {
