@@ -560,6 +560,9 @@ impl Worker {
                 if self.in_window(t0) {
                     self.c.sent_window += 1;
                 }
+                // A handshake under way: the drain waits for it, the end counts it as
+                // timed out.
+                self.outstanding += 1;
                 self.open(spec, t0, now);
                 n += 1;
             }
@@ -688,7 +691,8 @@ impl Worker {
             match conn.sock.take_error() {
                 Ok(Some(e)) | Err(e) => {
                     self.c.err_connect += 1;
-                    let msg = format!("connect to {}: {e}", self.plan.addr);
+                    let addr = self.plan.targets[usize::from(conn.target)].1;
+                    let msg = format!("connect to {addr}: {e}");
                     self.fail(key, msg);
                     return;
                 }
@@ -699,7 +703,8 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
                     self.c.err_connect += 1;
-                    let msg = format!("connect to {}: {e}", self.plan.addr);
+                    let addr = self.plan.targets[usize::from(conn.target)].1;
+                    let msg = format!("connect to {addr}: {e}");
                     self.fail(key, msg);
                     return;
                 }
@@ -934,6 +939,7 @@ impl Worker {
         let in_window = self.in_window(t0);
         let conn = &mut self.conns[key];
         if role == Role::Churn {
+            self.outstanding = self.outstanding.saturating_sub(1);
             self.c.handshakes += 1;
             self.c.received += 1;
             if in_window {
@@ -1011,6 +1017,14 @@ impl Worker {
                         let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
                         self.fail(key, msg);
                     }
+                    return;
+                }
+                if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
+                    // The server refused a publish (wsgate dialect): counted, and the first
+                    // one said, not taken for a broadcast.
+                    self.c.err_refused += 1;
+                    let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
+                    self.shared.error(msg);
                     return;
                 }
                 let s = stamp::find(head);
@@ -1354,7 +1368,7 @@ impl Worker {
                 _ => self.drop_conn(key),
             }
         }
-        // Echo replies still missing at the end count as timeouts.
+        // Echo replies and churn handshakes still missing at the end count as timeouts.
         self.c.err_timeout += self.outstanding;
         self.outstanding = 0;
     }
@@ -1380,6 +1394,10 @@ impl Worker {
                 if self.stopping.is_none() {
                     self.c.err_timeout += u64::from(c.inflight);
                 }
+            }
+            if c.role == Role::Churn && matches!(c.st, St::Connecting | St::Handshaking) {
+                // Failed before its handshake completed (counted by its error).
+                self.outstanding = self.outstanding.saturating_sub(1);
             }
             if let Some(i) = self.senders.iter().position(|&k| k == key) {
                 self.senders.swap_remove(i);

@@ -116,5 +116,8 @@ fn real_main() -> Result<()> {
     if let Some(path) = &common.hlog {
         hlog::write(path, out.start, &out.intervals)?;
     }
-    Ok(())
+    match out.failure {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }

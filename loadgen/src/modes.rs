@@ -362,7 +362,6 @@ fn base(c: &Common, mode: Mode, default_path: &str, conns: usize, quiet: bool) -
     Ok(Plan {
         mode,
         url: t.url,
-        addr: t.addr,
         targets,
         host: t.host,
         tls,

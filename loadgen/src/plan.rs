@@ -50,8 +50,7 @@ pub struct ConnSpec {
 pub struct Plan {
     pub mode: Mode,
     pub url: String,
-    pub addr: SocketAddr,
-    /// Every `--url` given (several: wsgate nodes sharing topics); the first is `url`/`addr`.
+    /// Every `--url` given (several: wsgate nodes sharing topics); the first is `url`.
     /// Publishers connect to the first, subscribers round-robin to all.
     pub targets: Vec<(String, SocketAddr)>,
     /// Host header value.

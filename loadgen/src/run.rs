@@ -28,6 +28,9 @@ pub struct Outcome {
     /// asked for intervals).
     pub start: SystemTime,
     pub intervals: Vec<Interval>,
+    /// Why the run measured nothing, if it did not: reported after the summary, with
+    /// exit status 1.
+    pub failure: Option<String>,
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -86,7 +89,8 @@ impl Progress {
             + c.err_closed
             + c.err_protocol
             + c.err_timeout
-            + c.err_http;
+            + c.err_http
+            + c.err_refused;
         bar.set_message(format!(
             "{phase}: {open} conns, {rate:.0}/s, p50 {:.0} us, p99 {:.0} us, errors {errors}",
             h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -264,6 +268,23 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     );
     out.start = start;
     out.intervals = intervals.list;
+    let c = &out.summary;
+    // A passive fan-out (--publishers 0) may hold idle connections on purpose.
+    let passive = plan.mode == Mode::Fanout && plan.publishers == 0;
+    if !interrupted && c.received == 0 && !passive {
+        // Nothing arrived in the window (every connect refused, every connection gone):
+        // not a measurement, however clean the table looks.
+        let why = shared.first_error.lock().expect("not poisoned").clone();
+        let what = match plan.mode {
+            Mode::Connect => "no handshake completed",
+            Mode::Echo => "no echo came back",
+            Mode::Fanout => "no delivery arrived",
+        };
+        out.failure = Some(match why {
+            Some(why) => format!("{what} in the measured window: {why}"),
+            None => format!("{what} in the measured window"),
+        });
+    }
     Ok(out)
 }
 
@@ -311,7 +332,7 @@ fn drained(plan: &Plan, shared: &Shared) -> bool {
             plan.publishers > 0
                 && c.received_window - c.duplicates >= c.sent_window * shared.ready_subs()
         }
-        Mode::Connect => true,
+        Mode::Connect => outstanding == 0,
     }
 }
 
@@ -437,6 +458,7 @@ fn summarize(
             protocol: c.err_protocol,
             timeout: c.err_timeout,
             http_status: c.err_http,
+            refused: c.err_refused,
             bad_stamp: c.bad_stamp,
         },
         fanout,
@@ -457,5 +479,6 @@ fn summarize(
         hist,
         start: SystemTime::now(),
         intervals: Vec::new(),
+        failure: None,
     }
 }

@@ -50,6 +50,7 @@ counters!(
     err_protocol,
     err_timeout,
     err_http,
+    err_refused,
 );
 
 #[derive(Debug, Serialize, Clone, Copy, Default)]
@@ -97,6 +98,9 @@ pub struct Errors {
     pub timeout: u64,
     /// Non-2xx answers to HTTP publishes.
     pub http_status: u64,
+    /// Publishes over /ws the server answered with an error (wsgate dialect: forbidden,
+    /// too large, rate limited).
+    pub refused: u64,
     /// Messages without a readable stamp.
     pub bad_stamp: u64,
 }
@@ -253,7 +257,7 @@ impl Summary {
         writeln!(
             w,
             "  errors: connect {} handshake {} reset {} closed_by_server {} protocol {} \
-             timeout {} http {} bad_stamp {}",
+             timeout {} http {} refused {} bad_stamp {}",
             e.connect,
             e.handshake,
             e.reset,
@@ -261,6 +265,7 @@ impl Summary {
             e.protocol,
             e.timeout,
             e.http_status,
+            e.refused,
             e.bad_stamp
         )?;
         let c = &self.client;

@@ -2,6 +2,7 @@
 
 mod util;
 
+use serde_json::Value;
 use util::*;
 
 #[test]
@@ -14,16 +15,21 @@ fn unreachable_target_is_a_clear_error() {
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
+/// A run in which nothing came back is counted in the summary (still written) and exits
+/// 1 with the reason (it exited 0).
+#[track_caller]
+fn assert_failed_with_summary(out: &std::process::Output, v: Option<Value>) -> Value {
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no echo came back"), "{err}");
+    v.expect("the summary is written")
+}
+
 #[test]
 fn server_close_is_counted() {
     let url = closing_server();
     let (out, v) = loadgen("echo", &url, &SHORT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = v.unwrap();
+    let v = assert_failed_with_summary(&out, v);
     assert!(v["errors"]["closed_by_server"].as_u64().unwrap() > 0, "{v}");
 }
 
@@ -31,12 +37,7 @@ fn server_close_is_counted() {
 fn malformed_frames_are_protocol_errors() {
     let url = malformed_server();
     let (out, v) = loadgen("echo", &url, &SHORT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = v.unwrap();
+    let v = assert_failed_with_summary(&out, v);
     assert!(v["errors"]["protocol"].as_u64().unwrap() > 0, "{v}");
 }
 

@@ -125,6 +125,27 @@ fn a_thread_without_publishers_does_not_spin() {
     assert_eq!(v["fanout"]["lost"], 0, "{v}");
 }
 
+/// A connect run whose every attempt fails says why and exits 1 (it exited 0 with a table
+/// of zeros), after printing that table.
+#[test]
+fn connect_mode_against_nothing_fails_with_a_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let out = std::process::Command::new(BIN)
+        .args(["connect", "--url", &url, "--rate", "50"])
+        .args(SHORT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no handshake completed") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(!out.stdout.is_empty(), "the table is still printed");
+}
+
 /// Rates that are not a finite number within reach are refused up front (NaN flooded the
 /// target with connections, 1e-300 overflowed into 1.5 M sends a second, -5 ran closed
 /// loop, 0 sent nothing).

@@ -78,6 +78,26 @@ fn fanout_against_wsgate_over_ws_publish() {
     assert_every_delivery(&v);
 }
 
+/// Publishes the gateway refuses over /ws (no `client_publish`) are counted and said, and
+/// a run with no delivery exits 1 (it reported "1000 lost" and no error, exit 0).
+#[test]
+fn refused_ws_publishes_are_counted_and_said() {
+    let gw = Gateway::start(|_| {});
+    let (out, v) = loadgen(
+        "fanout",
+        &gw.url("/ws"),
+        &args(&["--subscribers", "2", "--publishers", "1", "--rate", "100"]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no delivery arrived") && err.contains("forbidden"),
+        "{err}"
+    );
+    let v = v.expect("the summary is written");
+    assert!(v["errors"]["refused"].as_u64().unwrap() >= 90, "{v}");
+}
+
 /// `--deflate` (issue 10): permessage-deflate negotiated, every compressed delivery
 /// inflated (its stamp is inside), nothing lost, and fewer bytes on the wire than inflated;
 /// the same with `--inflate-once`, which inflates each broadcast once per thread.
