@@ -283,6 +283,14 @@ impl Summary {
             c.send_lag_us_max,
             if c.saturated { "  SATURATED" } else { "" }
         )?;
+        if c.backlog_drops > 0 {
+            writeln!(
+                w,
+                "  dropped: {} sends not made, their connection's queue over 32 MiB (the \
+                 server stopped reading): the latencies above omit them",
+                c.backlog_drops
+            )?;
+        }
         if self.interrupted {
             writeln!(w, "  (interrupted: results so far)")?;
         }

@@ -49,3 +49,42 @@ fn bad_arguments_fail_cleanly() {
     let (out, _) = loadgen("echo", "ws://127.0.0.1:1/", &["--size", "8"]);
     assert!(!out.status.success());
 }
+
+/// Open-loop sends to a server that stopped reading queue up to 32 MiB a connection; past
+/// that they are not made, and the table, a warning and the JSON say how many (they were
+/// only in the JSON, and the latencies silently omitted them).
+#[test]
+fn sends_dropped_at_a_stalled_server_are_said() {
+    let url = stalled_server();
+    let (out, v) = loadgen(
+        "echo",
+        &url,
+        &[
+            "--connections",
+            "1",
+            "--rate",
+            "100",
+            "--size",
+            "1000000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "0s",
+        ],
+    );
+    let v = v.expect("the summary is written");
+    let drops = v["client"]["backlog_drops"].as_u64().unwrap();
+    assert!(drops > 0, "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{drops} sends were not made")),
+        "{err}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("dropped: {drops} sends not made")),
+        "{table}"
+    );
+}

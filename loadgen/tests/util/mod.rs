@@ -45,6 +45,19 @@ pub fn echo_server() -> String {
     format!("ws://127.0.0.1:{port}/echo")
 }
 
+/// Accepts the upgrade, then never reads again (a stalled server); the connection stays
+/// open until the client goes.
+pub fn stalled_server() -> String {
+    let port = listen(|s| {
+        let Ok(ws) = tungstenite::accept(s) else {
+            return;
+        };
+        std::thread::sleep(Duration::from_secs(30));
+        drop(ws);
+    });
+    format!("ws://127.0.0.1:{port}/")
+}
+
 /// Accepts the upgrade, then closes with 1001 at once.
 pub fn closing_server() -> String {
     let port = listen(|s| {
