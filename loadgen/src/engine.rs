@@ -223,8 +223,11 @@ struct Conn {
     dirty: bool,
     carry: Vec<u8>,
     dec: Decoder,
-    /// Stamp of a fragmented message whose first frame has arrived.
+    /// Stamp of a message whose first frame has arrived, not yet its last byte.
     pending: Option<Stamp>,
+    /// The last frame of `pending`'s message is arriving: it is timed at its last byte
+    /// (it was timed at its first 256, so a message that trickled in looked fast).
+    timed_at_end: bool,
     inflight: u32,
     /// Sequence number of the next publish; the window's are numbered from 0.
     seq: u32,
@@ -616,6 +619,7 @@ impl Worker {
             carry: Vec::new(),
             dec: Decoder::default(),
             pending: None,
+            timed_at_end: false,
             inflight: 0,
             seq: 0,
             window_numbered: false,
@@ -874,7 +878,15 @@ impl Worker {
             };
             match conn.dec.decode(&data[off..]) {
                 Ok(Step::NeedMore) => return off,
-                Ok(Step::Skipped(n)) => off += n,
+                Ok(Step::Skipped(n)) => {
+                    off += n;
+                    if conn.timed_at_end && !conn.dec.in_payload() {
+                        // The message's last byte: now it has arrived.
+                        conn.timed_at_end = false;
+                        let s = conn.pending.take();
+                        self.on_message(key, s, now);
+                    }
+                }
                 Ok(Step::Frame { consumed, event }) => {
                     off += consumed;
                     self.on_frame(key, event, now);
@@ -1028,17 +1040,11 @@ impl Worker {
                     return;
                 }
                 let s = stamp::find(head);
-                if fin {
-                    self.on_message(key, s, now);
-                } else {
-                    self.conns[key].pending = s;
-                }
+                self.frame_ends(key, fin, s, now);
             }
             Event::Continuation { fin, .. } => {
-                if fin {
-                    let s = self.conns[key].pending.take();
-                    self.on_message(key, s, now);
-                }
+                let s = self.conns[key].pending.take();
+                self.frame_ends(key, fin, s, now);
             }
             Event::Ping(payload) => {
                 let mask = self.rng.mask();
@@ -1061,6 +1067,19 @@ impl Worker {
                     self.fail(key, msg);
                 }
             }
+        }
+    }
+
+    /// A data frame's header and head have arrived: with `fin` the message is timed when
+    /// the rest of the frame's payload has (at once if it is all here), else its stamp waits
+    /// for the last frame.
+    fn frame_ends(&mut self, key: usize, fin: bool, s: Option<Stamp>, now: u64) {
+        let conn = &mut self.conns[key];
+        if !fin || conn.dec.in_payload() {
+            conn.pending = s;
+            conn.timed_at_end = fin;
+        } else {
+            self.on_message(key, s, now);
         }
     }
 

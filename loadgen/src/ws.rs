@@ -62,6 +62,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Inside a frame's payload that `decode` is skipping: the frame has not ended.
+    pub fn in_payload(&self) -> bool {
+        self.skip > 0
+    }
+
     pub fn decode<'a>(&mut self, buf: &'a [u8]) -> Result<Step<'a>, ProtocolError> {
         if self.skip > 0 {
             if buf.is_empty() {

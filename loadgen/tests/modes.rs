@@ -125,6 +125,33 @@ fn a_thread_without_publishers_does_not_spin() {
     assert_eq!(v["fanout"]["lost"], 0, "{v}");
 }
 
+/// A message is timed when its last byte arrives: an echo of 2,000 bytes whose second half
+/// comes 300 ms after its first has a latency over 300 ms (it was timed at its first 256
+/// bytes: a p50 of 1.8 ms).
+#[test]
+fn a_message_is_timed_at_its_last_byte() {
+    let url = split_echo_server(std::time::Duration::from_millis(300));
+    let v = loadgen_ok(
+        "echo",
+        &url,
+        &[
+            "--connections",
+            "1",
+            "--size",
+            "2000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "1s",
+        ],
+    );
+    let l = &v["latency_us"];
+    assert!(l["count"].as_u64().unwrap() >= 2, "{v}");
+    assert!(l["min"].as_f64().unwrap() >= 300_000.0, "{v}");
+}
+
 /// A connect run whose every attempt fails says why and exits 1 (it exited 0 with a table
 /// of zeros), after printing that table.
 #[test]

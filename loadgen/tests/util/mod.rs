@@ -45,6 +45,36 @@ pub fn echo_server() -> String {
     format!("ws://127.0.0.1:{port}/echo")
 }
 
+/// Echoes every data message as one binary frame whose first half (with the header) goes
+/// out at once and the rest `delay` later: a message that trickles in.
+pub fn split_echo_server(delay: Duration) -> String {
+    let port = listen(move |s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        while let Ok(m) = ws.read() {
+            if !(m.is_text() || m.is_binary()) {
+                continue;
+            }
+            let payload = m.into_data();
+            let len = u16::try_from(payload.len()).expect("under 64 KiB");
+            let mut frame = vec![0x82, 126];
+            frame.extend(len.to_be_bytes());
+            frame.extend(&payload[..]);
+            let half = frame.len() / 2;
+            let stream = ws.get_mut();
+            if stream.write_all(&frame[..half]).is_err() {
+                break;
+            }
+            std::thread::sleep(delay);
+            if stream.write_all(&frame[half..]).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
 /// Accepts the upgrade, then never reads again (a stalled server); the connection stays
 /// open until the client goes.
 pub fn stalled_server() -> String {
