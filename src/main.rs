@@ -32,6 +32,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A failed log write is reported with eprintln!, which panics when stderr itself
+        // is the broken pipe (its reader gone): the thread that logged would die, the
+        // signal thread included. Lost log lines are the lesser harm.
+        .log_internal_errors(false)
         .init();
     let Command::Serve(raw) = Cli::parse()
         .command
@@ -39,17 +43,23 @@ fn main() -> ExitCode {
     let config = match raw.load() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("wsgate: {e}");
+            say(format_args!("wsgate: {e}"));
             return ExitCode::from(2);
         }
     };
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wsgate: {e:#}");
+            say(format_args!("wsgate: {e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a line to stderr, ignoring a closed one (eprintln! would panic).
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn serve(config: wsgate::config::Config) -> anyhow::Result<()> {

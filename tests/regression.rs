@@ -120,6 +120,41 @@ fn more_reactors_than_cores_is_warned_about() {
     fits.stop();
 }
 
+/// A log reader that goes away (stderr a closed pipe: `wsgate | head -1`, a dead log
+/// shipper) must not cost the gateway its signals: tracing reported the failed write with
+/// `eprintln!`, which panicked on the same broken pipe and ended the signal thread, so
+/// SIGTERM was ignored until SIGKILL.
+#[test]
+fn sigterm_drains_after_the_log_reader_is_gone() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .args(["serve", "--io", "epoll", "--pin", "false", "--threads", "1"])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wsgate runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no start-up line");
+    }
+    drop(stderr);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    match done.recv_timeout(TIMEOUT) {
+        Ok(status) => assert!(status.unwrap().success()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("SIGTERM ignored with stderr closed");
+        }
+    }
+}
+
 // ─── issue 9 items 2, 3 and 4: publish paths agree, bearer scheme, chunked bodies ──────────
 mod issue9_publish_paths {
     use std::io::Write;
