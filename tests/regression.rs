@@ -143,7 +143,11 @@ fn sigterm_drains_after_the_log_reader_is_gone() {
     }
     drop(stderr);
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let (tx, done) = mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait()));
     match done.recv_timeout(TIMEOUT) {

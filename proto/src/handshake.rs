@@ -258,7 +258,7 @@ impl Upgrade {
 /// | `Connection` lists `upgrade` | `400` |
 /// | `Sec-WebSocket-Version` is exactly `13` | `426`, `Sec-WebSocket-Version: 13` |
 /// | `Sec-WebSocket-Key` present, base64 of exactly 16 bytes | `400` |
-/// | `Origin` in `policy.allowed_origins`, when set (a missing `Origin` fails too) | `403` |
+/// | `Origin` in `policy.allowed_origins`, when set and sent (browsers always send it) | `403` |
 ///
 /// The subprotocol is the first of `policy.subprotocols` that the client offered, compared
 /// exactly (browsers fail the connection unless the reply is byte-equal to an offer); no
@@ -297,11 +297,10 @@ pub fn validate_upgrade(req: &Request, policy: &UpgradePolicy<'_>) -> Result<Upg
         return Err(HttpError::bad("invalid sec-websocket-key"));
     }
     // RFC 6455 §4.2.1 item 7 and §10.2: the Origin check is the server's defence against
-    // cross-site pages; without an Origin there is nothing to check, so refuse.
-    if let Some(allowed) = policy.allowed_origins {
-        let Some(origin) = up.origin.as_deref() else {
-            return Err(HttpError::forbidden("origin header required"));
-        };
+    // other sites' pages in a browser, and browsers always send Origin. A client without
+    // one is not a browser (a backend, a native app), which could send any Origin it liked:
+    // refusing it would protect nothing and lock out honest clients (it was refused).
+    if let (Some(allowed), Some(origin)) = (policy.allowed_origins, up.origin.as_deref()) {
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
             return Err(HttpError::forbidden("origin not allowed"));
         }
@@ -440,6 +439,7 @@ pub const fn error_code(status: u16) -> &'static str {
         408 => "request_timeout",
         413 => "too_large",
         426 => "upgrade_required",
+        429 => "rate_limited",
         431 => "header_too_large",
         501 => "not_implemented",
         503 => "unavailable",
@@ -1184,6 +1184,8 @@ mod tests {
             let req = parse(&upgrade_request(&format!("Origin: {origin}\r\n")));
             assert!(validate_upgrade(&req, &policy).is_ok(), "{origin}");
         }
+        // A client that sends none (not a browser) passes the allowlist too.
+        assert!(validate_upgrade(&parse(&upgrade_request("")), &policy).is_ok());
         // Without an allowlist any origin, or none, passes.
         assert!(validate(&upgrade_request("Origin: https://evil.example\r\n")).is_ok());
         assert!(validate(&upgrade_request("")).is_ok());
@@ -1363,9 +1365,7 @@ mod tests {
             let buf = upgrade_request(&format!("Origin: {origin}\r\n"));
             assert_upgrade_fails(&buf, &policy, 403, "origin not allowed", None);
         }
-        let buf = upgrade_request("");
-        assert_upgrade_fails(&buf, &policy, 403, "origin header required", None);
-        // An empty allowlist refuses everyone.
+        // An empty allowlist refuses every browser.
         let policy = UpgradePolicy {
             subprotocols: &[],
             allowed_origins: Some(&[]),
@@ -1546,6 +1546,7 @@ mod tests {
             (405, "method_not_allowed"),
             (413, "too_large"),
             (426, "upgrade_required"),
+            (429, "rate_limited"),
             (431, "header_too_large"),
             (501, "not_implemented"),
             (503, "unavailable"),

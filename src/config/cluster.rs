@@ -97,6 +97,23 @@ impl Finish for Cluster {
                 "cluster_tls_cert_file and cluster_tls_key_file go together",
             ));
         }
+        // Read now, so that a missing or unreadable file stops the start with its setting
+        // named (a missing creds file left the node running alone, "disconnected",
+        // losing every cross-node message).
+        for (setting, file) in [
+            ("cluster_creds_file", &self.creds_file),
+            ("cluster_tls_ca_file", &self.tls_ca_file),
+            ("cluster_tls_cert_file", &self.tls_cert_file),
+            ("cluster_tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(path) = file {
+                match std::fs::read(path) {
+                    Ok(bytes) if !bytes.is_empty() => {}
+                    Ok(_) => return Err(ConfigError::invalid(setting, format!("{path}: empty"))),
+                    Err(e) => return Err(ConfigError::invalid(setting, format!("{path}: {e}"))),
+                }
+            }
+        }
         if let Some(name) = &self.name {
             if name.contains(char::is_control) {
                 return Err(ConfigError::invalid(

@@ -263,6 +263,39 @@ mod tests {
         let huge = "= 9223372036854775807";
         assert!(bad(&format!("max_publish_bytes {huge}")).contains("`max_publish_bytes`"));
         assert!(bad(&format!("inbox_capacity {huge}")).contains("`inbox_capacity`"));
+        // Values that were accepted and could never match anything.
+        for origins in [
+            "[\"not a url\"]",
+            "[\"https://app.example/\"]",
+            "[\"app.example\"]",
+        ] {
+            let err = bad(&format!("allowed_origins = {origins}"));
+            assert!(
+                err.contains("`allowed_origins`") && err.contains("not an origin"),
+                "{err}"
+            );
+        }
+        for patterns in ["[\"bad topic!\"]", "[\"a*b\"]", "[\"**\"]"] {
+            let err = bad(&format!("client_publish = {patterns}"));
+            assert!(err.contains("`client_publish`"), "{patterns}: {err}");
+        }
+        // A duration needs its unit, except zero.
+        let err = bad("max_batch_delay = 20");
+        assert!(
+            err.contains("`max_batch_delay`") && err.contains("\"20ms\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn good_patterns_origins_and_a_bare_zero_duration() {
+        let c = toml(
+            "allowed_origins = [\"https://app.example\", \"http://localhost:3000\"]\n\
+             client_publish = [\"*\", \"chat.*\", \"room/1\"]\nmax_batch_delay = 0",
+        )
+        .unwrap();
+        assert_eq!(c.pubsub.max_batch_delay, Duration::ZERO);
+        assert_eq!(c.pubsub.client_publish, ["*", "chat.*", "room/1"]);
     }
 
     #[test]
@@ -382,6 +415,15 @@ mod tests {
         assert!(bad("cluster_user = \"u\"").contains("go together"));
         assert!(bad("cluster_tls_key_file = \"k\"").contains("go together"));
         assert!(bad("cluster_confirm_timeout = \"0s\"").contains("`cluster_confirm_timeout`"));
+        // Files that cannot be read stop the start, named (they were found missing only
+        // when the NATS client started, and the node ran alone).
+        for key in ["cluster_creds_file", "cluster_tls_ca_file"] {
+            let err = bad(&format!("{key} = \"/nonexistent/wsgate.creds\""));
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains("/nonexistent"),
+                "{err}"
+            );
+        }
         let c = flags(&[
             "--cluster-urls",
             "nats://a:1,nats://b:2",

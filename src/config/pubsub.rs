@@ -24,7 +24,7 @@ section! {
         /// Topics /ws clients may publish to (comma-separated; `prefix*` matches a prefix,
         /// `*` everything); none: only backends publish, over HTTP.
         #[arg(value_name = "LIST")]
-        client_publish: Vec<String> = "";
+        client_publish: Vec<String> = "", check topic_patterns;
         /// Deliveries queued between two reactors before further ones are dropped (counted).
         inbox_capacity: usize = "65536", check within(1, 1 << 24);
         /// Longest a fan-out delivery may wait so that several leave in one write. Only a
@@ -37,3 +37,20 @@ section! {
 }
 
 impl Finish for PubSub {}
+
+/// Each a topic name, or a prefix of one ending in `*` (`*` alone: every topic); a pattern
+/// with another character could never match a topic.
+fn topic_patterns(list: &[String]) -> Result<(), String> {
+    let bad = |p: &String| match p.strip_suffix('*') {
+        Some("") => false,
+        Some(prefix) => crate::broadcast::check_topic(prefix, usize::MAX).is_err(),
+        None => crate::broadcast::check_topic(p, usize::MAX).is_err(),
+    };
+    match list.iter().find(|p| bad(p)) {
+        Some(p) => Err(format!(
+            "{p:?} is not a topic, or a topic prefix ending in *: topics are letters, digits \
+             and - _ . : / @"
+        )),
+        None => Ok(()),
+    }
+}

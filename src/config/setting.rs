@@ -303,6 +303,19 @@ impl Value for Duration {
         parse_duration(text)
             .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 10s or 5m"))
     }
+
+    /// A string with a unit; or the number 0 (`max_batch_delay = 0`, as `--max-batch-delay
+    /// 0` takes it), since no unit makes zero ambiguous. Other bare numbers are refused.
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(text) => Self::parse(&text),
+            toml::Value::Integer(0) => Ok(Duration::ZERO),
+            toml::Value::Integer(n) => Err(format!(
+                "{n} has no unit: write a duration like \"{n}ms\" or \"{n}s\""
+            )),
+            other => Err(format!("expected a duration, found {}", other.type_str())),
+        }
+    }
 }
 
 /// A list: comma-separated (and repeatable) as a flag, an array of strings in TOML.
