@@ -140,6 +140,10 @@ pub struct SeqTrack {
     /// `first` and `next` are set: from the start when the publisher's numbering of the
     /// window is known ([`SeqTrack::starting_at`]), else by the first delivery.
     started: bool,
+    /// Started by the first delivery (someone else publishes), and not yet restarted: a
+    /// publisher numbers its publishes from 0 when it connects and again from 0 at its own
+    /// window, which a passive process may watch from before.
+    may_restart: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -164,16 +168,22 @@ impl SeqTrack {
             next: first,
             window: 0,
             started: true,
+            may_restart: false,
         }
     }
 
     pub fn on(&mut self, seq: u32) -> SeqOutcome {
-        if !self.started {
+        // 0 where it is not next (a wrap) and not just seen (a duplicate of the first).
+        let restart =
+            self.may_restart && seq == 0 && self.next != 0 && !(self.first == 0 && self.next == 1);
+        if !self.started || restart {
             *self = SeqTrack {
                 first: seq,
                 next: seq.wrapping_add(1),
                 window: 1,
                 started: true,
+                // Once: a second 0 is a duplicate.
+                may_restart: !self.started,
             };
             return SeqOutcome::InOrder;
         }
@@ -1484,6 +1494,24 @@ mod tests {
         assert_eq!(t.on(7), SeqOutcome::Gap(1));
         assert_eq!(t.on(6), SeqOutcome::Late);
         assert_eq!(t.on(4), SeqOutcome::BeforeStart);
+    }
+
+    /// A passive process watching from before the publisher's window sees its numbering
+    /// restart at 0 there: a new start, not 500 reorderings and duplicates.
+    #[test]
+    fn a_passive_track_follows_the_publishers_restart_once() {
+        let mut t = SeqTrack::default();
+        assert_eq!(t.on(500), SeqOutcome::InOrder);
+        assert_eq!(t.on(501), SeqOutcome::InOrder);
+        assert_eq!(t.on(0), SeqOutcome::InOrder, "the window's numbering");
+        assert_eq!(t.on(1), SeqOutcome::InOrder);
+        assert_eq!(t.on(0), SeqOutcome::Duplicate, "a restart happens once");
+        assert_eq!(t.on(3), SeqOutcome::Gap(1));
+        // Where the publisher's numbering is known, 0 is never a restart.
+        let mut t = SeqTrack::starting_at(0);
+        assert_eq!(t.on(0), SeqOutcome::InOrder);
+        assert_eq!(t.on(1), SeqOutcome::InOrder);
+        assert_eq!(t.on(0), SeqOutcome::Duplicate);
     }
 
     #[test]
