@@ -361,19 +361,23 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
     assert!(time_svg.contains("<svg") && time_svg.contains("p99"));
 
     let json = tmp("merged.json");
-    let out = std::process::Command::new(BIN)
-        .arg("merge")
-        .args(&logs)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // `merge FILES --json`, which must succeed: the merged summary.
+    let merge = |files: &[&std::path::PathBuf]| -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .arg("merge")
+            .args(files)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let m = merge(&[&logs[0], &logs[1]]);
     let count = |v: &serde_json::Value| v["latency_us"]["count"].as_u64().unwrap();
     assert_eq!(count(&m), count(&runs[0]) + count(&runs[1]), "{m}");
     let p99 = m["latency_us"]["p99"].as_f64().unwrap();
@@ -415,19 +419,7 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
         })
         .collect();
     std::fs::write(&earlier, shifted).unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("merge")
-        .args([&logs[0], &empty, &no_start, &earlier])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let m = merge(&[&logs[0], &empty, &no_start, &earlier]);
     assert_eq!(count(&m), 3 * count(&runs[0]), "{m}");
     // Not a log: a clear error.
     let bad = std::process::Command::new(BIN)

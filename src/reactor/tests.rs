@@ -414,6 +414,15 @@ fn parse_frames_partial(mut bytes: &[u8]) -> usize {
     n
 }
 
+/// A reactor whose connections may queue `cap` outbound bytes, slow consumers getting
+/// `policy`.
+fn capped(cap: usize, policy: SlowConsumerPolicy) -> Harness {
+    Harness::new(|c| {
+        c.limits.max_outbound_bytes = cap;
+        c.pubsub.slow_consumer = policy;
+    })
+}
+
 fn subscribe(h: &mut Harness, topic: &str) -> ConnId {
     let id = h.websocket(&format!("/ws?subscribe={topic}"));
     assert!(h.reactor.core.topics.find(topic).is_some());
@@ -434,10 +443,7 @@ fn http_publish(h: &mut Harness, topic: &str, body: &str) {
 
 #[test]
 fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
-    let mut h = Harness::new(|c| {
-        c.limits.max_outbound_bytes = 2048;
-        c.pubsub.slow_consumer = SlowConsumerPolicy::Close;
-    });
+    let mut h = capped(2048, SlowConsumerPolicy::Close);
     let fast = subscribe(&mut h, "t");
     let slow = subscribe(&mut h, "t");
     h.net.set_window(slow, 0);
@@ -475,10 +481,7 @@ fn slow_consumer_is_closed_with_1008_and_others_get_everything() {
 
 #[test]
 fn slow_consumer_drop_policy_skips_and_counts() {
-    let mut h = Harness::new(|c| {
-        c.limits.max_outbound_bytes = 1024;
-        c.pubsub.slow_consumer = SlowConsumerPolicy::Drop;
-    });
+    let mut h = capped(1024, SlowConsumerPolicy::Drop);
     let slow = subscribe(&mut h, "t");
     h.net.set_window(slow, 0);
     let body = format!("\"{}\"", "z".repeat(300));
@@ -508,10 +511,7 @@ fn slow_consumer_drop_policy_skips_and_counts() {
 #[test]
 fn a_delivery_over_the_cap_reaches_a_subscriber_with_nothing_queued() {
     for policy in [SlowConsumerPolicy::Close, SlowConsumerPolicy::Drop] {
-        let mut h = Harness::new(|c| {
-            c.limits.max_outbound_bytes = 1024;
-            c.pubsub.slow_consumer = policy;
-        });
+        let mut h = capped(1024, policy);
         let sub = subscribe(&mut h, "t");
         let body = format!("\"{}\"", "y".repeat(2000));
         http_publish(&mut h, "t", &body);
@@ -543,10 +543,7 @@ fn a_delivery_over_the_cap_reaches_a_subscriber_with_nothing_queued() {
 /// it: the subscriber gets the first and then close 1008, not an abort without either.
 #[test]
 fn a_slow_consumer_behind_one_large_delivery_is_told_1008() {
-    let mut h = Harness::new(|c| {
-        c.limits.max_outbound_bytes = 1024;
-        c.pubsub.slow_consumer = SlowConsumerPolicy::Close;
-    });
+    let mut h = capped(1024, SlowConsumerPolicy::Close);
     let sub = subscribe(&mut h, "t");
     h.net.set_window(sub, 0);
     let body = format!("\"{}\"", "y".repeat(3000));
