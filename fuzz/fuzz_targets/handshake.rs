@@ -6,7 +6,8 @@
 //! bounded by the limit and the buffer; a parsed head parses the same alone and with
 //! anything after it; every shorter prefix of a complete or incomplete head is incomplete;
 //! errors render as well-formed 4xx/5xx responses; an accepted upgrade names a valid key,
-//! a subprotocol the client offered and the server allows, and an allowed origin; it
+//! a subprotocol the client offered and the server allows, and an allowed origin (when
+//! the client sent one); it
 //! agrees to permessage-deflate only when the server allows it and a
 //! `Sec-WebSocket-Extensions` offer was valid (the first valid one), and its response
 //! header is one a client accepts as the same agreement (RFC 7692 §7.1).
@@ -79,8 +80,8 @@ fn check_upgrade(req: &handshake::Request, policy: &UpgradePolicy<'_>) {
         assert!(up.protocols.contains(protocol));
         assert!(policy.subprotocols.contains(protocol));
     }
-    if let Some(origins) = policy.allowed_origins {
-        let origin = up.origin.as_deref().expect("checked");
+    // A client without Origin is not a browser, and the allowlist is not applied to it.
+    if let (Some(origins), Some(origin)) = (policy.allowed_origins, up.origin.as_deref()) {
         assert!(origins.iter().any(|o| o.eq_ignore_ascii_case(origin)));
     }
     match upgrade.deflate {
