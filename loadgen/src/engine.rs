@@ -140,10 +140,11 @@ pub struct SeqTrack {
     /// `first` and `next` are set: from the start when the publisher's numbering of the
     /// window is known ([`SeqTrack::starting_at`]), else by the first delivery.
     started: bool,
-    /// Started by the first delivery (someone else publishes), and not yet restarted: a
-    /// publisher numbers its publishes from 0 when it connects and again from 0 at its own
-    /// window, which a passive process may watch from before.
-    may_restart: bool,
+    /// The publisher's numbering is known ([`SeqTrack::starting_at`]); else someone else
+    /// publishes, and the track follows a renumbering (see [`SeqTrack::on_stamped`]).
+    exact: bool,
+    /// The newest stamp time seen (ns), for [`SeqTrack::on_stamped`].
+    newest: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -168,22 +169,36 @@ impl SeqTrack {
             next: first,
             window: 0,
             started: true,
-            may_restart: false,
+            exact: true,
+            newest: 0,
         }
     }
 
+    /// `on`, knowing the delivery's stamp time. A publisher numbers its publishes from 0
+    /// when it connects and again from 0 at its own window, which a passive process may
+    /// watch from before: a number behind the track with a stamp newer than any seen is
+    /// that renumbering (a late or repeated delivery carries an older or equal stamp), and
+    /// the track starts again at 0, so that a lost first publish still counts as a gap.
+    pub fn on_stamped(&mut self, seq: u32, ts: u64) -> SeqOutcome {
+        let behind = self.started && (seq.wrapping_sub(self.next) as i32) < 0;
+        if !self.exact && behind && ts > self.newest {
+            *self = SeqTrack {
+                exact: false,
+                ..SeqTrack::starting_at(0)
+            };
+        }
+        self.newest = self.newest.max(ts);
+        self.on(seq)
+    }
+
     pub fn on(&mut self, seq: u32) -> SeqOutcome {
-        // 0 where it is not next (a wrap) and not just seen (a duplicate of the first).
-        let restart =
-            self.may_restart && seq == 0 && self.next != 0 && !(self.first == 0 && self.next == 1);
-        if !self.started || restart {
+        if !self.started {
             *self = SeqTrack {
                 first: seq,
                 next: seq.wrapping_add(1),
                 window: 1,
                 started: true,
-                // Once: a second 0 is a duplicate.
-                may_restart: !self.started,
+                ..*self
             };
             return SeqOutcome::InOrder;
         }
@@ -304,8 +319,10 @@ pub struct Worker {
     rr: usize,
     next_send: u64,
     send_every: u64,
-    /// Wakes the poll at sub-millisecond deadlines.
+    /// Wakes the poll at sub-millisecond deadlines; `timer_at` is the deadline it is armed
+    /// for (0: none, or fired).
     timer: sys::Timer,
+    timer_at: u64,
     timeouts: VecDeque<(u64, usize, u64)>,
     holds: VecDeque<(u64, usize, u64)>,
     closes: VecDeque<(u64, usize, u64)>,
@@ -356,6 +373,7 @@ impl Worker {
         Ok(Worker {
             idx,
             timer,
+            timer_at: 0,
             todo: plan.conns[idx].iter().copied().collect(),
             next_connect: 0,
             connect_every: per_thread(plan.connect_rate),
@@ -462,9 +480,13 @@ impl Worker {
             };
             // epoll waits whole milliseconds: a deadline within one is the timer's, and
             // the poll's own timeout (rounded up) only backs it.
-            if wait > 0 && wait < MAX_WAIT_NS && self.timer.arm_at(now + wait).is_err() {
-                self.shared.error("timerfd_settime failed".into());
-                break;
+            if wait > 0 && wait < MAX_WAIT_NS && self.timer_at != now + wait {
+                // Armed once per deadline, not once per loop pass.
+                self.timer_at = now + wait;
+                if self.timer.arm_at(self.timer_at).is_err() {
+                    self.shared.error("timerfd_settime failed".into());
+                    break;
+                }
             }
             if let Err(e) = self
                 .poll
@@ -573,9 +595,6 @@ impl Worker {
                 if self.in_window(t0) {
                     self.c.sent_window += 1;
                 }
-                // A handshake under way: the drain waits for it, the end counts it as
-                // timed out.
-                self.outstanding += 1;
                 self.open(spec, t0, now);
                 n += 1;
             }
@@ -646,9 +665,16 @@ impl Worker {
             self.report_failed(format!("register: {e}"));
             return;
         }
+        let churn = conn.role == Role::Churn;
         entry.insert(conn);
         self.timeouts
             .push_back((now + self.plan.connect_timeout_ns, key, gen));
+        if churn {
+            // A handshake under way: the drain waits for it, the end counts it as timed
+            // out. (Counted once the connection exists: one that failed to open is a
+            // connect error, not a handshake to wait for.)
+            self.outstanding += 1;
+        }
     }
 
     fn socket(&self, spec: &ConnSpec) -> io::Result<Sock> {
@@ -696,6 +722,7 @@ impl Worker {
 
     fn on_event(&mut self, key: usize) {
         if key == TIMER {
+            self.timer_at = 0;
             return self.timer.clear();
         }
         let Some(conn) = self.conns.get_mut(key) else {
@@ -1124,7 +1151,7 @@ impl Worker {
                     };
                     conn.tracks.resize(p + 1, track);
                 }
-                match conn.tracks[p].on(s.seq) {
+                match conn.tracks[p].on_stamped(s.seq, s.ts) {
                     SeqOutcome::InOrder => {}
                     SeqOutcome::Gap(n) => self.c.gaps += n,
                     SeqOutcome::Duplicate => self.c.duplicates += 1,
@@ -1424,8 +1451,12 @@ impl Worker {
                     self.c.err_timeout += u64::from(c.inflight);
                 }
             }
-            if c.role == Role::Churn && matches!(c.st, St::Connecting | St::Handshaking) {
-                // Failed before its handshake completed (counted by its error).
+            if c.role == Role::Churn
+                && matches!(c.st, St::Connecting | St::Handshaking)
+                && self.stopping.is_none()
+            {
+                // Failed before its handshake completed (counted by its error). At the end
+                // it stays outstanding, to be counted as timed out.
                 self.outstanding = self.outstanding.saturating_sub(1);
             }
             if let Some(i) = self.senders.iter().position(|&k| k == key) {
@@ -1497,21 +1528,46 @@ mod tests {
     }
 
     /// A passive process watching from before the publisher's window sees its numbering
-    /// restart at 0 there: a new start, not 500 reorderings and duplicates.
+    /// restart at 0 there: a new start, not 500 reorderings and duplicates. Told apart from
+    /// late and repeated deliveries by their stamps, which are not newer.
     #[test]
-    fn a_passive_track_follows_the_publishers_restart_once() {
+    fn a_passive_track_follows_the_publishers_renumbering() {
         let mut t = SeqTrack::default();
-        assert_eq!(t.on(500), SeqOutcome::InOrder);
-        assert_eq!(t.on(501), SeqOutcome::InOrder);
-        assert_eq!(t.on(0), SeqOutcome::InOrder, "the window's numbering");
-        assert_eq!(t.on(1), SeqOutcome::InOrder);
-        assert_eq!(t.on(0), SeqOutcome::Duplicate, "a restart happens once");
-        assert_eq!(t.on(3), SeqOutcome::Gap(1));
-        // Where the publisher's numbering is known, 0 is never a restart.
+        assert_eq!(t.on_stamped(500, 10), SeqOutcome::InOrder);
+        assert_eq!(t.on_stamped(501, 11), SeqOutcome::InOrder);
+        assert_eq!(
+            t.on_stamped(0, 12),
+            SeqOutcome::InOrder,
+            "the window's numbering"
+        );
+        assert_eq!(t.on_stamped(1, 13), SeqOutcome::InOrder);
+        assert_eq!(
+            t.on_stamped(0, 12),
+            SeqOutcome::Duplicate,
+            "a repeat: same stamp"
+        );
+        assert_eq!(t.on_stamped(3, 15), SeqOutcome::Gap(1));
+        assert_eq!(t.on_stamped(2, 14), SeqOutcome::Late, "sent earlier");
+        // The window's first publish lost: the renumbering still starts at 0.
+        let mut t = SeqTrack::default();
+        assert_eq!(t.on_stamped(500, 10), SeqOutcome::InOrder);
+        assert_eq!(
+            t.on_stamped(1, 12),
+            SeqOutcome::Gap(1),
+            "publish 0 was lost"
+        );
+        // A track that began at the window's 0: a real duplicate of 0 stays one.
+        let mut t = SeqTrack::default();
+        for i in 0..10 {
+            assert_eq!(t.on_stamped(i, 100 + u64::from(i)), SeqOutcome::InOrder);
+        }
+        assert_eq!(t.on_stamped(0, 100), SeqOutcome::Duplicate);
+        assert_eq!(t.on_stamped(10, 110), SeqOutcome::InOrder);
+        // Where the publisher's numbering is known, nothing is a renumbering.
         let mut t = SeqTrack::starting_at(0);
-        assert_eq!(t.on(0), SeqOutcome::InOrder);
-        assert_eq!(t.on(1), SeqOutcome::InOrder);
-        assert_eq!(t.on(0), SeqOutcome::Duplicate);
+        assert_eq!(t.on_stamped(0, 1), SeqOutcome::InOrder);
+        assert_eq!(t.on_stamped(1, 2), SeqOutcome::InOrder);
+        assert_eq!(t.on_stamped(0, 3), SeqOutcome::Duplicate);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub fn write(path: &Path, start: SystemTime, intervals: &[Interval]) -> Result<(
 /// One log as read back: its start time (seconds since the epoch) and its intervals.
 pub struct Log {
     pub start_s: f64,
+    /// False for a log with neither a start time nor absolute timestamps: `start_s` is then
+    /// 0 and means nothing.
+    pub start_known: bool,
     pub intervals: Vec<Interval>,
 }
 
@@ -69,13 +72,22 @@ pub fn read(path: &Path) -> Result<Log> {
             LogEntry::Interval(i) => intervals.push(decode(&mut de, &i, path)?),
         }
     }
+    // Timestamps past 2001 are absolute (seconds since the epoch), not since a start.
+    let absolute = intervals
+        .first()
+        .is_some_and(|i| i.start.as_secs_f64() > 1e9);
+    let start_known = start_s.is_some() || base_s.is_some() || absolute;
     let start_s = start_s.or(base_s).unwrap_or(0.0);
     // Interval timestamps are relative to the base time when there is one, else absolute.
     let base = base_s.unwrap_or(0.0);
     for i in &mut intervals {
         i.start = Duration::from_secs_f64((base + i.start.as_secs_f64() - start_s).max(0.0));
     }
-    Ok(Log { start_s, intervals })
+    Ok(Log {
+        start_s,
+        start_known,
+        intervals,
+    })
 }
 
 fn decode(de: &mut Deserializer, i: &IntervalLogHistogram, path: &Path) -> Result<Interval> {
@@ -163,7 +175,24 @@ struct Merged<'a> {
 }
 
 pub fn merge(a: &MergeArgs) -> Result<()> {
-    let logs: Vec<Log> = a.files.iter().map(|f| read(f)).collect::<Result<_>>()?;
+    let mut logs: Vec<Log> = a.files.iter().map(|f| read(f)).collect::<Result<_>>()?;
+    // A log that does not say when it started is placed at the earliest start of the
+    // others (it was placed in 1970, spanning the timeline over 56 years), and said.
+    let earliest = logs
+        .iter()
+        .filter(|l| l.start_known && !l.intervals.is_empty())
+        .map(|l| l.start_s)
+        .fold(f64::INFINITY, f64::min);
+    for (log, file) in logs.iter_mut().zip(&a.files) {
+        if !log.start_known && !log.intervals.is_empty() && earliest.is_finite() {
+            eprintln!(
+                "warning: {} has no start time: its intervals are placed at the earliest \
+                 start of the other logs",
+                file.display()
+            );
+            log.start_s = earliest;
+        }
+    }
     let mut all = new_hist();
     let mut count = 0;
     let (mut first, mut last) = (f64::INFINITY, f64::NEG_INFINITY);

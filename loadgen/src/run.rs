@@ -276,12 +276,17 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         // not a measurement, however clean the table looks.
         let why = shared.first_error.lock().expect("not poisoned").clone();
         let what = match plan.mode {
+            _ if c.sent == 0 => "nothing was sent",
             Mode::Connect => "no handshake completed",
             Mode::Echo => "no echo came back",
             Mode::Fanout => "no delivery arrived",
         };
         out.failure = Some(match why {
             Some(why) => format!("{what} in the measured window: {why}"),
+            // Nothing went wrong: nothing was due (0.5/s over a 1 s window).
+            None if c.sent == 0 => {
+                format!("{what} in the measured window: is the rate too low for the duration?")
+            }
             None => format!("{what} in the measured window"),
         });
     }

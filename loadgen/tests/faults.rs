@@ -21,7 +21,7 @@ fn unreachable_target_is_a_clear_error() {
 fn assert_failed_with_summary(out: &std::process::Output, v: Option<Value>) -> Value {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no echo came back"), "{err}");
+    assert!(err.contains("in the measured window: "), "{err}");
     v.expect("the summary is written")
 }
 
@@ -87,4 +87,78 @@ fn sends_dropped_at_a_stalled_server_are_said() {
         table.contains(&format!("dropped: {drops} sends not made")),
         "{table}"
     );
+}
+
+/// connect mode: an attempt that fails before its connection exists (here a bind to a
+/// source address not on this machine) is a connect error only; the drain does not wait
+/// for it and the end does not count it again as a timeout (it held the whole --drain and
+/// was counted twice).
+#[test]
+fn connect_failures_at_open_are_counted_once_and_not_waited_for() {
+    let url = echo_server();
+    let started = std::time::Instant::now();
+    let (_, v) = loadgen(
+        "connect",
+        &url,
+        &[
+            "--rate",
+            "20",
+            "--hold",
+            "50ms",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "20s",
+            "--threads",
+            "1",
+            "--source",
+            "127.0.0.1,192.0.2.7",
+        ],
+    );
+    let v = v.expect("the summary is written");
+    assert!(v["errors"]["connect"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"]["timeout"], 0, "{v}");
+    assert!(v["received"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the drain waited it out"
+    );
+}
+
+/// connect mode: handshakes still under way when the run ends are counted as timeouts
+/// (they were dropped uncounted).
+#[test]
+fn handshakes_under_way_at_the_end_are_timeouts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        // Accepted, never answered.
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let (out, v) = loadgen(
+        "connect",
+        &url,
+        &[
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "300ms",
+            "--connect-timeout",
+            "30s",
+            "--threads",
+            "1",
+        ],
+    );
+    let v = v.expect("the summary is written");
+    let sent = v["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{v}");
+    assert_eq!(v["errors"]["timeout"].as_u64().unwrap(), sent, "{v}");
+    assert_eq!(out.status.code(), Some(1));
 }

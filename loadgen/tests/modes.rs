@@ -152,6 +152,35 @@ fn a_message_is_timed_at_its_last_byte() {
     assert!(l["min"].as_f64().unwrap() >= 300_000.0, "{v}");
 }
 
+/// A run too short for its rate sends nothing in its window: it says so, without blaming
+/// the server (it said "no echo came back").
+#[test]
+fn a_window_with_nothing_due_says_so() {
+    let url = echo_server();
+    let (out, _) = loadgen(
+        "echo",
+        &url,
+        &[
+            "--rate",
+            "0.5",
+            "--connections",
+            "1",
+            "--warmup",
+            "1s",
+            "--duration",
+            "1s",
+            "--drain",
+            "0s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was sent") && err.contains("rate too low"),
+        "{err}"
+    );
+}
+
 /// A connect run whose every attempt fails says why and exits 1 (it exited 0 with a table
 /// of zeros), after printing that table.
 #[test]
@@ -421,6 +450,9 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
     std::fs::write(&earlier, shifted).unwrap();
     let m = merge(&[&logs[0], &empty, &no_start, &earlier]);
     assert_eq!(count(&m), 3 * count(&runs[0]), "{m}");
+    // The log without a start time is placed beside the others, not in 1970.
+    let span = m["span_s"].as_f64().unwrap();
+    assert!((3600.0..3700.0).contains(&span), "{span}");
     // Not a log: a clear error.
     let bad = std::process::Command::new(BIN)
         .arg("merge")

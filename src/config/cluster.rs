@@ -100,12 +100,14 @@ impl Finish for Cluster {
         // Read now, so that a missing or unreadable file stops the start with its setting
         // named (a missing creds file left the node running alone, "disconnected",
         // losing every cross-node message).
-        for (setting, file) in [
+        let files = [
             ("cluster_creds_file", &self.creds_file),
             ("cluster_tls_ca_file", &self.tls_ca_file),
             ("cluster_tls_cert_file", &self.tls_cert_file),
             ("cluster_tls_key_file", &self.tls_key_file),
-        ] {
+        ];
+        // Only where they will be used: a shared config may name them with clustering off.
+        for (setting, file) in files.into_iter().filter(|_| self.enabled()) {
             if let Some(path) = file {
                 match std::fs::read(path) {
                     Ok(bytes) if !bytes.is_empty() => {}

@@ -28,6 +28,11 @@ impl Finish for Http {}
 /// after; one that is not could never match.
 fn origins(list: &Option<Vec<String>>) -> Result<(), String> {
     let bad = |o: &String| {
+        if o == "null" {
+            // An opaque origin (a sandboxed frame, a file:// page): allowing it is the
+            // operator's call.
+            return false;
+        }
         let Some((scheme, host)) = o.split_once("://") else {
             return true;
         };

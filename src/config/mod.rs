@@ -418,11 +418,15 @@ mod tests {
         // Files that cannot be read stop the start, named (they were found missing only
         // when the NATS client started, and the node ran alone).
         for key in ["cluster_creds_file", "cluster_tls_ca_file"] {
-            let err = bad(&format!("{key} = \"/nonexistent/wsgate.creds\""));
+            let err = bad(&format!(
+                "cluster_urls = [\"nats://127.0.0.1:4222\"]\n{key} = \"/nonexistent/wsgate.creds\""
+            ));
             assert!(
                 err.contains(&format!("`{key}`")) && err.contains("/nonexistent"),
                 "{err}"
             );
+            // With clustering off, a shared config may name them.
+            toml(&format!("{key} = \"/nonexistent/wsgate.creds\"")).unwrap();
         }
         let c = flags(&[
             "--cluster-urls",
