@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn good_patterns_origins_and_a_bare_zero_duration() {
         let c = toml(
-            "allowed_origins = [\"https://app.example\", \"http://localhost:3000\"]\n\
+            "allowed_origins = [\"https://app.example\", \"http://localhost:3000\", \"null\"]\n\
              client_publish = [\"*\", \"chat.*\", \"room/1\"]\nmax_batch_delay = 0",
         )
         .unwrap();
