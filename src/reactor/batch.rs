@@ -2,19 +2,23 @@
 //! leave in one write. Each write costs a syscall and the kernel's TCP send (about a
 //! microsecond on loopback) whatever it carries, so a busy reactor that holds frames for
 //! a few milliseconds spends less per delivery, while an idle one would only add latency.
+//! Where they wait, and how their writes are spread over the delay, is cork.rs.
 //!
 //! The controller looks for the *smallest* delay that brings the reactor's load down to
 //! a target, not the longest it may take. Once per window it measures the load: the larger
 //! of two shares of the window's wall time, the thread's CPU time (which counts the
 //! kernel's work in its writes, on both drivers, even inside io_uring's submit) and the
 //! time its turns took (which also counts time the thread was runnable but preempted).
-//! From the window's batches it knows the frames per write `f` the current delay gave,
-//! and how fast a waiting connection gathers more (extra frames per batch over the
-//! delay); a model of the cost per delivery, a fixed part plus a per-write part spread
-//! over `f` frames, then says what load each delay would give:
+//! From the window's deliveries it knows the frames per write `f` the current delay gave,
+//! and how often a subscriber receives (`r`, frames a second per connection that received
+//! any: deliveries over distinct receivers). A waiting connection writes at its slot's
+//! tick, once a delay, so it carries the frames of one delay, or those that came together
+//! anyway (`f0`, several publishes in one turn). A model of the cost per delivery, a fixed
+//! part plus a per-write part spread over `f` frames, then says what load each delay
+//! would give:
 //!
 //! ```text
-//!   cost(f) ∝ (1 − WRITE_SHARE) + WRITE_SHARE / f        f(delay) = 1 + rate · delay
+//!   cost(f) ∝ (1 − WRITE_SHARE) + WRITE_SHARE / f        f(delay) = max(f0, r · delay)
 //!   load(delay) = load_now · cost(f(delay)) / cost(f_now)
 //! ```
 //!
@@ -22,11 +26,13 @@
 //! floor no delay can go below, if that is higher: frames beyond that buy little CPU for
 //! their latency). After each change it waits a window before judging (that window
 //! still holds frames corked under the old delay). Off while the reactor is mostly idle
-//! (deliveries leave in the turn that queued them), and switched off for a while when the
-//! batches show that subscribers receive too rarely for any delay within
-//! `max_batch_delay` to put two frames in one write, or when nothing waited at all.
+//! (deliveries leave in the turn that queued them), and while subscribers receive too
+//! rarely for any delay within `max_batch_delay` to put `WORTH` times the frames in a
+//! write: then waiting would cost latency and save nothing.
 
 use std::time::{Duration, Instant};
+
+use crate::driver::ConnId;
 
 /// How often the load is measured and the delay adjusted.
 const WINDOW: Duration = Duration::from_millis(50);
@@ -41,20 +47,20 @@ const TARGET: f64 = 0.35;
 const OVER_FLOOR: f64 = 1.25;
 /// Share of a delivery's cost at one frame per write that is the write's (syscall, TCP
 /// send, wake-up of the receiver) rather than the frame's: measured on loopback at 1,000
-/// subscribers, see the README's batching section.
+/// subscribers, see docs/performance.md.
 const WRITE_SHARE: f64 = 0.6;
-/// The delay tried first, to learn how fast frames gather.
-const FIRST: Duration = Duration::from_millis(1);
 /// The shortest delay kept.
 const SHORTEST: Duration = Duration::from_micros(250);
 /// A change smaller than this share of the delay is not worth a window of settling.
 const DEAD_BAND: f64 = 0.2;
-/// One step changes the delay by at most this factor either way.
+/// A change from one delay to another is by at most this factor either way.
 const MAX_STEP: f64 = 4.0;
-/// Frames per write the full bound must promise for batching to be worth it.
+/// Times the frames per write without a delay that the full bound must promise for
+/// batching to be worth its latency.
 const WORTH: f64 = 1.5;
-/// How long batching stays off once it proved useless at the current rates.
-const HOLD_OFF: Duration = Duration::from_secs(2);
+/// Bits of the sketch that counts a window's distinct receivers (linear counting: exact
+/// enough far past this many connections a reactor).
+const SEEN_BITS: usize = 1 << 16;
 
 /// The reactor's batching state.
 pub(super) struct Batching {
@@ -70,8 +76,6 @@ pub(super) struct Batching {
     judged: u32,
     /// The window after a change is not judged: it still holds frames of the old delay.
     settling: bool,
-    /// No batching before this (it did not help).
-    hold_off: Option<Instant>,
     /// Frames per write without a delay (several publishes in one turn share a write
     /// anyway), as last measured.
     unbatched_frames: f64,
@@ -79,6 +83,8 @@ pub(super) struct Batching {
     /// joined one already open.
     opened: u64,
     joined: u64,
+    /// The connections that received in this window, hashed into a bitmap.
+    seen: Box<[u64]>,
     /// Wall time spent in turns (outside the driver's wait) in this window.
     turns: Duration,
 }
@@ -94,10 +100,10 @@ impl Batching {
             load: 0.0,
             judged: 0,
             settling: false,
-            hold_off: None,
             unbatched_frames: 1.0,
             opened: 0,
             joined: 0,
+            seen: vec![0; SEEN_BITS / 64].into_boxed_slice(),
             turns: Duration::ZERO,
         }
     }
@@ -117,6 +123,24 @@ impl Batching {
         self.joined += 1;
     }
 
+    /// A connection was delivered to (once per delivery, after `opened` or `joined`).
+    pub fn received(&mut self, id: ConnId) {
+        // A multiply-xorshift mix, so that any pattern of indexes spreads evenly.
+        let mut x = u64::from(id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let bit = (x >> 48) as usize % SEEN_BITS;
+        self.seen[bit / 64] |= 1 << (bit % 64);
+    }
+
+    /// Distinct connections delivered to in this window, estimated from the sketch.
+    fn receivers(&self) -> f64 {
+        let set: u32 = self.seen.iter().map(|w| w.count_ones()).sum();
+        let m = SEEN_BITS as f64;
+        let empty = (m - f64::from(set)).max(0.5);
+        -m * (empty / m).ln()
+    }
+
     /// After each turn, with its start (when the driver's wait returned) and its end:
     /// once a window has passed, measures the load and adjusts the delay. Returns the new
     /// delay when it changed.
@@ -130,17 +154,20 @@ impl Batching {
         let used = cpu.saturating_sub(self.cpu_start).max(self.turns);
         let load = (used.as_secs_f64() / wall.as_secs_f64()).min(1.0);
         let (opened, joined) = (self.opened, self.joined);
+        // Frames a second per connection that received any.
+        let rate = (opened + joined) as f64 / self.receivers().max(1.0) / wall.as_secs_f64();
         self.window_start = now;
         self.cpu_start = cpu;
         self.opened = 0;
         self.joined = 0;
+        self.seen.fill(0);
         self.turns = Duration::ZERO;
         if std::mem::take(&mut self.settling) {
             return None;
         }
         self.judged += 1;
         self.load += (load - self.load) / f64::from(self.judged.min(4));
-        let next = self.next_delay(now, opened, joined);
+        let next = self.next_delay(opened, joined, rate);
         if next == self.delay {
             return None;
         }
@@ -151,54 +178,47 @@ impl Batching {
         Some(next)
     }
 
-    fn next_delay(&mut self, now: Instant, opened: u64, joined: u64) -> Duration {
-        // Frames per write the window's delay gave.
-        let frames = 1.0 + joined as f64 / opened.max(1) as f64;
-        if self.delay.is_zero() {
-            if opened > 0 {
-                self.unbatched_frames = frames;
-            }
-            let held = self.hold_off.is_some_and(|until| now < until);
-            return if self.load >= START && aim(self.load, frames) < self.load && !held {
-                FIRST.min(self.max)
-            } else {
-                Duration::ZERO
-            };
-        }
+    fn next_delay(&mut self, opened: u64, joined: u64, rate: f64) -> Duration {
         if opened == 0 {
             // Busy, but not with deliveries: nothing for batching to save.
-            return self.give_up(now);
-        }
-        let f0 = self.unbatched_frames;
-        let delay = self.delay.as_secs_f64();
-        // Extra frames a waiting connection gathers per second of delay.
-        let rate = (frames - f0).max(0.0) / delay;
-        let max = self.max.as_secs_f64();
-        if f0 + rate * max < WORTH * f0 && (opened >= 100 || self.delay >= self.max / 4) {
-            return self.give_up(now);
-        }
-        let unbatched = self.load * cost(f0) / cost(frames);
-        let aim = aim(self.load, frames);
-        if unbatched < STOP || aim >= unbatched {
             return Duration::ZERO;
         }
-        // cost(f) = cost(frames) · aim / load, solved for f; then f = f0 + rate · delay.
-        let needed = WRITE_SHARE / (cost(frames) * aim / self.load - (1.0 - WRITE_SHARE));
-        let wanted = if rate > 0.0 {
-            (needed - f0) / rate
+        // Frames per write the window's delay gave.
+        let frames = 1.0 + joined as f64 / opened as f64;
+        if self.delay.is_zero() {
+            self.unbatched_frames = frames;
+        }
+        let f0 = self.unbatched_frames;
+        let max = self.max.as_secs_f64();
+        if f0.max(rate * max) < WORTH * f0 {
+            // Subscribers receive too rarely: even the bound would not gather enough.
+            return Duration::ZERO;
+        }
+        let unbatched = self.load * cost(f0) / cost(frames);
+        let started = !self.delay.is_zero();
+        if (!started && self.load < START) || unbatched < STOP {
+            return Duration::ZERO;
+        }
+        let aim = aim(self.load, frames);
+        if aim >= unbatched {
+            return Duration::ZERO;
+        }
+        // cost(f) = cost(frames) · aim / load, solved for f; then f = rate · delay.
+        let room = cost(frames) * aim / self.load - (1.0 - WRITE_SHARE);
+        let needed = if room > 0.0 {
+            WRITE_SHARE / room
         } else {
-            max
+            f64::INFINITY
         };
-        let wanted = wanted.clamp(delay / MAX_STEP, delay * MAX_STEP);
-        if (wanted - delay).abs() <= DEAD_BAND * delay {
-            return self.delay;
+        let mut wanted = (needed / rate).min(max);
+        if started {
+            let delay = self.delay.as_secs_f64();
+            wanted = wanted.clamp(delay / MAX_STEP, delay * MAX_STEP);
+            if (wanted - delay).abs() <= DEAD_BAND * delay {
+                return self.delay;
+            }
         }
         Duration::from_secs_f64(wanted).clamp(SHORTEST.min(self.max), self.max)
-    }
-
-    fn give_up(&mut self, now: Instant) -> Duration {
-        self.hold_off = Some(now + HOLD_OFF);
-        Duration::ZERO
     }
 }
 
@@ -258,9 +278,9 @@ mod tests {
             }
         }
 
-        /// Frames per write at a delay.
+        /// Frames per write at a delay: a waiting subscriber writes once a delay.
         fn frames(&self, delay: Duration) -> f64 {
-            self.burst + self.rate * delay.as_secs_f64()
+            self.burst.max(self.rate * delay.as_secs_f64())
         }
 
         /// The load a delay gives, in share of the core.
@@ -284,6 +304,9 @@ mod tests {
             }
             for _ in 0..(frames.round() as u64).saturating_sub(writes) {
                 b.joined();
+            }
+            for i in 0..load.subscribers as u32 {
+                b.received(ConnId(i));
             }
             CPU.with(|c| c.set(c.get() + WINDOW.mul_f64(load.at(d))));
             let start = *t;
@@ -309,7 +332,7 @@ mod tests {
         assert!((load.at(Duration::ZERO) - 0.8).abs() < 1e-9);
         let delays = run(&mut b, &mut t, &load, 40);
         let last = *delays.last().unwrap();
-        assert!(last >= 2 * MS && last <= 6 * MS, "{delays:?}");
+        assert!(last >= 3 * MS && last <= 8 * MS, "{delays:?}");
         // The aim: a quarter above the floor of 0.32 (0.4), or under it.
         assert!(load.at(last) <= 0.43, "load {} at {last:?}", load.at(last));
         // Settled: the last second changed nothing.
@@ -365,9 +388,9 @@ mod tests {
     }
 
     /// Busy, but each subscriber receives 10/s: no delay within 20 ms puts two frames in a
-    /// write. Batching is tried once, then held off for 2 s at a time.
+    /// write, and the rate says so before any delay is tried.
     #[test]
-    fn gives_up_when_subscribers_receive_too_rarely() {
+    fn never_batches_when_subscribers_receive_too_rarely() {
         let (mut b, mut t) = fresh(20 * MS);
         let load = Load {
             subscribers: 10_000.0,
@@ -378,13 +401,24 @@ mod tests {
         };
         assert!(load.at(Duration::ZERO) >= START);
         let delays = run(&mut b, &mut t, &load, 80);
-        let batched = delays.iter().filter(|d| !d.is_zero()).count();
-        assert!(batched > 0, "tried");
-        assert!(
-            batched <= 2 * 3,
-            "{batched} of 80 windows batched: {delays:?}"
-        );
-        assert!(delays.iter().all(|&d| d <= FIRST), "{delays:?}");
+        assert!(delays.iter().all(|d| d.is_zero()), "{delays:?}");
+    }
+
+    /// The sketch counts distinct receivers, not deliveries, within a few percent.
+    #[test]
+    fn counts_distinct_receivers() {
+        let (mut b, _) = fresh(20 * MS);
+        for n in [1u32, 10, 1000, 10_000, 50_000] {
+            b.seen.fill(0);
+            for _ in 0..3 {
+                for i in 0..n {
+                    b.received(ConnId(i * 7 + 3));
+                }
+            }
+            let c = b.receivers();
+            let n = f64::from(n);
+            assert!((c - n).abs() <= 0.03 * n + 0.5, "{c} for {n}");
+        }
     }
 
     /// A publisher whose publishes arrive a dozen at a time (a late one catching up)

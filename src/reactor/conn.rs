@@ -147,8 +147,8 @@ pub(super) enum Recv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Scheduled {
     No,
-    /// Deliveries wait in `Core::corked` until the batching delay is up.
-    Corked,
+    /// Deliveries wait in this slot of `Core::corked` until its tick (cork.rs).
+    Corked(u8),
     /// In `Core::flush`: written at the end of this turn.
     Flush,
 }
@@ -425,7 +425,7 @@ impl Core {
         let work = !transport.is_idle(&conn.out)
             || matches!(conn.recv, Recv::Paused | Recv::Pausing | Recv::PausedEof)
             || matches!(conn.phase, Phase::Closing { .. });
-        if work && conn.scheduled != Scheduled::Corked {
+        if work && !matches!(conn.scheduled, Scheduled::Corked(_)) {
             self.schedule(id);
         }
     }
@@ -598,22 +598,6 @@ impl Core {
                 self.begin_closing(id);
             } else {
                 self.schedule(id);
-            }
-        }
-    }
-
-    /// Releases corked deliveries once their delay is up.
-    pub(super) fn uncork(&mut self) {
-        if self.corked_until.is_some_and(|until| self.now >= until) {
-            self.corked_until = None;
-            for id in mem::take(&mut self.corked) {
-                if self
-                    .conns
-                    .get_mut(id)
-                    .is_some_and(|c| c.scheduled == Scheduled::Corked)
-                {
-                    self.schedule(id);
-                }
             }
         }
     }

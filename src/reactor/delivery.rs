@@ -175,6 +175,8 @@ impl Core {
         let cap = config.limits.max_outbound_bytes;
         let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
         let mut abort = Vec::new();
+        // The slots of `corked` this publish's frames wait in.
+        let mut waits = 0u16;
         for id in self.topics.subscribers(topic) {
             let Some((conn, transport)) = self.conns.with_transport(id) else {
                 continue;
@@ -216,20 +218,25 @@ impl Core {
                 }
             }
             match conn.scheduled {
-                Scheduled::Corked | Scheduled::Flush => self.batch.joined(),
+                Scheduled::Corked(slot) => {
+                    waits |= 1 << slot;
+                    self.batch.joined();
+                }
+                Scheduled::Flush => self.batch.joined(),
                 Scheduled::No if self.batch.delay().is_zero() => {
                     conn.scheduled = Scheduled::Flush;
                     self.flush.push(id);
                     self.batch.opened();
                 }
                 Scheduled::No => {
-                    conn.scheduled = Scheduled::Corked;
-                    self.corked.push(id);
+                    let max = config.pubsub.max_batch_delay;
+                    let slot = self.corked.cork(id, self.now, self.batch.delay(), max);
+                    conn.scheduled = Scheduled::Corked(slot);
+                    waits |= 1 << slot;
                     self.batch.opened();
-                    self.corked_until
-                        .get_or_insert(self.now + self.batch.delay());
                 }
             }
+            self.batch.received(id);
         }
         for id in abort {
             self.close_now(id);
@@ -239,7 +246,7 @@ impl Core {
         ReactorMetrics::add(&m.dropped, dropped);
         ReactorMetrics::add(&m.slow_consumer_closes, closed);
         if delivered > 0 {
-            self.published.push(published);
+            self.published.push((published, waits));
         }
     }
 }

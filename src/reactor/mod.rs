@@ -9,16 +9,19 @@
 //!   inbox (other reactors' publishes) ─▶ delivery with the slow-consumer policy (delivery.rs)
 //!   timers (sweep) ─▶ pings, timeouts, close deadlines
 //!   flush: one vectored send per connection with output queued this turn (corking);
-//!          under load, deliveries wait up to the batching delay (batch.rs) first
+//!          under load, deliveries first wait, up to the batching delay (batch.rs), in
+//!          slots that leave in turn (cork.rs)
 //! ```
 //!
 //! The files split the loop by concern: this one is the loop and the driver glue,
 //! `conn.rs` the connection lifecycle (phase, backpressure, closing), `request.rs` the
 //! HTTP request phase (parse, route, upgrade), `delivery.rs` fan-out into the local
-//! queues. Applications see a connection only through `app::Session`, which `Ctx` implements.
+//! queues, `batch.rs` and `cork.rs` how long and where deliveries wait under load.
+//! Applications see a connection only through `app::Session`, which `Ctx` implements.
 
 mod batch;
 mod conn;
+mod cork;
 mod delivery;
 mod request;
 #[cfg(test)]
@@ -43,6 +46,7 @@ use crate::shared::Shared;
 use crate::transport::TransportError;
 use batch::Batching;
 use conn::{Conns, Limited, Phase, Recv, Scheduled, Send};
+use cork::Corked;
 use delivery::Held;
 use wsgate_proto::deflate::{Deflater, Inflater};
 use wsgate_proto::{Budget, CloseCode, Event, OpCode, ProtocolError};
@@ -65,10 +69,8 @@ struct Core {
     events: Vec<Event>,
     /// Connections with output queued or a state change this turn.
     flush: Vec<ConnId>,
-    /// Subscribers holding deliveries until `corked_until` (the batching delay, counted
-    /// from the first delivery that waits: no frame waits longer).
-    corked: Vec<ConnId>,
-    corked_until: Option<Instant>,
+    /// Subscribers holding deliveries for at most the batching delay, by slot.
+    corked: Corked,
     batch: Batching,
     /// Connections to hand to `Driver::close` before the next completion.
     to_close: Vec<ConnId>,
@@ -76,8 +78,9 @@ struct Core {
     /// bytes (at most `max_outbound_bytes`).
     held: Vec<Held>,
     held_bytes: usize,
-    /// Publish instants of what was delivered this turn, for the latency histogram.
-    published: Vec<Instant>,
+    /// Publish instants of what was delivered and not yet written, each with the slots of
+    /// `corked` its deliveries wait in (a bit each), for the latency histogram.
+    published: Vec<(Instant, u16)>,
     latency: Histogram<u64>,
     /// Memory for partial WebSocket messages, shared by this reactor's connections.
     inbound: Budget,
@@ -150,8 +153,7 @@ impl<D: Driver> Reactor<D> {
             inbox,
             events: Vec::new(),
             flush: Vec::new(),
-            corked: Vec::new(),
-            corked_until: None,
+            corked: Corked::new(now),
             batch,
             to_close: Vec::new(),
             held: Vec::new(),
@@ -426,7 +428,7 @@ impl Core {
         if !self.deferred.is_empty() {
             return self.now;
         }
-        [self.drain_deadline, self.corked_until, self.held_until()]
+        [self.drain_deadline, self.corked.wake(), self.held_until()]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, Instant::min)
@@ -637,17 +639,17 @@ impl Core {
         verdict
     }
 
-    /// Publish-to-write latency of this turn's deliveries (their frames were just handed
-    /// to the driver, unless some are still corked: then they are counted when those are).
+    /// Publish-to-write latency of the publishes whose last frames were just handed to the
+    /// driver (none of them waits in a slot any more).
     fn record_latency(&mut self, now: Instant) {
-        if self.published.is_empty() || self.corked_until.is_some() {
-            return;
-        }
-        for t in self.published.drain(..) {
-            let _ = self
-                .latency
-                .record(now.saturating_duration_since(t).as_micros().max(1) as u64);
-        }
+        let latency = &mut self.latency;
+        self.published.retain(|&(t, waits)| {
+            if waits == 0 {
+                let us = now.saturating_duration_since(t).as_micros().max(1);
+                let _ = latency.record(us as u64);
+            }
+            waits != 0
+        });
     }
 
     /// Folds this reactor's latency samples into the shared histogram for `/metrics`.
