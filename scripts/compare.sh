@@ -12,7 +12,10 @@
 #             or a delivery is lost: the highest rate that passed
 # env: ROUNDS (default 3; medians), SECS (measured seconds, default 8; 4 for 1k-rise),
 #      WSGATE_IO (epoll|uring, default epoll), WSGATE_ARGS (extra server flags),
-#      RISE_RATES (default "1000 2000 3000 4000 6000 8000 12000 16000")
+#      RISE_RATES (default "1000 2000 3000 4000 6000 8000 12000 16000"),
+#      BASELINE (another wsgate binary, e.g. one built from an earlier commit: run as
+#      system "baseline" right after wsgate in 1k-1000 and 10k-100, for a before/after in
+#      one run)
 #
 # Every run is bounded (connect + 2 s warm-up + SECS + 1 s drain, under 15 s); the default
 # set takes about 12 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
@@ -40,6 +43,11 @@ if [[ ! -x "$bun" ]]; then
   npm install --prefix "$npm_dir" --silent --no-audit --no-fund bun >/dev/null
 fi
 build_release
+wsgates=(wsgate)
+if [[ -n ${BASELINE:-} ]]; then
+  [[ -x $BASELINE ]] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 2; }
+  wsgates+=(baseline)
+fi
 
 wait_listening() {
   for _ in $(seq 100); do
@@ -57,7 +65,7 @@ metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s 
 # passes a SIGINT on to its process group, this script included.)
 start_server() { # system port log [rate for bare]
   case "$1" in
-    wsgate) setsid taskset -c 0 "$gw" serve --listen "127.0.0.1:$2" --threads 1 --io "$io" \
+    wsgate | baseline) setsid taskset -c 0 "$([[ $1 == wsgate ]] && echo "$gw" || echo "$BASELINE")" serve --listen "127.0.0.1:$2" --threads 1 --io "$io" \
       --client-publish '*' --idle-timeout 0s --max-connections 19000 ${WSGATE_ARGS:-} >"$3" 2>&1 & ;;
     bun) PORT="$2" setsid taskset -c 0 "$bun" benches/peers/bun-pubsub.js >"$3" 2>&1 & ;;
     bare) setsid taskset -c 0 "$lg" blast-server --listen "127.0.0.1:$2" --format delivery --size 64 \
@@ -86,10 +94,10 @@ run() { # system scenario subs rate secs
   # Inside the window: from a second after the warm-up to a second before its end.
   sleep $((warm + 1))
   c0=$(cpu_ticks "$server")
-  [[ $system == wsgate ]] && { w0=$(metric "$port" wsgate_writes_total); d0=$(metric "$port" wsgate_deliveries_total); }
+  [[ $system != bun && $system != bare ]] && { w0=$(metric "$port" wsgate_writes_total); d0=$(metric "$port" wsgate_deliveries_total); }
   sleep $((secs - 2))
   c1=$(cpu_ticks "$server")
-  [[ $system == wsgate ]] && { w1=$(metric "$port" wsgate_writes_total); d1=$(metric "$port" wsgate_deliveries_total); }
+  [[ $system != bun && $system != bare ]] && { w1=$(metric "$port" wsgate_writes_total); d1=$(metric "$port" wsgate_deliveries_total); }
   wait "$load" || true
   kill -TERM "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
@@ -128,15 +136,15 @@ r = json.load(sys.stdin)
 sys.exit(0 if r["ok"] and r["p99_ms"] < 50 and r["lost"] == 0 else 1)'
 }
 
-echo "wsgate ($io${WSGATE_ARGS:+, $WSGATE_ARGS}) vs Bun $("$bun" --version): server core 0, loadgen core 1," \
+echo "wsgate ($io${WSGATE_ARGS:+, $WSGATE_ARGS})${BASELINE:+ and baseline $BASELINE} vs Bun $("$bun" --version): server core 0, loadgen core 1," \
   "$rounds round(s), ${secs}s windows, $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)," \
   "commit $(git rev-parse --short HEAD), $stamp"
 start=$SECONDS
 for round in $(seq "$rounds"); do
   for s in "${scenarios[@]}"; do
     case "$s" in
-      1k-1000) for sys in wsgate bun; do run "$sys" "$s" 1000 1000 "$secs"; done ;;
-      10k-100) for sys in wsgate bun; do run "$sys" "$s" 10000 100 "$secs"; done ;;
+      1k-1000) for sys in "${wsgates[@]}" bun; do run "$sys" "$s" 1000 1000 "$secs"; done ;;
+      10k-100) for sys in "${wsgates[@]}" bun; do run "$sys" "$s" 10000 100 "$secs"; done ;;
       10k-10) for sys in wsgate bun bare; do run "$sys" "$s" 10000 10 "$secs"; done ;;
       1k-rise)
         for sys in wsgate bun; do
@@ -160,13 +168,13 @@ def fmt(v, spec):
 print(f"\n{'scenario':10} {'server':7} {'deliv/s':>10} {'CPU ns/deliv':>12} {'srv CPU':>7} "
       f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'lost':>5} {'frames/wr':>9} {'loadgen':>8}")
 for scenario in dict.fromkeys(r["scenario"] for r in rows if r["scenario"] != "1k-rise"):
-    for system in ("wsgate", "bun", "bare"):
+    for system in ("wsgate", "baseline", "bun", "bare"):
         rs = [r for r in rows if r["scenario"] == scenario and r["system"] == system and r["ok"]]
         if not rs:
             continue
         m = lambda k: med([r[k] for r in rs if r.get(k) is not None])
         sat = sum(r["loadgen_saturated"] for r in rs)
-        print(f"{scenario:10} {system:7} {m('deliveries_per_s'):>10,.0f} {fmt(m('ns_per_delivery'), '>12,.0f')} "
+        print(f"{scenario:10} {system:8} {m('deliveries_per_s'):>10,.0f} {fmt(m('ns_per_delivery'), '>12,.0f')} "
               f"{m('server_cpu_pct'):>6.0f}% {m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {m('p999_ms'):>8.2f} "
               f"{m('lost'):>5.0f} {fmt(m('frames_per_write'), '>9.1f')} {m('loadgen_cpu_pct'):>7.0f}%"
               + (f"  (loadgen saturated in {sat}/{len(rs)})" if sat else ""))
@@ -188,6 +196,6 @@ if rise:
             best.append(max((r["rate"] for r in ok), default=0))
         top = [r for rr in rounds for r in rr if r["ok"]]
         detail = ", ".join(f"{r['rate']}/s p99 {r['p99_ms']:.1f} ms lost {r['lost']}" for r in rounds[-1]) if rounds else ""
-        print(f"  {system:7} median {med(best):,.0f}/s (rounds: {best})   last round: {detail}")
+        print(f"  {system:8} median {med(best):,.0f}/s (rounds: {best})   last round: {detail}")
 PY
 echo "took $((SECONDS - start)) s; results: $results"
