@@ -62,13 +62,13 @@ impl Corked {
     pub fn cork(&mut self, id: ConnId, now: Instant, delay: Duration, max: Duration) -> u8 {
         let n = (delay.as_nanos() / TICK.as_nanos()).clamp(1, SLOTS as u128) as usize;
         let s = id.index() % n;
-        let tick = self.tick(s, n, now, delay);
-        let slot = &mut self.slots[s];
-        if slot.due.is_none() {
+        if self.slots[s].due.is_none() {
+            let tick = self.tick(s, n, now, delay);
+            let slot = &mut self.slots[s];
             slot.due = Some(tick);
             slot.wake = Some((tick + delay / 4).min(now + max.max(delay)));
         }
-        slot.conns.push(id);
+        self.slots[s].conns.push(id);
         s as u8
     }
 
