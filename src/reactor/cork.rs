@@ -13,9 +13,11 @@
 //!   slot  0   1   2   3 … 15  0   1   2   3 …     (a tick: delay / 16, at least 250 µs)
 //! ```
 //!
-//! A connection's frames leave at its slot's next tick: each write carries what came in the
-//! last `delay`, the reactor writes a sixteenth of its subscribers a tick, and no frame
-//! waits longer than the delay.
+//! A connection's frames leave at the first turn from its slot's next tick on: each write
+//! carries what came in the last `delay`, and the reactor writes a sixteenth of its
+//! subscribers a tick. The loop wakes up for a slot a quarter of the delay after its tick
+//! if nothing else woke it by then, and never later than `max_batch_delay` after the
+//! slot's first frame: no frame waits longer than that bound.
 
 use std::time::{Duration, Instant};
 
@@ -136,6 +138,7 @@ impl Core {
         for (_, waits) in &mut self.published {
             *waits &= !mask;
         }
+        self.published_done = true;
     }
 }
 

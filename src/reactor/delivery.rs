@@ -185,6 +185,7 @@ impl Core {
                 continue;
             };
             let pending = transport.pending(&conn.out);
+            let mut urgent = false;
             // A subscriber with nothing queued is not slow, whatever the cap: one delivery
             // larger than `max_outbound_bytes` still reaches it.
             if pending == 0 || pending + message.len() <= cap {
@@ -213,27 +214,37 @@ impl Core {
                             "slow consumer",
                             &mut conn.out,
                         );
+                        urgent = true;
                     }
                     SlowConsumerPolicy::Close => {}
                 }
             }
+            // A connection with nothing queued waits for its slot while batching is on.
+            // Not one with a close queued (it leaves at once, like any reply), nor one whose
+            // queue already holds bytes (a write in flight, which its completion follows
+            // with the rest, or a reply): waiting would hold those back too.
+            let hold = !urgent && pending == 0 && !self.batch.delay().is_zero();
             match conn.scheduled {
-                Scheduled::Corked(slot) => {
+                Scheduled::Flush => self.batch.joined(),
+                Scheduled::Corked(slot) if !urgent => {
                     waits |= 1 << slot;
                     self.batch.joined();
                 }
-                Scheduled::Flush => self.batch.joined(),
-                Scheduled::No if self.batch.delay().is_zero() => {
-                    conn.scheduled = Scheduled::Flush;
-                    self.flush.push(id);
-                    self.batch.opened();
-                }
-                Scheduled::No => {
+                Scheduled::No if hold => {
                     let max = config.pubsub.max_batch_delay;
                     let slot = self.corked.cork(id, self.now, self.batch.delay(), max);
                     conn.scheduled = Scheduled::Corked(slot);
                     waits |= 1 << slot;
                     self.batch.opened();
+                }
+                scheduled => {
+                    if scheduled == Scheduled::No {
+                        self.batch.opened();
+                    } else {
+                        self.batch.joined();
+                    }
+                    conn.scheduled = Scheduled::Flush;
+                    self.flush.push(id);
                 }
             }
             self.batch.received(id);
@@ -247,6 +258,7 @@ impl Core {
         ReactorMetrics::add(&m.slow_consumer_closes, closed);
         if delivered > 0 {
             self.published.push((published, waits));
+            self.published_done |= waits == 0;
         }
     }
 }

@@ -81,6 +81,8 @@ struct Core {
     /// Publish instants of what was delivered and not yet written, each with the slots of
     /// `corked` its deliveries wait in (a bit each), for the latency histogram.
     published: Vec<(Instant, u16)>,
+    /// Whether an entry of `published` may have no slot left to wait for.
+    published_done: bool,
     latency: Histogram<u64>,
     /// Memory for partial WebSocket messages, shared by this reactor's connections.
     inbound: Budget,
@@ -159,6 +161,7 @@ impl<D: Driver> Reactor<D> {
             held: Vec::new(),
             held_bytes: 0,
             published: Vec::new(),
+            published_done: false,
             latency: metrics::new_histogram(),
             inbound,
             inflater: Inflater::default(),
@@ -642,6 +645,9 @@ impl Core {
     /// Publish-to-write latency of the publishes whose last frames were just handed to the
     /// driver (none of them waits in a slot any more).
     fn record_latency(&mut self, now: Instant) {
+        if !mem::take(&mut self.published_done) {
+            return;
+        }
         let latency = &mut self.latency;
         self.published.retain(|&(t, waits)| {
             if waits == 0 {

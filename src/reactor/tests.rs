@@ -1085,6 +1085,77 @@ fn replies_do_not_wait_for_the_batching_delay() {
     assert_eq!(frames[1], (OpCode::Pong, b"p".to_vec()));
 }
 
+/// Batching on, then everything that waits has left.
+fn batching_and_settled(h: &mut Harness, publisher: ConnId, subs: &[ConnId]) {
+    busy_stream(h, publisher, 0, 300);
+    assert!(h.batch_delay() > Duration::ZERO, "busy: batching");
+    while h.reactor.core.corked.due().is_some() {
+        let wake = h.reactor.core.wake_at();
+        h.advance(wake - clock());
+    }
+    for &id in subs {
+        let _ = h.texts(id);
+    }
+}
+
+/// Regression: a pong queued behind a write in flight was held back by the next
+/// delivery's batch (the completion does not flush a connection that waits for its slot).
+#[test]
+fn a_reply_behind_a_write_in_flight_does_not_wait_for_a_batch() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = 20 * MS);
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    batching_and_settled(&mut h, publisher, &[id]);
+    // A delivery whose write stalls: it stays in flight.
+    h.net.set_window(id, 0);
+    publish_on(&mut h, publisher, "t", "1");
+    h.turn();
+    while h.reactor.core.corked.due().is_some() {
+        let wake = h.reactor.core.wake_at();
+        h.advance(wake - clock());
+    }
+    // A ping's pong queues behind it, then another delivery comes.
+    h.send_frame(id, 0x9, b"p");
+    h.turn();
+    publish_on(&mut h, publisher, "t", "2");
+    h.turn();
+    // The write completes: what queued behind it leaves in the same turn, no later.
+    h.net.set_window(id, 1 << 20);
+    let mut wire = h.net.read(id);
+    h.turn();
+    wire.extend(h.net.read(id));
+    let frames: Vec<(OpCode, Vec<u8>)> = parse_frames(&wire);
+    assert_eq!(
+        frames,
+        [
+            (OpCode::Text, delivery("t", 1).into_bytes()),
+            (OpCode::Pong, b"p".to_vec()),
+            (OpCode::Text, delivery("t", 2).into_bytes()),
+        ]
+    );
+}
+
+/// Regression: a slow consumer's 1008 close waited for the connection's batch.
+#[test]
+fn a_slow_consumer_close_does_not_wait_for_a_batch() {
+    let mut h = Harness::new(|c| {
+        c.pubsub.max_batch_delay = 20 * MS;
+        c.limits.max_outbound_bytes = 200;
+    });
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    batching_and_settled(&mut h, publisher, &[id]);
+    // Deliveries wait for the slot and fill the queue past the cap in one turn.
+    for i in 0..10 {
+        http_publish(&mut h, "t", &format!("\"{}\"", "x".repeat(40 + i)));
+    }
+    h.turn();
+    let frames = h.frames(id);
+    let last = frames.last().expect("written in this turn");
+    assert_eq!(last.0, OpCode::Close, "{frames:?}");
+    assert_eq!(close_code(&last.1), 1008);
+}
+
 #[test]
 fn zero_max_batch_delay_never_batches() {
     let mut h = Harness::new(|c| c.pubsub.max_batch_delay = Duration::ZERO);
