@@ -125,6 +125,10 @@ impl Batching {
 
     /// A connection was delivered to (once per delivery, after `opened` or `joined`).
     pub fn received(&mut self, id: ConnId) {
+        if self.max.is_zero() {
+            // Batching is off: nothing reads the sketch.
+            return;
+        }
         // A multiply-xorshift mix, so that any pattern of indexes spreads evenly.
         let mut x = u64::from(id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x ^= x >> 29;

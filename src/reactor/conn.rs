@@ -379,7 +379,10 @@ impl Core {
 
     /// The driver released the connection: forget it.
     pub(super) fn remove(&mut self, id: ConnId) {
-        if self.conns.remove(id).is_some() {
+        if let Some(conn) = self.conns.remove(id) {
+            if let Scheduled::Corked(slot) = conn.scheduled {
+                self.uncorked_early(slot);
+            }
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             ReactorMetrics::sub(&self.metrics().connections, 1);
             if let Some(limited) = self.limited.get_mut(id.index()) {
@@ -406,9 +409,13 @@ impl Core {
     /// wait for the batching delay, and takes the corked deliveries with it).
     pub(super) fn schedule(&mut self, id: ConnId) {
         let conn = &mut self.conns[id];
-        if conn.scheduled != Scheduled::Flush {
-            conn.scheduled = Scheduled::Flush;
-            self.flush.push(id);
+        match mem::replace(&mut conn.scheduled, Scheduled::Flush) {
+            Scheduled::Flush => {}
+            Scheduled::Corked(slot) => {
+                self.flush.push(id);
+                self.uncorked_early(slot);
+            }
+            Scheduled::No => self.flush.push(id),
         }
     }
 

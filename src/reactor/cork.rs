@@ -42,7 +42,11 @@ pub(super) struct Corked {
 
 #[derive(Default)]
 struct Slot {
+    /// Every connection that joined since the slot opened, including any that left early.
     conns: Vec<ConnId>,
+    /// How many of `conns` still wait here: a connection leaves early when a reply flushes
+    /// it, or when it is gone.
+    live: u32,
     /// The tick its connections may leave at, in the first turn from then on; `None`
     /// while it is empty.
     due: Option<Instant>,
@@ -71,7 +75,22 @@ impl Corked {
             slot.wake = Some((tick + delay / 4).min(now + max.max(delay)));
         }
         self.slots[s].conns.push(id);
+        self.slots[s].live += 1;
         s as u8
+    }
+
+    /// A connection of slot `s` left before its tick. Returns whether the slot is empty now:
+    /// then it closes, and nothing waits for its tick any more.
+    fn left_early(&mut self, s: u8) -> bool {
+        let slot = &mut self.slots[usize::from(s)];
+        slot.live = slot.live.saturating_sub(1);
+        if slot.live > 0 || slot.due.is_none() {
+            return false;
+        }
+        slot.due = None;
+        slot.wake = None;
+        slot.conns.clear();
+        true
     }
 
     /// Slot `s`'s first tick after `now` on the grid of `n` slots over `delay`: in
@@ -106,6 +125,7 @@ impl Corked {
             if slot.due.is_some_and(|due| due <= now) {
                 slot.due = None;
                 slot.wake = None;
+                slot.live = 0;
                 mask |= 1 << s;
                 out.extend(slot.conns.drain(..).map(|id| (id, s as u8)));
             }
@@ -135,6 +155,21 @@ impl Core {
             }
         }
         self.corked.leaving = leaving;
+        self.written(mask);
+    }
+
+    /// A connection waiting in `slot` leaves before its tick (a reply flushes it, or it is
+    /// gone). If it was the slot's last, the publishes that waited only for that slot have
+    /// had their last frames handed to the driver in this turn: they are sampled now, not
+    /// when the empty slot's tick would have come.
+    pub(super) fn uncorked_early(&mut self, slot: u8) {
+        if self.corked.left_early(slot) {
+            self.written(1 << slot);
+        }
+    }
+
+    /// The slots in `mask` have left: no publish waits for them any more.
+    fn written(&mut self, mask: u16) {
         for (_, waits) in &mut self.published {
             *waits &= !mask;
         }

@@ -175,6 +175,8 @@ impl Core {
         let cap = config.limits.max_outbound_bytes;
         let (mut delivered, mut dropped, mut closed) = (0, 0, 0);
         let mut abort = Vec::new();
+        // The slots of connections a close takes out of `corked` before their tick.
+        let mut early = Vec::new();
         // The slots of `corked` this publish's frames wait in.
         let mut waits = 0u16;
         for id in self.topics.subscribers(topic) {
@@ -245,6 +247,10 @@ impl Core {
                     }
                     conn.scheduled = Scheduled::Flush;
                     self.flush.push(id);
+                    if let Scheduled::Corked(slot) = scheduled {
+                        // A close takes what waited with it.
+                        early.push(slot);
+                    }
                 }
             }
             self.batch.received(id);
@@ -259,6 +265,9 @@ impl Core {
         if delivered > 0 {
             self.published.push((published, waits));
             self.published_done |= waits == 0;
+        }
+        for slot in early {
+            self.uncorked_early(slot);
         }
     }
 }

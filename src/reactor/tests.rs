@@ -1085,6 +1085,66 @@ fn replies_do_not_wait_for_the_batching_delay() {
     assert_eq!(frames[1], (OpCode::Pong, b"p".to_vec()));
 }
 
+/// Regression: a publish whose only waiting subscriber a reply flushed was sampled when
+/// the emptied slot's tick came, up to 1.25 times the delay after its frame had left.
+#[test]
+fn a_delivery_a_reply_takes_along_is_sampled_when_it_leaves() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = 20 * MS);
+    let id = subscribe(&mut h, "t");
+    let publisher = h.net.connect();
+    batching_and_settled(&mut h, publisher, &[id]);
+    let before = h.publish_to_write().len();
+    publish_on(&mut h, publisher, "t", "1");
+    h.turn();
+    assert!(h.net.read(id).is_empty(), "the delivery waits");
+    assert!(h.reactor.core.corked.due().is_some());
+    // Half a millisecond later a ping comes; its pong takes the delivery along.
+    let at = Duration::from_micros(500);
+    h.send_frame(id, 0x9, b"p");
+    h.advance(at);
+    assert_eq!(h.frames(id).len(), 2);
+    assert!(
+        h.reactor.core.corked.due().is_none(),
+        "nothing waits in the slot any more"
+    );
+    let latency = h.publish_to_write();
+    assert_eq!(latency.len(), before + 1, "sampled in the pong's turn");
+    let us = at.as_micros() as u64;
+    assert_eq!(
+        latency.count_between(
+            latency.lowest_equivalent(us),
+            latency.highest_equivalent(us)
+        ),
+        1,
+        "sampled when it left"
+    );
+}
+
+/// A connection that is gone while it waits leaves its slot; the publish is sampled when
+/// the last subscriber that does wait leaves, not earlier.
+#[test]
+fn a_slot_empties_when_its_connections_leave_early() {
+    let mut h = Harness::new(|c| c.pubsub.max_batch_delay = 20 * MS);
+    let subs: Vec<ConnId> = (0..2).map(|_| subscribe(&mut h, "t")).collect();
+    let publisher = h.net.connect();
+    batching_and_settled(&mut h, publisher, &subs);
+    let before = h.publish_to_write().len();
+    publish_on(&mut h, publisher, "t", "1");
+    h.turn();
+    // One subscriber's pong takes its delivery; the other's still waits.
+    h.send_frame(subs[0], 0x9, b"p");
+    h.advance(MS);
+    assert_eq!(h.frames(subs[0]).len(), 2);
+    assert!(h.net.read(subs[1]).is_empty(), "still waits");
+    assert_eq!(h.publish_to_write().len(), before, "not written to all yet");
+    // The other one hangs up: nothing is left to wait for.
+    h.net.shutdown(subs[1]);
+    h.advance(MS);
+    h.turn();
+    assert!(h.reactor.core.corked.due().is_none());
+    assert_eq!(h.publish_to_write().len(), before + 1);
+}
+
 /// Batching on, then everything that waits has left.
 fn batching_and_settled(h: &mut Harness, publisher: ConnId, subs: &[ConnId]) {
     busy_stream(h, publisher, 0, 300);
