@@ -1,5 +1,5 @@
 //! Thin wrappers over the few libc calls std and socket2 do not cover: eventfd wakers,
-//! the open-files limit and CPU clocks (every call goes through `syscall!`), and a cache
+//! a timerfd, the open-files limit and CPU clocks (every call goes through `syscall!`), and a cache
 //! prefetch hint. The unsafe surface is here.
 
 use std::io;
@@ -50,6 +50,54 @@ impl EventFd {
 }
 
 impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A timerfd on CLOCK_MONOTONIC that the epoll driver polls beside its sockets: epoll's
+/// own timeout is whole milliseconds (mio rounds it up), this one fires to within the
+/// timer slack.
+#[derive(Debug)]
+pub struct TimerFd {
+    fd: OwnedFd,
+}
+
+impl TimerFd {
+    pub fn new() -> io::Result<Self> {
+        let flags = libc::TFD_NONBLOCK | libc::TFD_CLOEXEC;
+        let fd = syscall!(timerfd_create(libc::CLOCK_MONOTONIC, flags))?;
+        // SAFETY: `timerfd_create` just returned this descriptor and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Fires once `after` from now (replacing any earlier setting); zero disarms it.
+    pub fn set(&self, after: std::time::Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        let old = std::ptr::null_mut();
+        syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, old))?;
+        Ok(())
+    }
+
+    /// Takes the expirations, so that the next one is a new readiness edge.
+    pub fn clear(&self) {
+        let mut expirations: u64 = 0;
+        let ptr = std::ptr::addr_of_mut!(expirations).cast();
+        let _ = syscall!(read(self.fd.as_raw_fd(), ptr, 8));
+    }
+}
+
+impl AsRawFd for TimerFd {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

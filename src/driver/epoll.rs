@@ -30,7 +30,7 @@ use wsgate_proto::OutQueue;
 
 use super::{AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
 use crate::buf::{BufId, BufPool};
-use crate::sys::EventFd;
+use crate::sys::{EventFd, TimerFd};
 
 /// Reads per socket per turn before the others get a go.
 pub const READS_PER_TURN: u8 = 16;
@@ -39,8 +39,9 @@ pub const READS_PER_TURN: u8 = 16;
 pub const READ_BUF: usize = 64 * 1024;
 
 const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_0 - i`; connections have their id, far below.
-const LISTENER_0: usize = usize::MAX - 1;
+const LISTENER_0: usize = usize::MAX - 2;
 
 // `Sock::flags` bits.
 /// The reactor wants bytes (`set_receiving`).
@@ -68,6 +69,10 @@ pub struct EpollDriver {
     /// After a failed accept (EMFILE): when every listener is tried again.
     backoff: AcceptBackoff,
     waker: Arc<EventFd>,
+    /// Ends a wait whose timeout is not a whole number of milliseconds on time.
+    timer: TimerFd,
+    /// Whether `timer` is set and has not fired.
+    timer_set: bool,
     pool: BufPool,
     /// The connections; a key is a `ConnId`, freed when `Released` is handed out.
     socks: Slab<Sock>,
@@ -132,6 +137,9 @@ impl EpollDriver {
         }
         poll.registry()
             .register(&mut SourceFd(&waker.as_raw_fd()), WAKER, Interest::READABLE)?;
+        let timer = TimerFd::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Self {
             poll,
             events: Events::with_capacity(1024),
@@ -139,6 +147,8 @@ impl EpollDriver {
             acceptable: Vec::new(),
             backoff: AcceptBackoff::default(),
             waker,
+            timer,
+            timer_set: false,
             pool: BufPool::new(read_buf),
             socks: Slab::new(),
             ready: VecDeque::new(),
@@ -164,12 +174,38 @@ impl EpollDriver {
             .is_some_and(|sock| !sock.flags.has(CLOSED))
     }
 
+    /// epoll waits whole milliseconds, and mio rounds a timeout up to the next one, so a
+    /// wait of 1.2 ms would end at 2 ms: a batch due at its bound would leave up to 1 ms
+    /// past it. A timeout with a fraction of a millisecond sets the timer instead, which
+    /// ends the wait on time; the rounded-up epoll timeout stays as a backstop.
+    fn set_timer(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match timeout {
+            // Not a wait: a timer set earlier may fire meanwhile, and is cleared then.
+            Some(Duration::ZERO) => {}
+            Some(after) if after.subsec_nanos() % 1_000_000 != 0 => {
+                self.timer.set(after)?;
+                self.timer_set = true;
+            }
+            _ if self.timer_set => {
+                // An earlier wait's timer would end this one early.
+                self.timer.set(Duration::ZERO)?;
+                self.timer_set = false;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Records one readiness event.
     fn on_event(&mut self, event: &Event) {
         match event.token() {
             WAKER => {
                 self.waker.drain();
                 self.ready.push_back(Completion::Woken);
+            }
+            TIMER => {
+                self.timer.clear();
+                self.timer_set = false;
             }
             Token(key) if key > LISTENER_0 - self.listeners.len() => {
                 let listener = ListenerId((LISTENER_0 - key) as u8);
@@ -437,6 +473,7 @@ impl Driver for EpollDriver {
         } else {
             self.backoff.bound(timeout)
         };
+        self.set_timer(timeout)?;
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),

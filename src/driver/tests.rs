@@ -75,6 +75,7 @@ for_each_driver!(
     close_drops_completions_already_pending,
     set_receiving_holds_and_resumes_without_losing_bytes,
     wake_from_another_thread,
+    a_wait_ends_at_its_timeout_not_the_next_millisecond,
     stop_accepting_accepts_no_more,
     ids_are_reused_only_after_released,
     listeners_report_their_id,
@@ -596,6 +597,33 @@ fn wake_from_another_thread<D: Driver>(make: Make<D>) {
     let thread = std::thread::spawn(move || waker.wake());
     h.until("Woken", |ev| *ev == Ev::Woken);
     thread.join().unwrap();
+}
+
+/// Regression: epoll waits whole milliseconds and mio rounds up, so a wait of 1.2 ms took
+/// 2 ms, and a batch due at its bound left up to 1 ms past it.
+fn a_wait_ends_at_its_timeout_not_the_next_millisecond<D: Driver>(make: Make<D>) {
+    let mut h = Harness::new(make, 1);
+    let timeout = Duration::from_micros(1_200);
+    let mut fastest = Duration::MAX;
+    for _ in 0..30 {
+        let start = Instant::now();
+        assert_eq!(h.turn(timeout), [], "nothing happened");
+        let took = start.elapsed();
+        assert!(took >= timeout, "a wait ended early: {took:?}");
+        fastest = fastest.min(took);
+    }
+    // A loaded machine delays some wake-ups, not all thirty by 0.7 ms.
+    assert!(fastest < Duration::from_micros(1_900), "{fastest:?}");
+    // A wait that something else ends leaves no timer behind to end a later one early.
+    h.waker.wake();
+    assert_eq!(h.turn(timeout), [Ev::Woken]);
+    let start = Instant::now();
+    assert_eq!(h.turn(Duration::from_millis(5)), []);
+    assert!(
+        start.elapsed() >= Duration::from_millis(5),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 fn stop_accepting_accepts_no_more<D: Driver>(make: Make<D>) {
