@@ -325,6 +325,13 @@ impl<D: Driver> Reactor<D> {
                     self.driver.send(id, wire);
                     conn.send = Send::InFlight;
                     writes += 1;
+                } else if transport.is_stuck(&conn.out) {
+                    // Nothing queued can leave (TLS could not encrypt it): close now,
+                    // rather than leave the client waiting for frames that never come.
+                    tracing::debug!(reactor = self.core.index, "tls: cannot encrypt, closing");
+                    ReactorMetrics::add(&self.core.metrics().tls_errors, 1);
+                    self.core.close_now(id);
+                    continue;
                 }
             }
             // Backpressure on echo and on pipelined HTTP requests: stop reading while the

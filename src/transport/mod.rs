@@ -122,6 +122,15 @@ impl Transport {
         }
     }
 
+    /// Whether what `plain` holds can never be sent (TLS could not encrypt it): the
+    /// connection must be closed rather than left to wait.
+    pub fn is_stuck(&self, plain: &OutQueue) -> bool {
+        match self {
+            Self::Plain => false,
+            Self::Tls(session) => session.is_stuck(plain),
+        }
+    }
+
     /// Still in the TLS handshake (the handshake timeout and per-turn bound apply).
     pub fn is_handshaking(&self) -> bool {
         match self {

@@ -591,9 +591,11 @@ impl Session {
                 let overhead = total.div_ceil(records::MAX_PLAINTEXT) * records::OVERHEAD;
                 let mut out = Vec::with_capacity(total + overhead);
                 let sealed = records.seal_data(&mut out, plain.frames().map(|f| &f[..]), total);
-                plain.advance(total);
                 match sealed {
-                    Ok(()) => self.wire.push(Bytes::from(out)),
+                    Ok(()) => {
+                        plain.advance(total);
+                        self.wire.push(Bytes::from(out));
+                    }
                     Err(e) => {
                         tracing::debug!("tls: cannot encrypt: {}", e.reason);
                         self.phase = SessionPhase::Failed;
@@ -645,9 +647,9 @@ impl Session {
                 None
             }
         };
-        plain.advance(total);
         match written {
             Some(n) => {
+                plain.advance(total);
                 // One record's worth, if nothing else went out with it (a ticket or a
                 // key update before it would add a record of its own).
                 if records == 1 && self.record_overhead == 0 && n - total <= MAX_OVERHEAD {
@@ -674,6 +676,12 @@ impl Session {
     /// The driver wrote `n` bytes of the ciphertext.
     pub(super) fn sent(&mut self, n: usize) {
         self.wire.advance(n.min(self.wire.len_bytes()));
+    }
+
+    /// Whether plaintext waits that can never leave: encrypting failed (or the session
+    /// failed while it was queued), and what was encrypted before has gone.
+    pub(super) fn is_stuck(&self, plain: &OutQueue) -> bool {
+        self.phase == SessionPhase::Failed && self.wire.is_empty() && !plain.is_empty()
     }
 
     pub(super) fn wire_len(&self) -> usize {

@@ -326,6 +326,47 @@ fn close_notify_ends_reading_and_is_answered_once() {
     );
 }
 
+/// Regression: frames the session could not encrypt were dropped and the connection left
+/// open, sending nothing until the close deadline or the slow-consumer cap.
+#[test]
+fn frames_that_cannot_be_encrypted_stay_queued_and_the_session_says_it_is_stuck() {
+    let mut pair = Pair::new("stuck", aes128());
+    pair.plain.push(b"before".to_vec().into());
+    pair.pump();
+    assert_eq!(pair.client_reads(), b"before");
+    assert!(!pair.server.is_stuck(&pair.plain), "nothing queued");
+    // The record layer loses its keys (as when handing them over fails).
+    pair.server.engine = Engine::Gone;
+    pair.plain.push(b"lost?".to_vec().into());
+    assert!(queued_from(&mut pair).is_empty(), "nothing can be sealed");
+    assert_eq!(
+        pair.plain.len_bytes(),
+        5,
+        "the frame is still queued, not dropped"
+    );
+    assert!(pair.server.is_stuck(&pair.plain));
+}
+
+/// A session that failed on a bad record, with its alert queued and no frames, is not
+/// stuck: the alert is written and the close goes on as usual.
+#[test]
+fn a_failed_session_with_only_its_alert_to_send_is_not_stuck() {
+    let (mut made, mut server) = Pair::new("alert", aes128()).hand_made();
+    let mut record = made.sealed(23, b"tampered");
+    record[7] ^= 1;
+    assert!(server.receive(&mut record, &mut Vec::new()).is_err());
+    let plain = OutQueue::default();
+    assert!(!server.is_stuck(&plain), "the alert is still to be written");
+    assert!(!queued(&mut server).is_empty());
+    server.sent(server.wire_len());
+    assert!(!server.is_stuck(&plain), "nothing left to send");
+}
+
+fn queued_from(pair: &mut Pair) -> Vec<u8> {
+    let wire = pair.server.outgoing(&mut pair.plain, &mut Vec::new());
+    wire.frames().flat_map(|f| f.to_vec()).collect()
+}
+
 #[test]
 fn a_record_that_does_not_authenticate_is_bad_record_mac() {
     refused(
