@@ -20,7 +20,9 @@
 # Every run is bounded (connect + 2 s warm-up + SECS + 1 s drain, under 15 s); the default
 # set takes about 12 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
 # between two samples inside the loadgen's window over the deliveries the loadgen counted
-# in that time (the same method for both servers).
+# in that time (the same method for both servers). fr/seg = deliveries over the data
+# segments the server's sockets sent in the same seconds (TCP_INFO via ss): frames per
+# write as the kernel saw them, for Bun too (uWS gathers a loop iteration's publishes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -78,7 +80,7 @@ start_server() { # system port log [rate for bare]
 
 # One run: prints nothing, appends a row to rows.jsonl.
 run() { # system scenario subs rate secs
-  local system=$1 scenario=$2 subs=$3 rate=$4 secs=$5 port name load c0 c1 w0 w1 d0 d1 conns
+  local system=$1 scenario=$2 subs=$3 rate=$4 secs=$5 port name load c0 c1 w0 w1 d0 d1 s0 s1 conns
   port=$(free_port)
   name="$scenario-$rate-$system-$(date +%s%N)"
   start_server "$system" "$port" "$results/server-$name.log" "$rate"
@@ -94,17 +96,19 @@ run() { # system scenario subs rate secs
   # Inside the window: from a second after the warm-up to a second before its end.
   sleep $((warm + 1))
   c0=$(cpu_ticks "$server")
+  s0=$(data_segs "$port")
   [[ $system != bun && $system != bare ]] && { w0=$(metric "$port" wsgate_writes_total); d0=$(metric "$port" wsgate_deliveries_total); }
   sleep $((secs - 2))
   c1=$(cpu_ticks "$server")
+  s1=$(data_segs "$port")
   [[ $system != bun && $system != bare ]] && { w1=$(metric "$port" wsgate_writes_total); d1=$(metric "$port" wsgate_deliveries_total); }
   wait "$load" || true
   kill -TERM "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   python3 - "$results" "$name" "$system" "$scenario" "$rate" "$c0" "$c1" "$tick" "$((secs - 2))" \
-    "${w0:-0}" "${w1:-0}" "${d0:-0}" "${d1:-0}" <<'PY'
+    "${w0:-0}" "${w1:-0}" "${d0:-0}" "${d1:-0}" "$s0" "$s1" <<'PY'
 import json, sys
-results, name, system, scenario, rate, c0, c1, tick, span, w0, w1, d0, d1 = sys.argv[1:]
+results, name, system, scenario, rate, c0, c1, tick, span, w0, w1, d0, d1, s0, s1 = sys.argv[1:]
 try:
     c = json.load(open(f"{results}/{name}.json"))
 except (OSError, ValueError):
@@ -123,6 +127,8 @@ if c:
         "lost": c.get("fanout", {}).get("lost", 0) + sum(c["errors"].values()),
         "loadgen_cpu_pct": c["client"]["cpu_pct"], "loadgen_saturated": c["client"]["saturated"],
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
+        # Kernel-counted, for every server: deliveries over the data segments sent.
+        "frames_per_segment": per_s * int(span) / (int(s1) - int(s0)) if int(s1) > int(s0) else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
@@ -166,7 +172,7 @@ med = lambda xs: statistics.median(xs) if xs else float("nan")
 def fmt(v, spec):
     return "-" if v is None or v != v else format(v, spec)
 print(f"\n{'scenario':10} {'server':7} {'deliv/s':>10} {'CPU ns/deliv':>12} {'srv CPU':>7} "
-      f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'lost':>5} {'frames/wr':>9} {'loadgen':>8}")
+      f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'lost':>5} {'frames/wr':>9} {'fr/seg':>6} {'loadgen':>8}")
 for scenario in dict.fromkeys(r["scenario"] for r in rows if r["scenario"] != "1k-rise"):
     for system in ("wsgate", "baseline", "bun", "bare"):
         rs = [r for r in rows if r["scenario"] == scenario and r["system"] == system and r["ok"]]
@@ -176,7 +182,7 @@ for scenario in dict.fromkeys(r["scenario"] for r in rows if r["scenario"] != "1
         sat = sum(r["loadgen_saturated"] for r in rs)
         print(f"{scenario:10} {system:8} {m('deliveries_per_s'):>10,.0f} {fmt(m('ns_per_delivery'), '>12,.0f')} "
               f"{m('server_cpu_pct'):>6.0f}% {m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {m('p999_ms'):>8.2f} "
-              f"{m('lost'):>5.0f} {fmt(m('frames_per_write'), '>9.1f')} {m('loadgen_cpu_pct'):>7.0f}%"
+              f"{m('lost'):>5.0f} {fmt(m('frames_per_write'), '>9.1f')} {fmt(m('frames_per_segment'), '>6.1f')} {m('loadgen_cpu_pct'):>7.0f}%"
               + (f"  (loadgen saturated in {sat}/{len(rs)})" if sat else ""))
 rise = [r for r in rows if r["scenario"] == "1k-rise"]
 if rise:

@@ -25,6 +25,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # The gateway's deliveries so far, summed over its reactors (0 if it does not answer in 2 s).
 deliveries() { curl -sf -m 2 "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliveries_total/ {s += $2} END {print s + 0}'; }
+# Data segments the server's established sockets on port $1 have sent (TCP_INFO through
+# ss, on core 1 with the loadgen: it reads every socket): each is one write's worth on
+# loopback, for any server, whatever it counts itself.
+data_segs() {
+  taskset -c 1 ss -Htin state established "( sport = :$1 )" \
+    | grep -o 'data_segs_out:[0-9]*' | awk -F: '{s += $2} END {print s + 0}'
+}
 # Established connections on the server's port $1.
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 # Bytes the clients' kernels have acknowledged on the server's established sockets on port
