@@ -26,7 +26,7 @@ use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
 use crate::tls::Sock;
-use crate::ws::{Decoder, Event, Step};
+use crate::ws::{Decoder, Event, Step, MAX_COMPRESSED};
 
 pub const CONNECT: u8 = 0;
 pub const RUN: u8 = 1;
@@ -253,6 +253,10 @@ struct Conn {
     /// The last frame of `pending`'s message is arriving: it is timed at its last byte
     /// (it was timed at its first 256, so a message that trickled in looked fast).
     timed_at_end: bool,
+    /// A compressed message in several frames (RFC 7692 §6.1): its opcode and its payload
+    /// so far; it inflates only whole, at its last frame. The buffer is kept for the next.
+    deflated_opcode: OpCode,
+    deflated: Vec<u8>,
     inflight: u32,
     /// Sequence number of the next publish; the window's are numbered from 0.
     seq: u32,
@@ -649,6 +653,8 @@ impl Worker {
             dec: Decoder::default(),
             pending: None,
             timed_at_end: false,
+            deflated_opcode: OpCode::Binary,
+            deflated: Vec::new(),
             inflight: 0,
             seq: 0,
             window_numbered: false,
@@ -1038,46 +1044,45 @@ impl Worker {
         match ev {
             Event::Data {
                 opcode,
+                fin: false,
+                compressed: true,
+                head,
+                ..
+            } => {
+                let conn = &mut self.conns[key];
+                conn.deflated_opcode = opcode;
+                conn.deflated.clear();
+                conn.deflated.extend_from_slice(head);
+            }
+            Event::Data {
+                opcode,
                 fin,
                 compressed,
                 head,
                 len,
+            } => self.on_data(key, opcode, fin, compressed, head, len, now),
+            Event::Continuation {
+                fin,
+                compressed: true,
+                head,
+                ..
             } => {
-                let head = if compressed {
-                    match self.inflater.inflate(head, 64 << 20) {
-                        Ok(data) => data,
-                        Err(e) => {
-                            self.c.err_protocol += 1;
-                            self.fail(key, format!("inflate: {e}"));
-                            return;
-                        }
-                    }
-                } else {
-                    head
-                };
-                self.c.payload_in += if compressed { head.len() as u64 } else { len };
                 let conn = &mut self.conns[key];
-                if conn.st == St::Subscribing {
-                    if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {
-                        conn.st = St::Open;
-                        self.on_open(key);
-                    } else if memchr::memmem::find(head, b"\"error\"").is_some() {
-                        self.c.err_protocol += 1;
-                        let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
-                        self.fail(key, msg);
+                if conn.deflated.len() + head.len() > MAX_COMPRESSED {
+                    self.c.err_protocol += 1;
+                    self.fail(key, "compressed message over the size limit".into());
+                    return;
+                }
+                conn.deflated.extend_from_slice(head);
+                if fin {
+                    let (opcode, whole) =
+                        (conn.deflated_opcode, std::mem::take(&mut conn.deflated));
+                    let len = whole.len() as u64;
+                    self.on_data(key, opcode, true, true, &whole, len, now);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.deflated = whole;
                     }
-                    return;
                 }
-                if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
-                    // The server refused a publish (wsgate dialect): counted, and the first
-                    // one said, not taken for a broadcast.
-                    self.c.err_refused += 1;
-                    let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
-                    self.shared.error(msg);
-                    return;
-                }
-                let s = stamp::find(head);
-                self.frame_ends(key, fin, s, now);
             }
             Event::Continuation { fin, .. } => {
                 let s = self.conns[key].pending.take();
@@ -1105,6 +1110,56 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A data message's first frame, with its payload or the head of it; a compressed
+    /// message's whole payload, to inflate.
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        key: usize,
+        opcode: OpCode,
+        fin: bool,
+        compressed: bool,
+        head: &[u8],
+        len: u64,
+        now: u64,
+    ) {
+        let head = if compressed {
+            match self.inflater.inflate(head, MAX_COMPRESSED) {
+                Ok(data) => data,
+                Err(e) => {
+                    self.c.err_protocol += 1;
+                    self.fail(key, format!("inflate: {e}"));
+                    return;
+                }
+            }
+        } else {
+            head
+        };
+        self.c.payload_in += if compressed { head.len() as u64 } else { len };
+        let conn = &mut self.conns[key];
+        if conn.st == St::Subscribing {
+            if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {
+                conn.st = St::Open;
+                self.on_open(key);
+            } else if memchr::memmem::find(head, b"\"error\"").is_some() {
+                self.c.err_protocol += 1;
+                let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
+                self.fail(key, msg);
+            }
+            return;
+        }
+        if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
+            // The server refused a publish (wsgate dialect): counted, and the first
+            // one said, not taken for a broadcast.
+            self.c.err_refused += 1;
+            let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
+            self.shared.error(msg);
+            return;
+        }
+        let s = stamp::find(head);
+        self.frame_ends(key, fin, s, now);
     }
 
     /// A data frame's header and head have arrived: with `fin` the message is timed when
