@@ -264,6 +264,10 @@ struct Conn {
     window_numbered: bool,
     /// Subscribers: sequence state per publisher id.
     tracks: Vec<SeqTrack>,
+    /// Echo connections: the sequence numbers answered, of the sends before the window and
+    /// of those from its start, each numbered from 0 (see `send`): a number answered twice
+    /// is a duplicate echo, not a second answer.
+    echoed: [SeqTrack; 2],
     /// Subscribers: subscribed before the window started, with our own publishers, so
     /// every publish of the window is due and numbered from 0.
     exact_start: bool,
@@ -659,6 +663,7 @@ impl Worker {
             seq: 0,
             window_numbered: false,
             tracks: Vec::new(),
+            echoed: [SeqTrack::starting_at(0); 2],
             exact_start: false,
             reported: false,
         };
@@ -1225,6 +1230,18 @@ impl Worker {
             }
             Role::Echo => {
                 self.c.received += 1;
+                if let Some(s) = s {
+                    let track = &mut conn.echoed[usize::from(s.ts >= self.mstart)];
+                    if track.on(s.seq) == SeqOutcome::Duplicate {
+                        // Its send was answered already: not an answer to another one (in
+                        // closed loop it sent one more message, and hid a lost echo from
+                        // the timeouts), nor a second latency sample of the same send.
+                        if s.ts >= self.mstart && s.ts < self.mend {
+                            self.c.duplicates += 1;
+                        }
+                        return;
+                    }
+                }
                 conn.inflight = conn.inflight.saturating_sub(1);
                 self.outstanding = self.outstanding.saturating_sub(1);
                 let Some(s) = s else {

@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
 use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
-use crate::stats::{new_hist, Client, Counters, Errors, Fanout, Latency, Summary, UrlLatency};
+use crate::stats::{
+    new_hist, Client, Counters, Echo, Errors, Fanout, Latency, Summary, UrlLatency,
+};
 use crate::sys;
 
 pub struct Timing {
@@ -476,6 +478,9 @@ fn summarize(
             bad_stamp: c.bad_stamp,
         },
         fanout,
+        echo: (plan.mode == Mode::Echo).then_some(Echo {
+            duplicates: c.duplicates,
+        }),
         client: Client {
             cpu_pct,
             thread_cpu_pct: thread_cpu,

@@ -105,6 +105,14 @@ pub struct Errors {
     pub bad_stamp: u64,
 }
 
+/// Echo mode's own counts.
+#[derive(Debug, Serialize, Default)]
+pub struct Echo {
+    /// Echoes of a message sent in the window that came again after its first: not in
+    /// `received`, nor a second latency sample (detected up to 64 sends back).
+    pub duplicates: u64,
+}
+
 #[derive(Debug, Serialize, Default)]
 pub struct Fanout {
     pub subscribers: u64,
@@ -181,6 +189,8 @@ pub struct Summary {
     pub errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fanout: Option<Fanout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<Echo>,
     pub client: Client,
     /// The run was cut short by Ctrl-C.
     pub interrupted: bool,
@@ -252,6 +262,9 @@ impl Summary {
                     l.count
                 )?;
             }
+        }
+        if let Some(e) = &self.echo {
+            writeln!(w, "  echo: {} duplicates", e.duplicates)?;
         }
         let e = &self.errors;
         writeln!(

@@ -4,7 +4,6 @@
 mod util;
 
 use std::io::Write;
-use std::net::TcpListener;
 
 use tungstenite::handshake::server::{Request, Response};
 use util::*;
@@ -30,38 +29,32 @@ fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
 // tungstenite's handshake callback returns its large error response by value.
 #[allow(clippy::result_large_err)]
 fn deflate_server(reply: fn(usize, &[u8]) -> Vec<Vec<u8>>) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(mut ws) = tungstenite::accept_hdr(s, |req: &Request, mut resp: Response| {
-                    let offered = req.headers().get("sec-websocket-extensions");
-                    assert_eq!(offered.unwrap(), CLIENT_OFFER);
-                    resp.headers_mut()
-                        .insert("sec-websocket-extensions", CLIENT_OFFER.parse().unwrap());
-                    Ok(resp)
-                }) else {
+    let port = listen(move |s| {
+        let Ok(mut ws) = tungstenite::accept_hdr(s, |req: &Request, mut resp: Response| {
+            let offered = req.headers().get("sec-websocket-extensions");
+            assert_eq!(offered.unwrap(), CLIENT_OFFER);
+            resp.headers_mut()
+                .insert("sec-websocket-extensions", CLIENT_OFFER.parse().unwrap());
+            Ok(resp)
+        }) else {
+            return;
+        };
+        let mut deflater = Deflater::new(6, 0);
+        let mut n = 0;
+        while let Ok(m) = ws.read() {
+            if !(m.is_text() || m.is_binary()) {
+                continue;
+            }
+            let compressed = deflater
+                .compress(&m.into_data())
+                .expect("the stamp's padding compresses")
+                .to_vec();
+            for bytes in reply(n, &compressed) {
+                if ws.get_mut().write_all(&bytes).is_err() {
                     return;
-                };
-                let mut deflater = Deflater::new(6, 0);
-                let mut n = 0;
-                while let Ok(m) = ws.read() {
-                    if !(m.is_text() || m.is_binary()) {
-                        continue;
-                    }
-                    let compressed = deflater
-                        .compress(&m.into_data())
-                        .expect("the stamp's padding compresses")
-                        .to_vec();
-                    for bytes in reply(n, &compressed) {
-                        if ws.get_mut().write_all(&bytes).is_err() {
-                            return;
-                        }
-                    }
-                    n += 1;
                 }
-            });
+            }
+            n += 1;
         }
     });
     format!("ws://127.0.0.1:{port}/echo")

@@ -162,3 +162,62 @@ fn handshakes_under_way_at_the_end_are_timeouts() {
     assert_eq!(v["errors"]["timeout"].as_u64().unwrap(), sent, "{v}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Arguments for one connection whose every send is in the window.
+const ONE_CONN: [&str; 8] = [
+    "--connections",
+    "1",
+    "--duration",
+    "1s",
+    "--warmup",
+    "0s",
+    "--drain",
+    "1s",
+];
+
+/// An echo server that answers the first message of each connection twice.
+fn echo_first_twice_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut first = true;
+        while let Ok(m) = ws.read() {
+            if !(m.is_text() || m.is_binary()) {
+                continue;
+            }
+            if std::mem::take(&mut first) && ws.send(m.clone()).is_err() {
+                break;
+            }
+            if ws.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// An echo received twice is a duplicate (`echo.duplicates`, and the table says it): not
+/// a second answer nor a second latency sample. It was both: `received` was one over
+/// `sent`, and in closed loop it sent one more message, two in flight from then on.
+#[test]
+fn a_duplicate_echo_is_counted_not_timed() {
+    let url = echo_first_twice_server();
+    let (out, v) = loadgen("echo", &url, &ONE_CONN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.expect("the summary is written");
+    assert_eq!(v["echo"]["duplicates"], 1, "{v}");
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), received, "{v}");
+    // Over the run, the duplicate is one more message in.
+    assert_eq!(v["messages_in"].as_u64().unwrap(), received + 1, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("  echo: 1 duplicates\n"), "{table}");
+}
