@@ -50,6 +50,21 @@ fn is_late(lag_ns: u64, send_every_ns: u64) -> bool {
     lag_ns > LATE_NS.max(send_every_ns / 10)
 }
 
+/// Whether a stamp says its message was sent after `now`, when it arrived: a corrupt stamp,
+/// or one from another machine's clock (CLOCK_MONOTONIC counts from each one's boot). Its
+/// latency would be fiction, so it is counted and not recorded (it was recorded as 1 ns).
+///
+/// No tolerance: on one machine CLOCK_MONOTONIC is one clock for every CPU and process
+/// (Linux checks at boot that the CPUs' TSCs agree, and uses another clock source where
+/// they do not; kvm-clock and the like keep it monotonic across vCPUs), and a stamp is read
+/// before the write that leads to the read after which `now` is taken, two system calls and
+/// a server apart: microseconds, where any skew left between CPUs is tens of nanoseconds.
+/// A stamp later than `now` by even a little is not skew.
+#[inline]
+fn from_the_future(ts: u64, now: u64) -> bool {
+    ts > now
+}
+
 /// Most sends or connects started in one loop turn, so events keep being served.
 const BURST: usize = 4096;
 /// Outbound bytes a connection may queue before sends to it are dropped and counted.
@@ -1190,6 +1205,11 @@ impl Worker {
                     self.c.bad_stamp += 1;
                     return;
                 };
+                if from_the_future(s.ts, now) {
+                    // Nor is its window known, nor its sequence number to be trusted.
+                    self.c.future_stamp += 1;
+                    return;
+                }
                 let in_window = s.ts >= self.mstart && s.ts < self.mend;
                 let p = s.publisher as usize;
                 if p >= 1 << 16 {
@@ -1230,6 +1250,19 @@ impl Worker {
             }
             Role::Echo => {
                 self.c.received += 1;
+                // An echo without a stamp to time it by is still an answer: the closed loop
+                // goes on (it stopped at a stamp it could not read).
+                let s = match s {
+                    None => {
+                        self.c.bad_stamp += 1;
+                        None
+                    }
+                    Some(s) if from_the_future(s.ts, now) => {
+                        self.c.future_stamp += 1;
+                        None
+                    }
+                    s => s,
+                };
                 if let Some(s) = s {
                     let track = &mut conn.echoed[usize::from(s.ts >= self.mstart)];
                     if track.on(s.seq) == SeqOutcome::Duplicate {
@@ -1244,11 +1277,7 @@ impl Worker {
                 }
                 conn.inflight = conn.inflight.saturating_sub(1);
                 self.outstanding = self.outstanding.saturating_sub(1);
-                let Some(s) = s else {
-                    self.c.bad_stamp += 1;
-                    return;
-                };
-                if s.ts >= self.mstart && s.ts < self.mend {
+                if let Some(s) = s.filter(|s| s.ts >= self.mstart && s.ts < self.mend) {
                     self.c.received_window += 1;
                     let lat = now.saturating_sub(s.ts).max(1);
                     self.hist.saturating_record(lat);

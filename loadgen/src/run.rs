@@ -410,6 +410,14 @@ fn summarize(
             c.backlog_drops
         );
     }
+    if c.future_stamp > 0 {
+        // Left out of the latencies, which would otherwise be silently short of them.
+        eprintln!(
+            "warning: {} messages carried a stamp later than their arrival (a corrupt stamp, \
+             or another machine's clock): their latency is not recorded",
+            c.future_stamp
+        );
+    }
     let fanout = (plan.mode == Mode::Fanout).then(|| {
         let subs = shared.ready_subs();
         let expected = c.sent_window * subs;
@@ -476,6 +484,7 @@ fn summarize(
             http_status: c.err_http,
             refused: c.err_refused,
             bad_stamp: c.bad_stamp,
+            future_stamp: c.future_stamp,
         },
         fanout,
         echo: (plan.mode == Mode::Echo).then_some(Echo {

@@ -41,6 +41,7 @@ counters!(
     duplicates,
     reordered,
     bad_stamp,
+    future_stamp,
     late_sends,
     backlog_drops,
     err_connect,
@@ -103,6 +104,9 @@ pub struct Errors {
     pub refused: u64,
     /// Messages without a readable stamp.
     pub bad_stamp: u64,
+    /// Messages whose stamp is later than their arrival (corrupt, or another machine's
+    /// clock): over the whole run, and not timed, since their window and latency are unknown.
+    pub future_stamp: u64,
 }
 
 /// Echo mode's own counts.
@@ -270,7 +274,7 @@ impl Summary {
         writeln!(
             w,
             "  errors: connect {} handshake {} reset {} closed_by_server {} protocol {} \
-             timeout {} http {} refused {} bad_stamp {}",
+             timeout {} http {} refused {} bad_stamp {} future_stamp {}",
             e.connect,
             e.handshake,
             e.reset,
@@ -279,7 +283,8 @@ impl Summary {
             e.timeout,
             e.http_status,
             e.refused,
-            e.bad_stamp
+            e.bad_stamp,
+            e.future_stamp
         )?;
         let c = &self.client;
         writeln!(

@@ -221,3 +221,73 @@ fn a_duplicate_echo_is_counted_not_timed() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("  echo: 1 duplicates\n"), "{table}");
 }
+
+/// An echo server that moves the stamp of each connection's first echo far into the future
+/// (2^63 - 1 ns of uptime) and that of its second 300 ms ahead of the send time, within
+/// the measured window; it echoes the others as sent.
+fn future_stamp_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut n = 0;
+        while let Ok(m) = ws.read() {
+            let binary = m.is_binary();
+            if !(m.is_text() || binary) {
+                continue;
+            }
+            let mut data = m.into_data().to_vec();
+            let at = data.iter().position(|&b| b == b'~').expect("a stamp") + 1;
+            let ts = std::str::from_utf8(&data[at..at + 16]).unwrap();
+            let ts = u64::from_str_radix(ts, 16).unwrap();
+            let ts = match n {
+                0 => i64::MAX as u64,
+                1 => ts + 300_000_000,
+                _ => ts,
+            };
+            data[at..at + 16].copy_from_slice(format!("{ts:016x}").as_bytes());
+            n += 1;
+            let m = if binary {
+                tungstenite::Message::binary(data)
+            } else {
+                tungstenite::Message::text(String::from_utf8(data).unwrap())
+            };
+            if ws.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// A stamp later than its arrival is counted (`errors.future_stamp`, the table, a warning)
+/// and not timed: the one 300 ms ahead was recorded as a latency of 1 ns, and the far one
+/// left out without a word.
+#[test]
+fn a_stamp_from_the_future_is_counted_not_timed() {
+    let url = future_stamp_server();
+    let (out, v) = loadgen("echo", &url, &ONE_CONN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.expect("the summary is written");
+    assert_eq!(v["errors"]["future_stamp"], 2, "{v}");
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received + 2, "{v}");
+    assert_eq!(v["messages_in"].as_u64().unwrap(), received + 2, "{v}");
+    let l = &v["latency_us"];
+    assert_eq!(l["count"].as_u64().unwrap(), received, "{v}");
+    // A round trip through a server thread on 127.0.0.1 takes microseconds, not 1 ns.
+    assert!(l["min"].as_f64().unwrap() >= 1.0, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(" bad_stamp 0 future_stamp 2\n"), "{table}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: 2 messages carried a stamp later than their arrival"),
+        "{err}"
+    );
+}
