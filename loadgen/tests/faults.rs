@@ -291,3 +291,112 @@ fn a_stamp_from_the_future_is_counted_not_timed() {
         "{err}"
     );
 }
+
+/// Runs the binary with `args`, expecting it to fail on `path`, given to `flag`, before
+/// anything else: exit status 1, nothing printed but the one error, which names both and
+/// says why.
+#[track_caller]
+fn assert_fails_on_output(args: &[&str], flag: &str, path: &std::path::Path, why: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg(flag)
+        .arg(path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!("error: {flag} {}: {why}", path.display()),
+        "{flag}"
+    );
+    assert!(out.stdout.is_empty(), "nothing was measured: {err}");
+}
+
+/// An output that cannot be written fails the run before it starts, naming the path and
+/// why: it was found out at the end of the run, whose results were lost. Nothing listens at
+/// the target, so a connection attempt would be an error of its own.
+#[test]
+fn an_unwritable_output_fails_before_the_run() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let run = ["echo", "--url", &url, "--quiet", "--duration", "5s"];
+    let missing = tmp("no-such-dir");
+    let enoent = "cannot write: No such file or directory (os error 2)";
+    for (flag, file) in [
+        ("--json", "out.json"),
+        ("--hgrm", "out.hgrm"),
+        ("--plot", "out.svg"),
+        ("--hlog", "out.hlog"),
+    ] {
+        assert_fails_on_output(&run, flag, &missing.join(file), enoent);
+    }
+    let dir = std::env::temp_dir();
+    assert_fails_on_output(
+        &run,
+        "--json",
+        &dir,
+        "cannot write: Is a directory (os error 21)",
+    );
+    let err = std::process::Command::new(BIN)
+        .args(run)
+        .args(["--plot", "out.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&err.stderr).trim_end(),
+        "error: --plot: unknown file type \"out.txt\", use .svg or .png"
+    );
+
+    // The check leaves no file behind, nor changes one that was there: here the run
+    // fails later, at the target.
+    let (fresh, kept) = (tmp("fresh.json"), tmp("kept.hgrm"));
+    std::fs::write(&kept, "an earlier run's").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(run)
+        .arg("--json")
+        .arg(&fresh)
+        .arg("--hgrm")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not connect"), "{err}");
+    assert!(!fresh.exists());
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "an earlier run's");
+    let _ = std::fs::remove_file(kept);
+
+    // `merge` too: before reading its logs (it printed their merged table first).
+    let log = tmp("one.hlog");
+    std::fs::write(&log, interval_log()).unwrap();
+    let merge = ["merge", log.to_str().unwrap()];
+    for (flag, file) in [
+        ("--json", "m.json"),
+        ("--hgrm", "m.hgrm"),
+        ("--plot", "m.svg"),
+    ] {
+        assert_fails_on_output(&merge, flag, &missing.join(file), enoent);
+    }
+    let _ = std::fs::remove_file(log);
+}
+
+/// An interval log of one second with one latency of 1 ms, as `--hlog` writes.
+fn interval_log() -> Vec<u8> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).unwrap();
+    h.record(1_000_000).unwrap();
+    let (mut out, mut serializer) = (Vec::new(), V2DeflateSerializer::new());
+    let mut log = IntervalLogWriterBuilder::new()
+        .with_start_time(std::time::SystemTime::now())
+        .begin_log_with(&mut out, &mut serializer)
+        .unwrap();
+    log.write_histogram(
+        &h,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(1),
+        None,
+    )
+    .unwrap();
+    drop(log);
+    out
+}
