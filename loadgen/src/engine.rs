@@ -26,7 +26,7 @@ use crate::stamp::{self, Stamp};
 use crate::stats::{new_hist, Counters};
 use crate::sys;
 use crate::tls::Sock;
-use crate::ws::{Decoder, Event, Step};
+use crate::ws::{Decoder, Event, Step, MAX_COMPRESSED};
 
 pub const CONNECT: u8 = 0;
 pub const RUN: u8 = 1;
@@ -48,6 +48,21 @@ const LATE_NS: u64 = 1_000_000;
 /// 100 ms schedule, 10 publishes/s, has not fallen behind).
 fn is_late(lag_ns: u64, send_every_ns: u64) -> bool {
     lag_ns > LATE_NS.max(send_every_ns / 10)
+}
+
+/// Whether a stamp says its message was sent after `now`, when it arrived: a corrupt stamp,
+/// or one from another machine's clock (CLOCK_MONOTONIC counts from each one's boot). Its
+/// latency would be fiction, so it is counted and not recorded (it was recorded as 1 ns).
+///
+/// No tolerance: on one machine CLOCK_MONOTONIC is one clock for every CPU and process
+/// (Linux checks at boot that the CPUs' TSCs agree, and uses another clock source where
+/// they do not; kvm-clock and the like keep it monotonic across vCPUs), and a stamp is read
+/// before the write that leads to the read after which `now` is taken, two system calls and
+/// a server apart: microseconds, where any skew left between CPUs is tens of nanoseconds.
+/// A stamp later than `now` by even a little is not skew.
+#[inline]
+fn from_the_future(ts: u64, now: u64) -> bool {
+    ts > now
 }
 
 /// Most sends or connects started in one loop turn, so events keep being served.
@@ -253,6 +268,10 @@ struct Conn {
     /// The last frame of `pending`'s message is arriving: it is timed at its last byte
     /// (it was timed at its first 256, so a message that trickled in looked fast).
     timed_at_end: bool,
+    /// A compressed message in several frames (RFC 7692 §6.1): its opcode and its payload
+    /// so far; it inflates only whole, at its last frame. The buffer is kept for the next.
+    deflated_opcode: OpCode,
+    deflated: Vec<u8>,
     inflight: u32,
     /// Sequence number of the next publish; the window's are numbered from 0.
     seq: u32,
@@ -260,6 +279,10 @@ struct Conn {
     window_numbered: bool,
     /// Subscribers: sequence state per publisher id.
     tracks: Vec<SeqTrack>,
+    /// Echo connections: the sequence numbers answered, of the sends before the window and
+    /// of those from its start, each numbered from 0 (see `send`): a number answered twice
+    /// is a duplicate echo, not a second answer.
+    echoed: [SeqTrack; 2],
     /// Subscribers: subscribed before the window started, with our own publishers, so
     /// every publish of the window is due and numbered from 0.
     exact_start: bool,
@@ -649,10 +672,13 @@ impl Worker {
             dec: Decoder::default(),
             pending: None,
             timed_at_end: false,
+            deflated_opcode: OpCode::Binary,
+            deflated: Vec::new(),
             inflight: 0,
             seq: 0,
             window_numbered: false,
             tracks: Vec::new(),
+            echoed: [SeqTrack::starting_at(0); 2],
             exact_start: false,
             reported: false,
         };
@@ -1038,46 +1064,45 @@ impl Worker {
         match ev {
             Event::Data {
                 opcode,
+                fin: false,
+                compressed: true,
+                head,
+                ..
+            } => {
+                let conn = &mut self.conns[key];
+                conn.deflated_opcode = opcode;
+                conn.deflated.clear();
+                conn.deflated.extend_from_slice(head);
+            }
+            Event::Data {
+                opcode,
                 fin,
                 compressed,
                 head,
                 len,
+            } => self.on_data(key, opcode, fin, compressed, head, len, now),
+            Event::Continuation {
+                fin,
+                compressed: true,
+                head,
+                ..
             } => {
-                let head = if compressed {
-                    match self.inflater.inflate(head, 64 << 20) {
-                        Ok(data) => data,
-                        Err(e) => {
-                            self.c.err_protocol += 1;
-                            self.fail(key, format!("inflate: {e}"));
-                            return;
-                        }
-                    }
-                } else {
-                    head
-                };
-                self.c.payload_in += if compressed { head.len() as u64 } else { len };
                 let conn = &mut self.conns[key];
-                if conn.st == St::Subscribing {
-                    if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {
-                        conn.st = St::Open;
-                        self.on_open(key);
-                    } else if memchr::memmem::find(head, b"\"error\"").is_some() {
-                        self.c.err_protocol += 1;
-                        let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
-                        self.fail(key, msg);
+                if conn.deflated.len() + head.len() > MAX_COMPRESSED {
+                    self.c.err_protocol += 1;
+                    self.fail(key, "compressed message over the size limit".into());
+                    return;
+                }
+                conn.deflated.extend_from_slice(head);
+                if fin {
+                    let (opcode, whole) =
+                        (conn.deflated_opcode, std::mem::take(&mut conn.deflated));
+                    let len = whole.len() as u64;
+                    self.on_data(key, opcode, true, true, &whole, len, now);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.deflated = whole;
                     }
-                    return;
                 }
-                if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
-                    // The server refused a publish (wsgate dialect): counted, and the first
-                    // one said, not taken for a broadcast.
-                    self.c.err_refused += 1;
-                    let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
-                    self.shared.error(msg);
-                    return;
-                }
-                let s = stamp::find(head);
-                self.frame_ends(key, fin, s, now);
             }
             Event::Continuation { fin, .. } => {
                 let s = self.conns[key].pending.take();
@@ -1107,6 +1132,56 @@ impl Worker {
         }
     }
 
+    /// A data message's first frame, with its payload or the head of it; a compressed
+    /// message's whole payload, to inflate.
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        key: usize,
+        opcode: OpCode,
+        fin: bool,
+        compressed: bool,
+        head: &[u8],
+        len: u64,
+        now: u64,
+    ) {
+        let head = if compressed {
+            match self.inflater.inflate(head, MAX_COMPRESSED) {
+                Ok(data) => data,
+                Err(e) => {
+                    self.c.err_protocol += 1;
+                    self.fail(key, format!("inflate: {e}"));
+                    return;
+                }
+            }
+        } else {
+            head
+        };
+        self.c.payload_in += if compressed { head.len() as u64 } else { len };
+        let conn = &mut self.conns[key];
+        if conn.st == St::Subscribing {
+            if opcode == OpCode::Text && memchr::memmem::find(head, b"\"ok\"").is_some() {
+                conn.st = St::Open;
+                self.on_open(key);
+            } else if memchr::memmem::find(head, b"\"error\"").is_some() {
+                self.c.err_protocol += 1;
+                let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
+                self.fail(key, msg);
+            }
+            return;
+        }
+        if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
+            // The server refused a publish (wsgate dialect): counted, and the first
+            // one said, not taken for a broadcast.
+            self.c.err_refused += 1;
+            let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
+            self.shared.error(msg);
+            return;
+        }
+        let s = stamp::find(head);
+        self.frame_ends(key, fin, s, now);
+    }
+
     /// A data frame's header and head have arrived: with `fin` the message is timed when
     /// the rest of the frame's payload has (at once if it is all here), else its stamp waits
     /// for the last frame.
@@ -1130,6 +1205,11 @@ impl Worker {
                     self.c.bad_stamp += 1;
                     return;
                 };
+                if from_the_future(s.ts, now) {
+                    // Nor is its window known, nor its sequence number to be trusted.
+                    self.c.future_stamp += 1;
+                    return;
+                }
                 let in_window = s.ts >= self.mstart && s.ts < self.mend;
                 let p = s.publisher as usize;
                 if p >= 1 << 16 {
@@ -1170,13 +1250,34 @@ impl Worker {
             }
             Role::Echo => {
                 self.c.received += 1;
+                // An echo without a stamp to time it by is still an answer: the closed loop
+                // goes on (it stopped at a stamp it could not read).
+                let s = match s {
+                    None => {
+                        self.c.bad_stamp += 1;
+                        None
+                    }
+                    Some(s) if from_the_future(s.ts, now) => {
+                        self.c.future_stamp += 1;
+                        None
+                    }
+                    s => s,
+                };
+                if let Some(s) = s {
+                    let track = &mut conn.echoed[usize::from(s.ts >= self.mstart)];
+                    if track.on(s.seq) == SeqOutcome::Duplicate {
+                        // Its send was answered already: not an answer to another one (in
+                        // closed loop it sent one more message, and hid a lost echo from
+                        // the timeouts), nor a second latency sample of the same send.
+                        if s.ts >= self.mstart && s.ts < self.mend {
+                            self.c.duplicates += 1;
+                        }
+                        return;
+                    }
+                }
                 conn.inflight = conn.inflight.saturating_sub(1);
                 self.outstanding = self.outstanding.saturating_sub(1);
-                let Some(s) = s else {
-                    self.c.bad_stamp += 1;
-                    return;
-                };
-                if s.ts >= self.mstart && s.ts < self.mend {
+                if let Some(s) = s.filter(|s| s.ts >= self.mstart && s.ts < self.mend) {
                     self.c.received_window += 1;
                     let lat = now.saturating_sub(s.ts).max(1);
                     self.hist.saturating_record(lat);

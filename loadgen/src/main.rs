@@ -22,6 +22,7 @@ mod tls;
 mod ws;
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,23 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Echo(EchoArgs { common: c, .. })
+        | Cmd::Fanout(FanoutArgs { common: c, .. })
+        | Cmd::Connect(ConnectArgs { common: c, .. }) => check_outputs(
+            c.json.as_deref(),
+            c.hgrm.as_deref(),
+            c.plot.as_deref(),
+            c.hlog.as_deref(),
+        )?,
+        Cmd::Merge(m) => check_outputs(
+            m.json.as_deref(),
+            m.hgrm.as_deref(),
+            m.plot.as_deref(),
+            None,
+        )?,
+        Cmd::BlastServer(_) => {}
+    }
     let (plan, common) = {
         let progress = |c: &Common| !c.quiet && std::io::stderr().is_terminal();
         match &cli.cmd {
@@ -120,4 +138,42 @@ fn real_main() -> Result<()> {
         Some(why) => anyhow::bail!(why),
         None => Ok(()),
     }
+}
+
+/// Checks, before anything is connected or read, that every output file can be written:
+/// they are written at the end, and a path that could not be (a missing directory, a typo)
+/// lost the results of the whole run.
+fn check_outputs(
+    json: Option<&Path>,
+    hgrm: Option<&Path>,
+    plot: Option<&Path>,
+    hlog: Option<&Path>,
+) -> Result<()> {
+    for (flag, path) in [("--json", json), ("--hgrm", hgrm), ("--hlog", hlog)] {
+        if let Some(path) = path {
+            check_writable(flag, path)?;
+        }
+    }
+    if let Some(path) = plot {
+        plot::check_type(path)?;
+        check_writable("--plot", path)?;
+        check_writable("--plot", &plot::timeline_path(path))?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, as the end of the run will. Without truncating: a file already
+/// there (an earlier run's results) stays as it is until this run's replace it; and one that
+/// was not there is removed again, so that a run that fails leaves no empty file behind.
+fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    let existed = path.symlink_metadata().is_ok();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("{flag} {}: cannot write", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }

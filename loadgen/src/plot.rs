@@ -44,18 +44,29 @@ fn pct_label(x: f64) -> String {
 }
 
 pub fn write(h: &Histogram<u64>, title: &str, path: &Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let size = (1000, 600);
-    match ext.as_str() {
+    match ext(path).as_str() {
         "svg" => draw(SVGBackend::new(path, size).into_drawing_area(), h, title),
         "png" => draw(BitMapBackend::new(path, size).into_drawing_area(), h, title),
         _ => bail!("--plot: unknown file type {:?}, use .svg or .png", path),
     }
     .with_context(|| format!("writing plot {}", path.display()))
+}
+
+/// Whether `path` names a file type the plots can be written as, known before the run (it
+/// was found out at its end, with the results lost).
+pub fn check_type(path: &Path) -> Result<()> {
+    match ext(path).as_str() {
+        "svg" | "png" => Ok(()),
+        _ => bail!("--plot: unknown file type {:?}, use .svg or .png", path),
+    }
+}
+
+fn ext(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// Where the latency-over-time plot goes beside `path`: `out.svg` → `out-time.svg`.
@@ -67,13 +78,8 @@ pub fn timeline_path(path: &Path) -> std::path::PathBuf {
 
 /// Latency over time: `line` holds (second, p50, p99, max) in microseconds.
 pub fn write_timeline(line: &crate::hlog::Timeline, title: &str, path: &Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let size = (1000, 600);
-    match ext.as_str() {
+    match ext(path).as_str() {
         "svg" => draw_timeline(SVGBackend::new(path, size).into_drawing_area(), line, title),
         "png" => draw_timeline(
             BitMapBackend::new(path, size).into_drawing_area(),

@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
 use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
-use crate::stats::{new_hist, Client, Counters, Errors, Fanout, Latency, Summary, UrlLatency};
+use crate::stats::{
+    new_hist, Client, Counters, Echo, Errors, Fanout, Latency, Summary, UrlLatency,
+};
 use crate::sys;
 
 pub struct Timing {
@@ -408,6 +410,14 @@ fn summarize(
             c.backlog_drops
         );
     }
+    if c.future_stamp > 0 {
+        // Left out of the latencies, which would otherwise be silently short of them.
+        eprintln!(
+            "warning: {} messages carried a stamp later than their arrival (a corrupt stamp, \
+             or another machine's clock): their latency is not recorded",
+            c.future_stamp
+        );
+    }
     let fanout = (plan.mode == Mode::Fanout).then(|| {
         let subs = shared.ready_subs();
         let expected = c.sent_window * subs;
@@ -474,8 +484,12 @@ fn summarize(
             http_status: c.err_http,
             refused: c.err_refused,
             bad_stamp: c.bad_stamp,
+            future_stamp: c.future_stamp,
         },
         fanout,
+        echo: (plan.mode == Mode::Echo).then_some(Echo {
+            duplicates: c.duplicates,
+        }),
         client: Client {
             cpu_pct,
             thread_cpu_pct: thread_cpu,

@@ -41,6 +41,7 @@ counters!(
     duplicates,
     reordered,
     bad_stamp,
+    future_stamp,
     late_sends,
     backlog_drops,
     err_connect,
@@ -103,6 +104,17 @@ pub struct Errors {
     pub refused: u64,
     /// Messages without a readable stamp.
     pub bad_stamp: u64,
+    /// Messages whose stamp is later than their arrival (corrupt, or another machine's
+    /// clock): over the whole run, and not timed, since their window and latency are unknown.
+    pub future_stamp: u64,
+}
+
+/// Echo mode's own counts.
+#[derive(Debug, Serialize, Default)]
+pub struct Echo {
+    /// Echoes of a message sent in the window that came again after its first: not in
+    /// `received`, nor a second latency sample (detected up to 64 sends back).
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -181,6 +193,8 @@ pub struct Summary {
     pub errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fanout: Option<Fanout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<Echo>,
     pub client: Client,
     /// The run was cut short by Ctrl-C.
     pub interrupted: bool,
@@ -253,11 +267,14 @@ impl Summary {
                 )?;
             }
         }
+        if let Some(e) = &self.echo {
+            writeln!(w, "  echo: {} duplicates", e.duplicates)?;
+        }
         let e = &self.errors;
         writeln!(
             w,
             "  errors: connect {} handshake {} reset {} closed_by_server {} protocol {} \
-             timeout {} http {} refused {} bad_stamp {}",
+             timeout {} http {} refused {} bad_stamp {} future_stamp {}",
             e.connect,
             e.handshake,
             e.reset,
@@ -266,7 +283,8 @@ impl Summary {
             e.timeout,
             e.http_status,
             e.refused,
-            e.bad_stamp
+            e.bad_stamp,
+            e.future_stamp
         )?;
         let c = &self.client;
         writeln!(

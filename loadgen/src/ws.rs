@@ -1,8 +1,10 @@
 //! The loadgen's reading policy for server frames, on top of wsgate-proto's header parser and
 //! checks (client role): skip-and-peek. A data frame is handed out as soon as its first
 //! [`PEEK`] payload bytes are in the buffer (the stamp is among them); the rest of a long
-//! payload is skipped, never copied or assembled. Framing rules across frames (continuations)
-//! are checked here; each header is checked by `FrameHeader::check`.
+//! payload is skipped, never copied or assembled. A compressed message's frames are the
+//! exception: each is handed out whole, since only the whole message inflates. Framing rules
+//! across frames (continuations) are checked here; each header is checked by
+//! `FrameHeader::check`.
 //!
 //! No sockets, no clock, no allocation: slices borrow the caller's read buffer.
 
@@ -12,6 +14,11 @@ use wsgate_proto::{FrameHeader, OpCode, ProtocolError, Role};
 /// How many payload bytes of a data frame the decoder wants contiguous before it hands the
 /// frame out. Enough for an envelope plus a stamp; the rest of a long payload is skipped.
 pub const PEEK: usize = 256;
+
+/// The largest compressed message taken, over all its frames, and the most it may inflate
+/// to: compressed frames are held whole in memory, so a bogus length must not grow the read
+/// buffer without end.
+pub const MAX_COMPRESSED: usize = 64 << 20;
 
 /// What one decoded frame means to the caller. Slices borrow the caller's read buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,9 +34,14 @@ pub enum Event<'a> {
         head: &'a [u8],
         len: u64,
     },
-    /// A continuation frame; `fin` ends the message.
+    /// A continuation frame; `fin` ends the message. `compressed`: the message's first frame
+    /// had RSV1 (RFC 7692 §6.1: its continuations do not), and `head` is the whole payload,
+    /// to append to the message's before inflating it; else `head` is what was in the buffer
+    /// of the frame's payload.
     Continuation {
         fin: bool,
+        compressed: bool,
+        head: &'a [u8],
         len: u64,
     },
     Ping(&'a [u8]),
@@ -57,6 +69,8 @@ pub enum Step<'a> {
 pub struct Decoder {
     skip: u64,
     in_message: bool,
+    /// The message in progress is compressed: its continuations are taken whole too.
+    in_compressed: bool,
     /// permessage-deflate was negotiated: RSV1 marks a compressed message.
     pub deflate: bool,
 }
@@ -79,8 +93,10 @@ impl Decoder {
         let Some((h, hl)) = FrameHeader::parse(buf)? else {
             return Ok(Step::NeedMore);
         };
-        // RFC 7692 §6: RSV1 on the first frame of a compressed message. wsgate sends a
-        // compressed message as one frame: it is taken whole (never skipped), to inflate.
+        // RFC 7692 §6: RSV1 on the first frame of a compressed message, and on no other
+        // (§6.1: not on its continuations, nor on a control frame). wsgate sends a
+        // compressed message as one frame, other servers may fragment it: every frame of
+        // it is taken whole (never skipped), for the message to be inflated once complete.
         let mut h = h;
         let compressed = self.deflate && h.rsv & RSV1 != 0;
         if compressed {
@@ -122,7 +138,11 @@ impl Decoder {
             }
             _ => {}
         }
-        let want = if compressed {
+        let whole = compressed || (h.opcode == OpCode::Continuation && self.in_compressed);
+        if whole && h.len > MAX_COMPRESSED as u64 {
+            return Err(ProtocolError::FrameTooLarge(h.len));
+        }
+        let want = if whole {
             h.len as usize
         } else {
             h.len.min(PEEK as u64) as usize
@@ -133,9 +153,14 @@ impl Decoder {
         let take = h.len.min(avail as u64) as usize;
         self.skip = h.len - take as u64;
         self.in_message = !h.fin;
+        if h.opcode != OpCode::Continuation {
+            self.in_compressed = compressed;
+        }
         let event = if h.opcode == OpCode::Continuation {
             Event::Continuation {
                 fin: h.fin,
+                compressed: self.in_compressed,
+                head: &buf[hl..hl + take],
                 len: h.len,
             }
         } else {
@@ -301,7 +326,109 @@ mod tests {
         assert_eq!(f.len(), 3);
         assert!(f[0].contains("fin: false"));
         assert_eq!(f[1], "Ping([])");
-        assert_eq!(f[2], "Continuation { fin: true, len: 2 }");
+        assert_eq!(
+            f[2],
+            "Continuation { fin: true, compressed: false, head: [108, 111], len: 2 }"
+        );
+    }
+
+    /// RFC 7692 §6.1: a compressed message may be fragmented, RSV1 on its first frame only.
+    /// Every frame of it is handed out whole, past `PEEK`, with a control frame between
+    /// them; the next message is plain again.
+    #[test]
+    fn a_fragmented_compressed_message_is_taken_whole() {
+        let (a, b) = (vec![1u8; 300], vec![2u8; 400]);
+        let mut buf = vec![0x42, 126, 0x01, 0x2c];
+        buf.extend(&a);
+        buf.extend([0x89, 0x00, 0x80, 126, 0x01, 0x90]);
+        buf.extend(&b);
+        let mut d = Decoder {
+            deflate: true,
+            ..Decoder::default()
+        };
+        assert_eq!(d.decode(&buf[..200]), Ok(Step::NeedMore));
+        assert_eq!(
+            d.decode(&buf),
+            Ok(Step::Frame {
+                consumed: 304,
+                event: Event::Data {
+                    opcode: OpCode::Binary,
+                    fin: false,
+                    compressed: true,
+                    head: &a,
+                    len: 300
+                }
+            })
+        );
+        assert_eq!(
+            d.decode(&buf[304..]),
+            Ok(Step::Frame {
+                consumed: 2,
+                event: Event::Ping(&[])
+            })
+        );
+        assert_eq!(d.decode(&buf[306..506]), Ok(Step::NeedMore));
+        assert_eq!(
+            d.decode(&buf[306..]),
+            Ok(Step::Frame {
+                consumed: 404,
+                event: Event::Continuation {
+                    fin: true,
+                    compressed: true,
+                    head: &b,
+                    len: 400
+                }
+            })
+        );
+        // The next message, plain and fragmented: peeked and skipped as before.
+        let mut plain = vec![0x02, 126, 0x01, 0x2c];
+        plain.extend(&a);
+        plain.extend([0x80, 126, 0x01, 0x90]);
+        plain.extend(&b[..PEEK]);
+        assert!(matches!(
+            d.decode(&plain),
+            Ok(Step::Frame {
+                consumed: 304,
+                event: Event::Data {
+                    compressed: false,
+                    ..
+                }
+            })
+        ));
+        assert_eq!(
+            d.decode(&plain[304..]),
+            Ok(Step::Frame {
+                consumed: 4 + PEEK,
+                event: Event::Continuation {
+                    fin: true,
+                    compressed: false,
+                    head: &b[..PEEK],
+                    len: 400
+                }
+            })
+        );
+        assert_eq!(d.decode(&b[PEEK..]), Ok(Step::Skipped(400 - PEEK)));
+    }
+
+    /// RFC 7692 §6.1: RSV1 on a continuation frame is a protocol error, in a compressed
+    /// message or a plain one.
+    #[test]
+    fn rsv1_on_a_continuation_is_an_error() {
+        for first in [0x41u8, 0x01] {
+            let mut d = Decoder {
+                deflate: true,
+                ..Decoder::default()
+            };
+            assert!(matches!(
+                d.decode(&[first, 0x01, 0x00]),
+                Ok(Step::Frame { .. })
+            ));
+            assert_eq!(
+                d.decode(&[0xc0, 0x01, 0x00]),
+                Err(ProtocolError::MisplacedRsv1),
+                "first byte {first:#x}"
+            );
+        }
     }
 
     #[test]

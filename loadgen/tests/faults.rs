@@ -162,3 +162,241 @@ fn handshakes_under_way_at_the_end_are_timeouts() {
     assert_eq!(v["errors"]["timeout"].as_u64().unwrap(), sent, "{v}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Arguments for one connection whose every send is in the window.
+const ONE_CONN: [&str; 8] = [
+    "--connections",
+    "1",
+    "--duration",
+    "1s",
+    "--warmup",
+    "0s",
+    "--drain",
+    "1s",
+];
+
+/// An echo server that answers the first message of each connection twice.
+fn echo_first_twice_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut first = true;
+        while let Ok(m) = ws.read() {
+            if !(m.is_text() || m.is_binary()) {
+                continue;
+            }
+            if std::mem::take(&mut first) && ws.send(m.clone()).is_err() {
+                break;
+            }
+            if ws.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// An echo received twice is a duplicate (`echo.duplicates`, and the table says it): not
+/// a second answer nor a second latency sample. It was both: `received` was one over
+/// `sent`, and in closed loop it sent one more message, two in flight from then on.
+#[test]
+fn a_duplicate_echo_is_counted_not_timed() {
+    let url = echo_first_twice_server();
+    let (out, v) = loadgen("echo", &url, &ONE_CONN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.expect("the summary is written");
+    assert_eq!(v["echo"]["duplicates"], 1, "{v}");
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), received, "{v}");
+    // Over the run, the duplicate is one more message in.
+    assert_eq!(v["messages_in"].as_u64().unwrap(), received + 1, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("  echo: 1 duplicates\n"), "{table}");
+}
+
+/// An echo server that moves the stamp of each connection's first echo far into the future
+/// (2^63 - 1 ns of uptime) and that of its second 300 ms ahead of the send time, within
+/// the measured window; it echoes the others as sent.
+fn future_stamp_server() -> String {
+    let port = listen(|s| {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut n = 0;
+        while let Ok(m) = ws.read() {
+            let binary = m.is_binary();
+            if !(m.is_text() || binary) {
+                continue;
+            }
+            let mut data = m.into_data().to_vec();
+            let at = data.iter().position(|&b| b == b'~').expect("a stamp") + 1;
+            let ts = std::str::from_utf8(&data[at..at + 16]).unwrap();
+            let ts = u64::from_str_radix(ts, 16).unwrap();
+            let ts = match n {
+                0 => i64::MAX as u64,
+                1 => ts + 300_000_000,
+                _ => ts,
+            };
+            data[at..at + 16].copy_from_slice(format!("{ts:016x}").as_bytes());
+            n += 1;
+            let m = if binary {
+                tungstenite::Message::binary(data)
+            } else {
+                tungstenite::Message::text(String::from_utf8(data).unwrap())
+            };
+            if ws.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// A stamp later than its arrival is counted (`errors.future_stamp`, the table, a warning)
+/// and not timed: the one 300 ms ahead was recorded as a latency of 1 ns, and the far one
+/// left out without a word.
+#[test]
+fn a_stamp_from_the_future_is_counted_not_timed() {
+    let url = future_stamp_server();
+    let (out, v) = loadgen("echo", &url, &ONE_CONN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = v.expect("the summary is written");
+    assert_eq!(v["errors"]["future_stamp"], 2, "{v}");
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received + 2, "{v}");
+    assert_eq!(v["messages_in"].as_u64().unwrap(), received + 2, "{v}");
+    let l = &v["latency_us"];
+    assert_eq!(l["count"].as_u64().unwrap(), received, "{v}");
+    // A round trip through a server thread on 127.0.0.1 takes microseconds, not 1 ns.
+    assert!(l["min"].as_f64().unwrap() >= 1.0, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(" bad_stamp 0 future_stamp 2\n"), "{table}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: 2 messages carried a stamp later than their arrival"),
+        "{err}"
+    );
+}
+
+/// Runs the binary with `args`, expecting it to fail on `path`, given to `flag`, before
+/// anything else: exit status 1, nothing printed but the one error, which names both and
+/// says why.
+#[track_caller]
+fn assert_fails_on_output(args: &[&str], flag: &str, path: &std::path::Path, why: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg(flag)
+        .arg(path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!("error: {flag} {}: {why}", path.display()),
+        "{flag}"
+    );
+    assert!(out.stdout.is_empty(), "nothing was measured: {err}");
+}
+
+/// An output that cannot be written fails the run before it starts, naming the path and
+/// why: it was found out at the end of the run, whose results were lost. Nothing listens at
+/// the target, so a connection attempt would be an error of its own.
+#[test]
+fn an_unwritable_output_fails_before_the_run() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let run = ["echo", "--url", &url, "--quiet", "--duration", "5s"];
+    let missing = tmp("no-such-dir");
+    let enoent = "cannot write: No such file or directory (os error 2)";
+    for (flag, file) in [
+        ("--json", "out.json"),
+        ("--hgrm", "out.hgrm"),
+        ("--plot", "out.svg"),
+        ("--hlog", "out.hlog"),
+    ] {
+        assert_fails_on_output(&run, flag, &missing.join(file), enoent);
+    }
+    let dir = std::env::temp_dir();
+    assert_fails_on_output(
+        &run,
+        "--json",
+        &dir,
+        "cannot write: Is a directory (os error 21)",
+    );
+    let err = std::process::Command::new(BIN)
+        .args(run)
+        .args(["--plot", "out.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&err.stderr).trim_end(),
+        "error: --plot: unknown file type \"out.txt\", use .svg or .png"
+    );
+
+    // The check leaves no file behind, nor changes one that was there: here the run
+    // fails later, at the target.
+    let (fresh, kept) = (tmp("fresh.json"), tmp("kept.hgrm"));
+    std::fs::write(&kept, "an earlier run's").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(run)
+        .arg("--json")
+        .arg(&fresh)
+        .arg("--hgrm")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not connect"), "{err}");
+    assert!(!fresh.exists());
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "an earlier run's");
+    let _ = std::fs::remove_file(kept);
+
+    // `merge` too: before reading its logs (it printed their merged table first).
+    let log = tmp("one.hlog");
+    std::fs::write(&log, interval_log()).unwrap();
+    let merge = ["merge", log.to_str().unwrap()];
+    for (flag, file) in [
+        ("--json", "m.json"),
+        ("--hgrm", "m.hgrm"),
+        ("--plot", "m.svg"),
+    ] {
+        assert_fails_on_output(&merge, flag, &missing.join(file), enoent);
+    }
+    let _ = std::fs::remove_file(log);
+}
+
+/// An interval log of one second with one latency of 1 ms, as `--hlog` writes.
+fn interval_log() -> Vec<u8> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).unwrap();
+    h.record(1_000_000).unwrap();
+    let (mut out, mut serializer) = (Vec::new(), V2DeflateSerializer::new());
+    let mut log = IntervalLogWriterBuilder::new()
+        .with_start_time(std::time::SystemTime::now())
+        .begin_log_with(&mut out, &mut serializer)
+        .unwrap();
+    log.write_histogram(
+        &h,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(1),
+        None,
+    )
+    .unwrap();
+    drop(log);
+    out
+}

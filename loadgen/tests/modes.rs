@@ -471,3 +471,61 @@ fn interval_logs_of_two_processes_merge_into_one_distribution() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// The sample table in loadgen/README.md has the lines a run prints, in order, with numbers
+/// where it prints numbers (it lacked the `bytes in:` line).
+#[test]
+fn the_readme_table_is_what_a_run_prints() {
+    /// A line with each number (and address) as `#` and its spacing as single spaces.
+    fn shape(line: &str) -> String {
+        let mut out = String::new();
+        let mut in_number = false;
+        for c in line.chars() {
+            if c.is_ascii_digit() || (in_number && c == '.') {
+                if !in_number {
+                    out.push('#');
+                }
+                in_number = true;
+            } else {
+                in_number = false;
+                out.push(c);
+            }
+        }
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("loadgen/README.md");
+    let sample = readme
+        .split("### Reading the table\n\n```\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a table under 'Reading the table'");
+    // What the sample shows: a passive fan-out from the blast server, at a gentle rate.
+    let blast = Blast::start(&["--batch", "1", "--rate", "1000"]);
+    let (out, _) = loadgen(
+        "fanout",
+        &blast.url,
+        &args(&[
+            "--dialect",
+            "raw",
+            "--publishers",
+            "0",
+            "--subscribers",
+            "4",
+            "--threads",
+            "1",
+        ]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let shapes = |text: &str| text.lines().map(shape).collect::<Vec<_>>();
+    assert_eq!(
+        shapes(sample),
+        shapes(&table),
+        "README:\n{sample}\nrun:\n{table}"
+    );
+}

@@ -17,7 +17,7 @@ use tungstenite::{Message, WebSocket};
 pub const BIN: &str = env!("CARGO_BIN_EXE_wsgate-loadgen");
 
 /// Spawns `serve` for every accepted connection; returns the listening port.
-fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+pub fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().unwrap().port();
     let serve = Arc::new(serve);
