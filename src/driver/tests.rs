@@ -71,6 +71,7 @@ for_each_driver!(
     reset_is_reported_as_failed,
     long_receive_arrives_whole_and_in_order,
     large_send_finishes_when_the_peer_reads,
+    small_frames_sent_as_one_copy_survive_a_short_write,
     close_with_a_send_in_flight_reports_only_released,
     close_drops_completions_already_pending,
     set_receiving_holds_and_resumes_without_losing_bytes,
@@ -479,6 +480,48 @@ fn large_send_finishes_when_the_peer_reads<D: Driver>(make: Make<D>) {
         got == data,
         "the bytes arrive intact and in order, then FIN"
     );
+    h.close(conn);
+}
+
+/// Sends of many small frames (a fan-out batch) go as one copied buffer; one the socket
+/// takes only part of goes on from where it stopped, whole and in order.
+fn small_frames_sent_as_one_copy_survive_a_short_write<D: Driver>(make: Make<D>) {
+    let mut h = Harness::with_buffers(make, 1, Some(4096), None);
+    let mut client = client_with_receive_buffer(h.addrs[0], Some(4096));
+    let conn = h.accept(&client, 0);
+    let data = pattern(4000 * 64, 7);
+    let mut batches = data.chunks(4000);
+    let mut sent = 0;
+    // Batches of 40 frames of 100 bytes, until one does not fit: the client reads nothing.
+    let stuck = loop {
+        let batch = batches.next().expect("the socket buffers fill up first");
+        let mut out = OutQueue::default();
+        for frame in batch.chunks(100) {
+            out.push(Bytes::copy_from_slice(frame));
+        }
+        h.driver.send(conn, &out);
+        drop(out);
+        sent += batch.len();
+        let evs = h.turn(Duration::from_millis(200));
+        match for_conn(&evs, conn)[..] {
+            [Ev::Sent(_, n)] => assert_eq!(*n, batch.len()),
+            [] => break batch.len(),
+            ref other => panic!("{other:?}"),
+        }
+    };
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0; sent];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let evs = h.until("Sent", |ev| matches!(ev, Ev::Sent(..)));
+    assert_eq!(
+        evs.last(),
+        Some(&Ev::Sent(conn, stuck)),
+        "reported once, whole"
+    );
+    let got = reader.join().unwrap();
+    assert!(got == data[..sent], "every byte once, in order");
     h.close(conn);
 }
 

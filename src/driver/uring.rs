@@ -1,13 +1,14 @@
-//! The io_uring driver: one ring per reactor, multishot accept and receive, corked
-//! `sendmsg`, cancellation on close and drain.
+//! The io_uring driver: one ring per reactor, multishot accept and receive, `send` of a
+//! batch's small frames copied together or `sendmsg` of larger ones, cancellation on close
+//! and drain.
 //!
 //! # What is in flight
 //!
 //! - One multishot `ACCEPT` per listener (until `stop_accepting`).
 //! - One `READ` of 8 bytes on the reactor's eventfd (cross-thread wake), re-armed per wake.
 //! - Per connection: at most one multishot `RECV` (buffer select from the reactor's
-//!   provided-buffer ring) and at most one `SENDMSG` (a send the socket took only part of
-//!   is resubmitted from where it stopped, and reported once, whole).
+//!   provided-buffer ring) and at most one `SEND` or `SENDMSG` (a send the socket took
+//!   only part of is resubmitted from where it stopped, and reported once, whole).
 //!
 //! `user_data` is `conn << 2 | op` for connection operations and `u64::MAX - n` for the
 //! listeners and the waker, so a completion finds its connection without a lookup table.
@@ -29,8 +30,10 @@
 //!    is not writing into them at the time.
 //! 2. **Send memory**: a `SENDMSG` points at a `msghdr` and an iovec array in a boxed
 //!    `SendBuf` that the connection's slot owns until the completion, and the iovecs point
-//!    into `Bytes` frames the `SendBuf` holds clones of. The reactor's `OutQueue` may drop,
-//!    clear or advance its own references meanwhile: the bytes stay alive.
+//!    into `Bytes` frames the `SendBuf` holds clones of; a `SEND` points into the same
+//!    box's `flat` copy, which is neither grown nor cleared until the completion. The
+//!    reactor's `OutQueue` may drop, clear or advance its own references meanwhile: the
+//!    bytes stay alive.
 //! 3. **The wake counter** (8 bytes) is a box the driver owns for its whole life.
 //! 4. **Teardown**: a connection's slot, and the socket it owns, stay until the last
 //!    completion of its operations (`Completion::Released` follows). On drop the driver
@@ -169,14 +172,41 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The `sendmsg` arguments of one send in flight: stable on the heap until its completion.
-/// Sized for the common one or two frames inline (184 bytes); longer sends spill.
+/// Several frames that together are at most this long are copied into one buffer and
+/// sent with `SEND`, not by `SENDMSG` over clones of them: a fan-out batch is a few
+/// hundred bytes in several frames, and copying it costs less than a clone and a drop of
+/// each frame kept for the send plus the heap spill of the iovec and frame arrays past
+/// two. At 1,000 subscribers × 1,000/s (6 frames a write) that is 5 % less CPU per
+/// delivery (medians of 5 rounds, 767 vs 808 ns, lower in each round). The epoll driver
+/// sends from the caller's frames with nothing to keep, and a copy there measured level.
+const FLAT_MAX: usize = 4096;
+
+/// Whether `frames` are several and at most `FLAT_MAX` bytes together.
+fn flat_worthy<'a>(frames: impl Iterator<Item = &'a Bytes>) -> bool {
+    let mut total = 0;
+    let mut n = 0;
+    for frame in frames {
+        total += frame.len();
+        n += 1;
+        if total > FLAT_MAX {
+            return false;
+        }
+    }
+    n > 1
+}
+
+/// The arguments of one send in flight: stable on the heap until its completion. Either
+/// `flat` (a copy of small frames, sent with `SEND`) or a `sendmsg` over `iov`, sized for
+/// the common one or two frames inline; longer sends spill.
 struct SendBuf {
     hdr: libc::msghdr,
     /// INVARIANT: every entry points into one of `keep`'s frames, and while the send is
     /// in flight `hdr.msg_iov`/`msg_iovlen` describe exactly these entries.
     iov: SmallVec<[libc::iovec; 2]>,
     keep: SmallVec<[Bytes; 2]>,
+    /// A copy of the frames when they are several and small (`FLAT_MAX`); empty when the
+    /// send goes by `iov`. Its capacity is kept for the next send.
+    flat: Vec<u8>,
     /// Bytes of the whole send, reported in `Sent` once all are written.
     total: usize,
     written: usize,
@@ -190,14 +220,24 @@ impl SendBuf {
             hdr: unsafe { std::mem::zeroed() },
             iov: SmallVec::new(),
             keep: SmallVec::new(),
+            flat: Vec::new(),
             total: 0,
             written: 0,
         })
     }
 
-    /// Takes clones of the queue's oldest frames (up to `MAX_IOV`).
+    /// Copies the queue's oldest frames into `flat` when they are several and small, or
+    /// else takes clones of them (up to `MAX_IOV`).
     fn fill(&mut self, out: &OutQueue) {
-        for frame in out.frames().take(MAX_IOV) {
+        let frames = || out.frames().take(MAX_IOV);
+        if flat_worthy(frames()) {
+            for frame in frames() {
+                self.flat.extend_from_slice(frame);
+            }
+            self.total = self.flat.len();
+            return;
+        }
+        for frame in frames() {
             let frame = frame.clone();
             self.iov.push(libc::iovec {
                 iov_base: frame.as_ptr() as *mut libc::c_void,
@@ -208,8 +248,12 @@ impl SendBuf {
         }
     }
 
-    /// Drops `n` written bytes from the front of the iovecs (a short send).
+    /// Drops `n` written bytes from the front of the iovecs (a short send; a `flat` send
+    /// goes on from `written`).
     fn advance(&mut self, mut n: usize) {
+        if !self.flat.is_empty() {
+            return;
+        }
         let whole = self
             .iov
             .iter()
@@ -230,20 +274,29 @@ impl SendBuf {
         }
     }
 
-    /// The `SENDMSG` of the iovecs as they stand.
+    /// The `SEND` of what `flat` holds from `written` on, or else the `SENDMSG` of the
+    /// iovecs as they stand.
     fn entry(&mut self, fd: RawFd, conn: ConnId) -> squeue::Entry {
-        self.hdr.msg_iov = self.iov.as_mut_ptr();
-        self.hdr.msg_iovlen = self.iov.len() as _;
-        opcode::SendMsg::new(types::Fd(fd), &self.hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(conn, OP_SEND))
+        let entry = if self.flat.is_empty() {
+            self.hdr.msg_iov = self.iov.as_mut_ptr();
+            self.hdr.msg_iovlen = self.iov.len() as _;
+            opcode::SendMsg::new(types::Fd(fd), &self.hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        } else {
+            let rest = &self.flat[self.written..];
+            opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        };
+        entry.user_data(user_data(conn, OP_SEND))
     }
 
     /// Forgets the send (its completion came) so the box can serve another.
     fn clear(&mut self) {
         self.iov.clear();
         self.keep.clear();
+        self.flat.clear();
         self.total = 0;
         self.written = 0;
         // A long send spilled to the heap: return to the inline size.
@@ -1188,7 +1241,7 @@ mod tests {
             std::mem::size_of::<Option<Slot>>(),
             std::mem::size_of::<Slot>()
         );
-        assert!(std::mem::size_of::<SendBuf>() <= 184);
+        assert!(std::mem::size_of::<SendBuf>() <= 208);
     }
 
     /// Pages of `bufs`' memory that are resident.
