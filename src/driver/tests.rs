@@ -647,16 +647,21 @@ fn wake_from_another_thread<D: Driver>(make: Make<D>) {
 fn a_wait_ends_at_its_timeout_not_the_next_millisecond<D: Driver>(make: Make<D>) {
     let mut h = Harness::new(make, 1);
     let timeout = Duration::from_micros(1_200);
+    // Rounded up, every wait takes 2 ms or more; on time, most take about 1.2 ms. A loaded
+    // machine (tests run in parallel) delays some wake-ups: one on time in 200 is enough.
+    let on_time = Duration::from_micros(1_900);
     let mut fastest = Duration::MAX;
-    for _ in 0..30 {
+    for _ in 0..200 {
         let start = Instant::now();
         assert_eq!(h.turn(timeout), [], "nothing happened");
         let took = start.elapsed();
         assert!(took >= timeout, "a wait ended early: {took:?}");
         fastest = fastest.min(took);
+        if fastest < on_time {
+            break;
+        }
     }
-    // A loaded machine delays some wake-ups, not all thirty by 0.7 ms.
-    assert!(fastest < Duration::from_micros(1_900), "{fastest:?}");
+    assert!(fastest < on_time, "{fastest:?}");
     // A wait that something else ends leaves no timer behind to end a later one early.
     h.waker.wake();
     assert_eq!(h.turn(timeout), [Ev::Woken]);
