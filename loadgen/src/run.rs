@@ -12,9 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
 use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
-use crate::stats::{
-    new_hist, Client, Counters, Echo, Errors, Fanout, Latency, Summary, UrlLatency,
-};
+use crate::stats::{new_hist, Client, Counters, Echo, Fanout, Latency, Summary, UrlLatency};
 use crate::sys;
 
 pub struct Timing {
@@ -85,14 +83,8 @@ impl Progress {
         let rate = (received - self.last_received.min(received)) as f64 / dt.max(1e-9);
         self.last_t = now;
         self.last_received = received;
-        let errors = c.err_connect
-            + c.err_handshake
-            + c.err_reset
-            + c.err_closed
-            + c.err_protocol
-            + c.err_timeout
-            + c.err_http
-            + c.err_refused;
+        // The summary's errors, summed: the same kinds as the final report.
+        let errors = c.errors().total();
         bar.set_message(format!(
             "{phase}: {open} conns, {rate:.0}/s, p50 {:.0} us, p99 {:.0} us, errors {errors}",
             h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -474,18 +466,7 @@ fn summarize(
         payload_bytes_in: c.payload_in,
         messages_in: c.received,
         latency_us: Latency::from_hist(&hist),
-        errors: Errors {
-            connect: c.err_connect,
-            handshake: c.err_handshake,
-            reset: c.err_reset,
-            closed_by_server: c.err_closed,
-            protocol: c.err_protocol,
-            timeout: c.err_timeout,
-            http_status: c.err_http,
-            refused: c.err_refused,
-            bad_stamp: c.bad_stamp,
-            future_stamp: c.future_stamp,
-        },
+        errors: c.errors(),
         fanout,
         echo: (plan.mode == Mode::Echo).then_some(Echo {
             duplicates: c.duplicates,
