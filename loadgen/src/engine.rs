@@ -1104,7 +1104,10 @@ impl Worker {
                     }
                 }
             }
-            Event::Continuation { fin, .. } => {
+            Event::Continuation { fin, len, .. } => {
+                // Each frame of a plain message counts its own payload (only the first did);
+                // a compressed one counts its inflated size once, in `on_data`.
+                self.c.payload_in += len;
                 let s = self.conns[key].pending.take();
                 self.frame_ends(key, fin, s, now);
             }
