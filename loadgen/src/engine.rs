@@ -84,6 +84,10 @@ pub struct Shared {
     /// Subscribers among `ready`.
     pub ready_subs: AtomicU64,
     pub first_error: Mutex<Option<String>>,
+    /// The first error of each kind on a connection after its handshake (its subscribe, if
+    /// any), in order: the coordinator says each once, as it comes, and the failure of a run
+    /// that measured nothing gives them as its reason.
+    pub open_errors: Mutex<Vec<(&'static str, String)>>,
     pub live: Vec<Mutex<Live>>,
 }
 
@@ -97,6 +101,7 @@ impl Shared {
             failed: AtomicU64::new(0),
             ready_subs: AtomicU64::new(0),
             first_error: Mutex::new(None),
+            open_errors: Mutex::new(Vec::new()),
             live: (0..threads).map(|_| Mutex::new(Live::default())).collect(),
         }
     }
@@ -109,6 +114,15 @@ impl Shared {
         let mut e = self.first_error.lock().expect("not poisoned");
         if e.is_none() {
             *e = Some(msg);
+        }
+    }
+
+    /// Keeps `msg` if it is the first error of its `kind` on an open connection; later ones
+    /// are only counted, so that a server failing every connection does not flood stderr.
+    fn open_error(&self, kind: &'static str, msg: String) {
+        let mut e = self.open_errors.lock().expect("not poisoned");
+        if !e.iter().any(|(k, _)| *k == kind) {
+            e.push((kind, msg));
         }
     }
 }
@@ -760,7 +774,7 @@ impl Worker {
                     self.c.err_connect += 1;
                     let addr = self.plan.targets[usize::from(conn.target)].1;
                     let msg = format!("connect to {addr}: {e}");
-                    self.fail(key, msg);
+                    self.fail(key, "connect", msg);
                     return;
                 }
                 Ok(None) => {}
@@ -772,7 +786,7 @@ impl Worker {
                     self.c.err_connect += 1;
                     let addr = self.plan.targets[usize::from(conn.target)].1;
                     let msg = format!("connect to {addr}: {e}");
-                    self.fail(key, msg);
+                    self.fail(key, "connect", msg);
                     return;
                 }
             }
@@ -784,7 +798,7 @@ impl Worker {
             // TLS: what rustls could not write at once (wss:// only; plain has nothing).
             if let Err(e) = c.sock.flush_tls() {
                 self.c.err_reset += 1;
-                self.fail(key, format!("write: {e}"));
+                self.fail(key, "write", format!("write: {e}"));
                 return;
             }
         }
@@ -852,10 +866,10 @@ impl Worker {
                         self.drop_conn(key);
                     } else if st == St::Handshaking {
                         self.c.err_handshake += 1;
-                        self.fail(key, "server closed during handshake".into());
+                        self.fail(key, "handshake", "server closed during handshake".into());
                     } else {
                         self.c.err_closed += 1;
-                        self.fail(key, "server closed the connection".into());
+                        self.fail(key, "close", "server closed the connection".into());
                     }
                     break;
                 }
@@ -887,7 +901,7 @@ impl Worker {
                         self.drop_conn(key);
                     } else {
                         self.c.err_reset += 1;
-                        self.fail(key, format!("read: {e}"));
+                        self.fail(key, "read", format!("read: {e}"));
                     }
                     break;
                 }
@@ -924,7 +938,7 @@ impl Worker {
                 }
                 Err(e) => {
                     self.c.err_handshake += 1;
-                    self.fail(key, format!("handshake: {e}"));
+                    self.fail(key, "handshake", format!("handshake: {e}"));
                     return data.len();
                 }
             }
@@ -961,7 +975,7 @@ impl Worker {
                     // RFC 6455 §7.4.1: 1002 protocol error.
                     close_frame(&mut conn.out, 1002, mask);
                     self.flush(key);
-                    self.fail(key, format!("protocol: {e}"));
+                    self.fail(key, "protocol", format!("protocol: {e}"));
                     return data.len();
                 }
             }
@@ -994,14 +1008,14 @@ impl Worker {
                 Ok(httparse::Status::Partial) => {
                     if data.len() - off > client::MAX_RESPONSE_HEAD {
                         self.c.err_protocol += 1;
-                        self.fail(key, "http response too large".into());
+                        self.fail(key, "http response", "http response too large".into());
                         return data.len();
                     }
                     return off;
                 }
                 Err(e) => {
                     self.c.err_protocol += 1;
-                    self.fail(key, format!("http response: {e}"));
+                    self.fail(key, "http response", format!("http response: {e}"));
                     return data.len();
                 }
             }
@@ -1090,7 +1104,11 @@ impl Worker {
                 let conn = &mut self.conns[key];
                 if conn.deflated.len() + head.len() > MAX_COMPRESSED {
                     self.c.err_protocol += 1;
-                    self.fail(key, "compressed message over the size limit".into());
+                    self.fail(
+                        key,
+                        "inflate",
+                        "compressed message over the size limit".into(),
+                    );
                     return;
                 }
                 conn.deflated.extend_from_slice(head);
@@ -1104,7 +1122,10 @@ impl Worker {
                     }
                 }
             }
-            Event::Continuation { fin, .. } => {
+            Event::Continuation { fin, len, .. } => {
+                // Each frame of a plain message counts its own payload (only the first did);
+                // a compressed one counts its inflated size once, in `on_data`.
+                self.c.payload_in += len;
                 let s = self.conns[key].pending.take();
                 self.frame_ends(key, fin, s, now);
             }
@@ -1115,7 +1136,7 @@ impl Worker {
                 self.mark_dirty(key);
             }
             Event::Pong => {}
-            Event::Close { code, .. } => {
+            Event::Close { code, reason } => {
                 let conn = &mut self.conns[key];
                 if conn.st == St::Closing {
                     self.drop_conn(key);
@@ -1125,8 +1146,14 @@ impl Worker {
                     let mask = self.rng.mask();
                     close_frame(&mut conn.out, code.unwrap_or(1000), mask);
                     self.flush(key);
-                    let msg = format!("server closed the connection (code {code:?})");
-                    self.fail(key, msg);
+                    let msg = match code {
+                        Some(code) => format!(
+                            "server closed the connection: code {code}, reason {:?}",
+                            String::from_utf8_lossy(reason)
+                        ),
+                        None => "server closed the connection: no code".to_string(),
+                    };
+                    self.fail(key, "close", msg);
                 }
             }
         }
@@ -1150,7 +1177,7 @@ impl Worker {
                 Ok(data) => data,
                 Err(e) => {
                     self.c.err_protocol += 1;
-                    self.fail(key, format!("inflate: {e}"));
+                    self.fail(key, "inflate", format!("inflate: {e}"));
                     return;
                 }
             }
@@ -1166,7 +1193,7 @@ impl Worker {
             } else if memchr::memmem::find(head, b"\"error\"").is_some() {
                 self.c.err_protocol += 1;
                 let msg = format!("subscribe: {}", String::from_utf8_lossy(head));
-                self.fail(key, msg);
+                self.fail(key, "subscribe", msg);
             }
             return;
         }
@@ -1438,7 +1465,7 @@ impl Worker {
                         self.drop_conn(key);
                     } else {
                         self.c.err_reset += 1;
-                        self.fail(key, format!("write: {e}"));
+                        self.fail(key, "write", format!("write: {e}"));
                     }
                     return;
                 }
@@ -1462,7 +1489,7 @@ impl Worker {
                 if c.gen == gen && waiting {
                     self.c.err_timeout += 1;
                     let msg = format!("timeout connecting to {}", self.plan.url);
-                    self.fail(key, msg);
+                    self.fail(key, "timeout", msg);
                 }
             }
         }
@@ -1531,12 +1558,19 @@ impl Worker {
     }
 
     /// Drops a connection that failed; during the connect phase it also counts as failed.
-    fn fail(&mut self, key: usize, msg: String) {
+    /// `kind` is the sort of error `msg` says ("protocol", "close", ...): after the handshake
+    /// the first of each kind is said (such errors were only counted, and a run that failed
+    /// that way gave no reason).
+    fn fail(&mut self, key: usize, kind: &'static str, msg: String) {
         if let Some(c) = self.conns.get(key) {
-            if !c.reported && self.plan.mode != Mode::Connect {
+            // A churned connection is never reported ready: it is open once handshaken.
+            let open = c.reported || (self.plan.mode == Mode::Connect && c.st == St::Open);
+            if open {
+                self.shared.open_error(kind, msg);
+            } else if self.plan.mode != Mode::Connect {
                 self.conns[key].reported = true;
                 self.report_failed(msg);
-            } else if !c.reported {
+            } else {
                 self.shared.error(msg);
             }
         }

@@ -12,9 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
 use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
-use crate::stats::{
-    new_hist, Client, Counters, Echo, Errors, Fanout, Latency, Summary, UrlLatency,
-};
+use crate::stats::{new_hist, Client, Counters, Echo, Fanout, Latency, Summary, UrlLatency};
 use crate::sys;
 
 pub struct Timing {
@@ -60,6 +58,14 @@ impl Progress {
         }
     }
 
+    /// A line on stderr, above the progress line if there is one.
+    fn warn(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn say(&self, msg: String) {
         if let Some(b) = &self.bar {
             b.set_message(msg);
@@ -85,14 +91,8 @@ impl Progress {
         let rate = (received - self.last_received.min(received)) as f64 / dt.max(1e-9);
         self.last_t = now;
         self.last_received = received;
-        let errors = c.err_connect
-            + c.err_handshake
-            + c.err_reset
-            + c.err_closed
-            + c.err_protocol
-            + c.err_timeout
-            + c.err_http
-            + c.err_refused;
+        // The summary's errors, summed: the same kinds as the final report.
+        let errors = c.errors().total();
         bar.set_message(format!(
             "{phase}: {open} conns, {rate:.0}/s, p50 {:.0} us, p99 {:.0} us, errors {errors}",
             h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -137,6 +137,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     };
 
     let mut prog = Progress::new(progress);
+    let mut said = 0;
     // Connect phase: until every connection is ready or failed, bounded.
     let total = plan.total_conns() as u64;
     let ramp_s = if plan.connect_rate > 0.0 {
@@ -156,6 +157,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         if sys::mono_ns() > connect_deadline {
             break;
         }
+        say_open_errors(&shared, &mut said, &prog);
         prog.say(format!(
             "connecting: {ready}/{total} ready, {failed} failed"
         ));
@@ -217,6 +219,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
             shared.mend.store(end, Ordering::Release);
             break;
         }
+        say_open_errors(&shared, &mut said, &prog);
         if now >= next_report {
             let h = intervals.take(&shared, now);
             prog.update(&shared, if now < mstart { "warm-up" } else { "run" }, &h);
@@ -239,6 +242,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         let drain_end = sys::mono_ns() + timing.drain.as_nanos() as u64;
         while sys::mono_ns() < drain_end && !sigint.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
+            say_open_errors(&shared, &mut said, &prog);
             if sys::mono_ns() >= next_report {
                 intervals.take(&shared, sys::mono_ns());
                 next_report += 1_000_000_000;
@@ -252,6 +256,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     prog.say("closing".into());
     let results = join(workers);
     prog.finish();
+    say_open_errors(&shared, &mut said, &prog);
     intervals.take(&shared, sys::mono_ns());
 
     let window_ns = end.saturating_sub(mstart);
@@ -276,7 +281,22 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     if !interrupted && c.received == 0 && !passive {
         // Nothing arrived in the window (every connect refused, every connection gone):
         // not a measurement, however clean the table looks.
-        let why = shared.first_error.lock().expect("not poisoned").clone();
+        // The connect phase's first error, else those of connections that failed once
+        // open (a malformed frame, a close): the reason it was counted for.
+        let why = shared
+            .first_error
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .or_else(|| {
+                let open = shared.open_errors.lock().expect("not poisoned");
+                (!open.is_empty()).then(|| {
+                    open.iter()
+                        .map(|(_, m)| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            });
         let what = match plan.mode {
             _ if c.sent == 0 => "nothing was sent",
             Mode::Connect => "no handshake completed",
@@ -293,6 +313,19 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         });
     }
     Ok(out)
+}
+
+/// Says the errors on open connections that were not said yet: the first of each kind,
+/// once (`said` counts those said so far).
+fn say_open_errors(shared: &Shared, said: &mut usize, prog: &Progress) {
+    let errors = shared.open_errors.lock().expect("not poisoned");
+    for (kind, msg) in &errors[(*said).min(errors.len())..] {
+        prog.warn(&format!(
+            "warning: a connection failed after its handshake: {msg} (later {kind} errors \
+             are only counted)"
+        ));
+    }
+    *said = errors.len();
 }
 
 /// The per-second histograms the workers hand over, in order.
@@ -474,18 +507,7 @@ fn summarize(
         payload_bytes_in: c.payload_in,
         messages_in: c.received,
         latency_us: Latency::from_hist(&hist),
-        errors: Errors {
-            connect: c.err_connect,
-            handshake: c.err_handshake,
-            reset: c.err_reset,
-            closed_by_server: c.err_closed,
-            protocol: c.err_protocol,
-            timeout: c.err_timeout,
-            http_status: c.err_http,
-            refused: c.err_refused,
-            bad_stamp: c.bad_stamp,
-            future_stamp: c.future_stamp,
-        },
+        errors: c.errors(),
         fanout,
         echo: (plan.mode == Mode::Echo).then_some(Echo {
             duplicates: c.duplicates,

@@ -41,6 +41,64 @@ fn malformed_frames_are_protocol_errors() {
     assert!(v["errors"]["protocol"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// An error on a connection after its handshake is said, the first of its kind once, and
+/// is the reason the run failed (it was only counted, and the run failed without a reason).
+#[test]
+fn a_protocol_error_after_the_handshake_is_said_once() {
+    let url = malformed_server();
+    let mut a = SHORT.to_vec();
+    a.extend(["--connections", "3"]);
+    let (out, v) = loadgen("echo", &url, &a);
+    let v = assert_failed_with_summary(&out, v);
+    assert_eq!(v["errors"]["protocol"], 3, "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said = "warning: a connection failed after its handshake: \
+                protocol: reserved opcode 0x3 (later protocol errors are only counted)";
+    assert_eq!(err.matches(said).count(), 1, "{err}");
+    assert!(
+        err.contains("in the measured window: protocol: reserved opcode 0x3\n"),
+        "{err}"
+    );
+}
+
+/// A server's close of an open connection is said with its code and reason.
+#[test]
+fn a_close_after_the_handshake_is_said_with_its_code_and_reason() {
+    let port = listen(|s| {
+        use std::io::{Read, Write};
+        let Ok(ws) = tungstenite::accept(s) else {
+            return;
+        };
+        let mut s = ws.get_ref().try_clone().unwrap();
+        // Close, 1008 (policy violation), reason "go away".
+        let _ = s.write_all(&[
+            0x88, 9, 0x03, 0xf0, b'g', b'o', b' ', b'a', b'w', b'a', b'y',
+        ]);
+        let mut sink = [0u8; 1024];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut a = SHORT.to_vec();
+    a.extend(["--connections", "2"]);
+    let (out, v) = loadgen("echo", &url, &a);
+    let v = assert_failed_with_summary(&out, v);
+    assert_eq!(v["errors"]["closed_by_server"], 2, "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let why = "server closed the connection: code 1008, reason \"go away\"";
+    assert_eq!(
+        err.matches(&format!(
+            "warning: a connection failed after its handshake: {why} (later close errors"
+        ))
+        .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("in the measured window: {why}\n")),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_arguments_fail_cleanly() {
     let (out, _) = loadgen("echo", "http://127.0.0.1:1/", &SHORT);

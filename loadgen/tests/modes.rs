@@ -529,3 +529,77 @@ fn the_readme_table_is_what_a_run_prints() {
         "README:\n{sample}\nrun:\n{table}"
     );
 }
+
+/// An echo server that answers each data message as a plain (uncompressed) binary message
+/// in three fragments of `FRAGMENTS` bytes, the last the rest, with a ping between the first
+/// two.
+fn fragmenting_echo_server() -> String {
+    /// An unmasked server frame: first byte `b0` (FIN, opcode), then `payload`.
+    fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![b0];
+        match payload.len() {
+            n @ 0..=125 => f.push(n as u8),
+            n => {
+                f.push(126);
+                f.extend(u16::try_from(n).expect("under 64 KiB").to_be_bytes());
+            }
+        }
+        f.extend(payload);
+        f
+    }
+    let port = listen(|s| {
+        use std::io::Write;
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        while let Ok(m) = ws.read() {
+            if !(m.is_text() || m.is_binary()) {
+                continue;
+            }
+            let data = m.into_data();
+            let (a, rest) = data.split_at(FRAGMENTS[0]);
+            let (b, c) = rest.split_at(FRAGMENTS[1]);
+            let bytes = [
+                frame(0x02, a),
+                frame(0x89, b"between"),
+                frame(0x00, b),
+                frame(0x80, c),
+            ]
+            .concat();
+            if ws.get_mut().write_all(&bytes).is_err() {
+                break;
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/echo")
+}
+
+/// The first two fragments' lengths; the third is the rest of the message.
+const FRAGMENTS: [usize; 2] = [100, 300];
+
+/// `payload_bytes_in` counts every frame of a plain fragmented message, the first and its
+/// continuations, once each (it counted the first frame's 100 bytes only); the ping between
+/// them is not a data frame's payload.
+#[test]
+fn payload_bytes_count_every_fragment_of_a_plain_message() {
+    let url = fragmenting_echo_server();
+    let v = loadgen_ok(
+        "echo",
+        &url,
+        &args(&["--connections", "1", "--binary", "--size", "1024"]),
+    );
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(errors_total(&v), 0, "{v}");
+    assert_eq!(v["errors"]["bad_stamp"], 0, "{v}");
+    // Each message: its three fragments' 100 + 300 + 624 bytes, once.
+    let messages = v["messages_in"].as_u64().unwrap();
+    assert!(messages >= received, "{v}");
+    assert_eq!(
+        v["payload_bytes_in"].as_u64().unwrap(),
+        messages * 1024,
+        "{v}"
+    );
+}
