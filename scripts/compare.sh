@@ -80,7 +80,7 @@ start_server() { # system port log [rate for bare]
 
 # One run: prints nothing, appends a row to rows.jsonl.
 run() { # system scenario subs rate secs
-  local system=$1 scenario=$2 subs=$3 rate=$4 secs=$5 port name load c0 c1 w0 w1 d0 d1 s0 s1 conns
+  local system=$1 scenario=$2 subs=$3 rate=$4 secs=$5 port name load c0 c1 t0 t1 w0 w1 d0 d1 s0 s1 conns
   port=$(free_port)
   name="$scenario-$rate-$system-$(date +%s%N)"
   start_server "$system" "$port" "$results/server-$name.log" "$rate"
@@ -96,19 +96,25 @@ run() { # system scenario subs rate secs
   # Inside the window: from a second after the warm-up to a second before its end.
   sleep $((warm + 1))
   c0=$(cpu_ticks "$server")
+  t0=$(date +%s%N)
   s0=$(data_segs "$port")
   [[ $system != bun && $system != bare ]] && { w0=$(metric "$port" wsgate_writes_total); d0=$(metric "$port" wsgate_deliveries_total); }
   sleep $((secs - 2))
   c1=$(cpu_ticks "$server")
+  t1=$(date +%s%N)
   s1=$(data_segs "$port")
   [[ $system != bun && $system != bare ]] && { w1=$(metric "$port" wsgate_writes_total); d1=$(metric "$port" wsgate_deliveries_total); }
   wait "$load" || true
   kill -TERM "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
-  python3 - "$results" "$name" "$system" "$scenario" "$rate" "$c0" "$c1" "$tick" "$((secs - 2))" \
+  python3 - "$results" "$name" "$system" "$scenario" "$rate" "$c0" "$c1" "$tick" "$(((t1 - t0) / 1000))" \
     "${w0:-0}" "${w1:-0}" "${d0:-0}" "${d1:-0}" "$s0" "$s1" <<'PY'
 import json, sys
-results, name, system, scenario, rate, c0, c1, tick, span, w0, w1, d0, d1, s0, s1 = sys.argv[1:]
+results, name, system, scenario, rate, c0, c1, tick, span_us, w0, w1, d0, d1, s0, s1 = sys.argv[1:]
+# The seconds between the two CPU samples as they were taken: the segment count, and for
+# wsgate two reads of /metrics, come between them, tens of ms that a fixed span of
+# SECS - 2 charged as CPU (to wsgate more than to Bun, and most in 1k-rise's 2 s spans).
+span = int(span_us) / 1e6
 try:
     c = json.load(open(f"{results}/{name}.json"))
 except (OSError, ValueError):
@@ -120,15 +126,15 @@ if c:
     dw = int(w1) - int(w0)
     row.update({
         "deliveries_per_s": per_s,
-        "server_cpu_pct": 100 * cpu_s / int(span),
-        "ns_per_delivery": cpu_s * 1e9 / (per_s * int(span)) if per_s else float("nan"),
+        "server_cpu_pct": 100 * cpu_s / span,
+        "ns_per_delivery": cpu_s * 1e9 / (per_s * span) if per_s else float("nan"),
         "p50_ms": c["latency_us"]["p50"] / 1e3, "p99_ms": c["latency_us"]["p99"] / 1e3,
         "p999_ms": c["latency_us"]["p999"] / 1e3,
         "lost": c.get("fanout", {}).get("lost", 0) + sum(c["errors"].values()),
         "loadgen_cpu_pct": c["client"]["cpu_pct"], "loadgen_saturated": c["client"]["saturated"],
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
         # Kernel-counted, for every server: deliveries over the data segments sent.
-        "frames_per_segment": per_s * int(span) / (int(s1) - int(s0)) if int(s1) > int(s0) else None,
+        "frames_per_segment": per_s * span / (int(s1) - int(s0)) if int(s1) > int(s0) else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
