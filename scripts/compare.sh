@@ -59,7 +59,9 @@ wait_listening() {
   echo "server on $1 did not start" >&2
   exit 1
 }
-metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
+# A failed read prints 0 (the row then has no frames per write) rather than end the run
+# under `set -e -o pipefail`.
+metric() { { curl -sf -m 5 "http://127.0.0.1:$1/metrics" || true; } | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
 
 # Each server and the loadgen run in a session of their own: with autogroup scheduling a
 # session shares one CPU weight across its processes, so a server in the loadgen's session
@@ -134,7 +136,7 @@ if c:
         "loadgen_cpu_pct": c["client"]["cpu_pct"], "loadgen_saturated": c["client"]["saturated"],
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
         # Kernel-counted, for every server: deliveries over the data segments sent.
-        "frames_per_segment": per_s * span / (int(s1) - int(s0)) if int(s1) > int(s0) else None,
+        "frames_per_segment": per_s * span / (int(s1) - int(s0)) if int(s0) >= 0 and int(s1) > int(s0) else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")

@@ -28,9 +28,12 @@ deliveries() { curl -sf -m 2 "http://127.0.0.1:$1/metrics" | awk '/^wsgate_deliv
 # Data segments the server's established sockets on port $1 have sent (TCP_INFO through
 # ss, on core 1 with the loadgen: it reads every socket): each is one write's worth on
 # loopback, for any server, whatever it counts itself.
+# Prints -1 when ss fails: callers run under `set -e -o pipefail`, and a missing count must
+# not end a benchmark run.
 data_segs() {
-  taskset -c 1 ss -Htin state established "( sport = :$1 )" \
-    | grep -o 'data_segs_out:[0-9]*' | awk -F: '{s += $2} END {print s + 0}'
+  local out
+  out=$(taskset -c 1 ss -Htin state established "( sport = :$1 )" 2>/dev/null) || { echo -1; return 0; }
+  { grep -o 'data_segs_out:[0-9]*' <<<"$out" || true; } | awk -F: '{s += $2} END {print s + 0}'
 }
 # Established connections on the server's port $1.
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
