@@ -9,20 +9,6 @@ use tungstenite::handshake::server::{Request, Response};
 use util::*;
 use wsgate_proto::deflate::{Deflater, CLIENT_OFFER};
 
-/// A server frame (unmasked) with first byte `b0` (FIN, RSV, opcode) and `payload`.
-fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![b0];
-    match payload.len() {
-        n @ 0..=125 => f.push(n as u8),
-        n => {
-            f.push(126);
-            f.extend(u16::try_from(n).expect("under 64 KiB").to_be_bytes());
-        }
-    }
-    f.extend(payload);
-    f
-}
-
 /// Accepts the upgrade with permessage-deflate agreed (no context takeover either way, as
 /// the loadgen offers), then answers the connection's `n`th data message (from 0) with what
 /// `reply` makes of `n` and its payload compressed: the bytes to write, one `write` each.

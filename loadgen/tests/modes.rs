@@ -534,19 +534,6 @@ fn the_readme_table_is_what_a_run_prints() {
 /// in three fragments of `FRAGMENTS` bytes, the last the rest, with a ping between the first
 /// two.
 fn fragmenting_echo_server() -> String {
-    /// An unmasked server frame: first byte `b0` (FIN, opcode), then `payload`.
-    fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![b0];
-        match payload.len() {
-            n @ 0..=125 => f.push(n as u8),
-            n => {
-                f.push(126);
-                f.extend(u16::try_from(n).expect("under 64 KiB").to_be_bytes());
-            }
-        }
-        f.extend(payload);
-        f
-    }
     let port = listen(|s| {
         use std::io::Write;
         let Ok(mut ws) = tungstenite::accept(s) else {

@@ -45,6 +45,20 @@ pub fn echo_server() -> String {
     format!("ws://127.0.0.1:{port}/echo")
 }
 
+/// A server frame (unmasked, at most 64 KiB of payload) with first byte `b0` (FIN, RSV, opcode) and `payload`.
+pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![b0];
+    match payload.len() {
+        n @ 0..=125 => f.push(n as u8),
+        n => {
+            f.push(126);
+            f.extend(u16::try_from(n).expect("under 64 KiB").to_be_bytes());
+        }
+    }
+    f.extend(payload);
+    f
+}
+
 /// Echoes every data message as one binary frame whose first half (with the header) goes
 /// out at once and the rest `delay` later: a message that trickles in.
 pub fn split_echo_server(delay: Duration) -> String {
