@@ -235,24 +235,7 @@ const ONE_CONN: [&str; 8] = [
 
 /// An echo server that answers the first message of each connection twice.
 fn echo_first_twice_server() -> String {
-    let port = listen(|s| {
-        let Ok(mut ws) = tungstenite::accept(s) else {
-            return;
-        };
-        let mut first = true;
-        while let Ok(m) = ws.read() {
-            if !(m.is_text() || m.is_binary()) {
-                continue;
-            }
-            if std::mem::take(&mut first) && ws.send(m.clone()).is_err() {
-                break;
-            }
-            if ws.send(m).is_err() {
-                break;
-            }
-        }
-    });
-    format!("ws://127.0.0.1:{port}/echo")
+    echo_server_with(|n, m| if n == 0 { vec![m.clone(), m] } else { vec![m] })
 }
 
 /// An echo received twice is a duplicate (`echo.duplicates`, and the table says it): not
@@ -284,38 +267,24 @@ fn a_duplicate_echo_is_counted_not_timed() {
 /// (2^63 - 1 ns of uptime) and that of its second 300 ms ahead of the send time, within
 /// the measured window; it echoes the others as sent.
 fn future_stamp_server() -> String {
-    let port = listen(|s| {
-        let Ok(mut ws) = tungstenite::accept(s) else {
-            return;
+    echo_server_with(|n, m| {
+        let binary = m.is_binary();
+        let mut data = m.into_data().to_vec();
+        let at = data.iter().position(|&b| b == b'~').expect("a stamp") + 1;
+        let ts = std::str::from_utf8(&data[at..at + 16]).unwrap();
+        let ts = u64::from_str_radix(ts, 16).unwrap();
+        let ts = match n {
+            0 => i64::MAX as u64,
+            1 => ts + 300_000_000,
+            _ => ts,
         };
-        let mut n = 0;
-        while let Ok(m) = ws.read() {
-            let binary = m.is_binary();
-            if !(m.is_text() || binary) {
-                continue;
-            }
-            let mut data = m.into_data().to_vec();
-            let at = data.iter().position(|&b| b == b'~').expect("a stamp") + 1;
-            let ts = std::str::from_utf8(&data[at..at + 16]).unwrap();
-            let ts = u64::from_str_radix(ts, 16).unwrap();
-            let ts = match n {
-                0 => i64::MAX as u64,
-                1 => ts + 300_000_000,
-                _ => ts,
-            };
-            data[at..at + 16].copy_from_slice(format!("{ts:016x}").as_bytes());
-            n += 1;
-            let m = if binary {
-                tungstenite::Message::binary(data)
-            } else {
-                tungstenite::Message::text(String::from_utf8(data).unwrap())
-            };
-            if ws.send(m).is_err() {
-                break;
-            }
-        }
-    });
-    format!("ws://127.0.0.1:{port}/echo")
+        data[at..at + 16].copy_from_slice(format!("{ts:016x}").as_bytes());
+        vec![if binary {
+            tungstenite::Message::binary(data)
+        } else {
+            tungstenite::Message::text(String::from_utf8(data).unwrap())
+        }]
+    })
 }
 
 /// A stamp later than its arrival is counted (`errors.future_stamp`, the table, a warning)

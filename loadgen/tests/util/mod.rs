@@ -32,14 +32,30 @@ pub fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
 
 /// Echoes every data message.
 pub fn echo_server() -> String {
-    let port = listen(|s| {
+    echo_server_with(|_, m| vec![m])
+}
+
+/// Answers the `n`-th data message of each connection (from 0) with what `answer` makes of
+/// it, in order.
+pub fn echo_server_with(
+    answer: impl Fn(usize, Message) -> Vec<Message> + Send + Sync + 'static,
+) -> String {
+    let answer = Arc::new(answer);
+    let port = listen(move |s| {
         let Ok(mut ws) = tungstenite::accept(s) else {
             return;
         };
+        let mut n = 0;
         while let Ok(m) = ws.read() {
-            if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
-                break;
+            if !(m.is_text() || m.is_binary()) {
+                continue;
             }
+            for m in answer(n, m) {
+                if ws.send(m).is_err() {
+                    return;
+                }
+            }
+            n += 1;
         }
     });
     format!("ws://127.0.0.1:{port}/echo")
