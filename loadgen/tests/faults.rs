@@ -244,13 +244,7 @@ fn echo_first_twice_server() -> String {
 #[test]
 fn a_duplicate_echo_is_counted_not_timed() {
     let url = echo_first_twice_server();
-    let (out, v) = loadgen("echo", &url, &ONE_CONN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = v.expect("the summary is written");
+    let (out, v) = loadgen_ok_with_output("echo", &url, &ONE_CONN);
     assert_eq!(v["echo"]["duplicates"], 1, "{v}");
     let received = v["received"].as_u64().unwrap();
     assert!(received > 10, "{v}");
@@ -293,13 +287,7 @@ fn future_stamp_server() -> String {
 #[test]
 fn a_stamp_from_the_future_is_counted_not_timed() {
     let url = future_stamp_server();
-    let (out, v) = loadgen("echo", &url, &ONE_CONN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = v.expect("the summary is written");
+    let (out, v) = loadgen_ok_with_output("echo", &url, &ONE_CONN);
     assert_eq!(v["errors"]["future_stamp"], 2, "{v}");
     let received = v["received"].as_u64().unwrap();
     assert!(received > 10, "{v}");

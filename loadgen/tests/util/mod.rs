@@ -308,6 +308,11 @@ fn rand_suffix() -> u64 {
 
 /// Like [`loadgen`], asserting success.
 pub fn loadgen_ok(mode: &str, url: &str, args: &[&str]) -> Value {
+    loadgen_ok_with_output(mode, url, args).1
+}
+
+/// As `loadgen_ok`, with what the run printed.
+pub fn loadgen_ok_with_output(mode: &str, url: &str, args: &[&str]) -> (Output, Value) {
     let (out, v) = loadgen(mode, url, args);
     assert!(
         out.status.success(),
@@ -315,7 +320,7 @@ pub fn loadgen_ok(mode: &str, url: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    v.expect("JSON summary written")
+    (out, v.expect("JSON summary written"))
 }
 
 /// A fan-out run in which every expected delivery arrived once and in order, without an
