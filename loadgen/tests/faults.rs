@@ -222,16 +222,11 @@ fn handshakes_under_way_at_the_end_are_timeouts() {
 }
 
 /// Arguments for one connection whose every send is in the window.
-const ONE_CONN: [&str; 8] = [
-    "--connections",
-    "1",
-    "--duration",
-    "1s",
-    "--warmup",
-    "0s",
-    "--drain",
-    "1s",
-];
+fn one_conn() -> Vec<&'static str> {
+    let mut a = IN_WINDOW.to_vec();
+    a.extend(["--connections", "1"]);
+    a
+}
 
 /// An echo server that answers the first message of each connection twice.
 fn echo_first_twice_server() -> String {
@@ -244,7 +239,7 @@ fn echo_first_twice_server() -> String {
 #[test]
 fn a_duplicate_echo_is_counted_not_timed() {
     let url = echo_first_twice_server();
-    let (out, v) = loadgen_ok_with_output("echo", &url, &ONE_CONN);
+    let (out, v) = loadgen_ok_with_output("echo", &url, &one_conn());
     assert_eq!(v["echo"]["duplicates"], 1, "{v}");
     let received = v["received"].as_u64().unwrap();
     assert!(received > 10, "{v}");
@@ -287,7 +282,7 @@ fn future_stamp_server() -> String {
 #[test]
 fn a_stamp_from_the_future_is_counted_not_timed() {
     let url = future_stamp_server();
-    let (out, v) = loadgen_ok_with_output("echo", &url, &ONE_CONN);
+    let (out, v) = loadgen_ok_with_output("echo", &url, &one_conn());
     assert_eq!(v["errors"]["future_stamp"], 2, "{v}");
     let received = v["received"].as_u64().unwrap();
     assert!(received > 10, "{v}");

@@ -323,6 +323,24 @@ pub fn loadgen_ok_with_output(mode: &str, url: &str, args: &[&str]) -> (Output, 
     (out, v.expect("JSON summary written"))
 }
 
+/// An echo run in which every send came back once and was timed, without an error, and
+/// every message counted all of its `size` payload bytes once.
+pub fn assert_every_echo_whole(v: &Value, size: u64) {
+    let received = v["received"].as_u64().unwrap();
+    assert!(received > 10, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(v["latency_us"]["count"].as_u64().unwrap(), received, "{v}");
+    assert_eq!(errors_total(v), 0, "{v}");
+    assert_eq!(v["errors"]["bad_stamp"], 0, "{v}");
+    let messages = v["messages_in"].as_u64().unwrap();
+    assert!(messages >= received, "{v}");
+    assert_eq!(
+        v["payload_bytes_in"].as_u64().unwrap(),
+        messages * size,
+        "{v}"
+    );
+}
+
 /// A fan-out run in which every expected delivery arrived once and in order, without an
 /// error.
 pub fn assert_every_delivery(v: &Value) {
@@ -385,6 +403,9 @@ impl Drop for Blast {
 }
 
 pub const SHORT: [&str; 6] = ["--duration", "1s", "--warmup", "200ms", "--drain", "1s"];
+
+/// A run of a second without a warm-up: every send is the window's.
+pub const IN_WINDOW: [&str; 6] = ["--duration", "1s", "--warmup", "0s", "--drain", "1s"];
 
 pub fn timeout() -> Duration {
     Duration::from_secs(30)
