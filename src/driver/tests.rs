@@ -69,6 +69,7 @@ for_each_driver!(
     accept_receive_echo,
     eof_then_sending_still_works,
     reset_is_reported_as_failed,
+    a_connection_reset_before_its_accept_is_reported,
     long_receive_arrives_whole_and_in_order,
     large_send_finishes_when_the_peer_reads,
     small_frames_sent_as_one_copy_survive_a_short_write,
@@ -385,6 +386,31 @@ fn reset_is_reported_as_failed<D: Driver>(make: Make<D>) {
         Some(&Ev::Failed(conn, io::ErrorKind::ConnectionReset))
     );
     h.close(conn);
+}
+
+/// The kernel accepts a connection its client reset while it waited in the queue: it is
+/// reported (the reactor counts it in `accepted_total`) and fails at its first receive,
+/// on both drivers. io_uring's multishot accept learns no address, and the peer's is gone
+/// from a reset socket: the peer is then unspecified.
+fn a_connection_reset_before_its_accept_is_reported<D: Driver>(make: Make<D>) {
+    let mut h = Harness::new(make, 1);
+    let client = client(h.addrs[0]);
+    let addr = client.local_addr().unwrap();
+    // SO_LINGER 0: the drop sends RST, before the driver ever turned.
+    Socket::from(client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    let evs = h.until("Failed", |ev| matches!(ev, Ev::Failed(..)));
+    let [Ev::Accepted(conn, ListenerId(0), peer), .., Ev::Failed(failed, kind)] = &evs[..] else {
+        panic!("expected Accepted, then Failed: {evs:?}");
+    };
+    assert_eq!(failed, conn);
+    assert_eq!(*kind, io::ErrorKind::ConnectionReset);
+    assert!(
+        *peer == addr || peer.ip().is_unspecified(),
+        "peer {peer}, client {addr}"
+    );
+    h.close(*conn);
 }
 
 fn long_receive_arrives_whole_and_in_order<D: Driver>(make: Make<D>) {

@@ -46,7 +46,7 @@
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
 use std::io;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -825,11 +825,13 @@ impl UringDriver {
         if !self.accepting {
             return None; // accepted before the cancel landed: closed unseen
         }
-        // Reset before we looked: drop it.
+        // A connection its client reset while it waited in the queue has no peer any more
+        // (the multishot accept learns none): it is still reported, as epoll's `accept`
+        // reports it, so that it is counted, and its receive fails at once.
         let peer = stream
-            .set_nodelay(true)
-            .and_then(|()| stream.peer_addr())
-            .ok()?;
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let _ = stream.set_nodelay(true);
         let key = self.slots.insert(Slot {
             stream,
             flags: Flags(RECEIVING),
