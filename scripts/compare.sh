@@ -14,8 +14,8 @@
 #      WSGATE_IO (epoll|uring, default epoll), WSGATE_ARGS (extra server flags),
 #      RISE_RATES (default "1000 2000 3000 4000 6000 8000 12000 16000"),
 #      BASELINE (another wsgate binary, e.g. one built from an earlier commit: run as
-#      system "baseline" right after wsgate in 1k-1000 and 10k-100, for a before/after in
-#      one run)
+#      system "baseline" right after wsgate in 1k-1000, 10k-100 and 10k-10, for a
+#      before/after in one run)
 #
 # Every run is bounded (connect + 2 s warm-up + SECS + 1 s drain, under 15 s); the default
 # set takes about 12 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
@@ -159,7 +159,7 @@ for round in $(seq "$rounds"); do
     case "$s" in
       1k-1000) for sys in "${wsgates[@]}" bun; do run "$sys" "$s" 1000 1000 "$secs"; done ;;
       10k-100) for sys in "${wsgates[@]}" bun; do run "$sys" "$s" 10000 100 "$secs"; done ;;
-      10k-10) for sys in wsgate bun bare; do run "$sys" "$s" 10000 10 "$secs"; done ;;
+      10k-10) for sys in "${wsgates[@]}" bun bare; do run "$sys" "$s" 10000 10 "$secs"; done ;;
       1k-rise)
         for sys in wsgate bun; do
           for r in "${rise_rates[@]}"; do
