@@ -1270,6 +1270,30 @@ mod tests {
         vec.iter().filter(|&&page| page & 1 != 0).count()
     }
 
+    /// Connects `n` clients to `addr` and turns the driver until it accepted them all.
+    fn connect(
+        driver: &mut UringDriver,
+        addr: SocketAddr,
+        n: usize,
+    ) -> (Vec<TcpStream>, Vec<ConnId>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut clients, mut conns) = (Vec::new(), Vec::new());
+        while conns.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} accepted", conns.len());
+            if clients.len() < n {
+                clients.push(TcpStream::connect(addr).unwrap());
+            }
+            driver.wait(Some(Duration::from_millis(1))).unwrap();
+            while let Some(completion) = driver.next() {
+                match completion {
+                    Completion::Accepted { conn, .. } => conns.push(conn),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        (clients, conns)
+    }
+
     /// Turns the driver until `n` bytes of `conn` arrived; returns them.
     fn receive(driver: &mut UringDriver, conn: ConnId, n: usize) -> Vec<u8> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1309,15 +1333,8 @@ mod tests {
             eprintln!("skipping: pages are only released under DEFER_TASKRUN");
             return;
         }
-        let mut client = TcpStream::connect(addr).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let conn = loop {
-            assert!(Instant::now() < deadline, "no connection accepted");
-            driver.wait(Some(Duration::from_millis(50))).unwrap();
-            if let Some(Completion::Accepted { conn, .. }) = driver.next() {
-                break conn;
-            }
-        };
+        let (mut clients, conns) = connect(&mut driver, addr, 1);
+        let (client, conn) = (&mut clients[0], conns[0]);
         // More than the ring holds: the kernel cycles through every buffer.
         let data: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
         client.write_all(&data).unwrap();
@@ -1361,22 +1378,8 @@ mod tests {
             buf_size: 4096,
         };
         let mut driver = UringDriver::new(vec![listener], waker, &opts).unwrap();
-        let mut clients = Vec::new();
-        let mut conns = Vec::new();
+        let (mut clients, mut conns) = connect(&mut driver, addr, CONNS);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while conns.len() < CONNS {
-            assert!(Instant::now() < deadline, "{} accepted", conns.len());
-            if clients.len() < CONNS {
-                clients.push(TcpStream::connect(addr).unwrap());
-            }
-            driver.wait(Some(Duration::from_millis(1))).unwrap();
-            while let Some(completion) = driver.next() {
-                match completion {
-                    Completion::Accepted { conn, .. } => conns.push(conn),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        }
         let mut out = OutQueue::default();
         out.push(Bytes::from_static(b"fan-out"));
         for &conn in &conns {
