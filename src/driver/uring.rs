@@ -1270,6 +1270,22 @@ mod tests {
         vec.iter().filter(|&&page| page & 1 != 0).count()
     }
 
+    /// A driver on one listener of 127.0.0.1, and its address; `None`, saying why, where
+    /// io_uring is unavailable.
+    fn listening(opts: Uring) -> Option<(UringDriver, SocketAddr)> {
+        if let Err(why) = available() {
+            eprintln!("skipping: io_uring unavailable: {why}");
+            return None;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waker = Arc::new(EventFd::new().unwrap());
+        Some((
+            UringDriver::new(vec![listener], waker, &opts).unwrap(),
+            addr,
+        ))
+    }
+
     /// Connects `n` clients to `addr` and turns the driver until it accepted them all.
     fn connect(
         driver: &mut UringDriver,
@@ -1316,19 +1332,13 @@ mod tests {
 
     #[test]
     fn idle_release_returns_the_receive_rings_pages() {
-        if let Err(why) = available() {
-            eprintln!("skipping: io_uring unavailable: {why}");
-            return;
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let waker = Arc::new(EventFd::new().unwrap());
-        let opts = Uring {
+        let Some((mut driver, addr)) = listening(Uring {
             entries: 64,
             bufs: 8,
             buf_size: 16384,
+        }) else {
+            return;
         };
-        let mut driver = UringDriver::new(vec![listener], waker, &opts).unwrap();
         if driver.setup != Setup::DeferTaskrun {
             eprintln!("skipping: pages are only released under DEFER_TASKRUN");
             return;
@@ -1363,21 +1373,15 @@ mod tests {
     /// is reported once.
     #[test]
     fn a_turn_of_more_sends_than_the_completion_queue_holds_does_not_overflow_it() {
-        if let Err(why) = available() {
-            eprintln!("skipping: io_uring unavailable: {why}");
-            return;
-        }
         const CONNS: usize = 100;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let waker = Arc::new(EventFd::new().unwrap());
         // A submission queue of 8 entries, a completion queue of 32.
-        let opts = Uring {
+        let Some((mut driver, addr)) = listening(Uring {
             entries: 8,
             bufs: 8,
             buf_size: 4096,
+        }) else {
+            return;
         };
-        let mut driver = UringDriver::new(vec![listener], waker, &opts).unwrap();
         let (mut clients, mut conns) = connect(&mut driver, addr, CONNS);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut out = OutQueue::default();
