@@ -531,6 +531,7 @@ impl Core {
     pub(super) fn sweep(&mut self) {
         self.fold_latency();
         let now = self.now;
+        self.unix_epoch = (self.wall)().saturating_sub(now.saturating_duration_since(self.epoch));
         let now_us = self.micros();
         let unix_now = self.unix_now();
         let mut due = Vec::new();

@@ -102,8 +102,13 @@ struct Core {
     now: Instant,
     /// When the reactor started: the origin of its connections' rate buckets.
     epoch: Instant,
-    /// The wall-clock time at `epoch` (since the Unix epoch), for token expiry.
+    /// The wall-clock time at `epoch` (since the Unix epoch), for token expiry. Taken
+    /// again from `wall` at each sweep, so that a step of the system clock (NTP setting
+    /// one that was wrong at boot) or time the monotonic clock did not count (a suspend)
+    /// reaches the tokens within a tick, not never.
     unix_epoch: Duration,
+    /// Where the wall clock is read (a clock the test moves in tests).
+    wall: fn() -> Duration,
     /// Timer sweeps so far: which shard of the shared limit tables to sweep next.
     sweeps: usize,
     /// Whether a per-connection or per-IP limit is configured: then `limited` holds each
@@ -114,18 +119,28 @@ struct Core {
 
 impl<D: Driver> Reactor<D> {
     pub fn new(index: usize, driver: D, shared: Arc<Shared>, inbox: Receiver<Delivery>) -> Self {
-        Self::with_clock(index, driver, shared, inbox, Instant::now, thread_cpu)
+        let clocks = Clocks {
+            now: Instant::now,
+            cpu: thread_cpu,
+            wall: wall_clock,
+        };
+        Self::with_clocks(index, driver, shared, inbox, clocks)
     }
 
-    /// With the clocks the loop reads the time and its thread's CPU time from.
-    fn with_clock(
+    /// With the clocks the loop reads the time, its thread's CPU time and the wall clock
+    /// from.
+    fn with_clocks(
         index: usize,
         driver: D,
         shared: Arc<Shared>,
         inbox: Receiver<Delivery>,
-        clock: fn() -> Instant,
-        cpu: fn() -> Duration,
+        clocks: Clocks,
     ) -> Self {
+        let Clocks {
+            now: clock,
+            cpu,
+            wall,
+        } = clocks;
         let config = &shared.config;
         let shortest = [
             config.limits.handshake_timeout,
@@ -174,9 +189,8 @@ impl<D: Driver> Reactor<D> {
             next_sweep: now + tick,
             now,
             epoch: now,
-            unix_epoch: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
+            unix_epoch: wall(),
+            wall,
             sweeps: 0,
             limits_on,
             limited: Vec::new(),
@@ -675,6 +689,21 @@ impl Core {
         }
         self.latency.reset();
     }
+}
+
+/// Where a reactor reads the time: monotonic, its thread's CPU time, and the wall clock
+/// (since the Unix epoch).
+struct Clocks {
+    now: fn() -> Instant,
+    cpu: fn() -> Duration,
+    wall: fn() -> Duration,
+}
+
+/// Time since the Unix epoch by the system clock (0 before it).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The reactor thread's CPU time.

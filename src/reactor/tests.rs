@@ -18,6 +18,8 @@ thread_local! {
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The reactor thread's CPU time as the batching controller sees it.
     static CPU: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// The wall clock (since the Unix epoch): moves with `NOW`, or steps on its own.
+    static WALL: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 fn clock() -> Instant {
@@ -26,6 +28,10 @@ fn clock() -> Instant {
 
 fn cpu() -> Duration {
     CPU.with(Cell::get)
+}
+
+fn wall() -> Duration {
+    WALL.with(Cell::get)
 }
 
 /// One reactor on the in-memory driver, with a clock that moves only when told.
@@ -39,13 +45,19 @@ impl Harness {
     fn new(tweak: impl FnOnce(&mut Config)) -> Self {
         NOW.with(|now| now.set(Some(Instant::now())));
         CPU.with(|cpu| cpu.set(Duration::ZERO));
+        WALL.with(|wall| wall.set(super::wall_clock()));
         let mut config = RawConfig::default().validate().expect("defaults are valid");
         config.net.threads = 1;
         tweak(&mut config);
         let (shared, mut inboxes) = Shared::new(config, "memory", 1).expect("eventfd");
         let (driver, net) = MemoryDriver::new();
         let inbox = inboxes.remove(0);
-        let reactor = Reactor::with_clock(0, driver, shared, inbox, clock, cpu);
+        let clocks = super::Clocks {
+            now: clock,
+            cpu,
+            wall,
+        };
+        let reactor = Reactor::with_clocks(0, driver, shared, inbox, clocks);
         Self {
             reactor,
             net,
@@ -61,7 +73,19 @@ impl Harness {
     /// Moves the clock forward, then runs a turn.
     fn advance(&mut self, by: Duration) {
         NOW.with(|now| now.set(Some(now.get().expect("set") + by)));
+        WALL.with(|wall| wall.set(wall.get() + by));
         self.turn();
+    }
+
+    /// Steps the wall clock alone (NTP setting the system clock), forward or back.
+    fn step_wall(&mut self, forward: bool, by: Duration) {
+        WALL.with(|wall| {
+            wall.set(if forward {
+                wall.get() + by
+            } else {
+                wall.get() - by
+            })
+        });
     }
 
     /// Moves the clock forward with the reactor on the CPU for `busy` of it, then runs a turn.
@@ -1522,6 +1546,27 @@ fn a_connection_is_closed_when_its_token_expires() {
         h.frames(other).is_empty(),
         "a connection without a token stays"
     );
+}
+
+/// A step of the system clock reaches the tokens at the next sweep: before, token time was
+/// the start's wall clock plus monotonic time for the reactor's whole life, so a clock set
+/// right by NTP after the start (one that was wrong at boot) was never seen.
+#[test]
+fn token_expiry_follows_a_step_of_the_wall_clock() {
+    let mut h = Harness::new(|c| with_tokens(c, "expiry"));
+    let id = h.websocket(&format!("/ws?token={}", token("alice", 100, &["a"])));
+    let tick = h.reactor.core.tick;
+    // Back an hour: the token has 3,700 s left by the clock, and nothing happens.
+    h.step_wall(false, Duration::from_secs(3600));
+    h.advance(Duration::from_secs(200));
+    assert!(h.frames(id).is_empty(), "not expired by the clock set back");
+    // Forward two hours: an hour past its `exp`.
+    h.step_wall(true, Duration::from_secs(7200));
+    h.advance(tick);
+    let frames = h.frames(id);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(close_code(&frames[0].1), 1008);
+    assert_eq!(&frames[0].1[2..], b"token expired");
 }
 
 /// A refresh before `exp` extends the connection; its permissions become the new token's.
