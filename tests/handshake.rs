@@ -45,11 +45,38 @@ for_each_driver! {
         stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let r = read_response(&mut stream);
         assert_eq!((r.status, r.body_text().as_str()), (200, "ok\n"));
-        // Refused upgrades too: the head, then the close.
-        assert_eq!(head(&mut stream, "/ws").status, 405);
+        // A WebSocket path: the 426 a GET without an upgrade gets (it was 405), the head,
+        // then the close.
+        let r = head(&mut stream, "/ws");
+        assert_eq!((r.status, r.header("upgrade")), (426, Some("websocket")));
         let mut rest = Vec::new();
         std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
         assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the head");
+        // Refused for its announced body (413, before the body): the head alone too (its
+        // JSON body was sent).
+        let mut stream = tcp(&server);
+        let request = "HEAD /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n";
+        stream.write_all(request.as_bytes()).unwrap();
+        assert_eq!(read_head(&mut stream).status, 413);
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+        assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the 413's head");
+    }
+
+    // The bytes after an upgrade's head are the client's first frames: a request that says
+    // a body follows is refused, rather than its frames taken for that body (they were).
+    fn an_upgrade_with_a_body_gets_400(io: IoBackend) {
+        let server = TestServer::start(io, |_| {});
+        let upgrade = upgrade_request("/echo", "");
+        for body in ["Content-Length: 5\r\n\r\nhello", "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"] {
+            let request = upgrade.replacen("\r\n\r\n", &format!("\r\n{body}"), 1);
+            let r = http(&server, &request);
+            assert_eq!(r.status, 400, "{body:?}");
+            assert!(r.body_text().contains("an upgrade request has no body"), "{}", r.body_text());
+        }
+        // An empty one is no body.
+        let request = upgrade.replacen("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n", 1);
+        assert_eq!(http(&server, &request).status, 101);
     }
 
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is 400; an empty Host (a target

@@ -264,9 +264,19 @@ impl Upgrade {
 /// exactly (browsers fail the connection unless the reply is byte-equal to an offer); no
 /// match means no `Sec-WebSocket-Protocol` header, which is not an error (RFC 6455 §4.2.2).
 pub fn validate_upgrade(req: &Request, policy: &UpgradePolicy<'_>) -> Result<Upgrade, HttpError> {
+    // A HEAD gets the head a GET without an upgrade would get (RFC 9110 §9.3.2): it
+    // cannot upgrade, and is told what would.
+    if req.method == Method::Head {
+        return Err(HttpError::UPGRADE_REQUIRED);
+    }
     // RFC 6455 §4.2.1 item 1: an HTTP/1.1 or higher GET request.
     if req.method != Method::Get {
         return Err(HttpError::METHOD_NOT_ALLOWED);
+    }
+    // A GET has no content of defined meaning (RFC 9110 §9.3.1), and the bytes after an
+    // upgrade's head are the client's first frames: taken as a body, they were lost.
+    if req.chunked || req.content_length.is_some_and(|n| n > 0) {
+        return Err(HttpError::bad("an upgrade request has no body"));
     }
     if req.minor_version < 1 {
         return Err(HttpError::bad("websocket requires http/1.1"));
@@ -1339,12 +1349,36 @@ mod tests {
     #[test]
     fn non_get_is_405_with_allow() {
         let policy = UpgradePolicy::default();
-        for method in ["POST", "HEAD", "PUT", "get"] {
+        for method in ["POST", "PUT", "get"] {
             let mut buf = upgrade_request("");
             buf.splice(..3, method.bytes());
             let allow = Some(("Allow", "GET"));
             assert_upgrade_fails(&buf, &policy, 405, "method not allowed", allow);
         }
+    }
+
+    // RFC 9110 §9.3.2: a HEAD gets what a GET would without the upgrade, 426.
+    #[test]
+    fn head_is_426_as_a_get_without_upgrade_is() {
+        let mut buf = upgrade_request("");
+        buf.splice(..3, "HEAD".bytes());
+        let policy = UpgradePolicy::default();
+        let upgrade = Some(("Upgrade", "websocket"));
+        assert_upgrade_fails(&buf, &policy, 426, "websocket upgrade required", upgrade);
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_400() {
+        let policy = UpgradePolicy::default();
+        for body in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+            let buf = upgrade_request(body);
+            assert_upgrade_fails(&buf, &policy, 400, "an upgrade request has no body", None);
+        }
+        let buf = upgrade_request("Content-Length: 0\r\n");
+        assert!(
+            validate_upgrade(&parse(&buf), &policy).is_ok(),
+            "an empty body is none"
+        );
     }
 
     // RFC 6455 §10.2: 403

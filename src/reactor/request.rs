@@ -90,7 +90,7 @@ impl Core {
             let (next, rest) = if let Some(mut body) = pending.take() {
                 match body.framing.take(input, &mut body.data) {
                     Ok(None) => return self.keep_body(id, body),
-                    Err(err) => return self.reject(id, &err),
+                    Err(err) => return self.reject(id, Some(&body.req), &err),
                     Ok(Some(n)) => {
                         let rest = &mut mem::take(&mut input)[n..];
                         (self.dispatch(id, &body.req, &body.data), rest)
@@ -101,14 +101,14 @@ impl Core {
                     let req = match handshake::parse_request(input, max_head) {
                         Ok(Some(req)) => req,
                         Ok(None) => return self.keep_partial(id, input),
-                        Err(err) => return self.reject(id, &err),
+                        Err(err) => return self.reject(id, None, &err),
                     };
                     let framing = if req.chunked {
                         Framing::Chunked(ChunkedDecoder::new(max_body))
                     } else {
                         let body_len = req.content_length.unwrap_or(0);
                         if body_len > max_body {
-                            return self.reject(id, &HttpError::BODY_TOO_LARGE);
+                            return self.reject(id, Some(&req), &HttpError::BODY_TOO_LARGE);
                         }
                         let total = req.head_len + body_len;
                         if input.len() >= total {
@@ -192,9 +192,13 @@ impl Core {
         }
     }
 
-    fn reject(&mut self, id: ConnId, err: &HttpError) {
+    /// Answers `err` and closes; to a HEAD whose head was parsed (`req`), the head alone.
+    fn reject(&mut self, id: ConnId, req: Option<&Request>, err: &HttpError) {
         ReactorMetrics::add(&self.metrics().handshakes_rejected, 1);
-        self.conns[id].out.push(err.response().into());
+        match req {
+            Some(req) => self.answer(id, req, err.response()),
+            None => self.conns[id].out.push(err.response().into()),
+        }
         self.begin_closing(id);
     }
 
