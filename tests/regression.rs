@@ -520,3 +520,53 @@ mod issue9_lifecycle {
     }
 }
 // ─── end of issue 9 items 5 and 8 ───────────────────────────────────────────────────────────
+
+// ─── adversarial session: what a production gateway must not get wrong ───────────────────
+mod adversarial {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::Message;
+
+    use super::util::*;
+    use crate::for_each_driver;
+
+    for_each_driver! {
+        // A `POST /publish` arriving while the server drains was answered 202 Accepted and
+        // reached nobody: every subscriber had been sent close 1001. The README promises
+        // 503 to a request arriving on an open connection then; a backend told so can
+        // publish again on a node that serves (and does not take 202 for delivered).
+        fn a_publish_while_draining_gets_503_not_a_202_that_reaches_nobody(io: IoBackend) {
+            let server = TestServer::start(io, |c| {
+                c.net.threads = Some(1);
+                c.limits.close_timeout = Some(Duration::from_millis(100));
+            });
+            let mut sub = connect(&server, "/ws?subscribe=d");
+            let mut backend = tcp(&server);
+            let publish = b"POST /publish/d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1";
+            backend.write_all(publish).unwrap();
+            assert_eq!(read_response(&mut backend).status, 202);
+            assert_eq!(next_text(&mut sub), r#"{"topic":"d","data":1}"#);
+            // The next request's head, half of it: the connection is not idle, so the
+            // drain answers it rather than closing it at once.
+            backend.write_all(b"POST /publish/d HTTP/1.1\r\nHost: x\r\n").unwrap();
+            // One reactor handles ready sockets in order: once the pong for a ping sent
+            // after the half request is back, that half has been read.
+            sub.send(Message::Ping(vec![1u8])).unwrap();
+            assert_eq!(recv(&mut sub), Message::Pong(vec![1u8]));
+            server.server().drain();
+            match recv(&mut sub) {
+                Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+                other => panic!("expected close 1001, got {other:?}"),
+            }
+            backend.write_all(b"Content-Length: 1\r\n\r\n2").unwrap();
+            let r = read_response(&mut backend);
+            assert_json_error(&r, 503, "unavailable");
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert_eq!(r.header("connection"), Some("close"));
+            assert_closed(&mut backend);
+        }
+    }
+}
+// ─── end of the adversarial session ─────────────────────────────────────────────────────────

@@ -112,12 +112,12 @@ fn health(shared: &Shared, keep_alive: bool) -> Vec<u8> {
     }
 }
 
-/// Checks a `POST /publish/{topic}`: method, bearer token (the static `publish_token`
-/// or a JWT whose `publish` claim covers the topic), topic, the token's publish rate, and
-/// that the body is JSON. Returns the topic and the `data` to deliver: the body's one JSON
-/// value as sent, without the whitespace around it, exactly what a `/ws` publish of the
-/// same value delivers. Or the error response to send (the connection stays usable); its
-/// codes are `/ws`'s.
+/// Checks a `POST /publish/{topic}`: method, not draining, bearer token (the static
+/// `publish_token` or a JWT whose `publish` claim covers the topic), topic, the token's
+/// publish rate, and that the body is JSON. Returns the topic and the `data` to deliver:
+/// the body's one JSON value as sent, without the whitespace around it, exactly what a
+/// `/ws` publish of the same value delivers. Or the error response to send (the connection
+/// stays usable); its codes are `/ws`'s.
 fn check_publish<'b>(
     session: &impl Session,
     req: &Request,
@@ -129,6 +129,13 @@ fn check_publish<'b>(
     if req.method != Method::Post {
         return Err(fail(
             HttpError::new(405, "use POST").with_header("Allow", "POST"),
+        ));
+    }
+    if session.draining() {
+        // Every WebSocket here has been sent close 1001: a publish taken now would reach
+        // none of them, so it is refused and the backend publishes again elsewhere.
+        return Err(fail(
+            HttpError::new(503, "server shutting down").with_header("Retry-After", "1"),
         ));
     }
     let token = req.authorization.as_deref().and_then(bearer_token);
