@@ -96,15 +96,27 @@ impl std::fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
-/// Whether the token's header (its first segment, decoded) has a `crit` parameter.
-fn has_crit(token: &str) -> bool {
+/// The token's header (its first segment, decoded) as a JSON object, for the parameters
+/// jsonwebtoken's `Header` cannot show: `crit`, which it drops, and an `alg` it does not
+/// know, which it refuses as if the token were malformed.
+fn raw_header(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     use base64::Engine;
     let segment = token.split('.').next().unwrap_or_default();
-    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
-        .is_ok_and(|header| header.contains_key("crit"))
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// Why jsonwebtoken could not read a token's header: an `alg` none of our keys can have
+/// (`none`, RFC 7518 §3.6's unsecured JWS, or a name it does not know) is the algorithm's
+/// fault, not the token's form.
+fn header_error(token: &str) -> AuthError {
+    let alg = raw_header(token).and_then(|h| h.get("alg")?.as_str().map(str::to_owned));
+    match alg {
+        Some(alg) if alg.parse::<Algorithm>().is_err() => AuthError::Algorithm,
+        _ => AuthError::Malformed,
+    }
 }
 
 /// The claims wsgate reads; others are ignored.
@@ -201,8 +213,8 @@ impl Verifier {
     /// Checks `token`'s signature with a configured key of its algorithm, then `exp` and
     /// `nbf` against `now` (seconds since the Unix epoch), and `iss`/`aud` when configured.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if has_crit(token) {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
+        if raw_header(token).is_some_and(|header| header.contains_key("crit")) {
             // RFC 7515 §4.1.11: a recipient that does not understand every extension
             // `crit` lists must refuse the token; we understand none (jsonwebtoken's
             // header drops the parameter, so it is looked for here).

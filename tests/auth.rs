@@ -234,6 +234,28 @@ for_each_driver! {
         assert!(metrics.contains("wsgate_auth_failures_total{reactor=\"0\"}"), "{metrics}");
     }
 
+    // An unsecured token (`alg: none`, RFC 7518 §3.6) or one naming an algorithm nobody
+    // implements was refused as "malformed token", which sends whoever reads the 401 to
+    // look at the token's form; it is the algorithm that is not accepted.
+    fn none_and_unknown_algorithms_are_refused_as_such(io: IoBackend) {
+        let keys = Keys::new(&format!("none-{io:?}"));
+        let server = keys.server(io, true);
+        let payload = base64url(claims().to_string().as_bytes());
+        for alg in ["none", "None", "HS257"] {
+            let header = base64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+            let token = format!("{header}.{payload}.");
+            assert_unauthorized(&server, "/ws", &bearer(&token), "token algorithm not accepted");
+            let r = Keys::publish(&server, "t", Some(&token));
+            assert_eq!(r.status, 401, "{alg}");
+            assert!(r.body_text().contains("token algorithm not accepted"), "{}", r.body_text());
+        }
+        // A header that is not JSON, or names no algorithm, is malformed all the same.
+        let not_json = format!("{}.{payload}.", base64url(b"not json"));
+        assert_unauthorized(&server, "/ws", &bearer(&not_json), "malformed token");
+        let no_alg = format!("{}.{payload}.", base64url(br#"{"alg":7}"#));
+        assert_unauthorized(&server, "/ws", &bearer(&no_alg), "malformed token");
+    }
+
     fn valid_tokens_upgrade_by_header_or_query(io: IoBackend) {
         let keys = Keys::new(&format!("valid-{io:?}"));
         let server = keys.server(io, true);
