@@ -21,7 +21,7 @@ mod sys;
 mod tls;
 mod ws;
 
-use std::io::{IsTerminal, Write};
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -162,18 +162,24 @@ fn check_outputs(
     Ok(())
 }
 
-/// Opens `path` for writing, as the end of the run will. Without truncating: a file already
-/// there (an earlier run's results) stays as it is until this run's replace it; and one that
-/// was not there is removed again, so that a run that fails leaves no empty file behind.
+/// Opens `path` for writing, as the end of the run will, through a symlink. Without
+/// truncating: a file already there (an earlier run's results) stays as it is until this
+/// run's replace it; and one that was not there is removed again, so that a run that fails
+/// leaves no empty file behind.
 fn check_writable(flag: &str, path: &Path) -> Result<()> {
-    let existed = path.symlink_metadata().is_ok();
+    // Whether the file is there, not a link to it: a symlink to a missing file was taken
+    // for one, and the empty file the open made at its target was left behind.
+    let existed = !matches!(path.metadata(), Err(e) if e.kind() == ErrorKind::NotFound);
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .with_context(|| format!("{flag} {}: cannot write", path.display()))?;
     if !existed {
-        let _ = std::fs::remove_file(path);
+        // The file the open made: a symlink's target, not the link, which stays as it was.
+        if let Ok(made) = std::fs::canonicalize(path) {
+            let _ = std::fs::remove_file(made);
+        }
     }
     Ok(())
 }

@@ -393,6 +393,59 @@ fn an_unwritable_output_fails_before_the_run() {
     let _ = std::fs::remove_file(log);
 }
 
+/// An output path that is a symlink to a missing file is checked through the link without
+/// leaving that file behind when the run fails (the check created it, empty), and a run
+/// that succeeds writes it through the link.
+#[test]
+fn the_check_of_a_symlinked_output_leaves_no_file_behind() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let outputs = [
+        ("--json", "json"),
+        ("--hgrm", "hgrm"),
+        ("--plot", "svg"),
+        ("--hlog", "hlog"),
+    ];
+    let links: Vec<_> = outputs
+        .iter()
+        .map(|(_, ext)| {
+            let (link, target) = (tmp(&format!("link.{ext}")), tmp(&format!("target.{ext}")));
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            (link, target)
+        })
+        .collect();
+    let mut run = std::process::Command::new(BIN);
+    run.args(["echo", "--url", &url, "--quiet", "--duration", "1s"]);
+    for ((flag, _), (link, _)) in outputs.iter().zip(&links) {
+        run.arg(flag).arg(link);
+    }
+    let out = run.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not connect"), "{err}");
+    for (link, target) in &links {
+        assert!(!target.exists(), "{} was left behind", target.display());
+        let meta = link.symlink_metadata().unwrap();
+        assert!(meta.file_type().is_symlink(), "{}", link.display());
+    }
+
+    let (hgrm_link, hgrm_target) = &links[1];
+    let v = loadgen_ok(
+        "echo",
+        &echo_server(),
+        &[&one_conn()[..], &["--hgrm", hgrm_link.to_str().unwrap()]].concat(),
+    );
+    let written = std::fs::read_to_string(hgrm_target).unwrap();
+    let count = v["latency_us"]["count"].as_u64().unwrap();
+    assert!(
+        written.contains(&format!("Total count    = {count:12}]")),
+        "{written}"
+    );
+    for (link, target) in links {
+        let _ = std::fs::remove_file(link);
+        let _ = std::fs::remove_file(target);
+    }
+    assert!(!tmp("link-time.svg").exists(), "the time plot's check");
+}
+
 /// An interval log of one second with one latency of 1 ms, as `--hlog` writes.
 fn interval_log() -> Vec<u8> {
     use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
