@@ -65,6 +65,15 @@ fn from_the_future(ts: u64, now: u64) -> bool {
     ts > now
 }
 
+/// A delivery stamped in the future: it arrived all the same, and once the window has opened
+/// at `mstart` it is taken for one of the window's (as far as can be told), so that it is
+/// not counted lost, nor waited for by the drain.
+fn arrived_unplaced(c: &mut Counters, mstart: u64, now: u64) {
+    if now >= mstart {
+        c.unplaced += 1;
+    }
+}
+
 /// Most sends or connects started in one loop turn, so events keep being served.
 const BURST: usize = 4096;
 /// Outbound bytes a connection may queue before sends to it are dropped and counted.
@@ -1235,6 +1244,7 @@ impl Worker {
                 if from_the_future(s.ts, now) {
                     // Nor is its window known, nor its sequence number to be trusted.
                     self.c.future_stamp += 1;
+                    arrived_unplaced(&mut self.c, self.mstart, now);
                     return;
                 }
                 let in_window = s.ts >= self.mstart && s.ts < self.mend;

@@ -370,7 +370,8 @@ fn drained(plan: &Plan, shared: &Shared) -> bool {
         Mode::Echo => outstanding == 0,
         Mode::Fanout => {
             plan.publishers > 0
-                && c.received_window - c.duplicates >= c.sent_window * shared.ready_subs()
+                && c.received_window - c.duplicates + c.unplaced
+                    >= c.sent_window * shared.ready_subs()
         }
         Mode::Connect => outstanding == 0,
     }
@@ -460,10 +461,11 @@ fn summarize(
             publishers: plan.publishers as u64,
             deliveries: c.received_window,
             expected,
+            // A delivery stamped in the future arrived: it is counted as that, not as lost.
             lost: if plan.publishers > 0 {
-                expected.saturating_sub(unique)
+                expected.saturating_sub(unique + c.unplaced)
             } else {
-                c.gaps.saturating_sub(c.gaps_filled)
+                c.gaps.saturating_sub(c.gaps_filled + c.unplaced)
             },
             duplicates: c.duplicates,
             reordered: c.reordered,

@@ -38,6 +38,9 @@ counters!(
     handshakes,
     gaps,
     gaps_filled,
+    // Deliveries stamped in the future that arrived once the window had opened (see
+    // `engine::arrived_unplaced`).
+    unplaced,
     duplicates,
     reordered,
     bad_stamp,
@@ -177,7 +180,8 @@ pub struct Fanout {
     /// `expected` − unique deliveries. With external publishers, the sequence gaps not filled
     /// later, counted from each subscriber's first delivery of the window (their numbering
     /// of the window is unknown); with our own, sequence checks start at the window's first
-    /// publish.
+    /// publish. Either way less the deliveries stamped in the future that arrived once the
+    /// window had opened: they came, though their stamps cannot say which publish they were.
     pub lost: u64,
     pub duplicates: u64,
     /// Deliveries that came after a later sequence number.
@@ -504,6 +508,7 @@ mod tests {
             handshakes: other,
             gaps: other,
             gaps_filled: other,
+            unplaced: other,
             duplicates: other,
             reordered: other,
             late_sends: other,

@@ -169,6 +169,8 @@ pub enum Fault {
     Drop,
     /// Relays it after the publish that follows it.
     Delay,
+    /// Relays it with its stamp's time moved to [`FAR_FUTURE_NS`].
+    Future,
 }
 
 /// [`broadcast_server`] with a fault at the window's first publish, which it recognises as
@@ -191,7 +193,7 @@ pub fn faulty_broadcast_server(fault: Fault) -> String {
         let writer =
             WebSocket::from_raw_socket(reader.get_ref().try_clone().unwrap(), Role::Server, None);
         peers.lock().unwrap().push((id, None, writer));
-        while let Ok(m) = reader.read() {
+        while let Ok(mut m) = reader.read() {
             if !(m.is_binary() || m.is_text()) {
                 continue;
             }
@@ -199,10 +201,14 @@ pub fn faulty_broadcast_server(fault: Fault) -> String {
             if fault != Fault::None && stamp_seq(&m.clone().into_data()) == Some(0) {
                 state.0 += 1;
                 if state.0 == 2 {
-                    if fault == Fault::Delay {
-                        state.1 = Some(m);
+                    match fault {
+                        Fault::Future => m = restamped(m, |_| FAR_FUTURE_NS),
+                        Fault::Delay => {
+                            state.1 = Some(m);
+                            continue;
+                        }
+                        Fault::Drop | Fault::None => continue,
                     }
-                    continue;
                 }
             }
             send_to(&peers, None, m);
@@ -213,6 +219,24 @@ pub fn faulty_broadcast_server(fault: Fault) -> String {
         peers.lock().unwrap().retain(|(i, _, _)| *i != id);
     });
     format!("ws://127.0.0.1:{port}/")
+}
+
+/// A stamp time no uptime reaches: 2^63 - 1 ns, 292 years.
+pub const FAR_FUTURE_NS: u64 = i64::MAX as u64;
+
+/// `m` with its stamp's time (ns) replaced by what `new_ts` makes of it.
+pub fn restamped(m: Message, new_ts: impl FnOnce(u64) -> u64) -> Message {
+    let binary = m.is_binary();
+    let mut data = m.into_data().to_vec();
+    let at = data.iter().position(|&b| b == b'~').expect("a stamp") + 1;
+    let ts = std::str::from_utf8(&data[at..at + 16]).unwrap();
+    let ts = new_ts(u64::from_str_radix(ts, 16).unwrap());
+    data[at..at + 16].copy_from_slice(format!("{ts:016x}").as_bytes());
+    if binary {
+        Message::binary(data)
+    } else {
+        Message::text(String::from_utf8(data).unwrap())
+    }
 }
 
 /// The sequence number of the stamp in a payload (`~`, 16 hex digits of time, 8 of
