@@ -65,9 +65,10 @@ fn from_the_future(ts: u64, now: u64) -> bool {
     ts > now
 }
 
-/// A delivery stamped in the future: it arrived all the same, and once the window has opened
-/// at `mstart` it is taken for one of the window's (as far as can be told), so that it is
-/// not counted lost, nor waited for by the drain.
+/// A message that arrived without a stamp to place it (one from the future; for an echo also
+/// none): it is an answer or a delivery all the same, of the window's sends once the window
+/// has opened at `mstart` (as far as can be told), so that it is not counted lost, nor
+/// waited for by the drain. (A delivery without a stamp may not be one of ours at all.)
 fn arrived_unplaced(c: &mut Counters, mstart: u64, now: u64) {
     if now >= mstart {
         c.unplaced += 1;
@@ -1301,16 +1302,27 @@ impl Worker {
                     s => s,
                 };
                 if let Some(s) = s {
+                    let in_window = s.ts >= self.mstart && s.ts < self.mend;
                     let track = &mut conn.echoed[usize::from(s.ts >= self.mstart)];
-                    if track.on(s.seq) == SeqOutcome::Duplicate {
-                        // Its send was answered already: not an answer to another one (in
-                        // closed loop it sent one more message, and hid a lost echo from
-                        // the timeouts), nor a second latency sample of the same send.
-                        if s.ts >= self.mstart && s.ts < self.mend {
-                            self.c.duplicates += 1;
+                    match track.on(s.seq) {
+                        SeqOutcome::Duplicate => {
+                            // Its send was answered already: not an answer to another one
+                            // (in closed loop it sent one more message, and hid a lost echo
+                            // from the timeouts), nor a second latency sample of the same
+                            // send.
+                            if in_window {
+                                self.c.duplicates += 1;
+                            }
+                            return;
                         }
-                        return;
+                        // Behind the echo of a later send on this connection.
+                        SeqOutcome::Late | SeqOutcome::BeforeStart if in_window => {
+                            self.c.reordered += 1
+                        }
+                        _ => {}
                     }
+                } else {
+                    arrived_unplaced(&mut self.c, self.mstart, now);
                 }
                 conn.inflight = conn.inflight.saturating_sub(1);
                 self.outstanding = self.outstanding.saturating_sub(1);

@@ -452,6 +452,19 @@ fn summarize(
             c.future_stamp
         );
     }
+    let echo = (plan.mode == Mode::Echo).then(|| Echo {
+        lost: c.sent_window.saturating_sub(c.received_window + c.unplaced),
+        duplicates: c.duplicates,
+        reordered: c.reordered,
+    });
+    if let Some(lost) = echo.as_ref().map(|e| e.lost).filter(|&n| n > 0) {
+        // Said, not only counted: the latencies are those of the echoes that came, and say
+        // nothing of those that did not.
+        eprintln!(
+            "warning: {lost} messages sent in the window had no echo by the end of the run \
+             (lost)"
+        );
+    }
     let fanout = (plan.mode == Mode::Fanout).then(|| {
         let subs = shared.ready_subs();
         let expected = c.sent_window * subs;
@@ -511,9 +524,7 @@ fn summarize(
         latency_us: Latency::from_hist(&hist),
         errors: c.errors(),
         fanout,
-        echo: (plan.mode == Mode::Echo).then_some(Echo {
-            duplicates: c.duplicates,
-        }),
+        echo,
         client: Client {
             cpu_pct,
             thread_cpu_pct: thread_cpu,

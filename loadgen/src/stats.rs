@@ -38,8 +38,8 @@ counters!(
     handshakes,
     gaps,
     gaps_filled,
-    // Deliveries stamped in the future that arrived once the window had opened (see
-    // `engine::arrived_unplaced`).
+    // Echoes stamped in the future or not stamped, and deliveries stamped in the future,
+    // that arrived once the window had opened (see `engine::arrived_unplaced`).
     unplaced,
     duplicates,
     reordered,
@@ -161,12 +161,20 @@ impl Errors {
     }
 }
 
-/// Echo mode's own counts.
+/// Echo mode's own counts, named as fan-out's.
 #[derive(Debug, Serialize, Default)]
 pub struct Echo {
+    /// Messages sent in the window whose echo had not come by the end of the drain: `sent`
+    /// − `received` − echoes whose stamp (from the future, or none) cannot place them,
+    /// which arrived once the window had opened. Each is a `timeout` error too, which
+    /// counts the warm-up's as well.
+    pub lost: u64,
     /// Echoes of a message sent in the window that came again after its first: not in
     /// `received`, nor a second latency sample (detected up to 64 sends back).
     pub duplicates: u64,
+    /// Echoes of a message sent in the window that came after that of a later one on the
+    /// same connection.
+    pub reordered: u64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -321,7 +329,11 @@ impl Summary {
             }
         }
         if let Some(e) = &self.echo {
-            writeln!(w, "  echo: {} duplicates", e.duplicates)?;
+            writeln!(
+                w,
+                "  echo: {} lost, {} duplicates, {} reordered",
+                e.lost, e.duplicates, e.reordered
+            )?;
         }
         let e = &self.errors;
         writeln!(
