@@ -281,22 +281,7 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
     if !interrupted && c.received == 0 && !passive {
         // Nothing arrived in the window (every connect refused, every connection gone):
         // not a measurement, however clean the table looks.
-        // The connect phase's first error, else those of connections that failed once
-        // open (a malformed frame, a close): the reason it was counted for.
-        let why = shared
-            .first_error
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .or_else(|| {
-                let open = shared.open_errors.lock().expect("not poisoned");
-                (!open.is_empty()).then(|| {
-                    open.iter()
-                        .map(|(_, m)| m.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-            });
+        let why = failure_reasons(&shared);
         let what = match plan.mode {
             _ if c.sent == 0 => "nothing was sent",
             Mode::Connect => "no handshake completed",
@@ -313,6 +298,20 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
         });
     }
     Ok(out)
+}
+
+/// Every kind of error the run had, as the reason it failed: the connect phase's first,
+/// then the first of each kind after a handshake (a malformed frame, a close), in order.
+/// Those were given only when the connect phase had none.
+fn failure_reasons(shared: &Shared) -> Option<String> {
+    let first = shared.first_error.lock().expect("not poisoned");
+    let open = shared.open_errors.lock().expect("not poisoned");
+    let all: Vec<&str> = first
+        .iter()
+        .chain(open.iter().map(|(_, m)| m))
+        .map(String::as_str)
+        .collect();
+    (!all.is_empty()).then(|| all.join("; "))
 }
 
 /// Says the errors on open connections that were not said yet: the first of each kind,

@@ -99,6 +99,54 @@ fn a_close_after_the_handshake_is_said_with_its_code_and_reason() {
     );
 }
 
+/// A run that failed gives as its reason every kind of error it had, the connect phase's
+/// first: it gave that one alone, and hid those after the handshake (here a malformed frame
+/// and a close). The publisher and a subscriber reach the malformed server, a subscriber
+/// each the closing one and a port where nothing listens.
+#[test]
+fn a_failure_gives_every_kind_of_error_the_connect_phase_first() {
+    let port = closed_port();
+    let (closing, closed) = (closing_server(), format!("ws://127.0.0.1:{port}/"));
+    let mut a = SHORT.to_vec();
+    a.extend(["--url", &closing, "--url", &closed]);
+    a.extend([
+        "--dialect",
+        "raw",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "3",
+    ]);
+    let (out, v) = loadgen("fanout", &malformed_server(), &a);
+    let v = assert_failed_with_summary(&out, v);
+    assert_eq!(v["errors"]["connect"], 1, "{v}");
+    assert_eq!(v["errors"]["protocol"], 2, "{v}");
+    assert_eq!(v["errors"]["closed_by_server"], 1, "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let why = err
+        .split("in the measured window: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("a reason");
+    let mut reasons: Vec<&str> = why.split("; ").collect();
+    assert_eq!(reasons.len(), 3, "{err}");
+    let connect = format!("connect to 127.0.0.1:{port}: ");
+    assert!(
+        reasons[0].starts_with(&connect) && reasons[0].contains("refused"),
+        "{err}"
+    );
+    // The two after the handshake in the order they happened, which is either.
+    reasons[1..].sort_unstable();
+    assert_eq!(
+        reasons[1..],
+        [
+            "protocol: reserved opcode 0x3",
+            "server closed the connection: no code"
+        ],
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_arguments_fail_cleanly() {
     let (out, _) = loadgen("echo", "http://127.0.0.1:1/", &SHORT);
