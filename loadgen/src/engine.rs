@@ -65,6 +65,10 @@ fn from_the_future(ts: u64, now: u64) -> bool {
     ts > now
 }
 
+/// The kind of [`Shared::open_errors`] a publish the server refused is: the one that does
+/// not end its connection.
+pub const REFUSED: &str = "refused";
+
 /// A message that arrived without a stamp to place it (one from the future; for an echo also
 /// none): it is an answer or a delivery all the same, of the window's sends once the window
 /// has opened at `mstart` (as far as can be told), so that it is not counted lost, nor
@@ -95,8 +99,9 @@ pub struct Shared {
     pub ready_subs: AtomicU64,
     pub first_error: Mutex<Option<String>>,
     /// The first error of each kind on a connection after its handshake (its subscribe, if
-    /// any), in order: the coordinator says each once, as it comes, and the failure of a run
-    /// that measured nothing gives them as its reason.
+    /// any), in order, a refused publish ([`REFUSED`]) among them: the coordinator says each
+    /// once, as it comes, and the failure of a run that measured nothing gives them as its
+    /// reason.
     pub open_errors: Mutex<Vec<(&'static str, String)>>,
     pub live: Vec<Mutex<Live>>,
 }
@@ -1209,10 +1214,12 @@ impl Worker {
         }
         if conn.role == Role::Publisher && head.starts_with(b"{\"op\":\"error\"") {
             // The server refused a publish (wsgate dialect): counted, and the first
-            // one said, not taken for a broadcast.
+            // one said, not taken for a broadcast. As an error after the handshake, not
+            // the connect phase's, which kept only the first error and so lost it after
+            // any other.
             self.c.err_refused += 1;
             let msg = format!("publish refused: {}", String::from_utf8_lossy(head));
-            self.shared.error(msg);
+            self.shared.open_error(REFUSED, msg);
             return;
         }
         let s = stamp::find(head);

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::engine::{Shared, ThreadResult, Worker, DRAIN, RUN, STOP};
+use crate::engine::{Shared, ThreadResult, Worker, DRAIN, REFUSED, RUN, STOP};
 use crate::hlog::Interval;
 use crate::plan::{Mode, Plan};
 use crate::stats::{new_hist, Client, Counters, Echo, Fanout, Latency, Summary, UrlLatency};
@@ -301,8 +301,8 @@ pub fn run(plan: Plan, timing: Timing, progress: bool) -> Result<Outcome> {
 }
 
 /// Every kind of error the run had, as the reason it failed: the connect phase's first,
-/// then the first of each kind after a handshake (a malformed frame, a close), in order.
-/// Those were given only when the connect phase had none.
+/// then the first of each kind after a handshake (a malformed frame, a close, a refused
+/// publish), in order. Those were given only when the connect phase had none.
 fn failure_reasons(shared: &Shared) -> Option<String> {
     let first = shared.first_error.lock().expect("not poisoned");
     let open = shared.open_errors.lock().expect("not poisoned");
@@ -319,10 +319,14 @@ fn failure_reasons(shared: &Shared) -> Option<String> {
 fn say_open_errors(shared: &Shared, said: &mut usize, prog: &Progress) {
     let errors = shared.open_errors.lock().expect("not poisoned");
     for (kind, msg) in &errors[(*said).min(errors.len())..] {
-        prog.warn(&format!(
-            "warning: a connection failed after its handshake: {msg} (later {kind} errors \
-             are only counted)"
-        ));
+        prog.warn(&match *kind {
+            // Its connection goes on: only that publish failed.
+            REFUSED => format!("warning: {msg} (later refused publishes are only counted)"),
+            _ => format!(
+                "warning: a connection failed after its handshake: {msg} (later {kind} \
+                 errors are only counted)"
+            ),
+        });
     }
     *said = errors.len();
 }

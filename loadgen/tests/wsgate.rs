@@ -98,6 +98,54 @@ fn refused_ws_publishes_are_counted_and_said() {
     assert!(v["errors"]["refused"].as_u64().unwrap() >= 90, "{v}");
 }
 
+/// A refused publish is a reason the run failed whenever it came, and is said once as it
+/// comes: it was given only as the connect phase's first error, so an error there before it
+/// (here a subscriber's connect to a port where nothing listens) hid it.
+#[test]
+fn a_refused_publish_is_said_after_a_connect_error() {
+    let gw = Gateway::start(|_| {});
+    let port = closed_port();
+    let closed = format!("ws://127.0.0.1:{port}/ws");
+    let (out, v) = loadgen(
+        "fanout",
+        &gw.url("/ws"),
+        &args(&[
+            "--url",
+            &closed,
+            "--subscribers",
+            "2",
+            "--publishers",
+            "1",
+            "--rate",
+            "100",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = v.expect("the summary is written");
+    assert_eq!(v["errors"]["connect"], 1, "{v}");
+    assert!(v["errors"]["refused"].as_u64().unwrap() >= 90, "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let why = err
+        .split("no delivery arrived in the measured window: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("a reason");
+    let (connect, refused) = why.split_once("; ").expect("two reasons");
+    assert!(
+        connect.starts_with(&format!("connect to 127.0.0.1:{port}: ")),
+        "{err}"
+    );
+    assert!(
+        refused.starts_with("publish refused: ") && refused.contains("forbidden"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("warning: publish refused: ").count(),
+        1,
+        "{err}"
+    );
+}
+
 /// `--deflate` (issue 10): permessage-deflate negotiated, every compressed delivery
 /// inflated (its stamp is inside), nothing lost, and fewer bytes on the wire than inflated;
 /// the same with `--inflate-once`, which inflates each broadcast once per thread.
