@@ -21,8 +21,9 @@
 # set takes about 12 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
 # between two samples inside the loadgen's window over the deliveries the loadgen counted
 # in that time (the same method for both servers). fr/seg = deliveries over the data
-# segments the server's sockets sent in the same seconds (TCP_INFO via ss): frames per
-# write as the kernel saw them, for Bun too (uWS gathers a loop iteration's publishes).
+# segments sent on the machine in the same seconds (TcpExt TCPOrigDataSent), less one a
+# publish: frames per write as the kernel saw them, for Bun too (uWS gathers a loop
+# iteration's publishes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -99,12 +100,12 @@ run() { # system scenario subs rate secs
   sleep $((warm + 1))
   c0=$(cpu_ticks "$server")
   t0=$(date +%s%N)
-  s0=$(data_segs "$port")
+  s0=$(orig_data_sent)
   [[ $system != bun && $system != bare ]] && { w0=$(metric "$port" wsgate_writes_total); d0=$(metric "$port" wsgate_deliveries_total); }
   sleep $((secs - 2))
   c1=$(cpu_ticks "$server")
   t1=$(date +%s%N)
-  s1=$(data_segs "$port")
+  s1=$(orig_data_sent)
   [[ $system != bun && $system != bare ]] && { w1=$(metric "$port" wsgate_writes_total); d1=$(metric "$port" wsgate_deliveries_total); }
   wait "$load" || true
   kill -TERM "$server" 2>/dev/null || true
@@ -135,8 +136,9 @@ if c:
         "lost": c.get("fanout", {}).get("lost", 0) + sum(c["errors"].values()),
         "loadgen_cpu_pct": c["client"]["cpu_pct"], "loadgen_saturated": c["client"]["saturated"],
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
-        # Kernel-counted, for every server: deliveries over the data segments sent.
-        "frames_per_segment": per_s * span / (int(s1) - int(s0)) if int(s0) >= 0 and int(s1) > int(s0) else None,
+        # Kernel-counted, for every server: deliveries over the data segments sent, less
+        # the publisher's (one a publish at most; none for the bare loop).
+        "frames_per_segment": per_s * span / segs if (segs := int(s1) - int(s0) - (0 if system == "bare" else int(rate) * span)) > 0 else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
