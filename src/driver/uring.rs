@@ -76,6 +76,9 @@ const OP_SEND: u64 = 1;
 const OP_CANCEL: u64 = 2;
 /// The buffer group of the reactor's receive ring (one ring per io_uring instance).
 const BGID: u16 = 0;
+/// Completions the reap queue holds without growing (a fan-out's turn can reap one entry
+/// per subscriber; it grows past this and is given back when the driver idles).
+const CQES_KEPT: usize = 256;
 
 fn user_data(conn: ConnId, op: u64) -> u64 {
     u64::from(conn.0) << 2 | op
@@ -625,7 +628,7 @@ impl UringDriver {
             send_pool: Vec::new(),
             backlog: VecDeque::new(),
             inflight: 0,
-            cqes: VecDeque::with_capacity(256),
+            cqes: VecDeque::with_capacity(CQES_KEPT),
             closed: Vec::new(),
             released: Vec::new(),
             idle: IdleClock::default(),
@@ -1166,8 +1169,7 @@ impl Driver for UringDriver {
             self.starved = Vec::new();
         }
         if self.cqes.is_empty() {
-            // A fan-out's turn can reap one entry per subscriber.
-            self.cqes = VecDeque::with_capacity(256);
+            self.cqes = VecDeque::with_capacity(CQES_KEPT);
         }
         let released = self.release_ring_pages();
         crate::sys::trim_heap();
