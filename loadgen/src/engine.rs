@@ -1241,6 +1241,8 @@ impl Worker {
 
     #[inline]
     fn on_message(&mut self, key: usize, s: Option<Stamp>, now: u64) {
+        // Whether the stamp was taken in the measured window (read before `conn` borrows).
+        let in_window = s.is_some_and(|s| self.in_window(s.ts));
         let conn = &mut self.conns[key];
         match conn.role {
             Role::Subscriber => {
@@ -1255,7 +1257,6 @@ impl Worker {
                     arrived_unplaced(&mut self.c, self.mstart, now);
                     return;
                 }
-                let in_window = s.ts >= self.mstart && s.ts < self.mend;
                 let p = s.publisher as usize;
                 if p >= 1 << 16 {
                     self.c.bad_stamp += 1;
@@ -1309,7 +1310,6 @@ impl Worker {
                     s => s,
                 };
                 if let Some(s) = s {
-                    let in_window = s.ts >= self.mstart && s.ts < self.mend;
                     let track = &mut conn.echoed[usize::from(s.ts >= self.mstart)];
                     match track.on(s.seq) {
                         SeqOutcome::Duplicate => {
@@ -1333,7 +1333,7 @@ impl Worker {
                 }
                 conn.inflight = conn.inflight.saturating_sub(1);
                 self.outstanding = self.outstanding.saturating_sub(1);
-                if let Some(s) = s.filter(|s| s.ts >= self.mstart && s.ts < self.mend) {
+                if let Some(s) = s.filter(|_| in_window) {
                     self.c.received_window += 1;
                     let lat = now.saturating_sub(s.ts).max(1);
                     self.hist.saturating_record(lat);
