@@ -10,9 +10,14 @@
 #   10k-10    10,000 subscribers x 10/s, and the bare write loop (`blast-server --rate`)
 #   1k-rise   1,000 subscribers, publish rate rising through RISE_RATES until p99 >= 50 ms
 #             or a delivery is lost: the highest rate that passed
+#   1k-floor  the floor under any server at 1,000 x 1,000/s: the bare write loop
+#             (`blast-server`) writing F frames to each of 1,000 sockets in one write, 1,000/F
+#             times a second, for each F in FLOOR_BATCHES (rows 1k-floor-F): the kernel's cost
+#             per delivery at F frames per write, with next to no user-space work
 # env: ROUNDS (default 3; medians), SECS (measured seconds, default 8; 4 for 1k-rise),
 #      WSGATE_IO (epoll|uring, default epoll), WSGATE_ARGS (extra server flags),
 #      RISE_RATES (default "1000 2000 3000 4000 6000 8000 12000 16000"),
+#      FLOOR_BATCHES (default "1 2 4 8 16 32 64"),
 #      BASELINE (another wsgate binary, e.g. one built from an earlier commit: run as
 #      system "baseline" right after wsgate in 1k-1000, 10k-100 and 10k-10, for a
 #      before/after in one run)
@@ -33,6 +38,7 @@ rounds="${ROUNDS:-3}"
 secs="${SECS:-8}"
 io="${WSGATE_IO:-epoll}"
 rise_rates=(${RISE_RATES:-1000 2000 3000 4000 6000 8000 12000 16000})
+floor_batches=(${FLOOR_BATCHES:-1 2 4 8 16 32 64})
 warm=2
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 results="bench-results/$stamp-$(git rev-parse --short HEAD)-compare"
@@ -68,13 +74,13 @@ metric() { { curl -sf -m 5 "http://127.0.0.1:$1/metrics" || true; } | awk -v m="
 # session shares one CPU weight across its processes, so a server in the loadgen's session
 # would get half the share a server in its own session gets on a busy machine. (And Bun
 # passes a SIGINT on to its process group, this script included.)
-start_server() { # system port log [rate for bare]
+start_server() { # system port log [rounds a second, for bare; frames per write: $batch, default 1]
   case "$1" in
     wsgate | baseline) setsid taskset -c 0 "$([[ $1 == wsgate ]] && echo "$gw" || echo "$BASELINE")" serve --listen "127.0.0.1:$2" --threads 1 --io "$io" \
       --client-publish '*' --idle-timeout 0s --max-connections 19000 ${WSGATE_ARGS:-} >"$3" 2>&1 & ;;
     bun) PORT="$2" setsid taskset -c 0 "$bun" benches/peers/bun-pubsub.js >"$3" 2>&1 & ;;
     bare) setsid taskset -c 0 "$lg" blast-server --listen "127.0.0.1:$2" --format delivery --size 64 \
-      --batch 1 --rate "$4" --duration 60s >"$3" 2>&1 & ;;
+      --batch "${batch:-1}" --rate "$4" --duration 60s >"$3" 2>&1 & ;;
   esac
   server=$!
   pids+=("$server")
@@ -122,7 +128,7 @@ try:
     c = json.load(open(f"{results}/{name}.json"))
 except (OSError, ValueError):
     c = None
-row = {"system": system, "scenario": scenario, "rate": int(rate), "ok": c is not None}
+row = {"system": system, "scenario": scenario, "rate": json.loads(rate), "ok": c is not None}
 if c:
     cpu_s = (int(c1) - int(c0)) / int(tick)
     per_s = c["rate_per_s"]
@@ -138,7 +144,7 @@ if c:
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
         # Kernel-counted, for every server: deliveries over the data segments sent, less
         # the publisher's (one a publish at most; none for the bare loop).
-        "frames_per_segment": per_s * span / segs if (segs := int(s1) - int(s0) - (0 if system == "bare" else int(rate) * span)) > 0 else None,
+        "frames_per_segment": per_s * span / segs if (segs := int(s1) - int(s0) - (0 if system == "bare" else json.loads(rate) * span)) > 0 else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
@@ -168,6 +174,10 @@ for round in $(seq "$rounds"); do
             run "$sys" "$s" 1000 "$r" 4
             passes || break
           done
+        done ;;
+      1k-floor)
+        for f in "${floor_batches[@]}"; do
+          batch=$f run bare "$s-$f" 1000 "$(awk -v f="$f" 'BEGIN { print 1000 / f }')" "$secs"
         done ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
