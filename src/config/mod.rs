@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(c.http.allowed_origins, None);
         assert_eq!(c.http.publish_token, None);
         assert_eq!(c.pubsub.slow_consumer, SlowConsumerPolicy::Close);
-        assert_eq!(c.pubsub.max_batch_delay, Duration::from_millis(20));
+        assert_eq!(c.pubsub.max_batch_delay, Duration::from_millis(14));
         assert!(
             !c.auth.auth_required && c.auth.verifier.is_none(),
             "no auth"

@@ -32,7 +32,7 @@ section! {
         /// one writes them in the turn that queued them. Replies and echo never wait. 0 turns
         /// batching off.
         #[arg(value_name = "DURATION")]
-        max_batch_delay: Duration = "20ms";
+        max_batch_delay: Duration = "14ms";
     }
 }
 
