@@ -73,6 +73,7 @@ for_each_driver!(
     long_receive_arrives_whole_and_in_order,
     large_send_finishes_when_the_peer_reads,
     small_frames_sent_as_one_copy_survive_a_short_write,
+    many_frames_sent_as_one_copy_survive_a_short_write,
     close_with_a_send_in_flight_reports_only_released,
     close_drops_completions_already_pending,
     set_receiving_holds_and_resumes_without_losing_bytes,
@@ -512,17 +513,28 @@ fn large_send_finishes_when_the_peer_reads<D: Driver>(make: Make<D>) {
 /// Sends of many small frames (a fan-out batch) go as one copied buffer; one the socket
 /// takes only part of goes on from where it stopped, whole and in order.
 fn small_frames_sent_as_one_copy_survive_a_short_write<D: Driver>(make: Make<D>) {
+    // Batches of 40 frames of 100 bytes (4,000: a copy since bc7df76).
+    copied_frames_survive_a_short_write(make, 100, 40);
+}
+
+fn many_frames_sent_as_one_copy_survive_a_short_write<D: Driver>(make: Make<D>) {
+    // Batches of 64 frames of 200 bytes (12,800: past the 4 KiB copied before, within 16).
+    copied_frames_survive_a_short_write(make, 200, 64);
+}
+
+/// Batches of `frames` frames of `len` bytes, until one does not fit (the client reads
+/// nothing): the one that did not fit goes on from where the socket stopped taking it.
+fn copied_frames_survive_a_short_write<D: Driver>(make: Make<D>, len: usize, frames: usize) {
     let mut h = Harness::with_buffers(make, 1, Some(4096), None);
     let mut client = client_with_receive_buffer(h.addrs[0], Some(4096));
     let conn = h.accept(&client, 0);
-    let data = pattern(4000 * 64, 7);
-    let mut batches = data.chunks(4000);
+    let data = pattern(len * frames * 64, 7);
+    let mut batches = data.chunks(len * frames);
     let mut sent = 0;
-    // Batches of 40 frames of 100 bytes, until one does not fit: the client reads nothing.
     let stuck = loop {
         let batch = batches.next().expect("the socket buffers fill up first");
         let mut out = OutQueue::default();
-        for frame in batch.chunks(100) {
+        for frame in batch.chunks(len) {
             out.push(Bytes::copy_from_slice(frame));
         }
         h.driver.send(conn, &out);
