@@ -120,6 +120,7 @@ run() { # system scenario subs rate secs
     "${w0:-0}" "${w1:-0}" "${d0:-0}" "${d1:-0}" "$s0" "$s1" <<'PY'
 import json, sys
 results, name, system, scenario, rate, c0, c1, tick, span_us, w0, w1, d0, d1, s0, s1 = sys.argv[1:]
+rate = json.loads(rate)  # publishes (or bare rounds) a second: 1000, or 15.625 for 1k-floor-64
 # The seconds between the two CPU samples as they were taken: the segment count, and for
 # wsgate two reads of /metrics, come between them, tens of ms that a fixed span of
 # SECS - 2 charged as CPU (to wsgate more than to Bun, and most in 1k-rise's 2 s spans).
@@ -128,7 +129,7 @@ try:
     c = json.load(open(f"{results}/{name}.json"))
 except (OSError, ValueError):
     c = None
-row = {"system": system, "scenario": scenario, "rate": json.loads(rate), "ok": c is not None}
+row = {"system": system, "scenario": scenario, "rate": rate, "ok": c is not None}
 if c:
     cpu_s = (int(c1) - int(c0)) / int(tick)
     per_s = c["rate_per_s"]
@@ -144,7 +145,7 @@ if c:
         "frames_per_write": (int(d1) - int(d0)) / dw if dw > 0 else None,
         # Kernel-counted, for every server: deliveries over the data segments sent, less
         # the publisher's (one a publish at most; none for the bare loop).
-        "frames_per_segment": per_s * span / segs if (segs := int(s1) - int(s0) - (0 if system == "bare" else json.loads(rate) * span)) > 0 else None,
+        "frames_per_segment": per_s * span / segs if (segs := int(s1) - int(s0) - (0 if system == "bare" else rate * span)) > 0 else None,
     })
 with open(f"{results}/rows.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
