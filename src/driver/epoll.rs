@@ -28,7 +28,10 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use wsgate_proto::OutQueue;
 
-use super::{AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
+use super::{
+    copy_small_frames, AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId,
+    MAX_IOV,
+};
 use crate::buf::{BufId, BufPool};
 use crate::sys::{EventFd, TimerFd};
 
@@ -85,6 +88,8 @@ pub struct EpollDriver {
     /// Sockets whose read budget ran out with bytes left: read next turn.
     carry: Vec<ConnId>,
     idle: IdleClock,
+    /// The copy a send of several small frames makes ([`copy_small_frames`]), reused.
+    flat: Vec<u8>,
 }
 
 /// One connection: 16 bytes while idle, and so is its slab entry (the socket's unused -1
@@ -156,6 +161,7 @@ impl EpollDriver {
             reading: VecDeque::new(),
             carry: Vec::new(),
             idle: IdleClock::default(),
+            flat: Vec::new(),
         })
     }
 
@@ -527,9 +533,19 @@ impl Driver for EpollDriver {
             return;
         }
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = out.fill_iovecs(&mut iov);
-        let total = iov[..n].iter().map(|slice| slice.len()).sum();
-        let written = match send_slices(&sock.stream, &iov[..n]) {
+        self.flat.clear();
+        let (frames, slices) = match copy_small_frames(out, &mut self.flat) {
+            0 => {
+                let n = out.fill_iovecs(&mut iov);
+                (n, n)
+            }
+            copied => {
+                iov[0] = IoSlice::new(&self.flat);
+                (copied, 1)
+            }
+        };
+        let total = iov[..slices].iter().map(|slice| slice.len()).sum();
+        let written = match send_slices(&sock.stream, &iov[..slices]) {
             Ok(written) => written,
             Err(error) => {
                 self.later.push(Completion::Failed { conn, error });
@@ -542,7 +558,7 @@ impl Driver for EpollDriver {
             self.later.push(sent);
             return;
         }
-        let mut frames: Vec<Bytes> = out.frames().take(n).cloned().collect();
+        let mut frames: Vec<Bytes> = out.frames().take(frames).cloned().collect();
         skip_front(&mut frames, written);
         sock.unsent = Some(Box::new(Unsent { frames, total }));
     }

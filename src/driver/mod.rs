@@ -30,6 +30,43 @@ pub mod uring;
 /// Most slices in one vectored send (Linux IOV_MAX is 1024; more frames wait for the next).
 pub const MAX_IOV: usize = 64;
 
+/// Several frames that together are at most this long are copied into one buffer and
+/// sent as one slice, not as a slice each: a fan-out batch is a few hundred bytes to a few
+/// KiB in several frames, and copying it in user space costs less than the kernel's
+/// walk of a long iovec (and, on io_uring, a clone and a drop of each frame kept for the
+/// send plus the heap spill of the iovec and frame arrays past two). At 1,000
+/// subscribers × 1,000/s, io_uring at 6 frames a write: 5 % less CPU per delivery (767 vs
+/// 808 ns, medians of 5 rounds, lower in each); epoll at 14 frames a write: 4–9 % less
+/// (446 vs 466 ns and 475 vs 520 ns, two runs of 3 rounds, lower in each of the 6).
+/// 16 KiB, not 4: near saturation (1,000 subscribers × 4,000/s) writes carry 25–60 frames
+/// of about 100 bytes, and past 4 KiB io_uring went back to clones: 242 against 214–226
+/// ns a delivery, and p99 over 250 ms where the copy kept it at 20–26 ms.
+const FLAT_MAX: usize = 16384;
+
+/// Appends the front of `out` (up to [`MAX_IOV`] frames) to `flat` when those frames are
+/// several and at most [`FLAT_MAX`] bytes together, and returns how many it copied; 0,
+/// with `flat` as it was, when they are not.
+fn copy_small_frames(out: &OutQueue, flat: &mut Vec<u8>) -> usize {
+    let frames = || out.frames().take(MAX_IOV);
+    let mut total = 0;
+    let mut n = 0;
+    for frame in frames() {
+        total += frame.len();
+        if total > FLAT_MAX {
+            return 0;
+        }
+        n += 1;
+    }
+    if n < 2 {
+        return 0;
+    }
+    flat.reserve(total);
+    for frame in frames() {
+        flat.extend_from_slice(frame);
+    }
+    n
+}
+
 /// How long a driver sees no bytes move before [`Driver::release_idle_memory`] acts.
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
 

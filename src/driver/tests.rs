@@ -15,7 +15,9 @@ use wsgate_proto::OutQueue;
 
 use super::epoll::{EpollDriver, READS_PER_TURN};
 use super::uring::UringDriver;
-use super::{Completion, ConnId, Driver, ListenerId, IDLE_AFTER, MAX_IOV};
+use super::{
+    copy_small_frames, Completion, ConnId, Driver, ListenerId, FLAT_MAX, IDLE_AFTER, MAX_IOV,
+};
 use crate::config::uring::Uring;
 use crate::sys::EventFd;
 
@@ -74,6 +76,7 @@ for_each_driver!(
     large_send_finishes_when_the_peer_reads,
     small_frames_sent_as_one_copy_survive_a_short_write,
     many_frames_sent_as_one_copy_survive_a_short_write,
+    a_send_of_many_small_frames_carries_max_iov_of_them,
     close_with_a_send_in_flight_reports_only_released,
     close_drops_completions_already_pending,
     set_receiving_holds_and_resumes_without_losing_bytes,
@@ -522,6 +525,30 @@ fn many_frames_sent_as_one_copy_survive_a_short_write<D: Driver>(make: Make<D>) 
     copied_frames_survive_a_short_write(make, 200, 64);
 }
 
+/// A queue of more small frames than one send takes: the send (a copy) carries exactly the
+/// oldest `MAX_IOV`, reported as their bytes, and the socket gets those and no more.
+fn a_send_of_many_small_frames_carries_max_iov_of_them<D: Driver>(make: Make<D>) {
+    let mut h = Harness::new(make, 1);
+    let mut client = TcpStream::connect(h.addrs[0]).unwrap();
+    let conn = h.accept(&client, 0);
+    let data = pattern((MAX_IOV + 10) * 10, 5);
+    let mut out = OutQueue::default();
+    for frame in data.chunks(10) {
+        out.push(Bytes::copy_from_slice(frame));
+    }
+    h.driver.send(conn, &out);
+    h.driver.shutdown_write(conn);
+    let evs = h.until("Sent", |ev| matches!(ev, Ev::Sent(..)));
+    assert_eq!(evs.last(), Some(&Ev::Sent(conn, MAX_IOV * 10)));
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert!(
+        got == data[..MAX_IOV * 10],
+        "the oldest MAX_IOV frames, then FIN"
+    );
+    h.close(conn);
+}
+
 /// Batches of `frames` frames of `len` bytes, until one does not fit (the client reads
 /// nothing): the one that did not fit goes on from where the socket stopped taking it.
 fn copied_frames_survive_a_short_write<D: Driver>(make: Make<D>, len: usize, frames: usize) {
@@ -821,4 +848,48 @@ fn idle_memory_release_keeps_serving<D: Driver>(make: Make<D>) {
     client.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"xy");
     h.close(conn);
+}
+
+fn queue(frames: &[&[u8]]) -> OutQueue {
+    let mut out = OutQueue::default();
+    for frame in frames {
+        out.push(Bytes::copy_from_slice(frame));
+    }
+    out
+}
+
+#[test]
+fn small_frames_are_copied_only_when_several_and_within_the_limit() {
+    let mut flat = b"kept".to_vec();
+    assert_eq!(
+        copy_small_frames(&queue(&[b"one"]), &mut flat),
+        0,
+        "one frame"
+    );
+    assert_eq!(copy_small_frames(&OutQueue::default(), &mut flat), 0);
+    let half = vec![7; FLAT_MAX / 2];
+    let over = queue(&[&half, &half, b"x"]);
+    assert_eq!(
+        copy_small_frames(&over, &mut flat),
+        0,
+        "one byte past FLAT_MAX"
+    );
+    assert_eq!(flat, b"kept", "left as it was");
+
+    let (a, b) = (pattern(FLAT_MAX / 2, 1), pattern(FLAT_MAX / 2, 2));
+    assert_eq!(
+        copy_small_frames(&queue(&[&a, &b]), &mut flat),
+        2,
+        "exactly FLAT_MAX"
+    );
+    assert!(
+        flat == [&b"kept"[..], &a, &b].concat(),
+        "appended, in order"
+    );
+
+    let data = pattern(MAX_IOV + 3, 9);
+    let many: Vec<&[u8]> = data.chunks(1).collect();
+    flat.clear();
+    assert_eq!(copy_small_frames(&queue(&many), &mut flat), MAX_IOV);
+    assert!(flat == data[..MAX_IOV], "the oldest MAX_IOV, in order");
 }

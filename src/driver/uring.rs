@@ -59,7 +59,10 @@ use slab::Slab;
 use smallvec::SmallVec;
 use wsgate_proto::OutQueue;
 
-use super::{AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId, MAX_IOV};
+use super::{
+    copy_small_frames, AcceptBackoff, Completion, ConnId, Driver, Flags, IdleClock, ListenerId,
+    MAX_IOV,
+};
 use crate::buf::BufId;
 use crate::config::uring::Uring;
 use crate::sys::EventFd;
@@ -175,34 +178,9 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Several frames that together are at most this long are copied into one buffer and
-/// sent with `SEND`, not by `SENDMSG` over clones of them: a fan-out batch is a few
-/// hundred bytes in several frames, and copying it costs less than a clone and a drop of
-/// each frame kept for the send plus the heap spill of the iovec and frame arrays past
-/// two. At 1,000 subscribers × 1,000/s (6 frames a write) that is 5 % less CPU per
-/// delivery (medians of 5 rounds, 767 vs 808 ns, lower in each round). The epoll driver
-/// sends from the caller's frames with nothing to keep, and a copy there measured level.
-/// 16 KiB, not 4: near saturation (1,000 subscribers × 4,000/s) writes carry 25–60 frames
-/// of about 100 bytes, and past 4 KiB they went back to clones: 242 against 214–226 ns a
-/// delivery, and p99 over 250 ms where the copy kept it at 20–26 ms.
-const FLAT_MAX: usize = 16384;
 /// A copy buffer longer than this is freed when its send ends rather than kept in the
 /// pool, so that a pool of many sends does not hold 16 KiB each.
 const FLAT_KEPT: usize = 4096;
-
-/// Whether `frames` are several and at most `FLAT_MAX` bytes together.
-fn flat_worthy<'a>(frames: impl Iterator<Item = &'a Bytes>) -> bool {
-    let mut total = 0;
-    let mut n = 0;
-    for frame in frames {
-        total += frame.len();
-        n += 1;
-        if total > FLAT_MAX {
-            return false;
-        }
-    }
-    n > 1
-}
 
 /// The arguments of one send in flight: stable on the heap until its completion. Either
 /// `flat` (a copy of small frames, sent with `SEND`) or a `sendmsg` over `iov`, sized for
@@ -213,8 +191,8 @@ struct SendBuf {
     /// in flight `hdr.msg_iov`/`msg_iovlen` describe exactly these entries.
     iov: SmallVec<[libc::iovec; 2]>,
     keep: SmallVec<[Bytes; 2]>,
-    /// A copy of the frames when they are several and small (`FLAT_MAX`); empty when the
-    /// send goes by `iov`. Its capacity is kept for the next send.
+    /// A copy of the frames when they are several and small ([`super::FLAT_MAX`]); empty
+    /// when the send goes by `iov`. Its capacity is kept for the next send.
     flat: Vec<u8>,
     /// Bytes of the whole send, reported in `Sent` once all are written.
     total: usize,
@@ -238,15 +216,11 @@ impl SendBuf {
     /// Copies the queue's oldest frames into `flat` when they are several and small, or
     /// else takes clones of them (up to `MAX_IOV`).
     fn fill(&mut self, out: &OutQueue) {
-        let frames = || out.frames().take(MAX_IOV);
-        if flat_worthy(frames()) {
-            for frame in frames() {
-                self.flat.extend_from_slice(frame);
-            }
+        if copy_small_frames(out, &mut self.flat) > 0 {
             self.total = self.flat.len();
             return;
         }
-        for frame in frames() {
+        for frame in out.frames().take(MAX_IOV) {
             let frame = frame.clone();
             self.iov.push(libc::iovec {
                 iov_base: frame.as_ptr() as *mut libc::c_void,
