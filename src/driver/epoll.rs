@@ -106,7 +106,8 @@ struct Sock {
 
 /// The rest of a send the socket did not take at once.
 struct Unsent {
-    /// Slices of the caller's frames (shared, not copied), oldest first.
+    /// Slices of the caller's frames (shared, not copied), oldest first; or the rest of a
+    /// copy of small frames, as one. At most `MAX_IOV`.
     frames: Vec<Bytes>,
     /// Bytes the whole send covers, reported in `Sent`.
     total: usize,
@@ -534,15 +535,11 @@ impl Driver for EpollDriver {
         }
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         self.flat.clear();
-        let (frames, slices) = match copy_small_frames(out, &mut self.flat) {
-            0 => {
-                let n = out.fill_iovecs(&mut iov);
-                (n, n)
-            }
-            copied => {
-                iov[0] = IoSlice::new(&self.flat);
-                (copied, 1)
-            }
+        let slices = if copy_small_frames(out, &mut self.flat) > 0 {
+            iov[0] = IoSlice::new(&self.flat);
+            1
+        } else {
+            out.fill_iovecs(&mut iov)
         };
         let total = iov[..slices].iter().map(|slice| slice.len()).sum();
         let written = match send_slices(&sock.stream, &iov[..slices]) {
@@ -558,8 +555,14 @@ impl Driver for EpollDriver {
             self.later.push(sent);
             return;
         }
-        let mut frames: Vec<Bytes> = out.frames().take(frames).cloned().collect();
-        skip_front(&mut frames, written);
+        // What the socket did not take: the rest of the copy, or clones of the frames.
+        let frames = if self.flat.is_empty() {
+            let mut frames: Vec<Bytes> = out.frames().take(slices).cloned().collect();
+            skip_front(&mut frames, written);
+            frames
+        } else {
+            vec![Bytes::copy_from_slice(&self.flat[written..])]
+        };
         sock.unsent = Some(Box::new(Unsent { frames, total }));
     }
 

@@ -43,25 +43,30 @@ pub const MAX_IOV: usize = 64;
 /// ns a delivery, and p99 over 250 ms where the copy kept it at 20–26 ms.
 const FLAT_MAX: usize = 16384;
 
-/// Appends the front of `out` (up to [`MAX_IOV`] frames) to `flat` when those frames are
-/// several and at most [`FLAT_MAX`] bytes together, and returns how many it copied; 0,
-/// with `flat` as it was, when they are not.
+/// Appends the front of `out` to `flat` when it is several small frames, and returns how
+/// many it copied; 0, with `flat` as it was, when it is not. It copies the longest run of
+/// the oldest frames that fits in [`FLAT_MAX`] if that run is the whole queue or at least
+/// [`MAX_IOV`] frames (as many as a vectored send would carry), so that a backlog of
+/// small frames goes in writes of up to `FLAT_MAX` bytes, not of `MAX_IOV` frames; when
+/// the oldest `MAX_IOV` frames are more than `FLAT_MAX` bytes, a vectored send over them
+/// carries more than a copy would.
 fn copy_small_frames(out: &OutQueue, flat: &mut Vec<u8>) -> usize {
-    let frames = || out.frames().take(MAX_IOV);
     let mut total = 0;
     let mut n = 0;
-    for frame in frames() {
-        total += frame.len();
-        if total > FLAT_MAX {
-            return 0;
+    let mut whole = true;
+    for frame in out.frames() {
+        if total + frame.len() > FLAT_MAX {
+            whole = false;
+            break;
         }
+        total += frame.len();
         n += 1;
     }
-    if n < 2 {
+    if n < 2 || !(whole || n >= MAX_IOV) {
         return 0;
     }
     flat.reserve(total);
-    for frame in frames() {
+    for frame in out.frames().take(n) {
         flat.extend_from_slice(frame);
     }
     n
@@ -172,7 +177,8 @@ pub trait Driver {
     /// Gives a lent buffer back.
     fn release(&mut self, buf: BufId);
 
-    /// Sends the front of `out` (up to [`MAX_IOV`] frames) in one vectored write. One
+    /// Sends the front of `out` (up to [`MAX_IOV`] frames, or a copy of up to
+    /// [`FLAT_MAX`] bytes of small frames, [`copy_small_frames`]) in one write. One
     /// `Sent` with the total follows, or `Failed`: what the socket does not take at once
     /// the driver finishes on its own. At most one send per connection is in flight: the
     /// caller keeps the queue's front as it is and waits for `Sent` before sending again.

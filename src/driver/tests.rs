@@ -76,7 +76,8 @@ for_each_driver!(
     large_send_finishes_when_the_peer_reads,
     small_frames_sent_as_one_copy_survive_a_short_write,
     many_frames_sent_as_one_copy_survive_a_short_write,
-    a_send_of_many_small_frames_carries_max_iov_of_them,
+    a_backlog_of_small_frames_goes_in_writes_of_flat_max,
+    a_short_write_of_a_long_copy_finishes,
     close_with_a_send_in_flight_reports_only_released,
     close_drops_completions_already_pending,
     set_receiving_holds_and_resumes_without_losing_bytes,
@@ -525,13 +526,16 @@ fn many_frames_sent_as_one_copy_survive_a_short_write<D: Driver>(make: Make<D>) 
     copied_frames_survive_a_short_write(make, 200, 64);
 }
 
-/// A queue of more small frames than one send takes: the send (a copy) carries exactly the
-/// oldest `MAX_IOV`, reported as their bytes, and the socket gets those and no more.
-fn a_send_of_many_small_frames_carries_max_iov_of_them<D: Driver>(make: Make<D>) {
+/// A backlog of small frames goes as one copy of up to `FLAT_MAX` bytes, past `MAX_IOV`
+/// frames: the send carries exactly the oldest frames that fit, reported as their bytes,
+/// and the socket gets those and no more.
+fn a_backlog_of_small_frames_goes_in_writes_of_flat_max<D: Driver>(make: Make<D>) {
     let mut h = Harness::new(make, 1);
     let mut client = TcpStream::connect(h.addrs[0]).unwrap();
     let conn = h.accept(&client, 0);
-    let data = pattern((MAX_IOV + 10) * 10, 5);
+    let fit = FLAT_MAX / 10;
+    assert!(fit > MAX_IOV);
+    let data = pattern((fit + 10) * 10, 5);
     let mut out = OutQueue::default();
     for frame in data.chunks(10) {
         out.push(Bytes::copy_from_slice(frame));
@@ -539,14 +543,21 @@ fn a_send_of_many_small_frames_carries_max_iov_of_them<D: Driver>(make: Make<D>)
     h.driver.send(conn, &out);
     h.driver.shutdown_write(conn);
     let evs = h.until("Sent", |ev| matches!(ev, Ev::Sent(..)));
-    assert_eq!(evs.last(), Some(&Ev::Sent(conn, MAX_IOV * 10)));
+    assert_eq!(evs.last(), Some(&Ev::Sent(conn, fit * 10)));
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert!(
-        got == data[..MAX_IOV * 10],
-        "the oldest MAX_IOV frames, then FIN"
+        got == data[..fit * 10],
+        "the oldest frames that fit, then FIN"
     );
     h.close(conn);
+}
+
+/// A copy of more than `MAX_IOV` frames that the socket takes only part of goes on from
+/// where it stopped.
+fn a_short_write_of_a_long_copy_finishes<D: Driver>(make: Make<D>) {
+    // Batches of 1,000 frames of 10 bytes (10,000: one copy of 1,000 frames).
+    copied_frames_survive_a_short_write(make, 10, 1000);
 }
 
 /// Batches of `frames` frames of `len` bytes, until one does not fit (the client reads
@@ -890,6 +901,20 @@ fn small_frames_are_copied_only_when_several_and_within_the_limit() {
     let data = pattern(MAX_IOV + 3, 9);
     let many: Vec<&[u8]> = data.chunks(1).collect();
     flat.clear();
-    assert_eq!(copy_small_frames(&queue(&many), &mut flat), MAX_IOV);
-    assert!(flat == data[..MAX_IOV], "the oldest MAX_IOV, in order");
+    assert_eq!(copy_small_frames(&queue(&many), &mut flat), MAX_IOV + 3);
+    assert!(flat == data, "a whole queue past MAX_IOV frames, in order");
+
+    // A backlog: the oldest frames that fit, when they are at least MAX_IOV.
+    let data = pattern(FLAT_MAX + 100, 3);
+    let small: Vec<&[u8]> = data.chunks(100).collect();
+    flat.clear();
+    assert_eq!(copy_small_frames(&queue(&small), &mut flat), FLAT_MAX / 100);
+    assert!(flat == data[..FLAT_MAX / 100 * 100]);
+
+    // Fewer than MAX_IOV fit, and more follow: a vectored send carries more.
+    let data = pattern(MAX_IOV * 1024, 4);
+    let large: Vec<&[u8]> = data.chunks(1024).collect();
+    flat.clear();
+    assert_eq!(copy_small_frames(&queue(&large), &mut flat), 0);
+    assert!(flat.is_empty());
 }
