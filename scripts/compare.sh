@@ -23,7 +23,7 @@
 #      before/after in one run)
 #
 # Every run is bounded (connect + 2 s warm-up + SECS + 1 s drain, under 15 s); the default
-# set takes about 12 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
+# set takes about 8 minutes. CPU per delivery = the server's utime+stime (/proc/PID/stat)
 # between two samples inside the loadgen's window over the deliveries the loadgen counted
 # in that time (the same method for both servers). fr/seg = deliveries over the data
 # segments sent on the machine in the same seconds (TcpExt TCPOrigDataSent), less one a
