@@ -178,7 +178,7 @@ pub trait Driver {
     fn release(&mut self, buf: BufId);
 
     /// Sends the front of `out` (up to [`MAX_IOV`] frames, or a copy of up to
-    /// [`FLAT_MAX`] bytes of small frames, [`copy_small_frames`]) in one write. One
+    /// `FLAT_MAX` bytes of small frames: `copy_small_frames`) in one write. One
     /// `Sent` with the total follows, or `Failed`: what the socket does not take at once
     /// the driver finishes on its own. At most one send per connection is in flight: the
     /// caller keeps the queue's front as it is and waits for `Sent` before sending again.
