@@ -266,10 +266,7 @@ impl<D: Driver> Harness<D> {
 
     /// Sends `frames` and waits for its `Sent`, which must cover all of them.
     fn send_all(&mut self, conn: ConnId, frames: &[&[u8]]) {
-        let mut out = OutQueue::default();
-        for frame in frames {
-            out.push(Bytes::copy_from_slice(frame));
-        }
+        let out = queue(frames);
         let total = out.len_bytes();
         self.driver.send(conn, &out);
         drop(out);
@@ -481,10 +478,7 @@ fn large_send_finishes_when_the_peer_reads<D: Driver>(make: Make<D>) {
     let conn = h.accept(&client, 0);
     // MAX_IOV frames of 64 KiB: far more than the socket buffers between them hold.
     let data = pattern(MAX_IOV * 65536, 3);
-    let mut out = OutQueue::default();
-    for chunk in data.chunks(65536) {
-        out.push(Bytes::copy_from_slice(chunk));
-    }
+    let out = queue(&data.chunks(65536).collect::<Vec<_>>());
     h.driver.send(conn, &out);
     // The driver keeps what it still needs: the caller may drop its queue.
     drop(out);
@@ -536,10 +530,7 @@ fn a_backlog_of_small_frames_goes_in_writes_of_flat_max<D: Driver>(make: Make<D>
     let fit = FLAT_MAX / 10;
     assert!(fit > MAX_IOV);
     let data = pattern((fit + 10) * 10, 5);
-    let mut out = OutQueue::default();
-    for frame in data.chunks(10) {
-        out.push(Bytes::copy_from_slice(frame));
-    }
+    let out = queue(&data.chunks(10).collect::<Vec<_>>());
     h.driver.send(conn, &out);
     h.driver.shutdown_write(conn);
     let evs = h.until("Sent", |ev| matches!(ev, Ev::Sent(..)));
@@ -571,10 +562,7 @@ fn copied_frames_survive_a_short_write<D: Driver>(make: Make<D>, len: usize, fra
     let mut sent = 0;
     let stuck = loop {
         let batch = batches.next().expect("the socket buffers fill up first");
-        let mut out = OutQueue::default();
-        for frame in batch.chunks(len) {
-            out.push(Bytes::copy_from_slice(frame));
-        }
+        let out = queue(&batch.chunks(len).collect::<Vec<_>>());
         h.driver.send(conn, &out);
         drop(out);
         sent += batch.len();
@@ -861,7 +849,8 @@ fn idle_memory_release_keeps_serving<D: Driver>(make: Make<D>) {
     h.close(conn);
 }
 
-fn queue(frames: &[&[u8]]) -> OutQueue {
+/// A queue of copies of `frames`, oldest first.
+pub(super) fn queue(frames: &[&[u8]]) -> OutQueue {
     let mut out = OutQueue::default();
     for frame in frames {
         out.push(Bytes::copy_from_slice(frame));

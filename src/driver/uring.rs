@@ -1226,12 +1226,9 @@ mod tests {
     use super::super::IDLE_AFTER;
     use super::*;
 
+    /// `frames` frames of `len` bytes.
     fn queue(frames: usize, len: usize) -> OutQueue {
-        let mut out = OutQueue::default();
-        for i in 0..frames {
-            out.push(Bytes::from(vec![i as u8; len]));
-        }
-        out
+        super::super::tests::queue(&vec![&vec![7; len][..]; frames])
     }
 
     /// Up to 16 KiB of several frames is copied (near saturation a write carries dozens of
